@@ -1,0 +1,286 @@
+//! The [`EventBus`]: publish stored events to other services, consume them with retries and a
+//! dead-letter queue.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::error::{BoxError, Result};
+use crate::event::RecordedEvent;
+
+/// Why a handler did not handle a message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// Try again later (with backoff, up to the retry bound; then the dead-letter queue).
+    #[error("retryable: {0}")]
+    Retry(#[source] BoxError),
+    /// Never going to work: straight to the dead-letter queue.
+    #[error("rejected: {0}")]
+    Reject(#[source] BoxError),
+}
+
+impl HandlerError {
+    /// A retryable failure.
+    pub fn retry(error: impl Into<BoxError>) -> Self {
+        HandlerError::Retry(error.into())
+    }
+
+    /// A permanent failure.
+    pub fn reject(error: impl Into<BoxError>) -> Self {
+        HandlerError::Reject(error.into())
+    }
+}
+
+impl From<crate::Error> for HandlerError {
+    /// Transient store errors (conflicts, outages) retry; the others are permanent.
+    fn from(error: crate::Error) -> Self {
+        if error.is_transient() {
+            HandlerError::Retry(error.into())
+        } else {
+            HandlerError::Reject(error.into())
+        }
+    }
+}
+
+/// Handles the messages of one consumer.
+///
+/// The bus acknowledges a message only after `handle` returned `Ok`, so commit the handler's
+/// effects before returning. A message can arrive more than once (redelivery after a crash,
+/// the relay's at-least-once publishing): record it in an inbox with the effects
+/// ([`CommandContext::caused_by`](crate::CommandContext::caused_by)) to handle it once.
+#[async_trait]
+pub trait MessageHandler: Send + Sync {
+    /// Handles one message.
+    async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError>;
+}
+
+/// How often a failing message is retried, and how long the waits are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Deliveries in all, the first included, before the message goes to the dead-letter queue.
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubles each time.
+    pub initial_backoff: Duration,
+    /// Longest wait between retries.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before delivery number `attempt + 1` (after `attempt` failed deliveries).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// A named consumer's subscription: its queue name, the routing keys it binds, how it retries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// The consumer's name; its queue is named after it. Instances with the same name share the
+    /// work (competing consumers).
+    pub consumer: String,
+    /// Routing-key patterns, topic-exchange style: `*` matches one word, `#` zero or more
+    /// (`order.*`, `#`).
+    pub routing_keys: Vec<String>,
+    /// Messages in flight per consumer instance.
+    pub prefetch: u16,
+    /// Retries before the dead-letter queue.
+    pub retry: RetryPolicy,
+}
+
+impl Subscription {
+    /// A subscription of `consumer` to `routing_keys` with default prefetch and retries.
+    pub fn new<I, S>(consumer: impl Into<String>, routing_keys: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Subscription {
+            consumer: consumer.into(),
+            routing_keys: routing_keys.into_iter().map(Into::into).collect(),
+            prefetch: 32,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// The same subscription with another retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The same subscription with another prefetch.
+    pub fn with_prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+}
+
+/// Maps an event to its routing key.
+pub type Router = Arc<dyn Fn(&RecordedEvent) -> String + Send + Sync>;
+
+/// The default routing key: `{category}.{rest of the event type, snake_case}`, where the rest is
+/// the event type without a leading category name: `OrderPlaced` in stream `order-1` routes as
+/// `order.placed`; `PaymentFailed` in stream `order-1` as `order.payment_failed`.
+pub fn default_routing_key(event: &RecordedEvent) -> String {
+    let category = event.stream_id.category();
+    let ty = event.event_type.as_str();
+    let rest = if ty.len() > category.len() && ty[..category.len()].eq_ignore_ascii_case(category) {
+        &ty[category.len()..]
+    } else {
+        ty
+    };
+    format!("{}.{}", category.to_ascii_lowercase(), snake_case(rest))
+}
+
+/// `OrderPlaced` → `order_placed`.
+pub fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether a routing key matches a topic pattern (`*` one word, `#` zero or more words).
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match (p.first(), k.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
+            (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
+            (Some(word), Some(key_word)) if word == key_word => go(&p[1..], &k[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = key.split('.').collect();
+    go(&p, &k)
+}
+
+/// A consumer running in the background.
+#[derive(Debug)]
+pub struct ConsumerHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConsumerHandle {
+    /// Wraps a consumer task that watches `stop` for `true`.
+    pub fn new(stop: watch::Sender<bool>, task: tokio::task::JoinHandle<()>) -> Self {
+        ConsumerHandle { stop, task }
+    }
+
+    /// Stops taking new messages, lets the one in hand finish, and waits.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Whether the consumer task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// A message on a dead-letter queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    /// The message, when it could be decoded.
+    pub event: Option<RecordedEvent>,
+    /// The raw body.
+    pub body: bytes::Bytes,
+    /// Why it was dead-lettered (the last error).
+    pub reason: String,
+    /// How many deliveries were tried.
+    pub attempts: u32,
+}
+
+/// Tools for a bus's dead-letter queues: list, move back for reprocessing, purge.
+#[async_trait]
+pub trait DeadLetterQueue: Send + Sync + fmt::Debug {
+    /// The dead letters of `consumer`, oldest first, at most `limit`, left in place.
+    async fn dead_letters(&self, consumer: &str, limit: usize) -> Result<Vec<DeadLetter>>;
+
+    /// Moves up to `limit` dead letters of `consumer` back onto its queue; returns how many.
+    async fn requeue_dead_letters(&self, consumer: &str, limit: usize) -> Result<usize>;
+
+    /// Deletes every dead letter of `consumer`; returns how many.
+    async fn purge_dead_letters(&self, consumer: &str) -> Result<usize>;
+}
+
+/// Carries events between services.
+///
+/// Backends: [`MemoryEventBus`](crate::memory::MemoryEventBus) here, `AmqpEventBus` in
+/// `es-rabbitmq`. Publish events from the store's log through the relay (the log is the outbox),
+/// not straight after an append.
+#[async_trait]
+pub trait EventBus: Send + Sync + fmt::Debug {
+    /// Publishes events; `Ok` means the bus has them (a broker confirmed them).
+    async fn publish(&self, events: &[RecordedEvent]) -> Result<()>;
+
+    /// Starts a consumer: `handler` gets each message bound by `subscription`, which is acked
+    /// after `handle` returned `Ok`, retried on [`HandlerError::Retry`] and dead-lettered on
+    /// [`HandlerError::Reject`] or when the retries are used up.
+    async fn subscribe(
+        &self,
+        subscription: Subscription,
+        handler: Arc<dyn MessageHandler>,
+    ) -> Result<ConsumerHandle>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_patterns_match_like_amqp() {
+        assert!(topic_matches("order.*", "order.placed"));
+        assert!(!topic_matches("order.*", "order.placed.x"));
+        assert!(topic_matches("#", "a.b.c"));
+        assert!(topic_matches("order.#", "order"));
+        assert!(topic_matches("*.failed", "payment.failed"));
+        assert!(!topic_matches("payment.failed", "payment.processed"));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(350),
+        };
+        assert_eq!(p.backoff(1), Duration::from_millis(100));
+        assert_eq!(p.backoff(2), Duration::from_millis(200));
+        assert_eq!(p.backoff(3), Duration::from_millis(350));
+    }
+
+    #[test]
+    fn snake_case_splits_words() {
+        assert_eq!(snake_case("Placed"), "placed");
+        assert_eq!(snake_case("PaymentFailed"), "payment_failed");
+    }
+}

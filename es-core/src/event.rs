@@ -1,0 +1,496 @@
+//! Events: the typed [`DomainEvent`], its stored form, metadata, and upcasting.
+//!
+//! A domain event type is an enum in serde's default (externally tagged) representation. The
+//! variant name, after any `#[serde(rename)]`, is the *event type* that is stored; the variant's
+//! content is the stored payload. Renaming a variant orphans the events stored under the old
+//! name, so name variants for the long run (or keep the old name with `#[serde(rename)]`).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::stream::{Position, StreamId};
+
+/// A domain event type: a serde enum whose variant names are the stored event types.
+///
+/// ```
+/// use es_core::DomainEvent;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// enum AccountEvent {
+///     Opened { owner: String },
+///     Deposited { amount: u64 },
+///     Closed,
+/// }
+///
+/// impl DomainEvent for AccountEvent {}
+///
+/// let (event_type, payload) = AccountEvent::Deposited { amount: 5 }.encode().unwrap();
+/// assert_eq!(event_type, "Deposited");
+/// assert_eq!(&payload[..], br#"{"amount":5}"#);
+/// let back = AccountEvent::decode(&event_type, 1, &payload).unwrap();
+/// assert_eq!(back, AccountEvent::Deposited { amount: 5 });
+/// ```
+pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The schema version written with new events of `event_type`. Raise it when the shape of
+    /// that event changes, and add an [`Upcaster`] from the previous version.
+    fn schema_version(event_type: &str) -> u32 {
+        let _ = event_type;
+        1
+    }
+
+    /// The upcasters that turn stored older versions into today's shape, in any order.
+    fn upcasters() -> &'static [Upcaster] {
+        &[]
+    }
+
+    /// The stored event type and payload of this event.
+    fn encode(&self) -> Result<(String, Bytes)> {
+        encode_externally_tagged(self)
+    }
+
+    /// Decodes a stored event, running upcasters when `schema_version` is older than today's.
+    fn decode(event_type: &str, schema_version: u32, payload: &[u8]) -> Result<Self> {
+        decode_externally_tagged::<Self>(event_type, schema_version, payload)
+    }
+}
+
+/// Turns one stored version of one event type into the next version.
+///
+/// ```
+/// use es_core::Upcaster;
+/// use serde_json::{json, Value};
+///
+/// // v1 stored `amount` in cents as an integer; v2 stores a string with a currency.
+/// fn cents_to_money(mut v: Value) -> Result<Value, String> {
+///     let cents = v["amount"].as_u64().ok_or("amount is not a number")?;
+///     v["amount"] = json!(format!("{}.{:02} EUR", cents / 100, cents % 100));
+///     Ok(v)
+/// }
+/// static UPCASTERS: &[Upcaster] = &[Upcaster::new("Deposited", 1, cents_to_money)];
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Upcaster {
+    /// The stored event type this upcaster reads.
+    pub event_type: &'static str,
+    /// The version it reads; it produces `from_version + 1`.
+    pub from_version: u32,
+    /// The new event type name, when the event was renamed in this step.
+    pub renamed_to: Option<&'static str>,
+    /// The transformation of the payload.
+    pub upcast: fn(Value) -> std::result::Result<Value, String>,
+}
+
+impl Upcaster {
+    /// An upcaster of `event_type` from `from_version` to the next version.
+    pub const fn new(
+        event_type: &'static str,
+        from_version: u32,
+        upcast: fn(Value) -> std::result::Result<Value, String>,
+    ) -> Self {
+        Upcaster {
+            event_type,
+            from_version,
+            renamed_to: None,
+            upcast,
+        }
+    }
+
+    /// The same upcaster, also renaming the event type.
+    pub const fn renaming_to(mut self, new_name: &'static str) -> Self {
+        self.renamed_to = Some(new_name);
+        self
+    }
+}
+
+/// The serde variant name of an externally tagged enum value: its event type.
+pub fn event_type_of<E: Serialize>(event: &E) -> Result<String> {
+    encode_externally_tagged(event).map(|(event_type, _)| event_type)
+}
+
+fn encode_externally_tagged<E: Serialize + ?Sized>(event: &E) -> Result<(String, Bytes)> {
+    let value = serde_json::to_value(event)
+        .map_err(|e| Error::serialization(std::any::type_name::<E>(), e))?;
+    match value {
+        Value::Object(map) if map.len() == 1 => {
+            let (event_type, content) = map.into_iter().next().expect("one entry");
+            let payload = serde_json::to_vec(&content)
+                .map_err(|e| Error::serialization(event_type.clone(), e))?;
+            Ok((event_type, Bytes::from(payload)))
+        }
+        Value::String(event_type) => Ok((event_type, Bytes::from_static(b"null"))),
+        _ => Err(Error::serialization(
+            std::any::type_name::<E>(),
+            "a domain event must be an enum in serde's default, externally tagged representation",
+        )),
+    }
+}
+
+fn decode_externally_tagged<E: DomainEvent>(
+    event_type: &str,
+    schema_version: u32,
+    payload: &[u8],
+) -> Result<E> {
+    let mut event_type = std::borrow::Cow::Borrowed(event_type);
+    let mut version = schema_version;
+    let mut upcast: Option<Value> = None;
+    // Walk the upcaster chain; each step reads one version and yields the next.
+    while let Some(step) = E::upcasters()
+        .iter()
+        .find(|u| u.event_type == event_type && u.from_version == version)
+    {
+        let value = match upcast.take() {
+            Some(value) => value,
+            None => serde_json::from_slice(payload)
+                .map_err(|e| Error::serialization(event_type.to_string(), e))?,
+        };
+        let value = (step.upcast)(value).map_err(|message| {
+            Error::serialization(
+                event_type.to_string(),
+                format!("upcasting from version {version}: {message}"),
+            )
+        })?;
+        upcast = Some(value);
+        if let Some(new_name) = step.renamed_to {
+            event_type = std::borrow::Cow::Borrowed(new_name);
+        }
+        version += 1;
+    }
+    let current = E::schema_version(&event_type);
+    if version != current {
+        return Err(Error::serialization(
+            event_type.to_string(),
+            format!(
+                "stored schema version {version} cannot be read as version {current}: no upcaster"
+            ),
+        ));
+    }
+    let decoded = match upcast {
+        Some(content) => {
+            let mut map = serde_json::Map::with_capacity(1);
+            map.insert(event_type.to_string(), content);
+            serde_json::from_value::<E>(Value::Object(map))
+        }
+        None => {
+            // Fast path: wrap the stored bytes as `{"Type":payload}` and decode once.
+            let mut wrapped = Vec::with_capacity(payload.len() + event_type.len() + 8);
+            wrapped.push(b'{');
+            serde_json::to_writer(&mut wrapped, event_type.as_ref())
+                .map_err(|e| Error::serialization(event_type.to_string(), e))?;
+            wrapped.push(b':');
+            wrapped.extend_from_slice(payload);
+            wrapped.push(b'}');
+            serde_json::from_slice::<E>(&wrapped)
+        }
+    };
+    decoded.map_err(|e| {
+        if e.is_data() && e.to_string().starts_with("unknown variant") {
+            Error::UnknownEventType {
+                event_type: event_type.to_string(),
+                schema_version,
+            }
+        } else {
+            Error::serialization(event_type.to_string(), e)
+        }
+    })
+}
+
+/// What travels with an event besides its payload: who caused it, and trace context.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    /// Shared by every event and message that follows from one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Uuid>,
+    /// The id of the event or message that caused this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    /// The W3C `traceparent` of the trace this event belongs to, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Free headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Metadata {
+    /// Metadata of a new flow: a fresh correlation id, no cause.
+    pub fn new_correlation() -> Self {
+        Metadata {
+            correlation_id: Some(Uuid::now_v7()),
+            ..Metadata::default()
+        }
+    }
+
+    /// Metadata with the given correlation id and no cause.
+    pub fn with_correlation(correlation_id: Uuid) -> Self {
+        Metadata {
+            correlation_id: Some(correlation_id),
+            ..Metadata::default()
+        }
+    }
+
+    /// Metadata for an event caused by `cause`: the same correlation id (the cause's own event
+    /// id when it had none), the cause's event id as causation id, and its trace context.
+    pub fn caused_by(cause: &RecordedEvent) -> Self {
+        Metadata {
+            correlation_id: Some(cause.metadata.correlation_id.unwrap_or(cause.event_id)),
+            causation_id: Some(cause.event_id),
+            traceparent: cause.metadata.traceparent.clone(),
+            headers: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Serializes to JSON bytes (for stores and transports).
+    pub fn to_json(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("metadata always serializes"))
+    }
+
+    /// Reads metadata from JSON bytes; empty input is empty metadata.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        if bytes.is_empty() {
+            return Ok(Metadata::default());
+        }
+        serde_json::from_slice(bytes).map_err(|e| Error::serialization("Metadata", e))
+    }
+}
+
+/// An event about to be appended: serialized, not yet in a stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    /// Unique id of the event; a retry of the same append should reuse it.
+    pub event_id: Uuid,
+    /// The stable event type name.
+    pub event_type: String,
+    /// The schema version of `payload`.
+    pub schema_version: u32,
+    /// The serialized event (JSON).
+    pub payload: Bytes,
+    /// Correlation, causation, trace context and headers.
+    pub metadata: Metadata,
+}
+
+impl NewEvent {
+    /// Serializes a domain event with a fresh (time-ordered) event id.
+    pub fn from_domain<E: DomainEvent>(event: &E, metadata: Metadata) -> Result<Self> {
+        let (event_type, payload) = event.encode()?;
+        Ok(NewEvent {
+            event_id: Uuid::now_v7(),
+            schema_version: E::schema_version(&event_type),
+            event_type,
+            payload,
+            metadata,
+        })
+    }
+
+    /// An event from raw parts (schema version 1, fresh id, empty metadata).
+    pub fn raw(event_type: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            schema_version: 1,
+            payload: payload.into(),
+            metadata: Metadata::default(),
+        }
+    }
+
+    /// The same event with other metadata.
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+}
+
+/// A stored event, as every store and bus hands it out: the serialized envelope.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedEvent {
+    /// Unique id of the event.
+    pub event_id: Uuid,
+    /// The stream it belongs to.
+    pub stream_id: StreamId,
+    /// Its version in the stream: 1 for the first event.
+    pub stream_version: u64,
+    /// Its place in the global log.
+    pub position: Position,
+    /// When the store recorded it.
+    pub recorded_at: DateTime<Utc>,
+    /// The stable event type name.
+    pub event_type: String,
+    /// The schema version of `payload`.
+    pub schema_version: u32,
+    /// The serialized event, exactly as it was written.
+    pub payload: Bytes,
+    /// Correlation, causation, trace context and headers.
+    pub metadata: Metadata,
+}
+
+impl RecordedEvent {
+    /// Decodes the payload into a domain event (through its upcasters).
+    pub fn decode<E: DomainEvent>(&self) -> Result<E> {
+        E::decode(&self.event_type, self.schema_version, &self.payload)
+    }
+
+    /// Decodes into a typed [`Envelope`].
+    pub fn to_envelope<E: DomainEvent>(&self) -> Result<Envelope<E>> {
+        Ok(Envelope {
+            event: self.decode()?,
+            event_id: self.event_id,
+            stream_id: self.stream_id.clone(),
+            stream_version: self.stream_version,
+            position: self.position,
+            recorded_at: self.recorded_at,
+            metadata: self.metadata.clone(),
+        })
+    }
+
+    /// The payload as a JSON value (for logs, APIs and wire formats).
+    pub fn payload_json(&self) -> Result<Value> {
+        serde_json::from_slice(&self.payload)
+            .map_err(|e| Error::serialization(self.event_type.clone(), e))
+    }
+}
+
+/// A decoded event with everything the store knows about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Envelope<E> {
+    /// The domain event.
+    pub event: E,
+    /// Unique id of the event.
+    pub event_id: Uuid,
+    /// The stream it belongs to.
+    pub stream_id: StreamId,
+    /// Its version in the stream: 1 for the first event.
+    pub stream_version: u64,
+    /// Its place in the global log.
+    pub position: Position,
+    /// When the store recorded it.
+    pub recorded_at: DateTime<Utc>,
+    /// Correlation, causation, trace context and headers.
+    pub metadata: Metadata,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum Ev {
+        Opened { owner: String },
+        Deposited(u64),
+        Closed,
+        Renamed { name: String },
+    }
+
+    fn split_name(mut v: Value) -> std::result::Result<Value, String> {
+        let full = v["fullName"].as_str().ok_or("no fullName")?.to_owned();
+        v = json!({ "owner": full });
+        Ok(v)
+    }
+
+    static UPS: &[Upcaster] = &[
+        Upcaster::new("Opened", 1, split_name),
+        Upcaster::new("Titled", 1, |v| Ok(json!({ "name": v["title"] }))).renaming_to("Renamed"),
+    ];
+
+    impl DomainEvent for Ev {
+        fn schema_version(event_type: &str) -> u32 {
+            match event_type {
+                "Opened" | "Renamed" => 2,
+                _ => 1,
+            }
+        }
+        fn upcasters() -> &'static [Upcaster] {
+            UPS
+        }
+    }
+
+    #[test]
+    fn round_trips_every_variant_shape() {
+        for ev in [
+            Ev::Opened { owner: "a".into() },
+            Ev::Deposited(7),
+            Ev::Closed,
+            Ev::Renamed { name: "n".into() },
+        ] {
+            let (ty, payload) = ev.encode().unwrap();
+            let v = Ev::schema_version(&ty);
+            assert_eq!(Ev::decode(&ty, v, &payload).unwrap(), ev);
+        }
+        assert_eq!(&Ev::Closed.encode().unwrap().1[..], b"null");
+    }
+
+    #[test]
+    fn old_versions_are_upcast_and_renamed() {
+        let old = br#"{"fullName":"Ada"}"#;
+        assert_eq!(
+            Ev::decode("Opened", 1, old).unwrap(),
+            Ev::Opened {
+                owner: "Ada".into()
+            }
+        );
+        assert_eq!(
+            Ev::decode("Titled", 1, br#"{"title":"x"}"#).unwrap(),
+            Ev::Renamed { name: "x".into() }
+        );
+    }
+
+    #[test]
+    fn bad_payloads_give_typed_errors_not_panics() {
+        assert!(matches!(
+            Ev::decode("Deposited", 1, b"{not json"),
+            Err(Error::Serialization { .. })
+        ));
+        assert!(matches!(
+            Ev::decode("Nope", 1, b"{}"),
+            Err(Error::UnknownEventType { .. })
+        ));
+        // A version from the future has no upcaster.
+        assert!(matches!(
+            Ev::decode("Deposited", 9, b"1"),
+            Err(Error::Serialization { .. })
+        ));
+        // Version 2 stored but the upcaster input shape is wrong.
+        assert!(matches!(
+            Ev::decode("Opened", 1, br#"{"x":1}"#),
+            Err(Error::Serialization { .. })
+        ));
+    }
+
+    #[test]
+    fn caused_by_carries_correlation_and_causation() {
+        let cause = RecordedEvent {
+            event_id: Uuid::now_v7(),
+            stream_id: StreamId::new("a-1").unwrap(),
+            stream_version: 1,
+            position: Position::new(1, 1),
+            recorded_at: Utc::now(),
+            event_type: "Closed".into(),
+            schema_version: 1,
+            payload: Bytes::from_static(b"null"),
+            metadata: Metadata {
+                traceparent: Some("00-abc-def-01".into()),
+                ..Metadata::default()
+            },
+        };
+        let m = Metadata::caused_by(&cause);
+        assert_eq!(m.correlation_id, Some(cause.event_id));
+        assert_eq!(m.causation_id, Some(cause.event_id));
+        assert_eq!(m.traceparent.as_deref(), Some("00-abc-def-01"));
+        let json = m.to_json();
+        assert_eq!(Metadata::from_json(&json).unwrap(), m);
+        assert_eq!(Metadata::from_json(b"").unwrap(), Metadata::default());
+    }
+}

@@ -1,0 +1,44 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod aggregate;
+pub mod bus;
+pub mod cache;
+mod error;
+mod event;
+pub mod idempotency;
+pub mod memory;
+pub mod projection;
+mod repository;
+pub mod saga;
+mod snapshot;
+mod store;
+mod stream;
+pub mod subscription;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+pub use aggregate::Aggregate;
+pub use bus::{DeadLetter, DeadLetterQueue, EventBus, HandlerError, MessageHandler, Subscription};
+pub use cache::{Cache, CacheExt};
+pub use error::{BoxError, Error, Result};
+pub use event::{
+    event_type_of, DomainEvent, Envelope, Metadata, NewEvent, RecordedEvent, Upcaster,
+};
+pub use idempotency::{Claim, IdempotencyStore};
+pub use projection::{InlineProjection, Projection, ProjectionRunner};
+pub use repository::{CommandContext, CommandError, Executed, Loaded, Repository};
+pub use saga::{CommandDispatcher, Saga, SagaDecision, SagaRunner, SagaStore};
+pub use snapshot::{Snapshot, SnapshotStore};
+pub use store::{
+    AppendResult, CheckpointStore, CommitOutcome, EventStore, EventSubscription, ExpectedVersion,
+    Inbox, InboxEntry, StreamAppend, UnitOfWork,
+};
+pub use stream::{Position, StreamFilter, StreamId, MAX_STREAM_ID_LEN};
+
+/// Re-exports for doc tests and for backends' conformance tests.
+#[doc(hidden)]
+pub mod __private {
+    pub use async_trait::async_trait;
+}

@@ -1,0 +1,245 @@
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::{watch, Notify};
+
+use crate::bus::{
+    default_routing_key, topic_matches, ConsumerHandle, DeadLetter, DeadLetterQueue, EventBus,
+    HandlerError, MessageHandler, Router, Subscription,
+};
+use crate::error::Result;
+use crate::event::RecordedEvent;
+
+/// An in-memory [`EventBus`] with topic routing, competing consumers, retries with backoff and
+/// a dead-letter queue per consumer. Cloning shares it.
+///
+/// A queue exists from the first `subscribe` of its consumer name and keeps its messages while
+/// no instance consumes (as a durable queue would, for the life of the process). Events that
+/// no queue binds are dropped, as a topic exchange drops them.
+#[derive(Clone)]
+pub struct MemoryEventBus {
+    inner: Arc<BusInner>,
+}
+
+struct BusInner {
+    router: Router,
+    queues: Mutex<HashMap<String, Arc<Queue>>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    bindings: Mutex<Vec<String>>,
+    ready: Mutex<VecDeque<(RecordedEvent, u32)>>,
+    notify: Notify,
+    dead: Mutex<Vec<DeadLetter>>,
+}
+
+impl Queue {
+    fn push(&self, event: RecordedEvent, attempts: u32) {
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((event, attempts));
+        self.notify.notify_one();
+    }
+
+    fn pop(&self) -> Option<(RecordedEvent, u32)> {
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+}
+
+impl fmt::Debug for MemoryEventBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("MemoryEventBus")
+            .field("queues", &queues.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Default for MemoryEventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryEventBus {
+    /// A bus routing with [`default_routing_key`].
+    pub fn new() -> Self {
+        Self::with_router(Arc::new(default_routing_key))
+    }
+
+    /// A bus routing with `router`.
+    pub fn with_router(router: Router) -> Self {
+        MemoryEventBus {
+            inner: Arc::new(BusInner {
+                router,
+                queues: Mutex::default(),
+            }),
+        }
+    }
+
+    fn queue(&self, name: &str) -> Arc<Queue> {
+        self.inner
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Messages waiting on `consumer`'s queue.
+    pub fn pending(&self, consumer: &str) -> usize {
+        self.queue(consumer)
+            .ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+#[async_trait]
+impl DeadLetterQueue for MemoryEventBus {
+    async fn dead_letters(&self, consumer: &str, limit: usize) -> Result<Vec<DeadLetter>> {
+        let queue = self.queue(consumer);
+        let dead = queue.dead.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(dead.iter().take(limit).cloned().collect())
+    }
+
+    async fn requeue_dead_letters(&self, consumer: &str, limit: usize) -> Result<usize> {
+        let queue = self.queue(consumer);
+        let moved: Vec<DeadLetter> = {
+            let mut dead = queue.dead.lock().unwrap_or_else(|e| e.into_inner());
+            let n = limit.min(dead.len());
+            dead.drain(..n).collect()
+        };
+        let count = moved.len();
+        for event in moved.into_iter().filter_map(|d| d.event) {
+            queue.push(event, 0);
+        }
+        Ok(count)
+    }
+
+    async fn purge_dead_letters(&self, consumer: &str) -> Result<usize> {
+        let queue = self.queue(consumer);
+        let mut dead = queue.dead.lock().unwrap_or_else(|e| e.into_inner());
+        let count = dead.len();
+        dead.clear();
+        Ok(count)
+    }
+}
+
+#[async_trait]
+impl EventBus for MemoryEventBus {
+    async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
+        let queues: Vec<Arc<Queue>> = self
+            .inner
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for event in events {
+            let key = (self.inner.router)(event);
+            for queue in &queues {
+                let bound = queue
+                    .bindings
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .any(|pattern| topic_matches(pattern, &key));
+                if bound {
+                    queue.push(event.clone(), 0);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        subscription: Subscription,
+        handler: Arc<dyn MessageHandler>,
+    ) -> Result<ConsumerHandle> {
+        let queue = self.queue(&subscription.consumer);
+        {
+            let mut bindings = queue.bindings.lock().unwrap_or_else(|e| e.into_inner());
+            for key in &subscription.routing_keys {
+                if !bindings.contains(key) {
+                    bindings.push(key.clone());
+                }
+            }
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let workers = usize::from(subscription.prefetch).clamp(1, 64);
+        let task = tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..workers {
+                tasks.spawn(worker(
+                    queue.clone(),
+                    subscription.clone(),
+                    handler.clone(),
+                    stop_rx.clone(),
+                ));
+            }
+            while tasks.join_next().await.is_some() {}
+        });
+        Ok(ConsumerHandle::new(stop, task))
+    }
+}
+
+async fn worker(
+    queue: Arc<Queue>,
+    subscription: Subscription,
+    handler: Arc<dyn MessageHandler>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let Some((event, attempts)) = queue.pop() else {
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = queue.notify.notified() => {}
+                // A notification can go to a worker that is busy; look again now and then.
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+            continue;
+        };
+        let attempts = attempts + 1;
+        let failure = match handler.handle(&event).await {
+            Ok(()) => continue,
+            Err(HandlerError::Reject(error)) => error.to_string(),
+            Err(HandlerError::Retry(error)) if attempts < subscription.retry.max_attempts => {
+                tracing::debug!(consumer = %subscription.consumer, event_id = %event.event_id, attempts, %error, "handler failed; retrying");
+                let delay = subscription.retry.backoff(attempts);
+                let queue = queue.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    queue.push(event, attempts);
+                });
+                continue;
+            }
+            Err(HandlerError::Retry(error)) => error.to_string(),
+        };
+        tracing::warn!(consumer = %subscription.consumer, event_id = %event.event_id, attempts, error = %failure, "message dead-lettered");
+        queue
+            .dead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(DeadLetter {
+                body: event.payload.clone(),
+                event: Some(event),
+                reason: failure,
+                attempts,
+            });
+    }
+}

@@ -1,0 +1,443 @@
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::RecordedEvent;
+use crate::projection::InlineProjection;
+use crate::saga::{DeadlineRecord, SagaChange, SagaSaved, SagaState, SagaStore};
+use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::store::{
+    AppendResult, CheckpointStore, CommitOutcome, EventStore, EventSubscription, Inbox, UnitOfWork,
+};
+use crate::stream::{Position, StreamFilter, StreamId};
+use crate::subscription::{poll_subscription, PollConfig};
+
+/// An in-memory [`EventStore`], which is also an [`Inbox`], a [`CheckpointStore`], a
+/// [`SnapshotStore`] and a [`SagaStore`], all behind one lock so a [`UnitOfWork`] is atomic.
+///
+/// Cloning is cheap and shares the store.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), es_core::Error> {
+/// use es_core::{EventStore, ExpectedVersion, NewEvent, StreamId, memory::MemoryEventStore};
+///
+/// let store = MemoryEventStore::new();
+/// let stream = StreamId::new("account-1")?;
+/// store.append(&stream, ExpectedVersion::NoStream, vec![NewEvent::raw("Opened", "{}")]).await?;
+/// let events = store.read_stream(&stream, 1, 10).await?;
+/// assert_eq!(events[0].stream_version, 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryEventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    wake: watch::Sender<()>,
+    inline: RwLock<Vec<Arc<dyn InlineProjection>>>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            state: Mutex::default(),
+            wake: watch::channel(()).0,
+            inline: RwLock::default(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// The global log; the event at index `i` has sequence `i + 1`.
+    log: Vec<RecordedEvent>,
+    streams: HashMap<StreamId, Vec<usize>>,
+    categories: HashMap<String, Vec<usize>>,
+    event_ids: HashSet<Uuid>,
+    commits: u64,
+    inbox: HashSet<(String, Uuid)>,
+    checkpoints: HashMap<String, Position>,
+    snapshots: HashMap<StreamId, Snapshot>,
+    sagas: HashMap<(String, String), SagaState>,
+    saga_inbox: HashSet<(String, Uuid)>,
+    deadlines: HashMap<Uuid, DeadlineRecord>,
+}
+
+impl fmt::Debug for MemoryEventStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("MemoryEventStore")
+            .field("events", &state.log.len())
+            .field("streams", &state.streams.len())
+            .finish()
+    }
+}
+
+impl MemoryEventStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a projection applied inside every commit, under the store's lock, so that a
+    /// read right after an append sees its effect. It must not call back into this store.
+    pub fn with_inline_projection(self, projection: Arc<dyn InlineProjection>) -> Self {
+        self.inner
+            .inline
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(projection);
+        self
+    }
+
+    /// How many events the store holds.
+    pub fn len(&self) -> usize {
+        self.state().log.len()
+    }
+
+    /// Whether the store holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic in another thread while it held the lock leaves the state as it was before
+        // that commit (commits check everything before changing anything), so keep going.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn stream_version(state: &State, stream: &StreamId) -> Option<u64> {
+    state
+        .streams
+        .get(stream)
+        .and_then(|indexes| indexes.last())
+        .map(|&i| state.log[i].stream_version)
+}
+
+#[async_trait]
+impl EventStore for MemoryEventStore {
+    async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome> {
+        unit.validate()?;
+        let mut state = self.state();
+        if let Some(entry) = &unit.inbox {
+            if state
+                .inbox
+                .contains(&(entry.consumer.clone(), entry.event_id))
+            {
+                return Ok(CommitOutcome::AlreadyHandled);
+            }
+        }
+        // Check every expectation and id before changing anything: all or nothing.
+        let mut batch_ids = HashSet::new();
+        for append in &unit.appends {
+            let actual = stream_version(&state, &append.stream_id);
+            if !append.expected.is_met_by(actual) {
+                return Err(append.expected.conflict(&append.stream_id, actual));
+            }
+            for event in &append.events {
+                if state.event_ids.contains(&event.event_id) || !batch_ids.insert(event.event_id) {
+                    return Err(Error::InvalidInput(format!(
+                        "event id {} is already stored",
+                        event.event_id
+                    )));
+                }
+            }
+        }
+        let commit = state.commits + 1;
+        let now = Utc::now();
+        let mut sequence = state.log.len() as u64;
+        let mut recorded = Vec::new();
+        let mut results = Vec::with_capacity(unit.appends.len());
+        for append in unit.appends {
+            let mut version = stream_version(&state, &append.stream_id).unwrap_or(0);
+            let mut positions = Vec::with_capacity(append.events.len());
+            for event in append.events {
+                version += 1;
+                sequence += 1;
+                let position = Position::new(commit, sequence);
+                positions.push(position);
+                recorded.push(RecordedEvent {
+                    event_id: event.event_id,
+                    stream_id: append.stream_id.clone(),
+                    stream_version: version,
+                    position,
+                    recorded_at: now,
+                    event_type: event.event_type,
+                    schema_version: event.schema_version,
+                    payload: event.payload,
+                    metadata: event.metadata,
+                });
+            }
+            results.push(AppendResult {
+                stream_id: append.stream_id,
+                next_expected_version: version,
+                positions,
+            });
+        }
+        {
+            let inline = self.inner.inline.read().unwrap_or_else(|e| e.into_inner());
+            for projection in inline.iter() {
+                for event in &recorded {
+                    projection.apply(event).map_err(|source| {
+                        Error::backend(
+                            "inline projection",
+                            format!("{}: {source}", projection.name()),
+                        )
+                    })?;
+                }
+            }
+        }
+        if let Some(entry) = unit.inbox {
+            state.inbox.insert((entry.consumer, entry.event_id));
+        }
+        if let Some((name, position)) = unit.checkpoint {
+            state.checkpoints.insert(name, position);
+        }
+        let appended = !recorded.is_empty();
+        if appended {
+            state.commits = commit;
+        }
+        for event in recorded {
+            let index = state.log.len();
+            state.event_ids.insert(event.event_id);
+            state
+                .streams
+                .entry(event.stream_id.clone())
+                .or_default()
+                .push(index);
+            state
+                .categories
+                .entry(event.stream_id.category().to_owned())
+                .or_default()
+                .push(index);
+            state.log.push(event);
+        }
+        drop(state);
+        if appended {
+            self.inner.wake.send_modify(|_| {});
+        }
+        Ok(CommitOutcome::Committed(results))
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let state = self.state();
+        let Some(indexes) = state.streams.get(stream_id) else {
+            return Ok(Vec::new());
+        };
+        // Version v is at index v - 1 of the stream.
+        let start = (from_version.max(1) - 1) as usize;
+        Ok(indexes
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|&i| state.log[i].clone())
+            .collect())
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<Option<u64>> {
+        Ok(stream_version(&self.state(), stream_id))
+    }
+
+    async fn read_all(
+        &self,
+        filter: &StreamFilter,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let state = self.state();
+        let indexes: &[usize] = match filter {
+            StreamFilter::All => {
+                let start = state.log.partition_point(|e| e.position <= after);
+                return Ok(state.log[start..].iter().take(limit).cloned().collect());
+            }
+            StreamFilter::Category(category) => match state.categories.get(category) {
+                Some(indexes) => indexes,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let start = indexes.partition_point(|&i| state.log[i].position <= after);
+        Ok(indexes[start..]
+            .iter()
+            .take(limit)
+            .map(|&i| state.log[i].clone())
+            .collect())
+    }
+
+    async fn head(&self) -> Result<Position> {
+        Ok(self
+            .state()
+            .log
+            .last()
+            .map_or(Position::START, |e| e.position))
+    }
+
+    fn subscribe(&self, filter: StreamFilter, after: Position) -> EventSubscription {
+        let config = PollConfig {
+            poll_interval: Duration::from_secs(1),
+            ..PollConfig::default()
+        };
+        poll_subscription(
+            Arc::new(self.clone()),
+            filter,
+            after,
+            Some(self.inner.wake.subscribe()),
+            config,
+        )
+    }
+}
+
+#[async_trait]
+impl Inbox for MemoryEventStore {
+    async fn contains(&self, consumer: &str, event_id: Uuid) -> Result<bool> {
+        Ok(self
+            .state()
+            .inbox
+            .contains(&(consumer.to_owned(), event_id)))
+    }
+
+    async fn record(&self, consumer: &str, event_id: Uuid) -> Result<bool> {
+        Ok(self.state().inbox.insert((consumer.to_owned(), event_id)))
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for MemoryEventStore {
+    async fn load(&self, name: &str) -> Result<Option<Position>> {
+        Ok(self.state().checkpoints.get(name).copied())
+    }
+
+    async fn save(&self, name: &str, position: Position) -> Result<()> {
+        self.state().checkpoints.insert(name.to_owned(), position);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for MemoryEventStore {
+    async fn save(&self, snapshot: Snapshot) -> Result<()> {
+        let mut state = self.state();
+        match state.snapshots.get(&snapshot.stream_id) {
+            Some(existing) if existing.version > snapshot.version => {}
+            _ => {
+                state.snapshots.insert(snapshot.stream_id.clone(), snapshot);
+            }
+        }
+        Ok(())
+    }
+
+    async fn load(&self, stream_id: &StreamId) -> Result<Option<Snapshot>> {
+        Ok(self.state().snapshots.get(stream_id).cloned())
+    }
+
+    async fn delete(&self, stream_id: &StreamId) -> Result<()> {
+        self.state().snapshots.remove(stream_id);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SagaStore for MemoryEventStore {
+    async fn load(&self, saga: &str, instance: &str) -> Result<Option<SagaState>> {
+        Ok(self
+            .state()
+            .sagas
+            .get(&(saga.to_owned(), instance.to_owned()))
+            .cloned())
+    }
+
+    async fn save(&self, change: SagaChange) -> Result<SagaSaved> {
+        let mut state = self.state();
+        let key = (change.saga.clone(), change.instance.clone());
+        if let Some(event_id) = change.handled_event {
+            if state.saga_inbox.contains(&(change.saga.clone(), event_id)) {
+                return Ok(SagaSaved::AlreadyHandled);
+            }
+        }
+        if let Some(id) = change.fired_deadline {
+            if !state.deadlines.contains_key(&id) {
+                return Ok(SagaSaved::AlreadyHandled);
+            }
+        }
+        let actual = state.sagas.get(&key).map_or(0, |s| s.version);
+        if actual != change.expected_version {
+            return Err(Error::Conflict {
+                stream: format!("saga {}/{}", change.saga, change.instance),
+                expected: crate::ExpectedVersion::Exact(change.expected_version),
+                actual: Some(actual),
+            });
+        }
+        if let Some(event_id) = change.handled_event {
+            state.saga_inbox.insert((change.saga.clone(), event_id));
+        }
+        if let Some(id) = change.fired_deadline {
+            state.deadlines.remove(&id);
+        }
+        state.deadlines.retain(|_, d| {
+            !(d.saga == change.saga
+                && d.instance == change.instance
+                && (change.cancel.contains(&d.key)
+                    || change.schedule.iter().any(|s| s.key == d.key)))
+        });
+        for deadline in change.schedule {
+            state.deadlines.insert(deadline.id, deadline);
+        }
+        state.sagas.insert(
+            key,
+            SagaState {
+                data: change.state,
+                version: actual + 1,
+                completed: change.completed,
+            },
+        );
+        Ok(SagaSaved::Saved)
+    }
+
+    async fn due_deadlines(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DeadlineRecord>> {
+        let state = self.state();
+        let mut due: Vec<_> = state
+            .deadlines
+            .values()
+            .filter(|d| d.due_at <= now)
+            .cloned()
+            .collect();
+        due.sort_by_key(|d| (d.due_at, d.id));
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    async fn has_handled(&self, saga: &str, event_id: Uuid) -> Result<bool> {
+        Ok(self
+            .state()
+            .saga_inbox
+            .contains(&(saga.to_owned(), event_id)))
+    }
+
+    async fn deadlines_of(&self, saga: &str, instance: &str) -> Result<Vec<DeadlineRecord>> {
+        let state = self.state();
+        let mut found: Vec<_> = state
+            .deadlines
+            .values()
+            .filter(|d| d.saga == saga && d.instance == instance)
+            .cloned()
+            .collect();
+        found.sort_by_key(|d| (d.due_at, d.id));
+        Ok(found)
+    }
+}

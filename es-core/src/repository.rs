@@ -1,0 +1,349 @@
+//! The typed [`Repository`]: load an aggregate, decide, append, retry on conflicts.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::aggregate::Aggregate;
+use crate::error::{Error, Result};
+use crate::event::{Metadata, NewEvent};
+use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::store::{
+    CommitOutcome, EventStore, ExpectedVersion, InboxEntry, StreamAppend, UnitOfWork,
+};
+use crate::stream::StreamId;
+
+/// Why a command was not carried out.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<E: std::error::Error + 'static> {
+    /// The aggregate refused the command: a domain error to show to the caller.
+    #[error(transparent)]
+    Rejected(E),
+    /// The store failed, or conflicts outlasted the retries ([`Error::Conflict`]).
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+/// An aggregate's state as loaded, with the stream version it reflects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<A> {
+    /// The state.
+    pub state: A,
+    /// How many events made it (0: a new aggregate).
+    pub version: u64,
+}
+
+/// What a successful command did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Executed<A: Aggregate> {
+    /// The state after the command.
+    pub state: A,
+    /// The stream version after the command.
+    pub version: u64,
+    /// The events the command appended (empty when it decided nothing, or when the message
+    /// behind it had already been handled).
+    pub events: Vec<A::Event>,
+    /// `true` when the inbox said the causing message had already been handled, so nothing
+    /// was decided or written.
+    pub already_handled: bool,
+}
+
+/// Context of one command: the metadata its events get, and the inbox entry of the message
+/// that caused it (committed with the events, so a redelivery is skipped).
+#[derive(Debug, Clone, Default)]
+pub struct CommandContext {
+    /// Metadata given to every event the command appends.
+    pub metadata: Metadata,
+    /// The message this command handles, recorded atomically with its events.
+    pub inbox: Option<InboxEntry>,
+}
+
+impl CommandContext {
+    /// A context with this metadata and no inbox entry.
+    pub fn with_metadata(metadata: Metadata) -> Self {
+        CommandContext {
+            metadata,
+            inbox: None,
+        }
+    }
+
+    /// A context for a command caused by `cause`, handled by `consumer`: the events carry the
+    /// cause's correlation id and its event id as causation id, and the inbox entry
+    /// `(consumer, cause.event_id)` commits with them.
+    pub fn caused_by(cause: &crate::RecordedEvent, consumer: impl Into<String>) -> Self {
+        CommandContext {
+            metadata: Metadata::caused_by(cause),
+            inbox: Some(InboxEntry::new(consumer, cause.event_id)),
+        }
+    }
+}
+
+type EncodeSnapshot<A> = fn(&A) -> Result<Vec<u8>>;
+type DecodeSnapshot<A> = fn(&[u8]) -> Result<A>;
+
+struct Snapshots<A> {
+    store: Arc<dyn SnapshotStore>,
+    every: u64,
+    encode: EncodeSnapshot<A>,
+    decode: DecodeSnapshot<A>,
+}
+
+/// Loads aggregates of type `A` from an [`EventStore`] and carries out their commands.
+///
+/// `execute` loads the aggregate (latest snapshot, then the tail of its stream), lets it decide,
+/// and appends the events expecting the version it loaded. When another writer got there first
+/// it reloads and decides again, up to [`with_max_retries`](Repository::with_max_retries) times.
+pub struct Repository<A: Aggregate> {
+    store: Arc<dyn EventStore>,
+    snapshots: Option<Snapshots<A>>,
+    max_retries: usize,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> fmt::Debug for Repository<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("aggregate", &A::TYPE)
+            .field("store", &self.store)
+            .field("snapshot_every", &self.snapshots.as_ref().map(|s| s.every))
+            .field("max_retries", &self.max_retries)
+            .finish()
+    }
+}
+
+impl<A: Aggregate> Clone for Repository<A> {
+    fn clone(&self) -> Self {
+        Repository {
+            store: self.store.clone(),
+            snapshots: self.snapshots.as_ref().map(|s| Snapshots {
+                store: s.store.clone(),
+                every: s.every,
+                encode: s.encode,
+                decode: s.decode,
+            }),
+            max_retries: self.max_retries,
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+impl<A: Aggregate> Repository<A> {
+    /// The default number of reloads after a version conflict.
+    pub const DEFAULT_MAX_RETRIES: usize = 16;
+
+    /// A repository on `store`, without snapshots.
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Repository {
+            store,
+            snapshots: None,
+            max_retries: Self::DEFAULT_MAX_RETRIES,
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// Takes a snapshot every `every` events (at least 1) and loads from the latest one.
+    pub fn with_snapshots(mut self, store: Arc<dyn SnapshotStore>, every: u64) -> Self
+    where
+        A: Serialize + DeserializeOwned,
+    {
+        self.snapshots = Some(Snapshots {
+            store,
+            every: every.max(1),
+            encode: |state| serde_json::to_vec(state).map_err(|e| Error::serialization(A::TYPE, e)),
+            decode: |bytes| {
+                serde_json::from_slice(bytes).map_err(|e| Error::serialization(A::TYPE, e))
+            },
+        });
+        self
+    }
+
+    /// How often a conflicting command is reloaded and decided again before the conflict is
+    /// returned.
+    pub fn with_max_retries(mut self, max_retries: usize) -> Self {
+        self.max_retries = max_retries;
+        self
+    }
+
+    /// The store under this repository.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// The stream id of aggregate `id`.
+    pub fn stream_id(id: &str) -> Result<StreamId> {
+        StreamId::for_aggregate(A::TYPE, id)
+    }
+
+    /// Loads aggregate `id`: its default state at version 0 when it has no events.
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
+        let stream_id = Self::stream_id(id)?;
+        self.load_stream(&stream_id).await
+    }
+
+    /// Loads aggregate `id`, `None` when it has no events.
+    pub async fn find(&self, id: &str) -> Result<Option<Loaded<A>>> {
+        let loaded = self.load(id).await?;
+        Ok((loaded.version > 0).then_some(loaded))
+    }
+
+    async fn load_stream(&self, stream_id: &StreamId) -> Result<Loaded<A>> {
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: 0,
+        };
+        if let Some(snapshots) = &self.snapshots {
+            match snapshots.store.load(stream_id).await {
+                Ok(Some(snapshot)) if snapshot.schema_version == A::SNAPSHOT_VERSION => {
+                    match (snapshots.decode)(&snapshot.payload) {
+                        Ok(state) => {
+                            loaded = Loaded {
+                                state,
+                                version: snapshot.version,
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(stream = %stream_id, %error, "ignoring an undecodable snapshot")
+                        }
+                    }
+                }
+                Ok(_) => {}
+                // Snapshots only save time: without one, replay the whole stream.
+                Err(error) => {
+                    tracing::warn!(stream = %stream_id, %error, "snapshot store failed; replaying the stream")
+                }
+            }
+        }
+        const PAGE: usize = 4096;
+        loop {
+            let page = self
+                .store
+                .read_stream(stream_id, loaded.version + 1, PAGE)
+                .await?;
+            let full = page.len() == PAGE;
+            for recorded in &page {
+                let event = recorded.decode::<A::Event>()?;
+                loaded.state.apply(&event);
+                loaded.version = recorded.stream_version;
+            }
+            if !full {
+                return Ok(loaded);
+            }
+        }
+    }
+
+    /// Carries out `command` on aggregate `id` with `metadata` on its events.
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: Metadata,
+    ) -> Result<Executed<A>, CommandError<A::Error>>
+    where
+        A::Command: Clone,
+    {
+        self.execute_with(id, command, CommandContext::with_metadata(metadata))
+            .await
+    }
+
+    /// Carries out `command` on aggregate `id` within `context` (metadata and inbox entry).
+    pub async fn execute_with(
+        &self,
+        id: &str,
+        command: A::Command,
+        context: CommandContext,
+    ) -> Result<Executed<A>, CommandError<A::Error>>
+    where
+        A::Command: Clone,
+    {
+        let stream_id = Self::stream_id(id)?;
+        let mut attempt = 0;
+        loop {
+            let Loaded { mut state, version } = self.load_stream(&stream_id).await?;
+            let events = state
+                .handle(command.clone())
+                .map_err(CommandError::Rejected)?;
+            if events.is_empty() && context.inbox.is_none() {
+                return Ok(Executed {
+                    state,
+                    version,
+                    events,
+                    already_handled: false,
+                });
+            }
+            let new_events = events
+                .iter()
+                .map(|event| NewEvent::from_domain(event, context.metadata.clone()))
+                .collect::<Result<Vec<_>>>()?;
+            let unit = UnitOfWork {
+                appends: vec![StreamAppend::new(
+                    stream_id.clone(),
+                    ExpectedVersion::Exact(version),
+                    new_events,
+                )],
+                inbox: context.inbox.clone(),
+                checkpoint: None,
+            };
+            match self.store.commit(unit).await {
+                Ok(CommitOutcome::Committed(results)) => {
+                    let new_version = results.first().map_or(version, |r| r.next_expected_version);
+                    for event in &events {
+                        state.apply(event);
+                    }
+                    self.maybe_snapshot(&stream_id, &state, version, new_version)
+                        .await;
+                    return Ok(Executed {
+                        state,
+                        version: new_version,
+                        events,
+                        already_handled: false,
+                    });
+                }
+                Ok(CommitOutcome::AlreadyHandled) => {
+                    let Loaded { state, version } = self.load_stream(&stream_id).await?;
+                    return Ok(Executed {
+                        state,
+                        version,
+                        events: Vec::new(),
+                        already_handled: true,
+                    });
+                }
+                Err(error) if error.is_conflict() && attempt < self.max_retries => {
+                    attempt += 1;
+                    tracing::debug!(stream = %stream_id, attempt, "version conflict; deciding again");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    async fn maybe_snapshot(&self, stream_id: &StreamId, state: &A, before: u64, after: u64) {
+        let Some(snapshots) = &self.snapshots else {
+            return;
+        };
+        if after / snapshots.every == before / snapshots.every {
+            return;
+        }
+        let payload = match (snapshots.encode)(state) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::warn!(stream = %stream_id, %error, "cannot serialize a snapshot");
+                return;
+            }
+        };
+        let snapshot = Snapshot {
+            stream_id: stream_id.clone(),
+            version: after,
+            schema_version: A::SNAPSHOT_VERSION,
+            payload: payload.into(),
+            taken_at: Utc::now(),
+        };
+        // A lost snapshot costs a longer replay, never correctness.
+        if let Err(error) = snapshots.store.save(snapshot).await {
+            tracing::warn!(stream = %stream_id, %error, "cannot save a snapshot");
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The [`EventStore`] and the [`UnitOfWork`] it commits, with the small stores that commit
+//! alongside it: [`Inbox`] and [`CheckpointStore`].
+
+use std::fmt;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::{NewEvent, RecordedEvent};
+use crate::stream::{Position, StreamFilter, StreamId};
+
+/// What a writer expects of a stream's version when it appends.
+///
+/// Stream versions count events: a stream with three events is at version 3, and its next event
+/// gets version 4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must exist (have at least one event).
+    StreamExists,
+    /// The stream must be at exactly this version (`Exact(0)` is the same as `NoStream`).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream currently at `actual` (`None`: no stream) meets this expectation.
+    pub fn is_met_by(self, actual: Option<u64>) -> bool {
+        match (self, actual) {
+            (ExpectedVersion::Any, _) => true,
+            (ExpectedVersion::NoStream, None) | (ExpectedVersion::Exact(0), None) => true,
+            (ExpectedVersion::StreamExists, Some(_)) => true,
+            (ExpectedVersion::Exact(expected), Some(actual)) => expected == actual,
+            _ => false,
+        }
+    }
+
+    /// The conflict error for `stream` when this expectation failed against `actual`.
+    pub fn conflict(self, stream: &StreamId, actual: Option<u64>) -> Error {
+        Error::Conflict {
+            stream: stream.to_string(),
+            expected: self,
+            actual,
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any version"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::StreamExists => f.write_str("an existing stream"),
+            ExpectedVersion::Exact(version) => write!(f, "version {version}"),
+        }
+    }
+}
+
+/// Events to append to one stream, with the writer's expectation of its version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamAppend {
+    /// The target stream.
+    pub stream_id: StreamId,
+    /// What the writer expects; checked by the store, atomically with the write.
+    pub expected: ExpectedVersion,
+    /// The events, in order. May be empty: then only the expectation is checked.
+    pub events: Vec<NewEvent>,
+}
+
+impl StreamAppend {
+    /// An append of `events` to `stream_id` expecting `expected`.
+    pub fn new(stream_id: StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+        StreamAppend {
+            stream_id,
+            expected,
+            events,
+        }
+    }
+}
+
+/// The outcome of one stream's append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendResult {
+    /// The stream appended to.
+    pub stream_id: StreamId,
+    /// The version of the stream after the append (the expected version for the next one).
+    pub next_expected_version: u64,
+    /// The positions of the appended events, in order (empty when no events were given).
+    pub positions: Vec<Position>,
+}
+
+/// A consumer's record that it handled one message: `(consumer, event id)`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct InboxEntry {
+    /// The consumer's name (one per service or handler, shared by its instances).
+    pub consumer: String,
+    /// The id of the handled event.
+    pub event_id: Uuid,
+}
+
+impl InboxEntry {
+    /// An inbox entry for `consumer` having handled `event_id`.
+    pub fn new(consumer: impl Into<String>, event_id: Uuid) -> Self {
+        InboxEntry {
+            consumer: consumer.into(),
+            event_id,
+        }
+    }
+}
+
+/// Effects that commit together or not at all: the appends (each with its expectation), the
+/// inbox entry of the message that caused them, and a projection's checkpoint.
+///
+/// In memory this is one lock; in PostgreSQL one transaction.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UnitOfWork {
+    /// Appends to one or more streams; every expectation must hold or nothing is written.
+    pub appends: Vec<StreamAppend>,
+    /// Marks a message as handled; if it is already there, nothing is written and the commit
+    /// answers [`CommitOutcome::AlreadyHandled`].
+    pub inbox: Option<InboxEntry>,
+    /// Moves a checkpoint (a projection's or a relay's).
+    pub checkpoint: Option<(String, Position)>,
+}
+
+impl UnitOfWork {
+    /// An empty unit of work.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an append.
+    pub fn append(mut self, append: StreamAppend) -> Self {
+        self.appends.push(append);
+        self
+    }
+
+    /// Records that `consumer` handled `event_id` in the same commit.
+    pub fn handled(mut self, entry: InboxEntry) -> Self {
+        self.inbox = Some(entry);
+        self
+    }
+
+    /// Moves checkpoint `name` to `position` in the same commit.
+    pub fn checkpoint(mut self, name: impl Into<String>, position: Position) -> Self {
+        self.checkpoint = Some((name.into(), position));
+        self
+    }
+
+    /// Checks what a store must refuse before touching anything: a stream twice in one unit.
+    pub fn validate(&self) -> Result<()> {
+        for (i, append) in self.appends.iter().enumerate() {
+            if self.appends[..i]
+                .iter()
+                .any(|other| other.stream_id == append.stream_id)
+            {
+                return Err(Error::InvalidInput(format!(
+                    "stream `{}` appears twice in one unit of work",
+                    append.stream_id
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a [`UnitOfWork`] commit did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Everything was written; one result per append, in order.
+    Committed(Vec<AppendResult>),
+    /// The inbox entry was already there: the message had been handled, nothing was written.
+    AlreadyHandled,
+}
+
+impl CommitOutcome {
+    /// The append results, or `None` when the message had already been handled.
+    pub fn committed(self) -> Option<Vec<AppendResult>> {
+        match self {
+            CommitOutcome::Committed(results) => Some(results),
+            CommitOutcome::AlreadyHandled => None,
+        }
+    }
+}
+
+/// A live stream of events from the global log: catches up, then follows new commits.
+///
+/// An `Err` item reports a failed read (the backend was down, say); the subscription goes on
+/// after it, from the last event it delivered, so a consumer may log errors and keep reading.
+pub type EventSubscription = BoxStream<'static, Result<RecordedEvent>>;
+
+/// An append-only store of event streams, speaking serialized events.
+///
+/// Object-safe (use it as `Arc<dyn EventStore>`), so the typed layer
+/// ([`Repository`](crate::Repository)) and every runner work with any backend. Backends:
+/// [`MemoryEventStore`](crate::memory::MemoryEventStore) here, `PgEventStore` in `es-postgres`.
+///
+/// Guarantees every backend keeps (and the conformance suite checks):
+/// - an append whose expectation fails writes nothing and returns [`Error::Conflict`];
+/// - the appends of a [`UnitOfWork`] are atomic across streams;
+/// - [`read_all`](EventStore::read_all) and [`subscribe`](EventStore::subscribe) deliver each
+///   committed event once, in [`Position`] order, and never skip one that commits later.
+#[async_trait]
+pub trait EventStore: Send + Sync + fmt::Debug {
+    /// Commits a unit of work atomically.
+    async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome>;
+
+    /// Reads up to `limit` events of one stream, starting at version `from_version` (1 is the
+    /// first event). An unknown stream reads as empty.
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>>;
+
+    /// The stream's current version, `None` when it does not exist.
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<Option<u64>>;
+
+    /// Reads up to `limit` events of the global log after `after`, in position order.
+    async fn read_all(
+        &self,
+        filter: &StreamFilter,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>>;
+
+    /// The position of the newest event a reader can see (`Position::START` when empty).
+    async fn head(&self) -> Result<Position>;
+
+    /// Subscribes to the global log after `after`: every event that passes `filter`, once, in
+    /// order; first those already stored, then new ones as they commit.
+    fn subscribe(&self, filter: StreamFilter, after: Position) -> EventSubscription;
+
+    /// Appends events to one stream.
+    async fn append(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        let unit = UnitOfWork::new().append(StreamAppend::new(stream_id.clone(), expected, events));
+        match self.commit(unit).await? {
+            CommitOutcome::Committed(mut results) => Ok(results.remove(0)),
+            CommitOutcome::AlreadyHandled => unreachable!("no inbox entry was given"),
+        }
+    }
+
+    /// Appends to several streams at once: every expectation holds and everything is written,
+    /// or nothing is.
+    async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        let unit = UnitOfWork {
+            appends,
+            ..UnitOfWork::default()
+        };
+        match self.commit(unit).await? {
+            CommitOutcome::Committed(results) => Ok(results),
+            CommitOutcome::AlreadyHandled => unreachable!("no inbox entry was given"),
+        }
+    }
+
+    /// Reads a whole stream from `from_version` to its end, page by page.
+    async fn read_stream_to_end(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+    ) -> Result<Vec<RecordedEvent>> {
+        const PAGE: usize = 4096;
+        let mut events = Vec::new();
+        let mut next = from_version.max(1);
+        loop {
+            let page = self.read_stream(stream_id, next, PAGE).await?;
+            let done = page.len() < PAGE;
+            if let Some(last) = page.last() {
+                next = last.stream_version + 1;
+            }
+            events.extend(page);
+            if done {
+                return Ok(events);
+            }
+        }
+    }
+}
+
+/// Remembers which messages each consumer handled, so a redelivery is skipped.
+///
+/// Writing an entry together with the handler's effects is the job of
+/// [`UnitOfWork::handled`]; this trait reads and writes entries on their own.
+#[async_trait]
+pub trait Inbox: Send + Sync + fmt::Debug {
+    /// Whether `consumer` already handled `event_id`.
+    async fn contains(&self, consumer: &str, event_id: Uuid) -> Result<bool>;
+
+    /// Records the entry; `false` when it was already there.
+    async fn record(&self, consumer: &str, event_id: Uuid) -> Result<bool>;
+}
+
+/// Stores how far each named reader (projection, relay) got in the global log.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync + fmt::Debug {
+    /// The saved position of `name`, `None` when it never saved one.
+    async fn load(&self, name: &str) -> Result<Option<Position>>;
+
+    /// Saves the position of `name`.
+    async fn save(&self, name: &str, position: Position) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectations_against_actual_versions() {
+        use ExpectedVersion::*;
+        assert!(Any.is_met_by(None) && Any.is_met_by(Some(3)));
+        assert!(NoStream.is_met_by(None) && !NoStream.is_met_by(Some(1)));
+        assert!(StreamExists.is_met_by(Some(1)) && !StreamExists.is_met_by(None));
+        assert!(Exact(0).is_met_by(None) && !Exact(0).is_met_by(Some(1)));
+        assert!(Exact(2).is_met_by(Some(2)) && !Exact(2).is_met_by(Some(3)));
+        assert!(!Exact(2).is_met_by(None));
+    }
+
+    #[test]
+    fn a_stream_twice_in_one_unit_is_invalid() {
+        let s = StreamId::new("a-1").unwrap();
+        let unit = UnitOfWork::new()
+            .append(StreamAppend::new(s.clone(), ExpectedVersion::Any, vec![]))
+            .append(StreamAppend::new(s, ExpectedVersion::Any, vec![]));
+        assert!(matches!(unit.validate(), Err(Error::InvalidInput(_))));
+    }
+}

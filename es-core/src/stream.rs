@@ -1,0 +1,223 @@
+//! Stream ids, categories and positions in the global log.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The longest stream id a store accepts, in bytes.
+pub const MAX_STREAM_ID_LEN: usize = 255;
+
+/// The id of one stream of events, e.g. `order-5f0c…`.
+///
+/// A stream id is non-empty, at most [`MAX_STREAM_ID_LEN`] bytes and has no control characters.
+/// The part before the first `-` is the stream's *category* (`order` for `order-5f0c…`); reading
+/// a category reads every stream in it.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StreamId(String);
+
+impl StreamId {
+    /// Validates and wraps a stream id.
+    ///
+    /// ```
+    /// # use es_core::StreamId;
+    /// let id = StreamId::new("order-42").unwrap();
+    /// assert_eq!(id.category(), "order");
+    /// assert!(StreamId::new("").is_err());
+    /// ```
+    pub fn new(id: impl Into<String>) -> Result<Self> {
+        let id = id.into();
+        if id.is_empty() {
+            return Err(Error::InvalidInput("a stream id cannot be empty".into()));
+        }
+        if id.len() > MAX_STREAM_ID_LEN {
+            return Err(Error::InvalidInput(format!(
+                "a stream id is at most {MAX_STREAM_ID_LEN} bytes, got {}",
+                id.len()
+            )));
+        }
+        if id.chars().any(char::is_control) {
+            return Err(Error::InvalidInput(
+                "a stream id cannot contain control characters".into(),
+            ));
+        }
+        Ok(StreamId(id))
+    }
+
+    /// The stream of one aggregate instance: `{category}-{id}`.
+    ///
+    /// ```
+    /// # use es_core::StreamId;
+    /// assert_eq!(StreamId::for_aggregate("order", "7").unwrap().as_str(), "order-7");
+    /// ```
+    pub fn for_aggregate(category: &str, id: &str) -> Result<Self> {
+        if category.is_empty() || category.contains('-') {
+            return Err(Error::InvalidInput(format!(
+                "an aggregate category must be non-empty and free of '-', got `{category}`"
+            )));
+        }
+        if id.is_empty() {
+            return Err(Error::InvalidInput(
+                "an aggregate id cannot be empty".into(),
+            ));
+        }
+        StreamId::new(format!("{category}-{id}"))
+    }
+
+    /// The stream id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The category: everything before the first `-`, or the whole id when it has none.
+    pub fn category(&self) -> &str {
+        self.0
+            .split_once('-')
+            .map_or(&self.0, |(category, _)| category)
+    }
+
+    /// The part after the category and its `-` (the aggregate id), or the whole id.
+    pub fn entity_id(&self) -> &str {
+        self.0.split_once('-').map_or(&self.0, |(_, id)| id)
+    }
+}
+
+impl fmt::Debug for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for StreamId {
+    type Error = Error;
+    fn try_from(value: String) -> Result<Self> {
+        StreamId::new(value)
+    }
+}
+
+impl TryFrom<&str> for StreamId {
+    type Error = Error;
+    fn try_from(value: &str) -> Result<Self> {
+        StreamId::new(value)
+    }
+}
+
+impl From<StreamId> for String {
+    fn from(value: StreamId) -> Self {
+        value.0
+    }
+}
+
+impl AsRef<str> for StreamId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Which streams a read of the global log or a subscription sees.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StreamFilter {
+    /// Every stream.
+    #[default]
+    All,
+    /// The streams of one category (`order` for every `order-…` stream).
+    Category(String),
+}
+
+impl StreamFilter {
+    /// A filter for one category.
+    pub fn category(category: impl Into<String>) -> Self {
+        StreamFilter::Category(category.into())
+    }
+
+    /// Whether the filter lets `stream` through.
+    pub fn matches(&self, stream: &StreamId) -> bool {
+        match self {
+            StreamFilter::All => true,
+            StreamFilter::Category(category) => stream.category() == category,
+        }
+    }
+}
+
+/// A point in the global log, in the order the store delivers events.
+///
+/// Positions are ordered by `commit`, then `sequence`. `commit` orders the appends as they became
+/// visible (PostgreSQL: the writer's transaction id; in memory: the append counter), `sequence`
+/// is the event's unique global sequence number. Reading "after" a position never skips an event
+/// that commits later: see the ordering guarantee in the guide.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Position {
+    /// Orders the commits: every event of a later commit has a larger value.
+    pub commit: u64,
+    /// The event's global sequence number, unique across the store.
+    pub sequence: u64,
+}
+
+impl Position {
+    /// Before the first event: reading after it reads everything.
+    pub const START: Position = Position {
+        commit: 0,
+        sequence: 0,
+    };
+
+    /// A position from its two parts.
+    pub const fn new(commit: u64, sequence: u64) -> Self {
+        Position { commit, sequence }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.commit, self.sequence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_control_stream_ids_are_rejected() {
+        assert!(matches!(StreamId::new(""), Err(Error::InvalidInput(_))));
+        assert!(matches!(StreamId::new("a\nb"), Err(Error::InvalidInput(_))));
+        assert!(matches!(
+            StreamId::new("x".repeat(MAX_STREAM_ID_LEN + 1)),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(StreamId::new("x".repeat(MAX_STREAM_ID_LEN)).is_ok());
+    }
+
+    #[test]
+    fn category_is_the_part_before_the_first_dash() {
+        let id = StreamId::new("order-aaaa-bbbb").unwrap();
+        assert_eq!(id.category(), "order");
+        assert_eq!(id.entity_id(), "aaaa-bbbb");
+        assert_eq!(StreamId::new("plain").unwrap().category(), "plain");
+        assert!(StreamFilter::category("order").matches(&id));
+        assert!(!StreamFilter::category("ord").matches(&id));
+    }
+
+    #[test]
+    fn aggregate_categories_cannot_contain_dashes() {
+        assert!(StreamId::for_aggregate("a-b", "1").is_err());
+        assert!(StreamId::for_aggregate("order", "").is_err());
+    }
+
+    #[test]
+    fn positions_order_by_commit_then_sequence() {
+        assert!(Position::new(1, 9) < Position::new(2, 3));
+        assert!(Position::new(2, 3) < Position::new(2, 4));
+        assert!(Position::START < Position::new(0, 1));
+    }
+}

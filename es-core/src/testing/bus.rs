@@ -1,0 +1,363 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::unique_category;
+use crate::bus::{
+    DeadLetterQueue, EventBus, HandlerError, MessageHandler, RetryPolicy, Subscription,
+};
+use crate::event::{Metadata, RecordedEvent};
+use crate::stream::{Position, StreamId};
+
+/// How the recording handler treats a message.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Succeed,
+    FailTimes(u32),
+    AlwaysFail,
+    Reject,
+}
+
+struct Recorder {
+    behaviour: Mutex<HashMap<Uuid, Behaviour>>,
+    attempts: Mutex<HashMap<Uuid, u32>>,
+    handled: Mutex<Vec<RecordedEvent>>,
+    delay: Duration,
+}
+
+impl Recorder {
+    fn new(delay: Duration) -> Arc<Self> {
+        Arc::new(Recorder {
+            behaviour: Mutex::default(),
+            attempts: Mutex::default(),
+            handled: Mutex::default(),
+            delay,
+        })
+    }
+
+    fn set(&self, id: Uuid, behaviour: Behaviour) {
+        self.behaviour.lock().unwrap().insert(id, behaviour);
+    }
+
+    fn handled(&self) -> Vec<RecordedEvent> {
+        self.handled.lock().unwrap().clone()
+    }
+
+    fn attempts(&self, id: Uuid) -> u32 {
+        self.attempts.lock().unwrap().get(&id).copied().unwrap_or(0)
+    }
+
+    async fn wait_for(&self, count: usize, within: Duration) -> Vec<RecordedEvent> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let handled = self.handled();
+            if handled.len() >= count || tokio::time::Instant::now() >= deadline {
+                return handled;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl MessageHandler for Recorder {
+    async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let attempt = {
+            let mut attempts = self.attempts.lock().unwrap();
+            let n = attempts.entry(message.event_id).or_default();
+            *n += 1;
+            *n
+        };
+        let behaviour = self
+            .behaviour
+            .lock()
+            .unwrap()
+            .get(&message.event_id)
+            .copied()
+            .unwrap_or(Behaviour::Succeed);
+        match behaviour {
+            Behaviour::Succeed => {}
+            Behaviour::FailTimes(n) if attempt > n => {}
+            Behaviour::FailTimes(_) | Behaviour::AlwaysFail => {
+                return Err(HandlerError::retry(format!("induced failure {attempt}")))
+            }
+            Behaviour::Reject => return Err(HandlerError::reject("induced rejection")),
+        }
+        self.handled.lock().unwrap().push(message.clone());
+        Ok(())
+    }
+}
+
+fn event(category: &str, event_type: &str, n: u64) -> RecordedEvent {
+    RecordedEvent {
+        event_id: Uuid::now_v7(),
+        stream_id: StreamId::for_aggregate(category, &n.to_string()).unwrap(),
+        stream_version: n + 1,
+        position: Position::new(n + 1, n + 1),
+        recorded_at: Utc::now(),
+        event_type: event_type.to_owned(),
+        schema_version: 1,
+        payload: Bytes::from(format!(r#"{{"n":{n},"text":"ünïcode ✓"}}"#)),
+        metadata: Metadata {
+            correlation_id: Some(Uuid::new_v4()),
+            causation_id: Some(Uuid::new_v4()),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            headers: [("tenant".to_owned(), "t1".to_owned())].into(),
+        },
+    }
+}
+
+fn fast_retry(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+    }
+}
+
+/// Checks [`EventBus`] and [`DeadLetterQueue`]: routing, the envelope surviving the trip,
+/// retries, dead letters that do not stop the consumer, competing consumers, requeue and purge.
+///
+/// The bus must route with [`default_routing_key`](crate::bus::default_routing_key) (an event of
+/// type `Placed` in stream `{category}-1` routes as `{category}.placed`).
+pub async fn bus_conformance<B>(bus: Arc<B>)
+where
+    B: EventBus + DeadLetterQueue + 'static,
+{
+    routes_by_key_and_keeps_the_envelope(&*bus).await;
+    retries_then_succeeds_and_dead_letters_without_stopping(&*bus).await;
+    competing_consumers_share_the_work(&*bus).await;
+    dead_letters_can_be_requeued_and_purged(&*bus).await;
+}
+
+async fn routes_by_key_and_keeps_the_envelope<B: EventBus + DeadLetterQueue>(bus: &B) {
+    let category = unique_category("bus");
+    let recorder = Recorder::new(Duration::ZERO);
+    let consumer = format!("{category}-placed");
+    let handle = bus
+        .subscribe(
+            Subscription::new(&consumer, [format!("{category}.placed")]),
+            recorder.clone(),
+        )
+        .await
+        .expect("subscribe");
+    let placed: Vec<_> = (0..3).map(|n| event(&category, "Placed", n)).collect();
+    let other: Vec<_> = (0..2).map(|n| event(&category, "Shipped", n)).collect();
+    bus.publish(&[placed[0].clone(), other[0].clone(), placed[1].clone()])
+        .await
+        .expect("publish");
+    bus.publish(&[other[1].clone(), placed[2].clone()])
+        .await
+        .expect("publish");
+
+    let handled = recorder.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(handled.len(), 3, "the bound messages arrive");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let handled = recorder.handled();
+    assert_eq!(handled.len(), 3, "unbound routing keys are not delivered");
+    for sent in &placed {
+        let got = handled
+            .iter()
+            .find(|h| h.event_id == sent.event_id)
+            .expect("every bound message arrives");
+        assert_eq!(got.event_type, sent.event_type);
+        assert_eq!(got.stream_id, sent.stream_id);
+        assert_eq!(got.stream_version, sent.stream_version);
+        assert_eq!(got.schema_version, sent.schema_version);
+        assert_eq!(
+            got.metadata, sent.metadata,
+            "correlation, causation, traceparent and headers survive"
+        );
+        let got_json: serde_json::Value = serde_json::from_slice(&got.payload).unwrap();
+        let sent_json: serde_json::Value = serde_json::from_slice(&sent.payload).unwrap();
+        assert_eq!(got_json, sent_json, "the payload survives");
+    }
+    handle.stop().await;
+    assert!(bus.dead_letters(&consumer, 10).await.unwrap().is_empty());
+}
+
+async fn retries_then_succeeds_and_dead_letters_without_stopping<B: EventBus + DeadLetterQueue>(
+    bus: &B,
+) {
+    let category = unique_category("retry");
+    let recorder = Recorder::new(Duration::ZERO);
+    let consumer = format!("{category}-c");
+    let flaky = event(&category, "Placed", 1);
+    let poison = event(&category, "Placed", 2);
+    let rejected = event(&category, "Placed", 3);
+    let good = event(&category, "Placed", 4);
+    recorder.set(flaky.event_id, Behaviour::FailTimes(2));
+    recorder.set(poison.event_id, Behaviour::AlwaysFail);
+    recorder.set(rejected.event_id, Behaviour::Reject);
+    let handle = bus
+        .subscribe(
+            Subscription::new(&consumer, [format!("{category}.#")]).with_retry(fast_retry(3)),
+            recorder.clone(),
+        )
+        .await
+        .unwrap();
+    bus.publish(&[
+        flaky.clone(),
+        poison.clone(),
+        rejected.clone(),
+        good.clone(),
+    ])
+    .await
+    .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let dead = bus.dead_letters(&consumer, 10).await.unwrap();
+        if (dead.len() >= 2 && recorder.handled().len() >= 2)
+            || tokio::time::Instant::now() > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let handled: Vec<Uuid> = recorder.handled().iter().map(|e| e.event_id).collect();
+    assert!(
+        handled.contains(&good.event_id),
+        "a poison message does not stop the consumer"
+    );
+    assert_eq!(
+        handled.iter().filter(|id| **id == flaky.event_id).count(),
+        1,
+        "a message that failed twice is handled once on the third delivery"
+    );
+    assert_eq!(recorder.attempts(flaky.event_id), 3);
+    assert_eq!(
+        recorder.attempts(poison.event_id),
+        3,
+        "an always-failing message is tried max_attempts times"
+    );
+    assert_eq!(
+        recorder.attempts(rejected.event_id),
+        1,
+        "a rejected message is not retried"
+    );
+
+    let dead = bus.dead_letters(&consumer, 10).await.unwrap();
+    assert_eq!(
+        dead.len(),
+        2,
+        "the failing and the rejected message are dead letters: {dead:?}"
+    );
+    let poison_letter = dead
+        .iter()
+        .find(|d| d.event.as_ref().map(|e| e.event_id) == Some(poison.event_id))
+        .expect("the poison message is a dead letter");
+    assert_eq!(
+        poison_letter.attempts, 3,
+        "the attempt count travels with the dead letter"
+    );
+    assert!(
+        poison_letter.reason.contains("induced failure"),
+        "the last error travels with the dead letter: {}",
+        poison_letter.reason
+    );
+    let rejected_letter = dead
+        .iter()
+        .find(|d| d.event.as_ref().map(|e| e.event_id) == Some(rejected.event_id))
+        .expect("the rejected message is a dead letter");
+    assert_eq!(rejected_letter.attempts, 1);
+    handle.stop().await;
+    bus.purge_dead_letters(&consumer).await.unwrap();
+}
+
+async fn competing_consumers_share_the_work<B: EventBus + DeadLetterQueue>(bus: &B) {
+    let category = unique_category("compete");
+    let consumer = format!("{category}-c");
+    let (a, b) = (
+        Recorder::new(Duration::from_millis(2)),
+        Recorder::new(Duration::from_millis(2)),
+    );
+    let subscription = Subscription::new(&consumer, [format!("{category}.*")]).with_prefetch(4);
+    let ha = bus
+        .subscribe(subscription.clone(), a.clone())
+        .await
+        .unwrap();
+    let hb = bus.subscribe(subscription, b.clone()).await.unwrap();
+    let events: Vec<_> = (0..60).map(|n| event(&category, "Placed", n)).collect();
+    bus.publish(&events).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while a.handled().len() + b.handled().len() < events.len()
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ids: Vec<Uuid> = a
+        .handled()
+        .iter()
+        .chain(b.handled().iter())
+        .map(|e| e.event_id)
+        .collect();
+    ids.sort();
+    let mut expected: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    expected.sort();
+    assert_eq!(
+        ids, expected,
+        "two instances of one consumer handle each message once in all"
+    );
+    assert!(
+        !a.handled().is_empty() && !b.handled().is_empty(),
+        "both instances got work"
+    );
+    ha.stop().await;
+    hb.stop().await;
+}
+
+async fn dead_letters_can_be_requeued_and_purged<B: EventBus + DeadLetterQueue>(bus: &B) {
+    let category = unique_category("dlq");
+    let consumer = format!("{category}-c");
+    let recorder = Recorder::new(Duration::ZERO);
+    let first = event(&category, "Placed", 1);
+    let second = event(&category, "Placed", 2);
+    recorder.set(first.event_id, Behaviour::Reject);
+    recorder.set(second.event_id, Behaviour::Reject);
+    let handle = bus
+        .subscribe(
+            Subscription::new(&consumer, [format!("{category}.placed")]).with_retry(fast_retry(2)),
+            recorder.clone(),
+        )
+        .await
+        .unwrap();
+    bus.publish(&[first.clone(), second.clone()]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bus.dead_letters(&consumer, 10).await.unwrap().len() < 2
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dead = bus.dead_letters(&consumer, 10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(
+        bus.dead_letters(&consumer, 10).await.unwrap().len(),
+        2,
+        "listing leaves dead letters in place"
+    );
+
+    // Fixed: the handler accepts them now, and one is moved back for reprocessing.
+    recorder.set(first.event_id, Behaviour::Succeed);
+    recorder.set(second.event_id, Behaviour::Succeed);
+    assert_eq!(bus.requeue_dead_letters(&consumer, 1).await.unwrap(), 1);
+    let handled = recorder.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(handled.len(), 1, "a requeued dead letter is handled again");
+    assert_eq!(bus.dead_letters(&consumer, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        bus.purge_dead_letters(&consumer).await.unwrap(),
+        1,
+        "purge deletes the rest"
+    );
+    assert!(bus.dead_letters(&consumer, 10).await.unwrap().is_empty());
+    handle.stop().await;
+}

@@ -1,0 +1,221 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{Duration as ChronoDuration, Utc};
+use uuid::Uuid;
+
+use super::unique_category;
+use crate::event::Metadata;
+use crate::saga::{DeadlineRecord, SagaChange, SagaSaved, SagaStore};
+use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::store::{CheckpointStore, Inbox};
+use crate::stream::{Position, StreamId};
+
+/// Checks [`SnapshotStore`]: save, load, newest wins, delete.
+pub async fn snapshot_store_conformance(store: Arc<dyn SnapshotStore>) {
+    let s = StreamId::for_aggregate(&unique_category("snap"), "1").unwrap();
+    assert_eq!(store.load(&s).await.unwrap(), None, "no snapshot at first");
+    let snap = |version: u64, body: &'static str| Snapshot {
+        stream_id: s.clone(),
+        version,
+        schema_version: 2,
+        payload: Bytes::from_static(body.as_bytes()),
+        taken_at: Utc::now(),
+    };
+    store.save(snap(10, r#"{"v":10}"#)).await.unwrap();
+    let loaded = store.load(&s).await.unwrap().expect("saved snapshot loads");
+    assert_eq!((loaded.version, loaded.schema_version), (10, 2));
+    assert_eq!(loaded.payload, Bytes::from_static(br#"{"v":10}"#));
+
+    store.save(snap(20, r#"{"v":20}"#)).await.unwrap();
+    assert_eq!(
+        store.load(&s).await.unwrap().unwrap().version,
+        20,
+        "a newer snapshot replaces the old"
+    );
+    store.save(snap(15, r#"{"v":15}"#)).await.unwrap();
+    assert_eq!(
+        store.load(&s).await.unwrap().unwrap().version,
+        20,
+        "an older snapshot never moves it back"
+    );
+
+    let other = StreamId::for_aggregate(&unique_category("snap"), "2").unwrap();
+    assert_eq!(
+        store.load(&other).await.unwrap(),
+        None,
+        "snapshots are per stream"
+    );
+    store.delete(&s).await.unwrap();
+    assert_eq!(store.load(&s).await.unwrap(), None, "delete removes it");
+    store.delete(&s).await.expect("deleting nothing is fine");
+}
+
+/// Checks [`CheckpointStore`]: none at first, save, overwrite, names are independent.
+pub async fn checkpoint_store_conformance(store: Arc<dyn CheckpointStore>) {
+    let name = unique_category("cp");
+    assert_eq!(store.load(&name).await.unwrap(), None);
+    store.save(&name, Position::new(3, 7)).await.unwrap();
+    assert_eq!(store.load(&name).await.unwrap(), Some(Position::new(3, 7)));
+    store.save(&name, Position::new(9, 12)).await.unwrap();
+    assert_eq!(store.load(&name).await.unwrap(), Some(Position::new(9, 12)));
+    assert_eq!(
+        store.load(&format!("{name}x")).await.unwrap(),
+        None,
+        "names are independent"
+    );
+}
+
+/// Checks [`Inbox`]: record once per consumer and event id.
+pub async fn inbox_conformance(inbox: Arc<dyn Inbox>) {
+    let consumer = unique_category("inbox");
+    let event = Uuid::new_v4();
+    assert!(!inbox.contains(&consumer, event).await.unwrap());
+    assert!(
+        inbox.record(&consumer, event).await.unwrap(),
+        "the first record is new"
+    );
+    assert!(
+        !inbox.record(&consumer, event).await.unwrap(),
+        "the second record is not"
+    );
+    assert!(inbox.contains(&consumer, event).await.unwrap());
+    assert!(
+        !inbox
+            .contains(&format!("{consumer}x"), event)
+            .await
+            .unwrap(),
+        "consumers are independent"
+    );
+    assert!(!inbox.contains(&consumer, Uuid::new_v4()).await.unwrap());
+
+    // 16 racing records of one entry: exactly one is new.
+    let event = Uuid::new_v4();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (inbox, consumer) = (inbox.clone(), consumer.clone());
+            tokio::spawn(async move { inbox.record(&consumer, event).await.unwrap() })
+        })
+        .collect();
+    let mut new = 0;
+    for task in tasks {
+        new += usize::from(task.await.unwrap());
+    }
+    assert_eq!(new, 1, "exactly one racing record is new");
+}
+
+fn deadline(saga: &str, instance: &str, key: &str, in_secs: i64) -> DeadlineRecord {
+    DeadlineRecord {
+        id: Uuid::now_v7(),
+        saga: saga.to_owned(),
+        instance: instance.to_owned(),
+        key: key.to_owned(),
+        due_at: Utc::now() + ChronoDuration::seconds(in_secs),
+        payload: Bytes::from_static(br#"{"kind":"timeout"}"#),
+        metadata: Metadata::new_correlation(),
+    }
+}
+
+fn change(saga: &str, instance: &str, expected_version: u64, state: &'static str) -> SagaChange {
+    SagaChange {
+        saga: saga.to_owned(),
+        instance: instance.to_owned(),
+        expected_version,
+        state: Bytes::from_static(state.as_bytes()),
+        completed: false,
+        schedule: Vec::new(),
+        cancel: Vec::new(),
+        handled_event: None,
+        fired_deadline: None,
+    }
+}
+
+/// Checks [`SagaStore`]: versioned state, the saga's inbox, and deadlines that fire once.
+pub async fn saga_store_conformance(store: Arc<dyn SagaStore>) {
+    let saga = unique_category("saga");
+    let i1 = "instance-1";
+    assert_eq!(store.load(&saga, i1).await.unwrap(), None);
+
+    let event = Uuid::new_v4();
+    let mut first = change(&saga, i1, 0, r#"{"step":1}"#);
+    first.handled_event = Some(event);
+    first.schedule.push(deadline(&saga, i1, "timeout", 3600));
+    assert_eq!(store.save(first.clone()).await.unwrap(), SagaSaved::Saved);
+    let state = store
+        .load(&saga, i1)
+        .await
+        .unwrap()
+        .expect("saved state loads");
+    assert_eq!((state.version, state.completed), (1, false));
+    assert_eq!(state.data, Bytes::from_static(br#"{"step":1}"#));
+    assert!(store.has_handled(&saga, event).await.unwrap());
+
+    // The same event again is a no-op, even with a stale version.
+    assert_eq!(store.save(first).await.unwrap(), SagaSaved::AlreadyHandled);
+    assert_eq!(store.load(&saga, i1).await.unwrap().unwrap().version, 1);
+
+    // A stale version is a conflict.
+    let err = store
+        .save(change(&saga, i1, 0, r#"{"step":9}"#))
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_conflict(),
+        "a stale saga version conflicts, got {err:?}"
+    );
+
+    // Scheduling the same key replaces the deadline; other keys stay.
+    let mut second = change(&saga, i1, 1, r#"{"step":2}"#);
+    second.schedule.push(deadline(&saga, i1, "timeout", -1));
+    second.schedule.push(deadline(&saga, i1, "reminder", 7200));
+    store.save(second).await.unwrap();
+    let pending = store.deadlines_of(&saga, i1).await.unwrap();
+    assert_eq!(
+        pending.len(),
+        2,
+        "a key is replaced, not doubled: {pending:?}"
+    );
+
+    let due: Vec<_> = store
+        .due_deadlines(Utc::now(), 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.saga == saga)
+        .collect();
+    assert_eq!(due.len(), 1, "only the past deadline is due");
+    assert_eq!(due[0].key, "timeout");
+    assert_eq!(due[0].payload, Bytes::from_static(br#"{"kind":"timeout"}"#));
+
+    // Firing it removes it, atomically with the state; a second firing is a no-op.
+    let mut fired = change(&saga, i1, 2, r#"{"step":3}"#);
+    fired.fired_deadline = Some(due[0].id);
+    assert_eq!(store.save(fired.clone()).await.unwrap(), SagaSaved::Saved);
+    fired.expected_version = 3;
+    assert_eq!(
+        store.save(fired).await.unwrap(),
+        SagaSaved::AlreadyHandled,
+        "a deadline fires once"
+    );
+    assert!(store
+        .due_deadlines(Utc::now(), 1000)
+        .await
+        .unwrap()
+        .iter()
+        .all(|d| d.saga != saga));
+
+    // Cancel and complete.
+    let mut done = change(&saga, i1, 3, r#"{"step":4}"#);
+    done.cancel.push("reminder".into());
+    done.completed = true;
+    store.save(done).await.unwrap();
+    assert!(
+        store.deadlines_of(&saga, i1).await.unwrap().is_empty(),
+        "cancel removes the deadline"
+    );
+    let state = store.load(&saga, i1).await.unwrap().unwrap();
+    assert!(state.completed && state.version == 4);
+
+    // Instances are independent.
+    assert_eq!(store.load(&saga, "instance-2").await.unwrap(), None);
+}

@@ -1,0 +1,35 @@
+//! The in-memory backends pass every conformance suite.
+
+use std::sync::Arc;
+
+use es_core::memory::{MemoryCache, MemoryEventBus, MemoryEventStore, MemoryIdempotencyStore};
+use es_core::testing;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_event_store_passes_the_event_store_suite() {
+    testing::event_store_conformance(Arc::new(MemoryEventStore::new())).await;
+}
+
+#[tokio::test]
+async fn memory_event_store_passes_the_snapshot_checkpoint_inbox_and_saga_suites() {
+    let store = MemoryEventStore::new();
+    testing::snapshot_store_conformance(Arc::new(store.clone())).await;
+    testing::checkpoint_store_conformance(Arc::new(store.clone())).await;
+    testing::inbox_conformance(Arc::new(store.clone())).await;
+    testing::saga_store_conformance(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_event_bus_passes_the_bus_suite() {
+    testing::bus_conformance(Arc::new(MemoryEventBus::new())).await;
+}
+
+#[tokio::test]
+async fn memory_cache_passes_the_cache_suite() {
+    testing::cache_conformance(Arc::new(MemoryCache::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_idempotency_store_passes_the_idempotency_suite() {
+    testing::idempotency_conformance(Arc::new(MemoryIdempotencyStore::new())).await;
+}

@@ -1,0 +1,3 @@
+//! The order processing example.
+
+fn main() {}
