@@ -9,6 +9,7 @@ mod event;
 pub mod idempotency;
 pub mod memory;
 pub mod projection;
+pub mod relay;
 mod repository;
 pub mod saga;
 mod snapshot;
@@ -28,6 +29,7 @@ pub use event::{
 };
 pub use idempotency::{Claim, IdempotencyStore};
 pub use projection::{InlineProjection, Projection, ProjectionRunner};
+pub use relay::Relay;
 pub use repository::{CommandContext, CommandError, Executed, Loaded, Repository};
 pub use saga::{CommandDispatcher, Saga, SagaDecision, SagaRunner, SagaStore};
 pub use snapshot::{Snapshot, SnapshotStore};
