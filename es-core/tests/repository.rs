@@ -1,0 +1,402 @@
+//! The typed repository over the in-memory store: decisions, conflicts, snapshots, inbox.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Account, AccountCommand, AccountError, AccountEvent};
+use es_core::memory::MemoryEventStore;
+use es_core::testing::AggregateTest;
+use es_core::{
+    CommandContext, CommandError, Error, EventStore, ExpectedVersion, Metadata, NewEvent,
+    Repository, SnapshotStore, StreamId,
+};
+
+fn repo(store: &MemoryEventStore) -> Repository<Account> {
+    Repository::new(Arc::new(store.clone()))
+}
+
+#[tokio::test]
+async fn a_command_appends_its_events_with_the_given_metadata() {
+    let store = MemoryEventStore::new();
+    let accounts = repo(&store);
+    let meta = Metadata::new_correlation();
+    let done = accounts
+        .execute(
+            "a",
+            AccountCommand::Open {
+                owner: "ann".into(),
+            },
+            meta.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.version, 1);
+    assert_eq!(
+        done.events,
+        vec![AccountEvent::Opened {
+            owner: "ann".into()
+        }]
+    );
+    assert!(done.state.open);
+    let events = store
+        .read_stream(&StreamId::new("account-a").unwrap(), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].metadata, meta);
+    assert_eq!(
+        events[0].schema_version, 2,
+        "new events carry today's schema version"
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_command_writes_nothing() {
+    let store = MemoryEventStore::new();
+    let accounts = repo(&store);
+    let err = accounts
+        .execute("a", AccountCommand::Deposit(5), Metadata::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::Rejected(AccountError::NotOpen)));
+    assert!(store.is_empty());
+    assert!(accounts.find("a").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn an_empty_decision_appends_nothing() {
+    let store = MemoryEventStore::new();
+    let accounts = repo(&store);
+    accounts
+        .execute(
+            "a",
+            AccountCommand::Open { owner: "x".into() },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    let done = accounts
+        .execute("a", AccountCommand::Noop, Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!((done.version, done.events.len()), (1, 0));
+    assert_eq!(store.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_commands_are_retried_until_each_lands_once() {
+    let store = MemoryEventStore::new();
+    let accounts = repo(&store);
+    accounts
+        .execute(
+            "a",
+            AccountCommand::Open { owner: "x".into() },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let accounts = accounts.clone();
+            tokio::spawn(async move {
+                accounts
+                    .execute("a", AccountCommand::Deposit(1), Metadata::default())
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().expect("conflicts are retried");
+    }
+    let loaded = accounts.load("a").await.unwrap();
+    assert_eq!((loaded.state.balance, loaded.version), (32, 33));
+}
+
+/// A store where another writer always gets in between a load and the commit.
+#[derive(Debug)]
+struct AlwaysContended {
+    inner: MemoryEventStore,
+    commits: std::sync::atomic::AtomicUsize,
+}
+
+#[es_core::__private::async_trait]
+impl EventStore for AlwaysContended {
+    async fn commit(&self, unit: es_core::UnitOfWork) -> es_core::Result<es_core::CommitOutcome> {
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        for append in &unit.appends {
+            self.inner
+                .append(
+                    &append.stream_id,
+                    ExpectedVersion::Any,
+                    vec![NewEvent::raw("Deposited", r#"{"amount":1}"#)],
+                )
+                .await?;
+        }
+        self.inner.commit(unit).await
+    }
+    async fn read_stream(
+        &self,
+        s: &StreamId,
+        from: u64,
+        limit: usize,
+    ) -> es_core::Result<Vec<es_core::RecordedEvent>> {
+        self.inner.read_stream(s, from, limit).await
+    }
+    async fn stream_version(&self, s: &StreamId) -> es_core::Result<Option<u64>> {
+        self.inner.stream_version(s).await
+    }
+    async fn read_all(
+        &self,
+        f: &es_core::StreamFilter,
+        after: es_core::Position,
+        limit: usize,
+    ) -> es_core::Result<Vec<es_core::RecordedEvent>> {
+        self.inner.read_all(f, after, limit).await
+    }
+    async fn head(&self) -> es_core::Result<es_core::Position> {
+        self.inner.head().await
+    }
+    fn subscribe(
+        &self,
+        f: es_core::StreamFilter,
+        after: es_core::Position,
+    ) -> es_core::EventSubscription {
+        self.inner.subscribe(f, after)
+    }
+}
+
+#[tokio::test]
+async fn conflicts_beyond_the_retry_bound_are_returned() {
+    let inner = MemoryEventStore::new();
+    repo(&inner)
+        .execute(
+            "a",
+            AccountCommand::Open { owner: "x".into() },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    let contended = Arc::new(AlwaysContended {
+        inner: inner.clone(),
+        commits: Default::default(),
+    });
+    let accounts = Repository::<Account>::new(contended.clone()).with_max_retries(2);
+    let err = accounts
+        .execute("a", AccountCommand::Deposit(5), Metadata::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Store(Error::Conflict { .. })),
+        "got {err:?}"
+    );
+    assert_eq!(
+        contended.commits.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "one try and two retries"
+    );
+    let loaded = repo(&inner).load("a").await.unwrap();
+    assert_eq!(
+        loaded.state.balance, 3,
+        "only the other writer's events landed"
+    );
+}
+
+#[tokio::test]
+async fn snapshots_are_taken_every_n_events_and_loading_reads_only_the_tail() {
+    let store = MemoryEventStore::new();
+    let accounts = repo(&store).with_snapshots(Arc::new(store.clone()), 10);
+    accounts
+        .execute(
+            "a",
+            AccountCommand::Open { owner: "x".into() },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..24 {
+        accounts
+            .execute("a", AccountCommand::Deposit(2), Metadata::default())
+            .await
+            .unwrap();
+    }
+    let stream = Repository::<Account>::stream_id("a").unwrap();
+    let snapshot = SnapshotStore::load(&store, &stream)
+        .await
+        .unwrap()
+        .expect("a snapshot was taken");
+    assert_eq!(snapshot.version, 20, "the newest multiple of 10");
+    let loaded = accounts.load("a").await.unwrap();
+    assert_eq!((loaded.state.balance, loaded.version), (48, 25));
+    // `applied` counts folds since the default state: the snapshot carried 20 of them.
+    assert_eq!(loaded.state.applied, 25);
+
+    // Loading from a snapshot gives the same state as replaying everything.
+    let replayed = repo(&store).load("a").await.unwrap();
+    assert_eq!(replayed, loaded);
+}
+
+#[tokio::test]
+async fn an_undecodable_snapshot_falls_back_to_replay() {
+    let store = MemoryEventStore::new();
+    let accounts = repo(&store).with_snapshots(Arc::new(store.clone()), 1);
+    accounts
+        .execute(
+            "a",
+            AccountCommand::Open { owner: "x".into() },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    let stream = Repository::<Account>::stream_id("a").unwrap();
+    let mut snapshot = SnapshotStore::load(&store, &stream).await.unwrap().unwrap();
+    snapshot.payload = bytes::Bytes::from_static(b"{broken");
+    snapshot.version = 2;
+    store.delete(&stream).await.unwrap();
+    SnapshotStore::save(&store, snapshot).await.unwrap();
+    let loaded = accounts.load("a").await.unwrap();
+    assert!(loaded.state.open, "the state is rebuilt from the events");
+}
+
+#[tokio::test]
+async fn a_corrupt_stored_payload_is_a_typed_error() {
+    let store = MemoryEventStore::new();
+    let stream = Repository::<Account>::stream_id("a").unwrap();
+    store
+        .append(
+            &stream,
+            ExpectedVersion::Any,
+            vec![NewEvent::raw("Deposited", "{oops")],
+        )
+        .await
+        .unwrap();
+    let err = repo(&store).load("a").await.unwrap_err();
+    assert!(matches!(err, Error::Serialization { .. }), "got {err:?}");
+
+    let other = Repository::<Account>::stream_id("b").unwrap();
+    store
+        .append(
+            &other,
+            ExpectedVersion::Any,
+            vec![NewEvent::raw("Teleported", "{}")],
+        )
+        .await
+        .unwrap();
+    let err = repo(&store).load("b").await.unwrap_err();
+    assert!(matches!(err, Error::UnknownEventType { .. }), "got {err:?}");
+}
+
+#[tokio::test]
+async fn an_empty_aggregate_id_is_invalid_input() {
+    let store = MemoryEventStore::new();
+    let err = repo(&store).load("").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)));
+}
+
+#[tokio::test]
+async fn old_event_versions_are_read_through_upcasters() {
+    let store = MemoryEventStore::new();
+    let stream = Repository::<Account>::stream_id("old").unwrap();
+    let mut v1 = NewEvent::raw("Opened", r#"{"name":"olga"}"#);
+    v1.schema_version = 1;
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![v1])
+        .await
+        .unwrap();
+    let loaded = repo(&store).load("old").await.unwrap();
+    assert_eq!(loaded.state.owner, "olga");
+}
+
+#[tokio::test]
+async fn a_redelivered_message_is_handled_once_through_the_inbox() {
+    let store = MemoryEventStore::new();
+    let accounts = repo(&store);
+    accounts
+        .execute(
+            "a",
+            AccountCommand::Open { owner: "x".into() },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    let cause_stream = StreamId::new("payment-1").unwrap();
+    store
+        .append(
+            &cause_stream,
+            ExpectedVersion::Any,
+            vec![NewEvent::raw("Paid", "{}")],
+        )
+        .await
+        .unwrap();
+    let cause = store
+        .read_stream(&cause_stream, 1, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    let ctx = CommandContext::caused_by(&cause, "accounts");
+    let first = accounts
+        .execute_with("a", AccountCommand::Deposit(5), ctx.clone())
+        .await
+        .unwrap();
+    assert!(!first.already_handled);
+    let second = accounts
+        .execute_with("a", AccountCommand::Deposit(5), ctx)
+        .await
+        .unwrap();
+    assert!(second.already_handled, "the second delivery is recognised");
+    assert_eq!(second.state.balance, 5, "and changes nothing");
+
+    let events = store
+        .read_stream(&Repository::<Account>::stream_id("a").unwrap(), 2, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        events[0].metadata.causation_id,
+        Some(cause.event_id),
+        "causation is the message"
+    );
+    assert_eq!(
+        events[0].metadata.correlation_id,
+        Some(cause.event_id),
+        "a cause without correlation starts one"
+    );
+}
+
+#[test]
+fn the_given_when_then_kit_checks_decisions() {
+    AggregateTest::<Account>::given(vec![
+        AccountEvent::Opened { owner: "x".into() },
+        AccountEvent::Deposited { amount: 3 },
+    ])
+    .when(AccountCommand::Withdraw(2))
+    .then_expect_events(vec![AccountEvent::Withdrawn { amount: 2 }]);
+    AggregateTest::<Account>::given(vec![AccountEvent::Opened { owner: "x".into() }])
+        .when(AccountCommand::Withdraw(2))
+        .then_expect_error(AccountError::InsufficientFunds);
+    AggregateTest::<Account>::given_no_events()
+        .when(AccountCommand::Deposit(1))
+        .then_expect_error_matching(|e| *e == AccountError::NotOpen);
+}
+
+#[test]
+#[should_panic(expected = "the command decided other events")]
+fn the_kit_fails_on_other_events() {
+    AggregateTest::<Account>::given(vec![AccountEvent::Opened { owner: "x".into() }])
+        .when(AccountCommand::Deposit(1))
+        .then_expect_events(vec![AccountEvent::Deposited { amount: 2 }]);
+}
+
+#[test]
+fn stored_events_of_every_past_version_still_decode() {
+    es_core::testing::golden::check_event_fixtures::<AccountEvent>(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/account"),
+        &[
+            AccountEvent::Opened {
+                owner: "ann".into(),
+            },
+            AccountEvent::Deposited { amount: 10 },
+            AccountEvent::Withdrawn { amount: 4 },
+        ],
+    );
+}
