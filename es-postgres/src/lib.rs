@@ -1,1 +1,17 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod error;
+mod health;
+mod idempotency;
+mod listener;
+mod projection;
+mod store;
+mod stores;
+
+pub use config::{PgConfig, MAX_SCHEMA_LEN};
+pub use health::{CheckpointLag, PgHealth};
+pub use idempotency::PgIdempotencyStore;
+pub use projection::{PgProjection, PgProjectionRunner};
+pub use store::PgEventStore;

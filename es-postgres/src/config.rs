@@ -1,0 +1,117 @@
+//! Connection and behaviour settings of a [`PgEventStore`](crate::PgEventStore).
+
+use std::time::Duration;
+
+use es_core::{Error, Result};
+
+/// The longest schema name accepted, so that the notification channel derived from it
+/// (`{schema}_events`) stays within PostgreSQL's 63-byte identifier limit.
+pub const MAX_SCHEMA_LEN: usize = 48;
+
+/// Settings of a [`PgEventStore`](crate::PgEventStore).
+///
+/// ```
+/// use std::time::Duration;
+/// use es_postgres::PgConfig;
+///
+/// let mut config = PgConfig::new("orders");
+/// config.max_connections = 20;
+/// config.poll_interval = Duration::from_millis(500);
+/// assert!(config.validate().is_ok());
+/// assert!(PgConfig::new("Robert'); DROP TABLE").validate().is_err());
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PgConfig {
+    /// The schema holding the store's tables: lowercase ASCII letters, digits and `_`, starting
+    /// with a letter or `_`, at most [`MAX_SCHEMA_LEN`] bytes. Default `es`.
+    pub schema: String,
+    /// The most connections the pool opens. Default 10.
+    pub max_connections: u32,
+    /// Connections the pool keeps open when idle. Default 0.
+    pub min_connections: u32,
+    /// How long a call waits for a free connection (or for the server to accept one) before it
+    /// fails with [`Error::Unavailable`]. Default 5 s.
+    pub acquire_timeout: Duration,
+    /// The `application_name` of every connection (shows in `pg_stat_activity`).
+    /// Default `es-postgres`.
+    pub application_name: String,
+    /// Events a subscription reads per page. Default 1000.
+    pub page_size: usize,
+    /// How long a caught-up subscription waits for a notification before it polls anyway.
+    /// Default 1 s.
+    pub poll_interval: Duration,
+    /// How long [`read_all`](es_core::EventStore::read_all) and
+    /// [`head`](es_core::EventStore::head) wait, at most, for write transactions that began
+    /// before newer committed events to finish, so that a read right after an append sees it.
+    /// Zero never waits (the read then returns only what is already safe to hand out).
+    /// Default 1 s. Subscriptions never wait this way: they deliver what is safe and are woken
+    /// when more is.
+    pub read_settle: Duration,
+}
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        PgConfig {
+            schema: "es".to_owned(),
+            max_connections: 10,
+            min_connections: 0,
+            acquire_timeout: Duration::from_secs(5),
+            application_name: "es-postgres".to_owned(),
+            page_size: 1000,
+            poll_interval: Duration::from_secs(1),
+            read_settle: Duration::from_secs(1),
+        }
+    }
+}
+
+impl PgConfig {
+    /// The default settings in schema `schema`.
+    pub fn new(schema: impl Into<String>) -> Self {
+        PgConfig {
+            schema: schema.into(),
+            ..PgConfig::default()
+        }
+    }
+
+    /// Checks the settings: a valid schema name, at least one connection, a non-zero page.
+    pub fn validate(&self) -> Result<()> {
+        let schema = self.schema.as_bytes();
+        let valid_start = schema
+            .first()
+            .is_some_and(|b| b.is_ascii_lowercase() || *b == b'_');
+        let valid_rest = schema
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_');
+        if !valid_start || !valid_rest || schema.len() > MAX_SCHEMA_LEN {
+            return Err(Error::InvalidInput(format!(
+                "a schema name is 1 to {MAX_SCHEMA_LEN} lowercase ASCII letters, digits or `_`, \
+                 not starting with a digit; got `{}`",
+                self.schema
+            )));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::InvalidInput(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        if self.page_size == 0 {
+            return Err(Error::InvalidInput("page_size must be at least 1".into()));
+        }
+        if self
+            .application_name
+            .chars()
+            .any(|c| c.is_control() || c == '\'')
+        {
+            return Err(Error::InvalidInput(
+                "application_name cannot contain control characters or quotes".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `LISTEN`/`NOTIFY` channel on which appends to this schema announce themselves.
+    pub fn channel(&self) -> String {
+        format!("{}_events", self.schema)
+    }
+}

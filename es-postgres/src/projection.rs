@@ -1,0 +1,188 @@
+//! Transactional projections: read-model writes and the checkpoint commit together.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use es_core::{BoxError, Error, Position, RecordedEvent, Result, StreamFilter};
+use sqlx::PgConnection;
+
+use crate::error::{from_sqlx, to_u64, BACKEND};
+use crate::store::{read_visible, save_checkpoint, PgEventStore};
+
+/// A read model in the same database as the events, updated in the transaction that also
+/// moves its checkpoint: each event's effect happens exactly once, whatever crashes.
+///
+/// ```
+/// use es_core::{BoxError, RecordedEvent};
+/// use es_postgres::PgProjection;
+/// use sqlx::PgConnection;
+///
+/// struct EventCounts;
+///
+/// #[async_trait::async_trait]
+/// impl PgProjection for EventCounts {
+///     fn name(&self) -> &str {
+///         "event-counts"
+///     }
+///
+///     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError> {
+///         sqlx::query(
+///             "INSERT INTO event_counts (event_type, n) VALUES ($1, 1) \
+///              ON CONFLICT (event_type) DO UPDATE SET n = event_counts.n + 1",
+///         )
+///         .bind(&event.event_type)
+///         .execute(&mut *conn)
+///         .await?;
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait PgProjection: Send + Sync {
+    /// The checkpoint name; renaming it rebuilds the projection from the start.
+    fn name(&self) -> &str;
+
+    /// Which streams it reads.
+    fn filter(&self) -> StreamFilter {
+        StreamFilter::All
+    }
+
+    /// Applies one event inside the batch's transaction. An error rolls back the whole batch
+    /// (and its checkpoint), so the batch is retried from where it began.
+    async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError>;
+}
+
+/// Runs [`PgProjection`]s: reads a batch after the checkpoint, applies it and saves the new
+/// checkpoint in one transaction.
+///
+/// Two runners of the same projection (two instances of a service) take turns: each batch
+/// holds a transaction-scoped advisory lock on the projection's name.
+#[derive(Clone)]
+pub struct PgProjectionRunner {
+    store: PgEventStore,
+    batch_size: usize,
+    min_backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl fmt::Debug for PgProjectionRunner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgProjectionRunner")
+            .field("store", &self.store)
+            .field("batch_size", &self.batch_size)
+            .finish()
+    }
+}
+
+impl PgProjectionRunner {
+    /// A runner on `store`, applying batches of up to 500 events.
+    pub fn new(store: PgEventStore) -> Self {
+        PgProjectionRunner {
+            store,
+            batch_size: 500,
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+
+    /// Applies at most `batch_size` events per transaction (at least 1).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Applies one batch after the projection's checkpoint and moves the checkpoint, in one
+    /// transaction. Returns how many events it applied (0: caught up).
+    pub async fn run_batch(&self, projection: &dyn PgProjection) -> Result<usize> {
+        let name = projection.name();
+        let mut tx = self.store.pool().begin().await.map_err(from_sqlx)?;
+        // Serializes runners of one projection without taking a transaction id: reading the
+        // log below must not be held back by this very transaction.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('es-projection:' || $1, 0))")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+        let after =
+            sqlx::query_as::<_, (i64, i64)>("SELECT tx_id, seq FROM checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(from_sqlx)?
+                .map_or(Position::START, |(tx_id, seq)| {
+                    Position::new(to_u64(tx_id), to_u64(seq))
+                });
+        let events = read_visible(&mut tx, &projection.filter(), after, self.batch_size).await?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            tx.rollback().await.map_err(from_sqlx)?;
+            return Ok(0);
+        };
+        for event in &events {
+            projection.apply(&mut tx, event).await.map_err(|e| {
+                Error::backend(
+                    "projection",
+                    format!("{name} failed at {}: {e}", event.position),
+                )
+            })?;
+        }
+        save_checkpoint(&mut tx, name, last).await?;
+        tx.commit().await.map_err(from_sqlx)?;
+        Ok(events.len())
+    }
+
+    /// Applies batches until the projection has caught up; returns its checkpoint.
+    pub async fn catch_up(&self, projection: &dyn PgProjection) -> Result<Position> {
+        while self.run_batch(projection).await? == self.batch_size {}
+        Ok(
+            es_core::CheckpointStore::load(&self.store, projection.name())
+                .await?
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Runs `projection` until `shutdown` completes: catches up, then waits for appends
+    /// (notifications, with the store's poll interval as fallback). Failures (the database
+    /// gone, `apply` failing) are logged and retried with backoff from the checkpoint, so the
+    /// projection resumes where it stood once the cause is gone.
+    pub async fn run(
+        &self,
+        projection: Arc<dyn PgProjection>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        tokio::pin!(shutdown);
+        let mut wake = self.store.wake_receiver();
+        let poll = self.store.config().poll_interval;
+        let mut backoff = self.min_backoff;
+        loop {
+            wake.borrow_and_update();
+            let pause = match self.run_batch(&*projection).await {
+                Ok(applied) if applied == self.batch_size => {
+                    backoff = self.min_backoff;
+                    continue;
+                }
+                Ok(_) => {
+                    backoff = self.min_backoff;
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = wake.changed() => {}
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(projection = projection.name(), %error, backend = BACKEND, "projection batch failed; retrying");
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(self.max_backoff);
+                    pause
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,814 @@
+//! [`PgEventStore`]: the event log, and the unit of work that commits with it.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use es_core::subscription::{poll_subscription, PollConfig};
+use es_core::{
+    AppendResult, BoxError, CommitOutcome, Error, EventStore, EventSubscription, ExpectedVersion,
+    Metadata, NewEvent, Position, RecordedEvent, Result, StreamAppend, StreamFilter, StreamId,
+    UnitOfWork,
+};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::PgConnection;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::config::PgConfig;
+use crate::error::{from_sqlx, from_user, to_i64, to_u64, unique_violation, BACKEND};
+use crate::listener::Listener;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A PostgreSQL event store on one connection pool.
+///
+/// One struct implements [`EventStore`], [`Inbox`](es_core::Inbox),
+/// [`CheckpointStore`](es_core::CheckpointStore), [`SnapshotStore`](es_core::SnapshotStore) and
+/// [`SagaStore`](es_core::SagaStore), so a [`UnitOfWork`] (appends, inbox entry, checkpoint) is
+/// one transaction. Cloning is cheap and shares the pool.
+///
+/// See the crate documentation for the schema and the ordering guarantee.
+#[derive(Clone)]
+pub struct PgEventStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) pool: PgPool,
+    pub(crate) config: PgConfig,
+    channel: String,
+    sql: Sql,
+    /// Wakes subscriptions when a `NOTIFY` arrives.
+    pub(crate) wake: Arc<watch::Sender<()>>,
+    /// The background `LISTEN` task, started by the first subscription.
+    listener: Mutex<Option<Listener>>,
+}
+
+impl fmt::Debug for PgEventStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgEventStore")
+            .field("schema", &self.inner.config.schema)
+            .field("pool_size", &self.inner.pool.size())
+            .finish()
+    }
+}
+
+/// The statements whose text depends on the expectation kind, built once.
+struct Sql {
+    append_any: String,
+    append_no_stream: String,
+    append_exists: String,
+    append_exact: String,
+}
+
+impl Sql {
+    fn new() -> Self {
+        Sql {
+            append_any: append_sql(
+                "INSERT INTO streams AS s (stream_id, version) VALUES ($1, $2) \
+                 ON CONFLICT (stream_id) DO UPDATE SET version = s.version + EXCLUDED.version \
+                 RETURNING s.version - $2 AS base",
+            ),
+            append_no_stream: append_sql(
+                "INSERT INTO streams (stream_id, version) VALUES ($1, $2) \
+                 ON CONFLICT (stream_id) DO NOTHING RETURNING 0::bigint AS base",
+            ),
+            append_exists: append_sql(
+                "UPDATE streams SET version = version + $2 WHERE stream_id = $1 \
+                 RETURNING version - $2 AS base",
+            ),
+            append_exact: append_sql(
+                "UPDATE streams SET version = version + $2 WHERE stream_id = $1 AND version = $10 \
+                 RETURNING version - $2 AS base",
+            ),
+        }
+    }
+
+    fn append(&self, expected: ExpectedVersion) -> &str {
+        match expected {
+            ExpectedVersion::Any => &self.append_any,
+            ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => &self.append_no_stream,
+            ExpectedVersion::StreamExists => &self.append_exists,
+            ExpectedVersion::Exact(_) => &self.append_exact,
+        }
+    }
+}
+
+/// One statement that checks and bumps the stream's version, inserts the events from arrays
+/// and notifies listeners: one round trip, and when it runs on its own, one implicit
+/// transaction. If the expectation fails, `stream` yields no row, so nothing is inserted and the
+/// statement returns no row.
+fn append_sql(bump: &str) -> String {
+    format!(
+        "WITH stream AS ({bump}), \
+         appended AS ( \
+            INSERT INTO events (stream_id, stream_version, category, event_id, event_type, \
+                                schema_version, payload, metadata) \
+            SELECT $1, stream.base + e.n, $3, e.event_id, e.event_type, e.schema_version, \
+                   e.payload, e.metadata \
+            FROM stream, UNNEST($4::uuid[], $5::text[], $6::int4[], $7::bytea[], $8::bytea[]) \
+                 WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, n) \
+            RETURNING tx_id, seq, stream_version), \
+         notified AS (SELECT pg_notify($9, '') FROM (SELECT 1 FROM appended LIMIT 1) AS any_row) \
+         SELECT appended.tx_id, appended.seq, appended.stream_version \
+         FROM appended LEFT JOIN notified ON true ORDER BY appended.seq"
+    )
+}
+
+const EVENT_COLUMNS: &str = "event_id, stream_id, stream_version, tx_id, seq, recorded_at, \
+                             event_type, schema_version, payload, metadata";
+
+/// The transaction horizon: every transaction with a smaller id has ended. Evaluated once per
+/// statement (an uncorrelated scalar subquery).
+const HORIZON: &str = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)";
+
+type EventRow = (
+    Uuid,
+    String,
+    i64,
+    i64,
+    i64,
+    DateTime<Utc>,
+    String,
+    i32,
+    Vec<u8>,
+    Vec<u8>,
+);
+
+type StreamEventRow = (
+    Uuid,
+    i64,
+    i64,
+    i64,
+    DateTime<Utc>,
+    String,
+    i32,
+    Vec<u8>,
+    Vec<u8>,
+);
+
+fn recorded(row: EventRow) -> Result<RecordedEvent> {
+    let (event_id, stream_id, version, tx_id, seq, recorded_at, event_type, schema, payload, meta) =
+        row;
+    let stream_id = StreamId::new(stream_id).map_err(|e| Error::backend(BACKEND, e))?;
+    recorded_in(
+        stream_id,
+        (
+            event_id,
+            version,
+            tx_id,
+            seq,
+            recorded_at,
+            event_type,
+            schema,
+            payload,
+            meta,
+        ),
+    )
+}
+
+fn recorded_in(stream_id: StreamId, row: StreamEventRow) -> Result<RecordedEvent> {
+    let (event_id, version, tx_id, seq, recorded_at, event_type, schema, payload, meta) = row;
+    Ok(RecordedEvent {
+        event_id,
+        stream_id,
+        stream_version: to_u64(version),
+        position: Position::new(to_u64(tx_id), to_u64(seq)),
+        recorded_at,
+        event_type,
+        schema_version: u32::try_from(schema).unwrap_or_default(),
+        payload: Bytes::from(payload),
+        metadata: Metadata::from_json(&meta)?,
+    })
+}
+
+/// The column arrays of one stream's events, checked before anything is sent.
+struct Columns {
+    ids: Vec<Uuid>,
+    types: Vec<String>,
+    schema_versions: Vec<i32>,
+    payloads: Vec<Vec<u8>>,
+    metadata: Vec<Vec<u8>>,
+}
+
+impl Columns {
+    fn new(events: Vec<NewEvent>) -> Result<Self> {
+        let mut columns = Columns {
+            ids: Vec::with_capacity(events.len()),
+            types: Vec::with_capacity(events.len()),
+            schema_versions: Vec::with_capacity(events.len()),
+            payloads: Vec::with_capacity(events.len()),
+            metadata: Vec::with_capacity(events.len()),
+        };
+        for event in events {
+            if event.event_type.is_empty() {
+                return Err(Error::InvalidInput("an event type cannot be empty".into()));
+            }
+            let schema_version = i32::try_from(event.schema_version).map_err(|_| {
+                Error::InvalidInput(format!(
+                    "schema version {} of `{}` is too large",
+                    event.schema_version, event.event_type
+                ))
+            })?;
+            columns.ids.push(event.event_id);
+            columns.types.push(event.event_type);
+            columns.schema_versions.push(schema_version);
+            columns.payloads.push(Vec::from(event.payload));
+            columns.metadata.push(event.metadata.to_json().to_vec());
+        }
+        Ok(columns)
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// What a read of the global log does when newer events are held back by a write transaction
+/// that began before them and is still running.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Settle {
+    /// Wait for the transaction, at most this long, when the page came back short.
+    UpTo(Duration),
+    /// Wait only when nothing at all is safe yet, at most this long (subscriptions).
+    WhileEmpty(Duration),
+}
+
+impl PgEventStore {
+    /// Connects to `url` (e.g. `postgres://user:pass@host/db`) with `config`.
+    ///
+    /// Fails with [`Error::Unavailable`] when the server does not answer. Call
+    /// [`migrate`](Self::migrate) before the first use of a schema.
+    pub async fn connect(url: &str, config: PgConfig) -> Result<Self> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e| Error::InvalidInput(format!("bad PostgreSQL URL: {e}")))?;
+        Self::connect_with(options, config).await
+    }
+
+    /// Connects with explicit connect options (TLS, socket, ...) and `config`. The options'
+    /// `search_path` and `application_name` are replaced by the config's.
+    pub async fn connect_with(options: PgConnectOptions, config: PgConfig) -> Result<Self> {
+        config.validate()?;
+        // The search path travels in the startup packet: no extra round trip per connection,
+        // and the listener's connection gets it too. `public` stays reachable for the user's
+        // own tables.
+        let options = options
+            .application_name(&config.application_name)
+            .options([("search_path", format!("{},public", config.schema))]);
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(config.min_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(from_sqlx)?;
+        Ok(PgEventStore {
+            inner: Arc::new(Inner {
+                pool,
+                channel: config.channel(),
+                config,
+                sql: Sql::new(),
+                wake: Arc::new(watch::channel(()).0),
+                listener: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Creates the schema if needed and applies the embedded migrations. Idempotent, and safe
+    /// to run from several processes at once (the migrator takes an advisory lock).
+    pub async fn migrate(&self) -> Result<()> {
+        let create = format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+            self.inner.config.schema
+        );
+        // Two processes creating the same schema at once can collide in the catalog; the
+        // loser finds it there on the second try.
+        for attempt in 0..2 {
+            match sqlx::query(&create).execute(&self.inner.pool).await {
+                Ok(_) => break,
+                Err(e) if attempt == 0 && unique_violation(&e).is_some() => continue,
+                Err(e) => return Err(from_sqlx(e)),
+            }
+        }
+        MIGRATOR.run(&self.inner.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => from_sqlx(e),
+            other => Error::backend(BACKEND, other),
+        })
+    }
+
+    /// The pool, for the application's own queries (its connections use this store's schema
+    /// first in their `search_path`).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The settings this store runs with.
+    pub fn config(&self) -> &PgConfig {
+        &self.inner.config
+    }
+
+    /// Closes the pool and stops the listener; later calls fail with [`Error::Unavailable`].
+    pub async fn close(&self) {
+        if let Ok(mut listener) = self.inner.listener.lock() {
+            listener.take();
+        }
+        self.inner.pool.close().await;
+    }
+
+    /// A receiver that changes whenever an append to this schema is announced (and after the
+    /// listener reconnects, since announcements may have been missed meanwhile).
+    pub fn wake_receiver(&self) -> watch::Receiver<()> {
+        self.ensure_listener();
+        self.inner.wake.subscribe()
+    }
+
+    fn ensure_listener(&self) {
+        let Ok(mut listener) = self.inner.listener.lock() else {
+            return;
+        };
+        if listener.is_none() {
+            // Without a runtime there is no listener: subscriptions fall back to polling.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                *listener = Some(Listener::spawn(
+                    &runtime,
+                    self.inner.pool.clone(),
+                    self.inner.channel.clone(),
+                    self.inner.wake.clone(),
+                ));
+            }
+        }
+    }
+
+    /// Commits `unit` and, in the same transaction, runs `work` on the transaction's connection
+    /// after the appends (whose results it receives): the application's own writes commit with
+    /// the events, the inbox entry and the checkpoint, or nothing does.
+    ///
+    /// Returns `None` when the unit's inbox entry was already there: then nothing was written
+    /// and `work` did not run. An error from `work` rolls everything back; an `es_core::Error`
+    /// or `sqlx::Error` it returns comes back mapped like the store's own errors.
+    ///
+    /// ```no_run
+    /// # async fn example(store: es_postgres::PgEventStore, unit: es_core::UnitOfWork) -> es_core::Result<()> {
+    /// let outcome = store
+    ///     .commit_with(unit, |conn, results| {
+    ///         let version = results[0].next_expected_version as i64;
+    ///         Box::pin(async move {
+    ///             sqlx::query("UPDATE order_summary SET version = $1")
+    ///                 .bind(version)
+    ///                 .execute(&mut *conn)
+    ///                 .await?;
+    ///             Ok(())
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn commit_with<T, F>(
+        &self,
+        unit: UnitOfWork,
+        work: F,
+    ) -> Result<Option<(Vec<AppendResult>, T)>>
+    where
+        F: for<'c> FnOnce(
+                &'c mut PgConnection,
+                &'c [AppendResult],
+            )
+                -> Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'c>>
+            + Send,
+        T: Send,
+    {
+        unit.validate()?;
+        let mut tx = self.inner.pool.begin().await.map_err(from_sqlx)?;
+        let Some(results) = self.commit_in(&mut tx, unit).await? else {
+            tx.rollback().await.map_err(from_sqlx)?;
+            return Ok(None);
+        };
+        let value = work(&mut tx, &results).await.map_err(from_user)?;
+        tx.commit().await.map_err(from_sqlx)?;
+        Ok(Some((results, value)))
+    }
+
+    /// Everything of `unit` inside an open transaction; `None` when its inbox entry was there.
+    async fn commit_in(
+        &self,
+        conn: &mut PgConnection,
+        unit: UnitOfWork,
+    ) -> Result<Option<Vec<AppendResult>>> {
+        if let Some(entry) = &unit.inbox {
+            let inserted = sqlx::query_scalar::<_, i32>(
+                "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) \
+                 ON CONFLICT DO NOTHING RETURNING 1",
+            )
+            .bind(&entry.consumer)
+            .bind(entry.event_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(from_sqlx)?;
+            if inserted.is_none() {
+                return Ok(None);
+            }
+        }
+        let mut results = Vec::with_capacity(unit.appends.len());
+        for append in unit.appends {
+            results.push(self.append_on(&mut *conn, append, true).await?);
+        }
+        if let Some((name, position)) = unit.checkpoint {
+            save_checkpoint(&mut *conn, &name, position).await?;
+        }
+        Ok(Some(results))
+    }
+
+    /// Appends one stream's events on `conn` (in a transaction when `in_tx`).
+    async fn append_on(
+        &self,
+        conn: &mut PgConnection,
+        append: StreamAppend,
+        in_tx: bool,
+    ) -> Result<AppendResult> {
+        let StreamAppend {
+            stream_id,
+            expected,
+            events,
+        } = append;
+        if events.is_empty() {
+            // Only the expectation is checked; in a transaction the row lock keeps it true
+            // until the commit.
+            let sql = if in_tx {
+                "SELECT version FROM streams WHERE stream_id = $1 FOR SHARE"
+            } else {
+                "SELECT version FROM streams WHERE stream_id = $1"
+            };
+            let actual = sqlx::query_scalar::<_, i64>(sql)
+                .bind(stream_id.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(from_sqlx)?
+                .map(to_u64);
+            if !expected.is_met_by(actual) {
+                return Err(expected.conflict(&stream_id, actual));
+            }
+            return Ok(AppendResult {
+                stream_id,
+                next_expected_version: actual.unwrap_or(0),
+                positions: Vec::new(),
+            });
+        }
+        let columns = Columns::new(events)?;
+        let count = columns.len() as i64;
+        let mut query = sqlx::query_as::<_, (i64, i64, i64)>(self.inner.sql.append(expected))
+            .bind(stream_id.as_str())
+            .bind(count)
+            .bind(stream_id.category())
+            .bind(&columns.ids)
+            .bind(&columns.types)
+            .bind(&columns.schema_versions)
+            .bind(&columns.payloads)
+            .bind(&columns.metadata)
+            .bind(&self.inner.channel);
+        if let ExpectedVersion::Exact(version) = expected {
+            if version > 0 {
+                query = query.bind(to_i64(version, "expected version")?);
+            }
+        }
+        let rows = match query.fetch_all(&mut *conn).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                return Err(match unique_violation(&error).as_deref() {
+                    Some("events_event_id_key") => Error::InvalidInput(format!(
+                        "an event id of the append to `{stream_id}` is already stored"
+                    )),
+                    // The stream table and the log disagree (rows written around the store):
+                    // report it as the conflict it is, with the version as it is now.
+                    Some("events_stream_version_key") => {
+                        let actual = self.stream_version(&stream_id).await?;
+                        expected.conflict(&stream_id, actual)
+                    }
+                    _ => from_sqlx(error),
+                });
+            }
+        };
+        if rows.is_empty() {
+            let actual =
+                sqlx::query_scalar::<_, i64>("SELECT version FROM streams WHERE stream_id = $1")
+                    .bind(stream_id.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(from_sqlx)?
+                    .map(to_u64);
+            return Err(expected.conflict(&stream_id, actual));
+        }
+        let next_expected_version = rows.last().map_or(0, |&(_, _, version)| to_u64(version));
+        let positions = rows
+            .iter()
+            .map(|&(tx_id, seq, _)| Position::new(to_u64(tx_id), to_u64(seq)))
+            .collect();
+        Ok(AppendResult {
+            stream_id,
+            next_expected_version,
+            positions,
+        })
+    }
+
+    /// Reads the global log under the horizon rule, settling as asked.
+    pub(crate) async fn read_all_settled(
+        &self,
+        filter: &StreamFilter,
+        after: Position,
+        limit: usize,
+        settle: Settle,
+    ) -> Result<Vec<RecordedEvent>> {
+        if limit == 0 {
+            return Err(Error::InvalidInput(
+                "a read limit must be at least 1".into(),
+            ));
+        }
+        let (max_wait, only_when_empty) = match settle {
+            Settle::UpTo(wait) => (wait, false),
+            Settle::WhileEmpty(wait) => (wait, true),
+        };
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let mut conn = self.inner.pool.acquire().await.map_err(from_sqlx)?;
+            let events = read_visible(&mut conn, filter, after, limit).await?;
+            let short = events.len() < limit && (events.is_empty() || !only_when_empty);
+            if !short
+                || max_wait.is_zero()
+                || tokio::time::Instant::now() >= deadline
+                || !held_back(&mut conn, filter, after).await?
+            {
+                return Ok(events);
+            }
+            drop(conn);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The events after `after` that are safe to hand out: those of transactions older than every
+/// transaction still running.
+pub(crate) async fn read_visible(
+    conn: &mut PgConnection,
+    filter: &StreamFilter,
+    after: Position,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>> {
+    let commit = to_i64(after.commit, "position")?;
+    let sequence = to_i64(after.sequence, "position")?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows: Vec<EventRow> = match filter {
+        StreamFilter::Category(category) => {
+            sqlx::query_as(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events \
+                 WHERE category = $4 AND (tx_id, seq) > ($1, $2) AND tx_id < {HORIZON} \
+                 ORDER BY tx_id, seq LIMIT $3"
+            ))
+            .bind(commit)
+            .bind(sequence)
+            .bind(limit)
+            .bind(category)
+            .fetch_all(&mut *conn)
+            .await
+        }
+        _ => {
+            sqlx::query_as(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events \
+                 WHERE (tx_id, seq) > ($1, $2) AND tx_id < {HORIZON} \
+                 ORDER BY tx_id, seq LIMIT $3"
+            ))
+            .bind(commit)
+            .bind(sequence)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await
+        }
+    }
+    .map_err(from_sqlx)?;
+    rows.into_iter().map(recorded).collect()
+}
+
+/// Whether committed events after `after` exist beyond the horizon (held back by an older
+/// transaction still running).
+async fn held_back(
+    conn: &mut PgConnection,
+    filter: &StreamFilter,
+    after: Position,
+) -> Result<bool> {
+    let commit = to_i64(after.commit, "position")?;
+    let sequence = to_i64(after.sequence, "position")?;
+    match filter {
+        StreamFilter::Category(category) => {
+            sqlx::query_scalar::<_, bool>(&format!(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE category = $3 \
+             AND (tx_id, seq) > ($1, $2) AND tx_id >= {HORIZON})"
+            ))
+            .bind(commit)
+            .bind(sequence)
+            .bind(category)
+            .fetch_one(&mut *conn)
+            .await
+        }
+        _ => {
+            sqlx::query_scalar::<_, bool>(&format!(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE (tx_id, seq) > ($1, $2) \
+             AND tx_id >= {HORIZON})"
+            ))
+            .bind(commit)
+            .bind(sequence)
+            .fetch_one(&mut *conn)
+            .await
+        }
+    }
+    .map_err(from_sqlx)
+}
+
+/// Upserts checkpoint `name`.
+pub(crate) async fn save_checkpoint(
+    conn: &mut PgConnection,
+    name: &str,
+    position: Position,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO checkpoints (name, tx_id, seq) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET tx_id = EXCLUDED.tx_id, seq = EXCLUDED.seq, \
+         updated_at = now()",
+    )
+    .bind(name)
+    .bind(to_i64(position.commit, "position")?)
+    .bind(to_i64(position.sequence, "position")?)
+    .execute(&mut *conn)
+    .await
+    .map_err(from_sqlx)?;
+    Ok(())
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome> {
+        unit.validate()?;
+        if unit.inbox.is_none() && unit.checkpoint.is_none() && unit.appends.len() == 1 {
+            // The common case needs no explicit transaction: one statement, one round trip.
+            let mut appends = unit.appends;
+            let append = appends.remove(0);
+            let mut conn = self.inner.pool.acquire().await.map_err(from_sqlx)?;
+            let result = self.append_on(&mut conn, append, false).await?;
+            return Ok(CommitOutcome::Committed(vec![result]));
+        }
+        let mut tx = self.inner.pool.begin().await.map_err(from_sqlx)?;
+        match self.commit_in(&mut tx, unit).await? {
+            Some(results) => {
+                tx.commit().await.map_err(from_sqlx)?;
+                Ok(CommitOutcome::Committed(results))
+            }
+            None => {
+                tx.rollback().await.map_err(from_sqlx)?;
+                Ok(CommitOutcome::AlreadyHandled)
+            }
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let from = to_i64(from_version.max(1), "stream version")?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<StreamEventRow> = sqlx::query_as(
+            "SELECT event_id, stream_version, tx_id, seq, recorded_at, event_type, \
+             schema_version, payload, metadata FROM events \
+             WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3",
+        )
+        .bind(stream_id.as_str())
+        .bind(from)
+        .bind(limit)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?;
+        rows.into_iter()
+            .map(|row| recorded_in(stream_id.clone(), row))
+            .collect()
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<Option<u64>> {
+        Ok(
+            sqlx::query_scalar::<_, i64>("SELECT version FROM streams WHERE stream_id = $1")
+                .bind(stream_id.as_str())
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(from_sqlx)?
+                .map(to_u64),
+        )
+    }
+
+    async fn read_all(
+        &self,
+        filter: &StreamFilter,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.read_all_settled(
+            filter,
+            after,
+            limit,
+            Settle::UpTo(self.inner.config.read_settle),
+        )
+        .await
+    }
+
+    async fn head(&self) -> Result<Position> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.read_settle;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let (tx_id, seq, held): (Option<i64>, Option<i64>, bool) = sqlx::query_as(&format!(
+                "SELECT h.tx_id, h.seq, EXISTS (SELECT 1 FROM events WHERE tx_id >= {HORIZON}) \
+                 FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT tx_id, seq FROM events \
+                   WHERE tx_id < {HORIZON} ORDER BY tx_id DESC, seq DESC LIMIT 1) AS h ON true"
+            ))
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(from_sqlx)?;
+            let head = Position::new(tx_id.map_or(0, to_u64), seq.map_or(0, to_u64));
+            if !held || tokio::time::Instant::now() >= deadline {
+                return Ok(head);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    fn subscribe(&self, filter: StreamFilter, after: Position) -> EventSubscription {
+        let wake = self.wake_receiver();
+        let config = PollConfig {
+            page_size: self.inner.config.page_size,
+            poll_interval: self.inner.config.poll_interval,
+            ..PollConfig::default()
+        };
+        poll_subscription(
+            Arc::new(SubscriptionReader {
+                store: self.clone(),
+            }),
+            filter,
+            after,
+            Some(wake),
+            config,
+        )
+    }
+}
+
+/// The store as a subscription reads it: `read_all` hands out what is safe at once, and when
+/// nothing is yet but newer events are held back by an older running transaction, polls briefly
+/// until that transaction ends (its commit may not notify, e.g. when it wrote no event).
+#[derive(Debug)]
+struct SubscriptionReader {
+    store: PgEventStore,
+}
+
+#[async_trait]
+impl EventStore for SubscriptionReader {
+    async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome> {
+        self.store.commit(unit).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.store.read_stream(stream_id, from_version, limit).await
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<Option<u64>> {
+        self.store.stream_version(stream_id).await
+    }
+
+    async fn read_all(
+        &self,
+        filter: &StreamFilter,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let wait = self.store.inner.config.poll_interval;
+        self.store
+            .read_all_settled(filter, after, limit, Settle::WhileEmpty(wait))
+            .await
+    }
+
+    async fn head(&self) -> Result<Position> {
+        self.store.head().await
+    }
+
+    fn subscribe(&self, filter: StreamFilter, after: Position) -> EventSubscription {
+        self.store.subscribe(filter, after)
+    }
+}

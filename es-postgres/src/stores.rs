@@ -1,0 +1,330 @@
+//! The small stores that share the event store's pool and transactions: inbox, checkpoints,
+//! snapshots, saga state and deadlines.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use es_core::saga::{DeadlineRecord, SagaChange, SagaSaved, SagaState, SagaStore};
+use es_core::{
+    CheckpointStore, Error, ExpectedVersion, Inbox, Metadata, Position, Result, Snapshot,
+    SnapshotStore, StreamId,
+};
+use uuid::Uuid;
+
+use crate::error::{from_sqlx, to_i64, to_u64};
+use crate::store::{save_checkpoint, PgEventStore};
+
+#[async_trait]
+impl Inbox for PgEventStore {
+    async fn contains(&self, consumer: &str, event_id: Uuid) -> Result<bool> {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM inbox WHERE consumer = $1 AND event_id = $2)",
+        )
+        .bind(consumer)
+        .bind(event_id)
+        .fetch_one(self.pool())
+        .await
+        .map_err(from_sqlx)
+    }
+
+    async fn record(&self, consumer: &str, event_id: Uuid) -> Result<bool> {
+        Ok(sqlx::query_scalar::<_, i32>(
+            "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING RETURNING 1",
+        )
+        .bind(consumer)
+        .bind(event_id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(from_sqlx)?
+        .is_some())
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for PgEventStore {
+    async fn load(&self, name: &str) -> Result<Option<Position>> {
+        Ok(
+            sqlx::query_as::<_, (i64, i64)>("SELECT tx_id, seq FROM checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(from_sqlx)?
+                .map(|(tx_id, seq)| Position::new(to_u64(tx_id), to_u64(seq))),
+        )
+    }
+
+    async fn save(&self, name: &str, position: Position) -> Result<()> {
+        let mut conn = self.pool().acquire().await.map_err(from_sqlx)?;
+        save_checkpoint(&mut conn, name, position).await
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for PgEventStore {
+    async fn save(&self, snapshot: Snapshot) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO snapshots AS s (stream_id, version, schema_version, payload, taken_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version, \
+               schema_version = EXCLUDED.schema_version, payload = EXCLUDED.payload, \
+               taken_at = EXCLUDED.taken_at \
+             WHERE s.version <= EXCLUDED.version",
+        )
+        .bind(snapshot.stream_id.as_str())
+        .bind(to_i64(snapshot.version, "snapshot version")?)
+        .bind(i64::from(snapshot.schema_version))
+        .bind(&snapshot.payload[..])
+        .bind(snapshot.taken_at)
+        .execute(self.pool())
+        .await
+        .map_err(from_sqlx)?;
+        Ok(())
+    }
+
+    async fn load(&self, stream_id: &StreamId) -> Result<Option<Snapshot>> {
+        let row = sqlx::query_as::<_, (i64, i32, Vec<u8>, DateTime<Utc>)>(
+            "SELECT version, schema_version, payload, taken_at FROM snapshots WHERE stream_id = $1",
+        )
+        .bind(stream_id.as_str())
+        .fetch_optional(self.pool())
+        .await
+        .map_err(from_sqlx)?;
+        Ok(
+            row.map(|(version, schema_version, payload, taken_at)| Snapshot {
+                stream_id: stream_id.clone(),
+                version: to_u64(version),
+                schema_version: u32::try_from(schema_version).unwrap_or_default(),
+                payload: Bytes::from(payload),
+                taken_at,
+            }),
+        )
+    }
+
+    async fn delete(&self, stream_id: &StreamId) -> Result<()> {
+        sqlx::query("DELETE FROM snapshots WHERE stream_id = $1")
+            .bind(stream_id.as_str())
+            .execute(self.pool())
+            .await
+            .map_err(from_sqlx)?;
+        Ok(())
+    }
+}
+
+type DeadlineRow = (
+    Uuid,
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+    Vec<u8>,
+    Vec<u8>,
+);
+
+fn deadline(row: DeadlineRow) -> Result<DeadlineRecord> {
+    let (id, saga, instance, key, due_at, payload, metadata) = row;
+    Ok(DeadlineRecord {
+        id,
+        saga,
+        instance,
+        key,
+        due_at,
+        payload: Bytes::from(payload),
+        metadata: Metadata::from_json(&metadata)?,
+    })
+}
+
+const DEADLINE_COLUMNS: &str = "id, saga, instance, key, due_at, payload, metadata";
+
+#[async_trait]
+impl SagaStore for PgEventStore {
+    async fn load(&self, saga: &str, instance: &str) -> Result<Option<SagaState>> {
+        Ok(sqlx::query_as::<_, (Vec<u8>, i64, bool)>(
+            "SELECT data, version, completed FROM saga_states WHERE saga = $1 AND instance = $2",
+        )
+        .bind(saga)
+        .bind(instance)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(from_sqlx)?
+        .map(|(data, version, completed)| SagaState {
+            data: Bytes::from(data),
+            version: to_u64(version),
+            completed,
+        }))
+    }
+
+    async fn save(&self, change: SagaChange) -> Result<SagaSaved> {
+        let mut tx = self.pool().begin().await.map_err(from_sqlx)?;
+        // The checks that make a redelivery a no-op come first, so a stale version on a
+        // redelivered event is not reported as a conflict.
+        if let Some(event_id) = change.handled_event {
+            let new = sqlx::query_scalar::<_, i32>(
+                "INSERT INTO saga_inbox (saga, event_id) VALUES ($1, $2) \
+                 ON CONFLICT DO NOTHING RETURNING 1",
+            )
+            .bind(&change.saga)
+            .bind(event_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+            if new.is_none() {
+                tx.rollback().await.map_err(from_sqlx)?;
+                return Ok(SagaSaved::AlreadyHandled);
+            }
+        }
+        if let Some(id) = change.fired_deadline {
+            let removed = sqlx::query_scalar::<_, i32>(
+                "DELETE FROM saga_deadlines WHERE id = $1 RETURNING 1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+            if removed.is_none() {
+                tx.rollback().await.map_err(from_sqlx)?;
+                return Ok(SagaSaved::AlreadyHandled);
+            }
+        }
+        let expected = to_i64(change.expected_version, "saga version")?;
+        let stored = if expected == 0 {
+            sqlx::query_scalar::<_, i32>(
+                "INSERT INTO saga_states (saga, instance, data, version, completed) \
+                 VALUES ($1, $2, $3, 1, $4) ON CONFLICT DO NOTHING RETURNING 1",
+            )
+            .bind(&change.saga)
+            .bind(&change.instance)
+            .bind(&change.state[..])
+            .bind(change.completed)
+            .fetch_optional(&mut *tx)
+            .await
+        } else {
+            sqlx::query_scalar::<_, i32>(
+                "UPDATE saga_states SET data = $3, version = version + 1, completed = $4, \
+                 updated_at = now() WHERE saga = $1 AND instance = $2 AND version = $5 RETURNING 1",
+            )
+            .bind(&change.saga)
+            .bind(&change.instance)
+            .bind(&change.state[..])
+            .bind(change.completed)
+            .bind(expected)
+            .fetch_optional(&mut *tx)
+            .await
+        }
+        .map_err(from_sqlx)?;
+        if stored.is_none() {
+            let actual = sqlx::query_scalar::<_, i64>(
+                "SELECT version FROM saga_states WHERE saga = $1 AND instance = $2",
+            )
+            .bind(&change.saga)
+            .bind(&change.instance)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+            tx.rollback().await.map_err(from_sqlx)?;
+            return Err(Error::Conflict {
+                stream: format!("saga {}/{}", change.saga, change.instance),
+                expected: ExpectedVersion::Exact(change.expected_version),
+                actual: Some(actual.map_or(0, to_u64)),
+            });
+        }
+        let replaced: Vec<&str> = change
+            .cancel
+            .iter()
+            .map(String::as_str)
+            .chain(change.schedule.iter().map(|d| d.key.as_str()))
+            .collect();
+        if !replaced.is_empty() {
+            sqlx::query(
+                "DELETE FROM saga_deadlines WHERE saga = $1 AND instance = $2 AND key = ANY($3)",
+            )
+            .bind(&change.saga)
+            .bind(&change.instance)
+            .bind(&replaced)
+            .execute(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+        }
+        if !change.schedule.is_empty() {
+            let mut ids = Vec::with_capacity(change.schedule.len());
+            let mut keys = Vec::with_capacity(change.schedule.len());
+            let mut due = Vec::with_capacity(change.schedule.len());
+            let mut payloads = Vec::with_capacity(change.schedule.len());
+            let mut metadata = Vec::with_capacity(change.schedule.len());
+            for d in &change.schedule {
+                if d.saga != change.saga || d.instance != change.instance {
+                    return Err(Error::InvalidInput(format!(
+                        "deadline `{}` belongs to {}/{}, not to the saved instance",
+                        d.key, d.saga, d.instance
+                    )));
+                }
+                ids.push(d.id);
+                keys.push(d.key.as_str());
+                due.push(d.due_at);
+                payloads.push(&d.payload[..]);
+                metadata.push(d.metadata.to_json().to_vec());
+            }
+            sqlx::query(
+                "INSERT INTO saga_deadlines (id, saga, instance, key, due_at, payload, metadata) \
+                 SELECT d.id, $1, $2, d.key, d.due_at, d.payload, d.metadata \
+                 FROM UNNEST($3::uuid[], $4::text[], $5::timestamptz[], $6::bytea[], $7::bytea[]) \
+                   AS d(id, key, due_at, payload, metadata)",
+            )
+            .bind(&change.saga)
+            .bind(&change.instance)
+            .bind(&ids)
+            .bind(&keys)
+            .bind(&due)
+            .bind(&payloads)
+            .bind(&metadata)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match crate::error::unique_violation(&e) {
+                Some(_) => Error::InvalidInput(
+                    "a saga change schedules one key twice, or reuses a deadline id".into(),
+                ),
+                None => from_sqlx(e),
+            })?;
+        }
+        tx.commit().await.map_err(from_sqlx)?;
+        Ok(SagaSaved::Saved)
+    }
+
+    async fn due_deadlines(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DeadlineRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<DeadlineRow> = sqlx::query_as(&format!(
+            "SELECT {DEADLINE_COLUMNS} FROM saga_deadlines WHERE due_at <= $1 \
+             ORDER BY due_at, id LIMIT $2"
+        ))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .map_err(from_sqlx)?;
+        rows.into_iter().map(deadline).collect()
+    }
+
+    async fn has_handled(&self, saga: &str, event_id: Uuid) -> Result<bool> {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM saga_inbox WHERE saga = $1 AND event_id = $2)",
+        )
+        .bind(saga)
+        .bind(event_id)
+        .fetch_one(self.pool())
+        .await
+        .map_err(from_sqlx)
+    }
+
+    async fn deadlines_of(&self, saga: &str, instance: &str) -> Result<Vec<DeadlineRecord>> {
+        let rows: Vec<DeadlineRow> = sqlx::query_as(&format!(
+            "SELECT {DEADLINE_COLUMNS} FROM saga_deadlines WHERE saga = $1 AND instance = $2 \
+             ORDER BY due_at, id"
+        ))
+        .bind(saga)
+        .bind(instance)
+        .fetch_all(self.pool())
+        .await
+        .map_err(from_sqlx)?;
+        rows.into_iter().map(deadline).collect()
+    }
+}

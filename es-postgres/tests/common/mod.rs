@@ -1,0 +1,53 @@
+//! Shared test setup: each test gets its own schema in the database that `DATABASE_URL` names
+//! (default: the local server).
+
+#![allow(dead_code, unreachable_pub)]
+
+use es_postgres::{PgConfig, PgEventStore};
+
+pub const DEFAULT_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// A fresh, random schema name starting with `prefix`.
+pub fn schema_name(prefix: &str) -> String {
+    format!(
+        "t_{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// A migrated store in a fresh schema.
+pub async fn store(prefix: &str) -> PgEventStore {
+    store_with(PgConfig::new(schema_name(prefix))).await
+}
+
+/// A migrated store with `config` (its schema should be fresh).
+pub async fn store_with(config: PgConfig) -> PgEventStore {
+    store_at(&database_url(), config).await
+}
+
+pub async fn store_at(url: &str, config: PgConfig) -> PgEventStore {
+    let store = PgEventStore::connect(url, config)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach PostgreSQL at {url}: {e}. Start a server there, or set DATABASE_URL \
+             to one (e.g. postgres://user:pass@host:5432/db)"
+            )
+        });
+    store.migrate().await.expect("migrations apply");
+    store
+}
+
+/// Drops the store's schema and closes its pool.
+pub async fn drop_schema(store: &PgEventStore) {
+    let schema = store.config().schema.clone();
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .execute(store.pool())
+        .await
+        .expect("drop the test schema");
+    store.close().await;
+}
