@@ -39,8 +39,6 @@ pub use store::{
 };
 pub use stream::{Position, StreamFilter, StreamId, MAX_STREAM_ID_LEN};
 
-/// Re-exports for doc tests and for backends' conformance tests.
-#[doc(hidden)]
-pub mod __private {
-    pub use async_trait::async_trait;
-}
+/// The attribute for implementing this crate's async traits (`Projection`, `EventStore`, ...),
+/// re-exported so an implementation needs no extra dependency.
+pub use async_trait::async_trait;

@@ -120,7 +120,7 @@ struct AlwaysContended {
     commits: std::sync::atomic::AtomicUsize,
 }
 
-#[es_core::__private::async_trait]
+#[es_core::async_trait]
 impl EventStore for AlwaysContended {
     async fn commit(&self, unit: es_core::UnitOfWork) -> es_core::Result<es_core::CommitOutcome> {
         self.commits

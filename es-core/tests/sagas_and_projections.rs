@@ -80,7 +80,7 @@ impl Saga for Checkout {
 #[derive(Default)]
 struct Dispatched(Mutex<Vec<(Cmd, Metadata)>>);
 
-#[es_core::__private::async_trait]
+#[es_core::async_trait]
 impl CommandDispatcher<Cmd> for Dispatched {
     async fn dispatch(&self, command: Cmd, metadata: Metadata) -> Result<(), BoxError> {
         self.0.lock().unwrap().push((command, metadata));
@@ -254,7 +254,7 @@ struct Counter {
     seen: Mutex<Vec<RecordedEvent>>,
 }
 
-#[es_core::__private::async_trait]
+#[es_core::async_trait]
 impl Projection for Counter {
     fn name(&self) -> &str {
         "counter"
@@ -355,7 +355,7 @@ async fn an_inline_projection_sees_the_append_before_it_returns_and_can_veto_it(
 
 struct Collect(Mutex<Vec<RecordedEvent>>);
 
-#[es_core::__private::async_trait]
+#[es_core::async_trait]
 impl MessageHandler for Collect {
     async fn handle(&self, message: &RecordedEvent) -> Result<(), es_core::HandlerError> {
         self.0.lock().unwrap().push(message.clone());
