@@ -1,0 +1,136 @@
+//! The gap test: transactions commit out of order while a subscriber reads the global log;
+//! it sees every event exactly once, in order.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use es_core::testing::sample_event;
+use es_core::{
+    EventStore, ExpectedVersion, Position, StreamAppend, StreamFilter, StreamId, UnitOfWork,
+};
+use es_postgres::PgConfig;
+use futures_util::StreamExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_sees_every_event_once_in_order_while_commits_land_out_of_order() {
+    let mut config = PgConfig::new(common::schema_name("gap"));
+    config.max_connections = 24;
+    let store = common::store_with(config).await;
+    const WRITERS: u64 = 16;
+    const APPENDS: u64 = 20;
+    const PER_APPEND: u64 = 3;
+    let total = (WRITERS * APPENDS * PER_APPEND) as usize;
+
+    let mut subscription = store.subscribe(StreamFilter::All, Position::START);
+    // (position of the first event, when its commit returned) for each append.
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let (store, commits) = (store.clone(), commits.clone());
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..APPENDS {
+                    let stream = StreamId::new(format!("gap-{writer}-{}", i % 4)).unwrap();
+                    let events: Vec<_> = (0..PER_APPEND)
+                        .map(|k| sample_event("Written", writer * 10_000 + i * 10 + k))
+                        .collect();
+                    ids.extend(events.iter().map(|e| e.event_id));
+                    let unit = UnitOfWork::new().append(StreamAppend::new(
+                        stream,
+                        ExpectedVersion::Any,
+                        events,
+                    ));
+                    // Every third append keeps its transaction open after taking its
+                    // positions, so later transactions commit first.
+                    let hold = if (writer + i) % 3 == 0 {
+                        Duration::from_millis(5 + (writer * 7 + i * 13) % 60)
+                    } else {
+                        Duration::ZERO
+                    };
+                    let (results, ()) = store
+                        .commit_with(unit, move |_conn, _results| {
+                            Box::pin(async move {
+                                tokio::time::sleep(hold).await;
+                                Ok(())
+                            })
+                        })
+                        .await
+                        .expect("append commits")
+                        .expect("no inbox entry, so committed");
+                    commits
+                        .lock()
+                        .unwrap()
+                        .push((results[0].positions[0], started.elapsed()));
+                }
+                ids
+            })
+        })
+        .collect();
+
+    let mut seen = Vec::with_capacity(total);
+    let mut ids = HashSet::new();
+    let collect = async {
+        while seen.len() < total {
+            let event = subscription
+                .next()
+                .await
+                .expect("a subscription does not end")
+                .expect("reads succeed");
+            if let Some(last) = seen.last() {
+                assert!(
+                    event.position > *last,
+                    "delivered in order: {} after {last}",
+                    event.position
+                );
+            }
+            assert!(
+                ids.insert(event.event_id),
+                "{} delivered twice",
+                event.event_id
+            );
+            seen.push(event.position);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), collect)
+        .await
+        .expect("the subscriber sees every event within a minute");
+
+    let mut written = HashSet::new();
+    for writer in writers {
+        written.extend(writer.await.unwrap());
+    }
+    assert_eq!(
+        written, ids,
+        "the subscriber saw exactly the written events"
+    );
+    let extra = tokio::time::timeout(Duration::from_millis(300), subscription.next()).await;
+    assert!(extra.is_err(), "nothing more arrives: {extra:?}");
+
+    // The test is only meaningful if commits did land out of position order.
+    let mut commits = commits.lock().unwrap().clone();
+    commits.sort_by_key(|(position, _)| *position);
+    let inversions = commits
+        .windows(2)
+        .filter(|w| w[0].1 > w[1].1 + Duration::from_millis(2))
+        .count();
+    assert!(
+        inversions > 0,
+        "some later positions must have committed before earlier ones"
+    );
+
+    // A reader paging through read_all sees the same order.
+    let mut after = Position::START;
+    let mut paged = Vec::new();
+    loop {
+        let page = store.read_all(&StreamFilter::All, after, 97).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        paged.extend(page.iter().map(|e| e.position));
+    }
+    assert_eq!(paged, seen, "read_all pages agree with the subscription");
+    common::drop_schema(&store).await;
+}

@@ -1,0 +1,124 @@
+//! Writers racing on one stream: the database enforces the expected version.
+
+mod common;
+
+use std::sync::Arc;
+
+use es_core::testing::sample_event;
+use es_core::{Error, EventStore, ExpectedVersion, StreamId};
+use es_postgres::PgConfig;
+use tokio::sync::Barrier;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_racing_writers_get_one_winner_per_version_and_typed_conflicts() {
+    let mut config = PgConfig::new(common::schema_name("race"));
+    config.max_connections = 32;
+    let store = common::store_with(config).await;
+    let stream = StreamId::new("account-race").unwrap();
+    const WRITERS: u64 = 32;
+    const ROUNDS: u64 = 10;
+
+    for round in 0..ROUNDS {
+        // Every writer expects the version the stream has at the start of the round.
+        let barrier = Arc::new(Barrier::new(WRITERS as usize));
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let (store, stream, barrier) = (store.clone(), stream.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store
+                        .append(
+                            &stream,
+                            ExpectedVersion::Exact(round),
+                            vec![sample_event("Raced", round * 100 + writer)],
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for task in tasks {
+            match task.await.expect("writer task") {
+                Ok(result) => {
+                    winners += 1;
+                    assert_eq!(result.next_expected_version, round + 1);
+                }
+                Err(Error::Conflict {
+                    stream: conflicted,
+                    expected,
+                    actual,
+                }) => {
+                    assert_eq!(conflicted, stream.as_str());
+                    assert_eq!(expected, ExpectedVersion::Exact(round));
+                    assert_eq!(
+                        actual,
+                        Some(round + 1),
+                        "a loser learns the version the winner made"
+                    );
+                }
+                Err(other) => panic!("a losing writer must get a typed conflict, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            winners, 1,
+            "round {round}: exactly one of {WRITERS} writers wins"
+        );
+    }
+
+    let events = store.read_stream(&stream, 1, 1000).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        (1..=ROUNDS).collect::<Vec<_>>(),
+        "one event per version, no gap, no double"
+    );
+    assert_eq!(store.stream_version(&stream).await.unwrap(), Some(ROUNDS));
+    common::drop_schema(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_writers_with_retries_all_land_in_one_gapless_stream() {
+    let mut config = PgConfig::new(common::schema_name("retry"));
+    config.max_connections = 32;
+    let store = common::store_with(config).await;
+    let stream = StreamId::new("account-retry").unwrap();
+    const WRITERS: u64 = 32;
+    const EACH: u64 = 5;
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let (store, stream) = (store.clone(), stream.clone());
+            tokio::spawn(async move {
+                let mut conflicts = 0u64;
+                for i in 0..EACH {
+                    loop {
+                        let version = store.stream_version(&stream).await.unwrap().unwrap_or(0);
+                        match store
+                            .append(
+                                &stream,
+                                ExpectedVersion::Exact(version),
+                                vec![sample_event("Raced", writer * 1000 + i)],
+                            )
+                            .await
+                        {
+                            Ok(_) => break,
+                            Err(e) if e.is_conflict() => conflicts += 1,
+                            Err(e) => panic!("unexpected error {e:?}"),
+                        }
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    let mut conflicts = 0;
+    for task in tasks {
+        conflicts += task.await.unwrap();
+    }
+    let events = store.read_stream_to_end(&stream, 1).await.unwrap();
+    assert_eq!(events.len() as u64, WRITERS * EACH);
+    assert!(events
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.stream_version == i as u64 + 1));
+    assert!(conflicts > 0, "the writers did race");
+    common::drop_schema(&store).await;
+}
