@@ -1,0 +1,653 @@
+//! [`AmqpEventBus`]: publish with pipelined confirms, consume with retries and dead letters.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use es_core::bus::{ConsumerHandle, DeadLetter, HandlerError, MessageHandler, Subscription};
+use es_core::{
+    CheckpointStore, DeadLetterQueue, Error, EventBus, EventStore, RecordedEvent, Relay, Result,
+};
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Consumer};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{AmqpConfig, QueueSpec, Unroutable};
+use crate::connection::{
+    amqp_error, declare_consumer_queues, declare_retry_queue, is_not_found, Connector, BACKEND,
+};
+use crate::wire::{self, header_str, header_u32, text};
+
+/// The RabbitMQ [`EventBus`] and [`DeadLetterQueue`]. Cloning shares the connection.
+///
+/// See the crate documentation for the topology, the wire format and the delivery guarantees.
+#[derive(Clone)]
+pub struct AmqpEventBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<AmqpConfig>,
+    connector: Connector,
+}
+
+impl fmt::Debug for AmqpEventBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpEventBus")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AmqpEventBus {
+    /// A bus that connects on first use (and again whenever the connection is lost), so it can
+    /// be created while the broker is still down.
+    pub fn new(config: AmqpConfig) -> Self {
+        let config = Arc::new(config);
+        AmqpEventBus {
+            inner: Arc::new(Inner {
+                connector: Connector::new(config.clone()),
+                config,
+            }),
+        }
+    }
+
+    /// A bus that connects now and declares the topology; fails with
+    /// [`Error::Unavailable`] when the broker cannot be reached.
+    pub async fn connect(config: AmqpConfig) -> Result<Self> {
+        let bus = Self::new(config);
+        bus.check().await?;
+        Ok(bus)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AmqpConfig {
+        &self.inner.config
+    }
+
+    /// Makes sure the bus is connected (connecting if it is not): a health check.
+    pub async fn check(&self) -> Result<()> {
+        self.inner.connector.connection().await.map(|_| ())
+    }
+
+    /// Closes the connection. Running consumers see it as a lost connection and reconnect;
+    /// stop them first to shut down.
+    pub async fn close(&self) {
+        self.inner.connector.close().await;
+    }
+
+    /// The outbox [`Relay`] from `store` onto this bus, its checkpoint saved in `checkpoints`
+    /// under `name`.
+    pub fn relay(
+        &self,
+        name: impl Into<String>,
+        store: Arc<dyn EventStore>,
+        checkpoints: Arc<dyn CheckpointStore>,
+    ) -> Relay {
+        Relay::new(name, store, Arc::new(self.clone()), checkpoints)
+    }
+}
+
+/// Awaits a confirm and turns anything but a plain ack into an error.
+async fn confirmed(confirm: PublisherConfirm, routing_key: &str) -> Result<()> {
+    match confirm.await.map_err(amqp_error)? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+            Err(Error::backend(
+                BACKEND,
+                format!(
+                    "message to routing key `{routing_key}` was returned unroutable ({} {}): no queue binds it",
+                    returned.reply_code, returned.reply_text
+                ),
+            ))
+        }
+        Confirmation::Nack(None) => Err(Error::backend(
+            BACKEND,
+            format!("the broker nacked the message to routing key `{routing_key}`"),
+        )),
+        Confirmation::NotRequested => Err(Error::backend(
+            BACKEND,
+            "the channel is not in confirm mode",
+        )),
+    }
+}
+
+/// Publishes one message with the mandatory flag and waits for its confirm.
+async fn publish_one(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<()> {
+    let options = BasicPublishOptions {
+        mandatory: true,
+        immediate: false,
+    };
+    let confirm = channel
+        .basic_publish(exchange, routing_key, options, body, properties)
+        .await
+        .map_err(amqp_error)?;
+    confirmed(confirm, routing_key).await
+}
+
+#[async_trait]
+impl EventBus for AmqpEventBus {
+    /// Publishes every event, then awaits every confirm (many in flight at once); `Ok` only
+    /// when the broker confirmed them all. An unroutable event fails the call under
+    /// [`Unroutable::Fail`]. On an error, some events may have gone out: publish the batch
+    /// again (consumers drop the duplicates with their inbox).
+    async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let config = &self.inner.config;
+        // Encode everything first: a bad event fails the batch before anything is sent.
+        let messages = events
+            .iter()
+            .map(|event| {
+                Ok((
+                    (config.router)(event),
+                    wire::encode_body(event)?,
+                    wire::properties(event),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let channel = self.inner.connector.publisher().await?;
+        let options = BasicPublishOptions {
+            mandatory: config.unroutable == Unroutable::Fail,
+            immediate: false,
+        };
+        let mut pending = Vec::with_capacity(messages.len());
+        let mut first_error = None;
+        for (routing_key, body, properties) in messages {
+            match channel
+                .basic_publish(
+                    &config.topology.exchange,
+                    &routing_key,
+                    options,
+                    &body,
+                    properties,
+                )
+                .await
+            {
+                Ok(confirm) => pending.push((routing_key, confirm)),
+                Err(error) => {
+                    first_error = Some(amqp_error(error));
+                    break;
+                }
+            }
+        }
+        // Await every confirm, even after a failure, so none is left behind on the channel.
+        let all_confirmed = async {
+            let mut first_error = first_error;
+            for (routing_key, confirm) in pending {
+                if let Err(error) = confirmed(confirm, &routing_key).await {
+                    first_error.get_or_insert(error);
+                }
+            }
+            first_error
+        };
+        match tokio::time::timeout(config.confirm_timeout, all_confirmed).await {
+            Ok(None) => Ok(()),
+            Ok(Some(error)) => Err(error),
+            Err(_) => {
+                // The channel may be wedged; the next publish opens a fresh one.
+                let _ = channel.close(200, "confirms timed out").await;
+                Err(Error::unavailable(
+                    BACKEND,
+                    format!(
+                        "no confirm within {:?}: the batch may or may not have been published",
+                        config.confirm_timeout
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Declares the consumer's queues, starts consuming, and returns once the consumer is
+    /// registered with the broker (so events published afterwards reach it). Fails with
+    /// [`Error::Unavailable`] when the broker cannot be reached now; after that, the consumer
+    /// reconnects by itself whenever the connection is lost.
+    async fn subscribe(
+        &self,
+        subscription: Subscription,
+        handler: Arc<dyn MessageHandler>,
+    ) -> Result<ConsumerHandle> {
+        if subscription.consumer.is_empty() {
+            return Err(Error::InvalidInput(
+                "a consumer name cannot be empty".into(),
+            ));
+        }
+        let first = open_consumer(&self.inner, &subscription).await?;
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run_consumer(
+            self.inner.clone(),
+            subscription,
+            handler,
+            first,
+            stop_rx,
+        ));
+        Ok(ConsumerHandle::new(stop, task))
+    }
+}
+
+/// Opens a channel, declares the consumer's queues, sets the prefetch and starts consuming.
+async fn open_consumer(inner: &Inner, subscription: &Subscription) -> Result<(Channel, Consumer)> {
+    let connection = inner.connector.connection().await?;
+    let channel = connection.create_channel().await.map_err(amqp_error)?;
+    let topology = &inner.config.topology;
+    let spec = QueueSpec {
+        consumer: subscription.consumer.clone(),
+        routing_keys: subscription.routing_keys.clone(),
+    };
+    declare_consumer_queues(&channel, topology, &spec).await?;
+    // Retries and dead letters are republished from this channel, with confirms.
+    channel
+        .confirm_select(Default::default())
+        .await
+        .map_err(amqp_error)?;
+    channel
+        .basic_qos(subscription.prefetch.max(1), BasicQosOptions::default())
+        .await
+        .map_err(amqp_error)?;
+    let tag = format!(
+        "{}-{}",
+        subscription.consumer,
+        uuid::Uuid::new_v4().simple()
+    );
+    let consumer = channel
+        .basic_consume(
+            &topology.queue(&subscription.consumer),
+            &tag,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp_error)?;
+    Ok((channel, consumer))
+}
+
+/// Resolves when `stop` turns `true`; never, when the handle was dropped (the consumer then
+/// runs on, detached).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+enum Ended {
+    Stopped,
+    Lost(String),
+}
+
+async fn run_consumer(
+    inner: Arc<Inner>,
+    subscription: Subscription,
+    handler: Arc<dyn MessageHandler>,
+    first: (Channel, Consumer),
+    mut stop: watch::Receiver<bool>,
+) {
+    let policy = inner.config.reconnect;
+    let mut backoff = policy.initial_backoff;
+    let mut current = Some(first);
+    loop {
+        let (channel, consumer) = match current.take() {
+            Some(opened) => opened,
+            None => match open_consumer(&inner, &subscription).await {
+                Ok(opened) => {
+                    tracing::info!(consumer = %subscription.consumer, "consumer resumed");
+                    backoff = policy.initial_backoff;
+                    opened
+                }
+                Err(error) => {
+                    tracing::warn!(consumer = %subscription.consumer, %error, retry_in = ?backoff, "cannot resume the consumer");
+                    tokio::select! {
+                        _ = stopped(&mut stop) => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = policy.next(backoff);
+                    continue;
+                }
+            },
+        };
+        let context = Arc::new(DeliveryContext {
+            inner: inner.clone(),
+            subscription: subscription.clone(),
+            handler: handler.clone(),
+            channel,
+        });
+        match consume(context, consumer, &mut stop).await {
+            Ended::Stopped => return,
+            Ended::Lost(reason) => {
+                tracing::warn!(consumer = %subscription.consumer, %reason, "consumer lost its channel; reconnecting");
+                tokio::select! {
+                    _ = stopped(&mut stop) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Handles deliveries (as many at once as the prefetch lets in) until stopped or the channel
+/// is lost.
+async fn consume(
+    context: Arc<DeliveryContext>,
+    mut consumer: Consumer,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
+    let mut in_flight = JoinSet::new();
+    // lapin ends a consumer's stream when its channel closes, but a look now and then also
+    // catches a connection that died without a word.
+    let mut health = tokio::time::interval(Duration::from_secs(1));
+    let ended = loop {
+        tokio::select! {
+            _ = stopped(stop) => break Ended::Stopped,
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    in_flight.spawn(handle_delivery(context.clone(), delivery));
+                }
+                Some(Err(error)) => break Ended::Lost(error.to_string()),
+                None => break Ended::Lost("the consumer was cancelled".into()),
+            },
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            _ = health.tick() => {
+                if !context.channel.status().connected() {
+                    break Ended::Lost("the channel is closed".into());
+                }
+            }
+        }
+    };
+    if matches!(ended, Ended::Stopped) {
+        let _ = context
+            .channel
+            .basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
+            .await;
+    }
+    // Let the messages in hand finish (on a lost channel their acks fail and the broker
+    // redelivers them).
+    while in_flight.join_next().await.is_some() {}
+    // Closing hands any message delivered but not handled back to the queue.
+    let _ = context.channel.close(200, "consumer stopped").await;
+    ended
+}
+
+struct DeliveryContext {
+    inner: Arc<Inner>,
+    subscription: Subscription,
+    handler: Arc<dyn MessageHandler>,
+    channel: Channel,
+}
+
+enum Failure {
+    Transient(String),
+    Permanent(String),
+}
+
+async fn handle_delivery(context: Arc<DeliveryContext>, delivery: Delivery) {
+    let consumer = &context.subscription.consumer;
+    let failed_before = header_u32(&delivery.properties, wire::ATTEMPTS_HEADER).unwrap_or(0);
+    let attempt = failed_before.saturating_add(1);
+    let routing_key = header_str(&delivery.properties, wire::ROUTING_KEY_HEADER)
+        .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+    let event = match wire::decode(&delivery.data, &delivery.properties, &routing_key) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::warn!(%consumer, %error, "undecodable message; dead-lettering it");
+            let reason = format!("undecodable message: {error}");
+            let result = context
+                .dead_letter(&delivery, &routing_key, &reason, attempt)
+                .await;
+            settle(&context, delivery, result).await;
+            return;
+        }
+    };
+    let outcome = AssertUnwindSafe(context.handler.handle(&event))
+        .catch_unwind()
+        .await;
+    let failure = match outcome {
+        Ok(Ok(())) => {
+            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                // The channel is gone: the broker redelivers, and the inbox absorbs it.
+                tracing::warn!(%consumer, event_id = %event.event_id, %error, "ack failed");
+            }
+            return;
+        }
+        Ok(Err(HandlerError::Reject(error))) => Failure::Permanent(error.to_string()),
+        Ok(Err(HandlerError::Retry(error))) => Failure::Transient(error.to_string()),
+        Ok(Err(other)) => Failure::Transient(other.to_string()),
+        Err(_) => Failure::Transient("the handler panicked".to_owned()),
+    };
+    let result = match failure {
+        Failure::Transient(reason) if attempt < context.subscription.retry.max_attempts => {
+            tracing::debug!(%consumer, event_id = %event.event_id, attempt, %reason, "handler failed; retrying later");
+            context
+                .retry(&delivery, &routing_key, &reason, attempt)
+                .await
+        }
+        Failure::Transient(reason) | Failure::Permanent(reason) => {
+            tracing::warn!(%consumer, event_id = %event.event_id, attempt, %reason, "message dead-lettered");
+            context
+                .dead_letter(&delivery, &routing_key, &reason, attempt)
+                .await
+        }
+    };
+    settle(&context, delivery, result).await;
+}
+
+/// Acks a message once its copy (retry or dead letter) is confirmed; otherwise hands it back
+/// to the queue, after a pause, so it is neither lost nor spun on.
+async fn settle(context: &DeliveryContext, delivery: Delivery, moved: Result<()>) {
+    let consumer = &context.subscription.consumer;
+    match moved {
+        Ok(()) => {
+            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                tracing::warn!(%consumer, %error, "ack after moving the message failed; it may come twice");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%consumer, %error, "cannot move the message to its retry or dead-letter queue; requeueing it");
+            tokio::time::sleep(context.inner.config.reconnect.initial_backoff).await;
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            let _ = delivery.acker.nack(requeue).await;
+        }
+    }
+}
+
+fn count(value: u32) -> AMQPValue {
+    AMQPValue::LongLongInt(value.into())
+}
+
+impl DeliveryContext {
+    /// Parks a copy of the message in the retry queue of its backoff delay, from where the
+    /// broker moves it back onto the work queue when its TTL runs out.
+    async fn retry(
+        &self,
+        delivery: &Delivery,
+        routing_key: &str,
+        reason: &str,
+        attempt: u32,
+    ) -> Result<()> {
+        let topology = &self.inner.config.topology;
+        let delay = self.subscription.retry.backoff(attempt);
+        // Declared before each use: it re-creates the queue after a reconnect or an expiry.
+        let retry_queue =
+            declare_retry_queue(&self.channel, topology, &self.subscription.consumer, delay)
+                .await?;
+        let properties = wire::with_headers(
+            &delivery.properties,
+            [
+                (wire::ATTEMPTS_HEADER, count(attempt)),
+                (wire::ERROR_HEADER, text(reason)),
+                (wire::ROUTING_KEY_HEADER, text(routing_key)),
+            ],
+        );
+        publish_one(&self.channel, "", &retry_queue, &delivery.data, properties).await
+    }
+
+    /// Publishes a copy of the message to the dead-letter queue with the error and the count
+    /// of attempts in its headers.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        routing_key: &str,
+        reason: &str,
+        attempt: u32,
+    ) -> Result<()> {
+        let topology = &self.inner.config.topology;
+        let properties = wire::with_headers(
+            &delivery.properties,
+            [
+                (wire::ATTEMPTS_HEADER, count(attempt)),
+                (wire::ERROR_HEADER, text(reason)),
+                (wire::ROUTING_KEY_HEADER, text(routing_key)),
+                (
+                    wire::DEAD_LETTERED_AT_HEADER,
+                    text(chrono::Utc::now().to_rfc3339()),
+                ),
+            ],
+        );
+        publish_one(
+            &self.channel,
+            &topology.dead_letter_exchange(),
+            &topology.queue(&self.subscription.consumer),
+            &delivery.data,
+            properties,
+        )
+        .await
+    }
+}
+
+/// A message on a dead-letter queue as a [`DeadLetter`].
+fn dead_letter_of(delivery: &Delivery) -> DeadLetter {
+    let properties = &delivery.properties;
+    let routing_key = header_str(properties, wire::ROUTING_KEY_HEADER)
+        .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+    let reason = header_str(properties, wire::ERROR_HEADER)
+        .or_else(|| {
+            header_str(properties, "x-first-death-reason")
+                .map(|reason| format!("dead-lettered by the broker: {reason}"))
+        })
+        .unwrap_or_default();
+    DeadLetter {
+        event: wire::decode(&delivery.data, properties, &routing_key).ok(),
+        body: Bytes::from(delivery.data.clone()),
+        reason,
+        attempts: header_u32(properties, wire::ATTEMPTS_HEADER).unwrap_or(0),
+    }
+}
+
+impl AmqpEventBus {
+    /// A channel on which `consumer`'s dead-letter queue exists, or `None` when it does not
+    /// (the consumer never subscribed).
+    async fn dead_letter_channel(&self, consumer: &str) -> Result<Option<(Channel, String)>> {
+        let channel = self.inner.connector.confirm_channel().await?;
+        let queue = self.inner.config.topology.dead_letter_queue(consumer);
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match channel
+            .queue_declare(&queue, passive, FieldTable::default())
+            .await
+        {
+            Ok(_) => Ok(Some((channel, queue))),
+            // The broker closed the channel with the 404; nothing to clean up.
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(amqp_error(error)),
+        }
+    }
+}
+
+#[async_trait]
+impl DeadLetterQueue for AmqpEventBus {
+    /// Takes up to `limit` messages off the dead-letter queue without acknowledging them, then
+    /// closes the channel, which puts them all back in place.
+    async fn dead_letters(&self, consumer: &str, limit: usize) -> Result<Vec<DeadLetter>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let Some((channel, queue)) = self.dead_letter_channel(consumer).await? else {
+            return Ok(Vec::new());
+        };
+        let mut letters = Vec::new();
+        while letters.len() < limit {
+            match channel
+                .basic_get(&queue, BasicGetOptions { no_ack: false })
+                .await
+                .map_err(amqp_error)?
+            {
+                Some(message) => letters.push(dead_letter_of(&message.delivery)),
+                None => break,
+            }
+        }
+        channel
+            .close(200, "dead letters listed")
+            .await
+            .map_err(amqp_error)?;
+        Ok(letters)
+    }
+
+    /// Moves dead letters one by one: publishes each to the work queue (without its retry
+    /// bookkeeping, so it gets a fresh set of attempts), and acks it on the dead-letter queue
+    /// only after the broker confirmed the copy.
+    async fn requeue_dead_letters(&self, consumer: &str, limit: usize) -> Result<usize> {
+        let Some((channel, queue)) = self.dead_letter_channel(consumer).await? else {
+            return Ok(0);
+        };
+        let work_queue = self.inner.config.topology.queue(consumer);
+        let mut moved = 0;
+        while moved < limit {
+            let Some(message) = channel
+                .basic_get(&queue, BasicGetOptions { no_ack: false })
+                .await
+                .map_err(amqp_error)?
+            else {
+                break;
+            };
+            let delivery = message.delivery;
+            let properties = wire::without_bookkeeping(&delivery.properties);
+            publish_one(&channel, "", &work_queue, &delivery.data, properties).await?;
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(amqp_error)?;
+            moved += 1;
+        }
+        let _ = channel.close(200, "dead letters requeued").await;
+        Ok(moved)
+    }
+
+    async fn purge_dead_letters(&self, consumer: &str) -> Result<usize> {
+        let Some((channel, queue)) = self.dead_letter_channel(consumer).await? else {
+            return Ok(0);
+        };
+        let purged = channel
+            .queue_purge(&queue, QueuePurgeOptions::default())
+            .await
+            .map_err(amqp_error)?;
+        let _ = channel.close(200, "dead letters purged").await;
+        Ok(usize::try_from(purged).unwrap_or(usize::MAX))
+    }
+}
