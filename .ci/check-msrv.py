@@ -19,7 +19,7 @@ def parse(version):
 
 meta = json.loads(
     subprocess.check_output(
-        ["cargo", "metadata", "--format-version", "1", "--locked",
+        ["cargo", "metadata", "--format-version", "1",
          "--filter-platform", "x86_64-unknown-linux-gnu"]
     )
 )

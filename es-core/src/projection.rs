@@ -21,6 +21,40 @@ use crate::stream::{Position, StreamFilter};
 /// between `handle` and the checkpoint, the event is handed over again: make `handle`
 /// idempotent, or keep the read model and the checkpoint in one transaction (`es-postgres`'s
 /// transactional projections do).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), es_core::BoxError> {
+/// use std::collections::HashMap;
+/// use std::sync::{Arc, Mutex};
+/// use es_core::memory::MemoryEventStore;
+/// use es_core::{BoxError, EventStore, ExpectedVersion, NewEvent, Projection, ProjectionRunner, RecordedEvent, StreamFilter, StreamId};
+///
+/// /// How many events each order stream has.
+/// #[derive(Default)]
+/// struct OrderSizes(Mutex<HashMap<String, u64>>);
+///
+/// #[es_core::async_trait]
+/// impl Projection for OrderSizes {
+///     fn name(&self) -> &str { "order-sizes" }
+///     fn filter(&self) -> StreamFilter { StreamFilter::category("order") }
+///     async fn handle(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+///         let mut sizes = self.0.lock().map_err(|_| "poisoned")?;
+///         sizes.insert(event.stream_id.entity_id().to_owned(), event.stream_version);
+///         Ok(())
+///     }
+/// }
+///
+/// let store = MemoryEventStore::new();
+/// let stream = StreamId::new("order-7")?;
+/// store.append(&stream, ExpectedVersion::Any, vec![NewEvent::raw("Placed", "{}"), NewEvent::raw("Paid", "{}")]).await?;
+///
+/// let sizes = Arc::new(OrderSizes::default());
+/// let runner = ProjectionRunner::new(Arc::new(store.clone()), Arc::new(store.clone()));
+/// runner.catch_up(&*sizes).await?; // or `runner.spawn(sizes.clone())` to follow live
+/// assert_eq!(sizes.0.lock().unwrap()["7"], 2);
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait Projection: Send + Sync {
     /// The checkpoint name; renaming it rebuilds the projection from the start.

@@ -25,6 +25,77 @@ use crate::event::{DomainEvent, Envelope, Metadata, RecordedEvent};
 /// Commands are dispatched *before* the saga's new state is saved, so after a crash a command
 /// may be dispatched again: make command handling idempotent (a repository command with an
 /// inbox entry is).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), es_core::BoxError> {
+/// use std::sync::{Arc, Mutex};
+/// use chrono::{Duration, Utc};
+/// use es_core::memory::MemoryEventStore;
+/// use es_core::{BoxError, CommandDispatcher, DomainEvent, Envelope, EventStore, ExpectedVersion,
+///     Metadata, NewEvent, Saga, SagaDecision, SagaRunner, StreamId};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// enum Flow { OrderPlaced { order: String }, PaymentProcessed { order: String } }
+/// impl DomainEvent for Flow {}
+///
+/// #[derive(Debug, PartialEq)]
+/// enum Command { Confirm(String), Cancel(String) }
+///
+/// #[derive(Default, Serialize, Deserialize)]
+/// struct Checkout;
+///
+/// impl Saga for Checkout {
+///     const NAME: &'static str = "checkout";
+///     type Event = Flow;
+///     type Command = Command;
+///     type Deadline = String; // the order to cancel
+///     type Config = Duration; // the timeout
+///
+///     fn instance_id(event: &Envelope<Flow>) -> Option<String> {
+///         match &event.event { Flow::OrderPlaced { order } | Flow::PaymentProcessed { order } => Some(order.clone()) }
+///     }
+///     fn handle(&mut self, timeout: &Duration, event: &Envelope<Flow>) -> SagaDecision<Command, String> {
+///         match &event.event {
+///             Flow::OrderPlaced { order } =>
+///                 SagaDecision::none().schedule("timeout", event.recorded_at + *timeout, order.clone()),
+///             Flow::PaymentProcessed { order } =>
+///                 SagaDecision::none().send(Command::Confirm(order.clone())).cancel("timeout").complete(),
+///         }
+///     }
+///     fn on_deadline(&mut self, _: &Duration, order: String) -> SagaDecision<Command, String> {
+///         SagaDecision::none().send(Command::Cancel(order)).complete()
+///     }
+/// }
+///
+/// /// Where the commands go: in a real system, a repository.
+/// #[derive(Default)]
+/// struct Sent(Mutex<Vec<Command>>);
+/// #[es_core::async_trait]
+/// impl CommandDispatcher<Command> for Sent {
+///     async fn dispatch(&self, command: Command, _: Metadata) -> Result<(), BoxError> {
+///         self.0.lock().unwrap().push(command);
+///         Ok(())
+///     }
+/// }
+///
+/// let store = MemoryEventStore::new(); // keeps saga state and deadlines too
+/// let sent = Arc::new(Sent::default());
+/// let runner = SagaRunner::<Checkout>::new(Arc::new(store.clone()), sent.clone(), Duration::zero());
+///
+/// let stream = StreamId::new("order-1")?;
+/// let placed = NewEvent::from_domain(&Flow::OrderPlaced { order: "1".into() }, Metadata::new_correlation())?;
+/// store.append(&stream, ExpectedVersion::NoStream, vec![placed]).await?;
+/// for event in store.read_stream(&stream, 1, 10).await? {
+///     runner.handle_event(&event).await?; // usually fed by a bus consumer or a subscription
+/// }
+/// // The zero timeout is due at once: the order is cancelled, exactly once.
+/// assert_eq!(runner.fire_due(Utc::now()).await?, 1);
+/// assert_eq!(runner.fire_due(Utc::now()).await?, 0);
+/// assert_eq!(*sent.0.lock().unwrap(), vec![Command::Cancel("1".into())]);
+/// # Ok(()) }
+/// ```
 pub trait Saga: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The saga's name: its state and inbox are kept under it. Renaming it forgets them.
     const NAME: &'static str;
