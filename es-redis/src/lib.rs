@@ -1,1 +1,16 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod cache;
+mod config;
+mod connection;
+mod error;
+mod idempotency;
+mod snapshot;
+
+pub use cache::RedisCache;
+pub use config::{RedisConfig, DEFAULT_URL};
+pub use connection::RedisConnection;
+pub use error::TimedOut;
+pub use idempotency::RedisIdempotencyStore;
+pub use snapshot::RedisSnapshotStore;
