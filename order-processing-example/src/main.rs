@@ -1,3 +1,26 @@
-//! The order processing example.
+//! `order-processing`: parse the command line, install logging, run.
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use order_processing_example::{run, shutdown::os_signal, Cli};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info")),
+        )
+        .init();
+    match run(cli, os_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "cannot run");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

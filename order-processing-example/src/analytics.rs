@@ -1,0 +1,356 @@
+//! The analytics service (5005): daily figures and the recent events, each event counted once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, NaiveDate, Utc};
+use es_core::bus::{HandlerError, MessageHandler};
+use es_core::{
+    Aggregate, BoxError, CommandContext, CommandError, DomainEvent, Projection, RecordedEvent,
+    Repository, StreamFilter,
+};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+use uuid::Uuid;
+
+use crate::backends::Backends;
+use crate::config::Settings;
+use crate::http::{finish_router, ApiQuery, AppError};
+use crate::service::Background;
+
+/// One wire event, as analytics records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CountedEvent {
+    /// The wire event's id.
+    pub event_id: Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// Its order.
+    pub order_id: Uuid,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// The order's total, on `OrderConfirmed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<f64>)]
+    pub amount: Option<Decimal>,
+}
+
+/// What analytics records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AnalyticsEvent {
+    /// A wire event was counted.
+    EventCounted(CountedEvent),
+}
+
+impl DomainEvent for AnalyticsEvent {}
+
+/// The events counted for one order: each at most once.
+#[derive(Debug, Clone, Default)]
+pub struct OrderActivity {
+    counted: BTreeSet<Uuid>,
+}
+
+impl Aggregate for OrderActivity {
+    const TYPE: &'static str = "analytics";
+    type Command = CountedEvent;
+    type Event = AnalyticsEvent;
+    type Error = std::convert::Infallible;
+
+    fn handle(&self, event: CountedEvent) -> Result<Vec<AnalyticsEvent>, std::convert::Infallible> {
+        if self.counted.contains(&event.event_id) {
+            return Ok(Vec::new());
+        }
+        Ok(vec![AnalyticsEvent::EventCounted(event)])
+    }
+
+    fn apply(&mut self, event: &AnalyticsEvent) {
+        let AnalyticsEvent::EventCounted(event) = event;
+        self.counted.insert(event.event_id);
+    }
+}
+
+/// Counts every wire event once: in the order's activity stream, with the inbox entry.
+#[derive(Debug, Clone)]
+struct AnalyticsHandler {
+    activity: Repository<OrderActivity>,
+    consumer: String,
+}
+
+#[async_trait]
+impl MessageHandler for AnalyticsHandler {
+    async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
+        if crate::events::routing_key_of(&message.event_type).is_none() {
+            return Ok(());
+        }
+        let payload = message.payload_json().map_err(HandlerError::reject)?;
+        let order_id = payload
+            .get("orderId")
+            .and_then(|v| v.as_str())
+            .and_then(|v| Uuid::parse_str(v).ok())
+            .ok_or_else(|| HandlerError::reject("the event names no orderId"))?;
+        let amount = match (message.event_type.as_str(), payload.get("totalAmount")) {
+            (crate::events::ORDER_CONFIRMED, Some(serde_json::Value::Number(n))) => {
+                crate::money::from_json_number(n)
+            }
+            _ => None,
+        };
+        let counted = CountedEvent {
+            event_id: message.event_id,
+            event_type: message.event_type.clone(),
+            order_id,
+            occurred_at: message.recorded_at,
+            amount,
+        };
+        let context = CommandContext::caused_by(message, self.consumer.clone());
+        match self
+            .activity
+            .execute_with(&order_id.to_string(), counted, context)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(CommandError::Store(error)) => Err(error.into()),
+            Err(other) => Err(HandlerError::reject(other)),
+        }
+    }
+}
+
+/// One day's figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DailyMetrics {
+    /// The UTC day.
+    #[schema(value_type = String, format = Date)]
+    pub date: NaiveDate,
+    /// Orders placed that day.
+    pub orders_placed: u64,
+    /// Orders confirmed that day.
+    pub orders_confirmed: u64,
+    /// Orders cancelled that day.
+    pub orders_cancelled: u64,
+    /// The total of the orders confirmed that day.
+    #[serde(with = "crate::money")]
+    #[schema(value_type = f64)]
+    pub revenue: Decimal,
+    /// Revenue per confirmed order (0 when none).
+    #[serde(with = "crate::money")]
+    #[schema(value_type = f64)]
+    pub average_order_value: Decimal,
+}
+
+/// A recent event as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecentEvent {
+    /// The wire event's id.
+    pub event_id: Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// Its order.
+    pub order_id: Uuid,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default)]
+struct Figures {
+    days: BTreeMap<NaiveDate, DailyMetrics>,
+    recent: BTreeMap<(DateTime<Utc>, Uuid), RecentEvent>,
+}
+
+/// Daily figures and recent events, folded from the analytics streams.
+#[derive(Debug, Default)]
+pub struct AnalyticsReadModel {
+    figures: Mutex<Figures>,
+}
+
+impl AnalyticsReadModel {
+    fn day(&self, date: NaiveDate) -> DailyMetrics {
+        let figures = self.figures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut day = figures.days.get(&date).cloned().unwrap_or_default();
+        day.date = date;
+        day.average_order_value = if day.orders_confirmed == 0 {
+            Decimal::ZERO
+        } else {
+            crate::money::to_cents(day.revenue / Decimal::from(day.orders_confirmed))
+        };
+        day
+    }
+}
+
+#[async_trait]
+impl Projection for AnalyticsReadModel {
+    fn name(&self) -> &str {
+        "analytics-figures"
+    }
+
+    fn filter(&self) -> StreamFilter {
+        StreamFilter::category(OrderActivity::TYPE)
+    }
+
+    async fn handle(&self, recorded: &RecordedEvent) -> Result<(), BoxError> {
+        let AnalyticsEvent::EventCounted(event) = recorded.decode()?;
+        let mut figures = self.figures.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (event.occurred_at, event.event_id);
+        if figures.recent.contains_key(&key) {
+            return Ok(());
+        }
+        let day = figures
+            .days
+            .entry(event.occurred_at.date_naive())
+            .or_default();
+        match event.event_type.as_str() {
+            crate::events::ORDER_PLACED => day.orders_placed += 1,
+            crate::events::ORDER_CONFIRMED => {
+                day.orders_confirmed += 1;
+                day.revenue += event.amount.unwrap_or_default();
+            }
+            crate::events::ORDER_CANCELLED => day.orders_cancelled += 1,
+            _ => {}
+        }
+        figures.recent.insert(
+            key,
+            RecentEvent {
+                event_id: event.event_id,
+                event_type: event.event_type,
+                order_id: event.order_id,
+                occurred_at: event.occurred_at,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Today's figures (UTC).
+#[utoipa::path(get, path = "/api/analytics/metrics/today", tag = "analytics",
+    responses((status = 200, body = DailyMetrics)))]
+async fn today(State(model): State<Arc<AnalyticsReadModel>>) -> Json<DailyMetrics> {
+    Json(model.day(Utc::now().date_naive()))
+}
+
+fn date_param(
+    query: &HashMap<String, String>,
+    name: &str,
+    check: &mut crate::http::Validator,
+) -> Option<NaiveDate> {
+    match query.get(name) {
+        None => check.error(name, "is required (YYYY-MM-DD)"),
+        Some(text) => match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            Ok(date) => return Some(date),
+            Err(_) => check.error(name, "must be a date as YYYY-MM-DD"),
+        },
+    }
+    None
+}
+
+/// The longest range `metrics/range` answers, in days.
+pub const MAX_RANGE_DAYS: i64 = 366;
+
+/// One object per day from `from` to `to`, inclusive, oldest first.
+#[utoipa::path(get, path = "/api/analytics/metrics/range", tag = "analytics",
+    params(("from" = String, Query, description = "YYYY-MM-DD"), ("to" = String, Query, description = "YYYY-MM-DD, at most 366 days after from")),
+    responses((status = 200, body = [DailyMetrics]), (status = 400)))]
+async fn range(
+    State(model): State<Arc<AnalyticsReadModel>>,
+    ApiQuery(query): ApiQuery<HashMap<String, String>>,
+) -> Result<Json<Vec<DailyMetrics>>, AppError> {
+    let mut check = crate::http::Validator::default();
+    let from = date_param(&query, "from", &mut check);
+    let to = date_param(&query, "to", &mut check);
+    if let (Some(from), Some(to)) = (from, to) {
+        if from > to {
+            check.error("from", "must not be after to");
+        } else if (to - from).num_days() + 1 > MAX_RANGE_DAYS {
+            check.error("to", format!("the range is at most {MAX_RANGE_DAYS} days"));
+        }
+    }
+    check.finish()?;
+    let (Some(from), Some(to)) = (from, to) else {
+        return Err(AppError::bad_request("from and to are required"));
+    };
+    Ok(Json(
+        from.iter_days()
+            .take_while(|d| *d <= to)
+            .map(|d| model.day(d))
+            .collect(),
+    ))
+}
+
+/// The newest events first.
+#[utoipa::path(get, path = "/api/analytics/events/recent", tag = "analytics",
+    params(("limit" = Option<u32>, Query, description = "1 to 1000, default 50")),
+    responses((status = 200, body = [RecentEvent]), (status = 400)))]
+async fn recent(
+    State(model): State<Arc<AnalyticsReadModel>>,
+    ApiQuery(query): ApiQuery<HashMap<String, String>>,
+) -> Result<Json<Vec<RecentEvent>>, AppError> {
+    let limit = match query.get("limit") {
+        None => 50,
+        Some(text) => match text.parse::<usize>() {
+            Ok(limit) if (1..=1000).contains(&limit) => limit,
+            _ => {
+                let mut check = crate::http::Validator::default();
+                check.error("limit", "must be a whole number from 1 to 1000");
+                return Err(check
+                    .finish()
+                    .err()
+                    .unwrap_or_else(|| AppError::bad_request("bad limit")));
+            }
+        },
+    };
+    let figures = model.figures.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(Json(
+        figures.recent.values().rev().take(limit).cloned().collect(),
+    ))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Analytics service",
+        description = "Daily figures and recent events; each event counted once."
+    ),
+    paths(today, range, recent),
+    components(schemas(DailyMetrics, RecentEvent))
+)]
+struct AnalyticsApi;
+
+/// The service's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    AnalyticsApi::openapi()
+}
+
+/// Starts the analytics service: its consumer and read model.
+pub(crate) async fn start(
+    backends: &Backends,
+    _settings: &Settings,
+    background: &mut Background,
+) -> es_core::Result<Router> {
+    let activity = Repository::<OrderActivity>::new(backends.store.clone());
+    let model = Arc::new(AnalyticsReadModel::default());
+    background.project(backends, model.clone());
+    let consumer = backends.consumer("analytics");
+    let handler = Arc::new(AnalyticsHandler {
+        activity,
+        consumer: consumer.clone(),
+    });
+    background
+        .consume(
+            &backends.bus,
+            consumer,
+            crate::events::all_routing_keys(),
+            handler,
+        )
+        .await?;
+    let api = Router::new()
+        .route("/api/analytics/metrics/today", get(today))
+        .route("/api/analytics/metrics/range", get(range))
+        .route("/api/analytics/events/recent", get(recent))
+        .with_state(model);
+    Ok(finish_router(api, openapi(), backends.health.clone()))
+}

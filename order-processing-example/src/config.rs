@@ -1,0 +1,180 @@
+//! The command line: subcommands and flags, each flag with an environment fallback.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use rust_decimal::Decimal;
+
+/// `order-processing`: the five services of the order processing example.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "order-processing", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run; `all` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Backends, addresses and business settings.
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// What to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// All five services in one process, each on its own port.
+    All,
+    /// The order service alone (needs `--amqp-url`).
+    Order,
+    /// The inventory service alone (needs `--amqp-url`).
+    Inventory,
+    /// The payment service alone (needs `--amqp-url`).
+    Payment,
+    /// The notification service alone (needs `--amqp-url`).
+    Notification,
+    /// The analytics service alone (needs `--amqp-url`).
+    Analytics,
+}
+
+/// Every option; each is a flag with an environment fallback, accepted before or after the
+/// subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// PostgreSQL: event store, read models, service state, outbox, inbox.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// RabbitMQ: events travel over the topic exchange.
+    #[arg(long, env = "AMQP_URL", global = true, hide_env_values = true)]
+    pub amqp_url: Option<String>,
+    /// Redis: read-model cache and idempotency keys.
+    #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Address every service binds.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1", global = true)]
+    pub host: String,
+    /// Port of the order service.
+    #[arg(long, env = "ORDER_PORT", default_value_t = 5001, global = true)]
+    pub order_port: u16,
+    /// Port of the inventory service.
+    #[arg(long, env = "INVENTORY_PORT", default_value_t = 5002, global = true)]
+    pub inventory_port: u16,
+    /// Port of the payment service.
+    #[arg(long, env = "PAYMENT_PORT", default_value_t = 5003, global = true)]
+    pub payment_port: u16,
+    /// Port of the notification service.
+    #[arg(long, env = "NOTIFICATION_PORT", default_value_t = 5004, global = true)]
+    pub notification_port: u16,
+    /// Port of the analytics service.
+    #[arg(long, env = "ANALYTICS_PORT", default_value_t = 5005, global = true)]
+    pub analytics_port: u16,
+    /// The simulated gateway declines any payment larger than this.
+    #[arg(
+        long,
+        env = "PAYMENT_DECLINE_ABOVE",
+        default_value = "10000.00",
+        global = true
+    )]
+    pub payment_decline_above: Decimal,
+    /// An order not Confirmed or Cancelled by then is cancelled (`30s`, `500ms`, `2m`).
+    #[arg(long, env = "ORDER_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub order_timeout: Duration,
+    /// The topic exchange events travel over.
+    #[arg(
+        long,
+        env = "EXCHANGE",
+        default_value = "order-processing-events",
+        global = true
+    )]
+    pub exchange: String,
+    /// Prefixed to every queue name (`order-service`, ...), to run isolated systems side by
+    /// side on one broker.
+    #[arg(long, env = "QUEUE_PREFIX", default_value = "", global = true)]
+    pub queue_prefix: String,
+    /// The PostgreSQL schema holding the event store's tables.
+    #[arg(long, env = "DATABASE_SCHEMA", default_value = "public", global = true)]
+    pub database_schema: String,
+    /// Prefixed to every Redis key.
+    #[arg(
+        long,
+        env = "REDIS_PREFIX",
+        default_value = "order-processing:",
+        global = true
+    )]
+    pub redis_prefix: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            database_url: None,
+            amqp_url: None,
+            redis_url: None,
+            host: "127.0.0.1".into(),
+            order_port: 5001,
+            inventory_port: 5002,
+            payment_port: 5003,
+            notification_port: 5004,
+            analytics_port: 5005,
+            payment_decline_above: Decimal::new(1_000_000, 2),
+            order_timeout: Duration::from_secs(30),
+            exchange: "order-processing-events".into(),
+            queue_prefix: String::new(),
+            database_schema: "public".into(),
+            redis_prefix: "order-processing:".into(),
+        }
+    }
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h`, or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try `30s`, `500ms`, `2m`)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!("`{text}` must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn flags_are_accepted_before_and_after_the_subcommand() {
+        let before = Cli::try_parse_from(["order-processing", "--order-port", "7001", "order"])
+            .expect("flag before the subcommand");
+        let after = Cli::try_parse_from(["order-processing", "order", "--order-port", "7001"])
+            .expect("flag after the subcommand");
+        assert_eq!(before.settings.order_port, 7001);
+        assert_eq!(after.settings.order_port, 7001);
+        assert_eq!(after.command, Some(Command::Order));
+        let none = Cli::try_parse_from(["order-processing"]).expect("no arguments");
+        assert_eq!(none.command, None);
+    }
+}

@@ -1,0 +1,150 @@
+//! The wire: which stored events travel, their routing keys, and the consumers' bindings.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use es_core::bus::{HandlerError, MessageHandler, Router};
+use es_core::RecordedEvent;
+use tracing::Instrument;
+
+/// `OrderPlaced`: an order was accepted (order service).
+pub const ORDER_PLACED: &str = "OrderPlaced";
+/// `OrderConfirmed`: an order is paid and final (order service).
+pub const ORDER_CONFIRMED: &str = "OrderConfirmed";
+/// `OrderCancelled`: an order is cancelled and final (order service).
+pub const ORDER_CANCELLED: &str = "OrderCancelled";
+/// `InventoryReserved`: every line of an order is held (inventory service).
+pub const INVENTORY_RESERVED: &str = "InventoryReserved";
+/// `InventoryFailed`: an order could not be reserved; no stock changed (inventory service).
+pub const INVENTORY_FAILED: &str = "InventoryFailed";
+/// `InventoryReleased`: a reservation was given back (inventory service).
+pub const INVENTORY_RELEASED: &str = "InventoryReleased";
+/// `PaymentProcessed`: an order was charged (payment service).
+pub const PAYMENT_PROCESSED: &str = "PaymentProcessed";
+/// `PaymentFailed`: the charge was declined (payment service).
+pub const PAYMENT_FAILED: &str = "PaymentFailed";
+
+/// The events on the wire and their routing keys, as the contract lists them.
+pub const WIRE_EVENTS: [(&str, &str); 8] = [
+    (ORDER_PLACED, "order.placed"),
+    (ORDER_CONFIRMED, "order.confirmed"),
+    (ORDER_CANCELLED, "order.cancelled"),
+    (INVENTORY_RESERVED, "inventory.reserved"),
+    (INVENTORY_FAILED, "inventory.failed"),
+    (INVENTORY_RELEASED, "inventory.released"),
+    (PAYMENT_PROCESSED, "payment.processed"),
+    (PAYMENT_FAILED, "payment.failed"),
+];
+
+/// Every routing key on the wire (what notification and analytics bind).
+pub fn all_routing_keys() -> Vec<String> {
+    WIRE_EVENTS
+        .iter()
+        .map(|(_, key)| (*key).to_owned())
+        .collect()
+}
+
+/// The routing key of a wire event type, `None` for an event that stays inside its service.
+pub fn routing_key_of(event_type: &str) -> Option<&'static str> {
+    WIRE_EVENTS
+        .iter()
+        .find(|(ty, _)| *ty == event_type)
+        .map(|(_, key)| *key)
+}
+
+/// The bus's router: the contract's keys for wire events; a service's internal events (which
+/// a relay may still carry) get `internal.{category}.{type}`, which no queue binds.
+pub fn router() -> Router {
+    Arc::new(
+        |event: &RecordedEvent| match routing_key_of(&event.event_type) {
+            Some(key) => key.to_owned(),
+            None => format!(
+                "internal.{}.{}",
+                event.stream_id.category(),
+                es_core::bus::snake_case(&event.event_type)
+            ),
+        },
+    )
+}
+
+/// Runs a handler inside a span carrying the message's correlation id, so every log line of
+/// an order's saga names the order's flow.
+pub struct Traced {
+    consumer: String,
+    inner: Arc<dyn MessageHandler>,
+}
+
+impl std::fmt::Debug for Traced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Traced")
+            .field("consumer", &self.consumer)
+            .finish()
+    }
+}
+
+impl Traced {
+    /// Wraps `inner`, consuming as `consumer`.
+    pub fn new(consumer: impl Into<String>, inner: Arc<dyn MessageHandler>) -> Arc<Self> {
+        Arc::new(Traced {
+            consumer: consumer.into(),
+            inner,
+        })
+    }
+}
+
+#[async_trait]
+impl MessageHandler for Traced {
+    async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
+        let correlation_id = message
+            .metadata
+            .correlation_id
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "message",
+            consumer = %self.consumer,
+            event_type = %message.event_type,
+            event_id = %message.event_id,
+            correlation_id = %correlation_id,
+        );
+        async {
+            let outcome = self.inner.handle(message).await;
+            match &outcome {
+                Ok(()) => tracing::debug!("handled"),
+                Err(error) => tracing::warn!(%error, "handler failed"),
+            }
+            outcome
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// A `Uuid` from a few random-enough bits, for retry jitter without a random-number crate.
+pub(crate) fn jitter(max_millis: u64) -> std::time::Duration {
+    let bits = uuid::Uuid::new_v4().as_u128() as u64;
+    std::time::Duration::from_millis(bits % max_millis.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_events_route_by_the_contract_and_others_stay_internal() {
+        assert_eq!(routing_key_of("PaymentFailed"), Some("payment.failed"));
+        assert_eq!(routing_key_of("OrderInventoryReserved"), None);
+        let event = RecordedEvent {
+            event_id: uuid::Uuid::now_v7(),
+            stream_id: es_core::StreamId::new("order-1").unwrap(),
+            stream_version: 2,
+            position: es_core::Position::new(1, 1),
+            recorded_at: chrono::Utc::now(),
+            event_type: "OrderInventoryReserved".into(),
+            schema_version: 1,
+            payload: bytes::Bytes::from_static(b"{}"),
+            metadata: es_core::Metadata::default(),
+        };
+        assert_eq!(router()(&event), "internal.order.order_inventory_reserved");
+    }
+}

@@ -1,0 +1,422 @@
+//! What every service's HTTP side shares: problem+json errors, extractors that answer them,
+//! the fallback, the middleware stack (request ids, tracing, body limit, timeout) and health.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+/// The largest request body a service reads.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// How long one request may take before it is answered 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Field name → messages, as in `"errors": {"items[0].quantity": ["..."]}`.
+pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+/// An error answered as `application/problem+json` (RFC 9457).
+///
+/// A 5xx never shows its cause: it is logged and the body says only what failed.
+#[derive(Debug)]
+pub struct AppError {
+    status: StatusCode,
+    detail: String,
+    errors: Option<FieldErrors>,
+}
+
+impl AppError {
+    /// An error with this status and detail.
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        AppError {
+            status,
+            detail: detail.into(),
+            errors: None,
+        }
+    }
+
+    /// 400 with a detail.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    /// 400 listing what is wrong with each field.
+    pub fn validation(errors: FieldErrors) -> Self {
+        AppError {
+            status: StatusCode::BAD_REQUEST,
+            detail: "the request has invalid fields".into(),
+            errors: Some(errors),
+        }
+    }
+
+    /// 404 with a detail.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, detail)
+    }
+
+    /// 500 or 503 for a failure below the domain; the cause goes to the log only.
+    pub fn internal(error: &(dyn std::error::Error + 'static)) -> Self {
+        let unavailable = error
+            .downcast_ref::<es_core::Error>()
+            .is_some_and(|e| matches!(e, es_core::Error::Unavailable { .. }));
+        tracing::error!(%error, "request failed");
+        if unavailable {
+            Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "a backend is unavailable; try again later",
+            )
+        } else {
+            Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the request could not be carried out",
+            )
+        }
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<es_core::Error> for AppError {
+    fn from(error: es_core::Error) -> Self {
+        match &error {
+            es_core::Error::InvalidInput(detail) => AppError::bad_request(detail.clone()),
+            _ => AppError::internal(&error),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if let Some(errors) = self.errors {
+            body["errors"] = json!(errors);
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+/// A JSON body whose rejections answer problem+json: 400 for malformed JSON or a wrong content
+/// type, 413 for a body over [`MAX_BODY_BYTES`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> AppError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => {
+            AppError::bad_request("the body must be JSON with `Content-Type: application/json`")
+        }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        ),
+        other => AppError::bad_request(other.body_text()),
+    }
+}
+
+impl<T: Serialize> IntoResponse for ApiJson<T> {
+    fn into_response(self) -> Response {
+        Json(self.0).into_response()
+    }
+}
+
+/// Path parameters whose rejection (a bad UUID, say) answers 400 problem+json.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(path_rejection(rejection)),
+        }
+    }
+}
+
+fn path_rejection(rejection: PathRejection) -> AppError {
+    AppError::bad_request(rejection.body_text())
+}
+
+/// Query parameters whose rejection answers 400 problem+json.
+#[derive(Debug, Clone)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(query_rejection(rejection)),
+        }
+    }
+}
+
+fn query_rejection(rejection: QueryRejection) -> AppError {
+    AppError::bad_request(rejection.body_text())
+}
+
+async fn not_found(method: Method, uri: Uri) -> AppError {
+    AppError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> AppError {
+    AppError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// A check of one dependency: `Ok` when it answers, else what failed.
+pub type HealthProbe =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// The dependencies whose health `/health` reports, by name.
+#[derive(Clone, Default)]
+pub struct Health {
+    probes: Vec<(String, HealthProbe)>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.probes.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+impl Health {
+    /// Adds a dependency.
+    pub fn with(mut self, name: impl Into<String>, probe: HealthProbe) -> Self {
+        self.probes.push((name.into(), probe));
+        self
+    }
+
+    /// Runs every probe (each bounded by a short timeout): healthy and the entries.
+    pub async fn check(&self) -> (bool, Value) {
+        let mut healthy = true;
+        let mut entries = serde_json::Map::new();
+        for (name, probe) in &self.probes {
+            let outcome = match tokio::time::timeout(Duration::from_secs(3), probe()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err("no answer within 3s".to_owned()),
+            };
+            let entry = match outcome {
+                Ok(()) => json!({"status": "Healthy"}),
+                Err(description) => {
+                    healthy = false;
+                    json!({"status": "Unhealthy", "description": description})
+                }
+            };
+            entries.insert(name.clone(), entry);
+        }
+        (healthy, Value::Object(entries))
+    }
+}
+
+async fn health(axum::extract::State(health): axum::extract::State<Health>) -> Response {
+    let (healthy, entries) = health.check().await;
+    let status = if healthy { "Healthy" } else { "Unhealthy" };
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({"status": status, "entries": entries}))).into_response()
+}
+
+/// Wraps a service's API routes with `/health`, `/openapi.json`, `/scalar`, the problem+json
+/// fallbacks and the middleware stack.
+pub fn finish_router(
+    api: Router,
+    openapi: utoipa::openapi::OpenApi,
+    health_checks: Health,
+) -> Router {
+    use utoipa_scalar::{Scalar, Servable};
+    let spec = Arc::new(openapi.clone());
+    let openapi_route = Router::new().route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let spec = spec.clone();
+            async move { Json(spec.as_ref().clone()) }
+        }),
+    );
+    let health_route = Router::new()
+        .route("/health", axum::routing::get(health))
+        .with_state(health_checks);
+    api.merge(openapi_route)
+        .merge(health_route)
+        .merge(Scalar::with_url("/scalar", openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+                let request_id = request
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!("http", method = %request.method(), uri = %request.uri(), request_id)
+            }),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// A validation helper collecting field errors.
+#[derive(Debug, Default)]
+pub struct Validator {
+    errors: FieldErrors,
+}
+
+impl Validator {
+    /// Records a problem with `field`.
+    pub fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors
+            .entry(field.into())
+            .or_default()
+            .push(message.into());
+    }
+
+    /// `Ok` when nothing was recorded, else the 400 listing the problems.
+    pub fn finish(self) -> Result<(), AppError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::validation(self.errors))
+        }
+    }
+
+    /// A required UUID string at `field`.
+    pub fn uuid(&mut self, body: &Value, key: &str, field: &str) -> Option<uuid::Uuid> {
+        match body.get(key) {
+            None | Some(Value::Null) => self.error(field, "is required"),
+            Some(Value::String(text)) => match uuid::Uuid::parse_str(text) {
+                Ok(id) => return Some(id),
+                Err(_) => self.error(field, "must be a UUID"),
+            },
+            Some(_) => self.error(field, "must be a UUID string"),
+        }
+        None
+    }
+
+    /// A required string of `min..=max` characters (not blank) at `field`.
+    pub fn text(&mut self, body: &Value, key: &str, field: &str, max: usize) -> Option<String> {
+        match body.get(key) {
+            None | Some(Value::Null) => self.error(field, "is required"),
+            Some(Value::String(text)) => {
+                let length = text.chars().count();
+                if text.trim().is_empty() {
+                    self.error(field, format!("must be 1 to {max} characters, not blank"));
+                } else if length > max {
+                    self.error(field, format!("must be 1 to {max} characters"));
+                } else {
+                    return Some(text.clone());
+                }
+            }
+            Some(_) => self.error(field, "must be a string"),
+        }
+        None
+    }
+
+    /// A required whole number in `min..=max` at `field`.
+    pub fn integer(
+        &mut self,
+        body: &Value,
+        key: &str,
+        field: &str,
+        min: u64,
+        max: u64,
+    ) -> Option<u64> {
+        match body.get(key) {
+            None | Some(Value::Null) => self.error(field, "is required"),
+            Some(Value::Number(number)) => match number.as_u64() {
+                Some(n) if (min..=max).contains(&n) => return Some(n),
+                _ => self.error(field, format!("must be a whole number from {min} to {max}")),
+            },
+            Some(_) => self.error(field, format!("must be a whole number from {min} to {max}")),
+        }
+        None
+    }
+
+    /// A required amount of money in `min..=max` with at most two decimals at `field`.
+    pub fn money(
+        &mut self,
+        body: &Value,
+        key: &str,
+        field: &str,
+        min: rust_decimal::Decimal,
+        max: rust_decimal::Decimal,
+    ) -> Option<rust_decimal::Decimal> {
+        match body.get(key) {
+            None | Some(Value::Null) => self.error(field, "is required"),
+            Some(Value::Number(number)) => match crate::money::from_json_number(number) {
+                Some(amount) if amount < min || amount > max => {
+                    self.error(field, format!("must be from {min} to {max}"))
+                }
+                Some(amount) if amount.normalize().scale() > 2 => {
+                    self.error(field, "must have at most two decimals")
+                }
+                Some(amount) => return Some(amount),
+                None => self.error(field, format!("must be a number from {min} to {max}")),
+            },
+            Some(_) => self.error(field, format!("must be a number from {min} to {max}")),
+        }
+        None
+    }
+}

@@ -1,0 +1,884 @@
+//! The inventory service (5002): stock per product, and each order's reservation.
+//!
+//! Never oversell: each product is its own stream, and a reservation is one atomic commit of
+//! the order's reservation stream and every product stream it touches, each expecting the
+//! version the decision was made on. If any product moved meanwhile (another order, another
+//! process) nothing is written and the decision is made again on fresh state. So an order
+//! reserves all its lines or none, and stock never goes below zero, however many race.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use es_core::bus::{HandlerError, MessageHandler};
+use es_core::{
+    Aggregate, BoxError, CommandError, CommitOutcome, DomainEvent, EventStore, ExpectedVersion,
+    InboxEntry, Metadata, NewEvent, Projection, RecordedEvent, Repository, StreamAppend,
+    StreamFilter, UnitOfWork,
+};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{OpenApi, ToSchema};
+use uuid::Uuid;
+
+use crate::backends::Backends;
+use crate::config::Settings;
+use crate::http::{finish_router, ApiJson, ApiPath, AppError, Validator};
+use crate::service::Background;
+
+/// The products seeded on first start with empty state.
+pub const SEED: [(&str, &str, u64); 4] = [
+    ("11111111-1111-1111-1111-111111111111", "Laptop", 100),
+    ("22222222-2222-2222-2222-222222222222", "Mouse", 500),
+    ("33333333-3333-3333-3333-333333333333", "Keyboard", 200),
+    ("44444444-4444-4444-4444-444444444444", "Monitor", 50),
+];
+
+/// What happens to a product's stock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
+pub enum ProductEvent {
+    /// Created, or its available stock set.
+    ProductStocked {
+        /// The product.
+        product_id: Uuid,
+        /// Its name.
+        name: String,
+        /// What can be reserved now.
+        available_quantity: u64,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Held for an order.
+    StockReserved {
+        /// The order.
+        order_id: Uuid,
+        /// How many.
+        quantity: u64,
+    },
+    /// Given back by an order.
+    StockReleased {
+        /// The order.
+        order_id: Uuid,
+        /// How many.
+        quantity: u64,
+    },
+    /// Sold to a confirmed order.
+    StockCommitted {
+        /// The order.
+        order_id: Uuid,
+        /// How many.
+        quantity: u64,
+    },
+}
+
+impl DomainEvent for ProductEvent {}
+
+/// What can be asked of a product.
+#[derive(Debug, Clone)]
+pub enum ProductCommand {
+    /// Create it or set its available stock.
+    Stock {
+        /// The product.
+        product_id: Uuid,
+        /// Its name.
+        name: String,
+        /// The available stock.
+        available_quantity: u64,
+    },
+    /// Hold stock for an order.
+    Reserve {
+        /// The order.
+        order_id: Uuid,
+        /// How many.
+        quantity: u64,
+    },
+    /// Give back an order's stock.
+    Release {
+        /// The order.
+        order_id: Uuid,
+        /// How many.
+        quantity: u64,
+    },
+    /// Sell an order's held stock.
+    Commit {
+        /// The order.
+        order_id: Uuid,
+        /// How many.
+        quantity: u64,
+    },
+}
+
+/// Why a product refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProductError {
+    /// The product does not exist.
+    #[error("unknown product")]
+    Unknown,
+    /// Not enough available stock.
+    #[error("insufficient stock for product")]
+    Insufficient,
+}
+
+/// A product's stock.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Product {
+    product_id: Option<Uuid>,
+    name: String,
+    available: u64,
+    reserved: u64,
+}
+
+impl Aggregate for Product {
+    const TYPE: &'static str = "product";
+    type Command = ProductCommand;
+    type Event = ProductEvent;
+    type Error = ProductError;
+
+    fn handle(&self, command: ProductCommand) -> Result<Vec<ProductEvent>, ProductError> {
+        Ok(match command {
+            ProductCommand::Stock {
+                product_id,
+                name,
+                available_quantity,
+            } => vec![ProductEvent::ProductStocked {
+                product_id,
+                name,
+                available_quantity,
+                at: Utc::now(),
+            }],
+            ProductCommand::Reserve { .. } if self.product_id.is_none() => {
+                return Err(ProductError::Unknown)
+            }
+            ProductCommand::Reserve { order_id, quantity } => {
+                if self.available < quantity {
+                    return Err(ProductError::Insufficient);
+                }
+                vec![ProductEvent::StockReserved { order_id, quantity }]
+            }
+            ProductCommand::Release { order_id, quantity } => {
+                vec![ProductEvent::StockReleased { order_id, quantity }]
+            }
+            ProductCommand::Commit { order_id, quantity } => {
+                vec![ProductEvent::StockCommitted { order_id, quantity }]
+            }
+        })
+    }
+
+    fn apply(&mut self, event: &ProductEvent) {
+        match event {
+            ProductEvent::ProductStocked {
+                product_id,
+                name,
+                available_quantity,
+                ..
+            } => {
+                self.product_id = Some(*product_id);
+                self.name = name.clone();
+                self.available = *available_quantity;
+            }
+            ProductEvent::StockReserved { quantity, .. } => {
+                self.available = self.available.saturating_sub(*quantity);
+                self.reserved += quantity;
+            }
+            ProductEvent::StockReleased { quantity, .. } => {
+                self.available += quantity;
+                self.reserved = self.reserved.saturating_sub(*quantity);
+            }
+            ProductEvent::StockCommitted { quantity, .. } => {
+                self.reserved = self.reserved.saturating_sub(*quantity);
+            }
+        }
+    }
+}
+
+/// A product as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductView {
+    /// The product.
+    pub product_id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// What can still be reserved.
+    pub available_quantity: u64,
+    /// What open reservations hold.
+    pub reserved_quantity: u64,
+}
+
+impl Product {
+    fn view(&self) -> Option<ProductView> {
+        Some(ProductView {
+            product_id: self.product_id?,
+            name: self.name.clone(),
+            available_quantity: self.available,
+            reserved_quantity: self.reserved,
+        })
+    }
+}
+
+/// One reserved line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservedItem {
+    /// The product.
+    pub product_id: Uuid,
+    /// How many.
+    pub quantity: u64,
+}
+
+/// What happens to an order's reservation. `InventoryReserved`, `InventoryFailed` and
+/// `InventoryReleased` travel on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
+pub enum ReservationEvent {
+    /// Every line is held.
+    InventoryReserved {
+        /// The order.
+        order_id: Uuid,
+        /// Who ordered.
+        customer_id: Uuid,
+        /// The lines.
+        items: Vec<ReservedItem>,
+        /// The order's total, for the payment.
+        #[serde(with = "crate::money")]
+        total_amount: Decimal,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Nothing is held: a product is unknown or short.
+    InventoryFailed {
+        /// The order.
+        order_id: Uuid,
+        /// Who ordered.
+        customer_id: Uuid,
+        /// Why.
+        reason: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The held stock went back.
+    InventoryReleased {
+        /// The order.
+        order_id: Uuid,
+        /// Who ordered.
+        customer_id: Uuid,
+        /// The lines.
+        items: Vec<ReservedItem>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The held stock was sold (the order is confirmed).
+    InventoryCommitted {
+        /// The order.
+        order_id: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for ReservationEvent {}
+
+/// Where a reservation is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum ReservationStatus {
+    /// No reservation (never asked, or it failed).
+    #[default]
+    None,
+    /// The stock is held.
+    Reserved,
+    /// The stock went back.
+    Released,
+    /// The stock was sold.
+    Committed,
+}
+
+/// An order's reservation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reservation {
+    decided: bool,
+    status: ReservationStatus,
+    customer_id: Uuid,
+    items: Vec<ReservedItem>,
+}
+
+/// What can be asked of a reservation.
+#[derive(Debug, Clone)]
+pub enum ReservationCommand {
+    /// Record the outcome of reserving: held lines, or why not.
+    Decide(ReservationEvent),
+    /// Give the stock back.
+    Release,
+    /// Sell the stock.
+    Commit,
+}
+
+impl Aggregate for Reservation {
+    const TYPE: &'static str = "reservation";
+    type Command = (Uuid, ReservationCommand);
+    type Event = ReservationEvent;
+    type Error = std::convert::Infallible;
+
+    fn handle(
+        &self,
+        (order_id, command): Self::Command,
+    ) -> Result<Vec<ReservationEvent>, std::convert::Infallible> {
+        let at = Utc::now();
+        Ok(match command {
+            ReservationCommand::Decide(_) if self.decided => Vec::new(),
+            ReservationCommand::Decide(event) => vec![event],
+            ReservationCommand::Release if self.status == ReservationStatus::Reserved => {
+                vec![ReservationEvent::InventoryReleased {
+                    order_id,
+                    customer_id: self.customer_id,
+                    items: self.items.clone(),
+                    at,
+                }]
+            }
+            ReservationCommand::Commit if self.status == ReservationStatus::Reserved => {
+                vec![ReservationEvent::InventoryCommitted { order_id, at }]
+            }
+            ReservationCommand::Release | ReservationCommand::Commit => Vec::new(),
+        })
+    }
+
+    fn apply(&mut self, event: &ReservationEvent) {
+        self.decided = true;
+        match event {
+            ReservationEvent::InventoryReserved {
+                customer_id, items, ..
+            } => {
+                self.status = ReservationStatus::Reserved;
+                self.customer_id = *customer_id;
+                self.items = items.clone();
+            }
+            ReservationEvent::InventoryFailed { customer_id, .. } => {
+                self.customer_id = *customer_id;
+            }
+            ReservationEvent::InventoryReleased { .. } => {
+                self.status = ReservationStatus::Released;
+            }
+            ReservationEvent::InventoryCommitted { .. } => {
+                self.status = ReservationStatus::Committed;
+            }
+        }
+    }
+}
+
+/// A reservation as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservationView {
+    /// The order.
+    pub order_id: Uuid,
+    /// `Reserved`, `Released` or `Committed`.
+    pub status: ReservationStatus,
+    /// The lines.
+    pub items: Vec<ReservedItem>,
+}
+
+// ---- the consumer ----------------------------------------------------------------------
+
+/// What the inventory listens to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
+enum InventoryInput {
+    OrderPlaced {
+        order_id: Uuid,
+        customer_id: Uuid,
+        items: Vec<ReservedItem>,
+        #[serde(with = "crate::money")]
+        total_amount: Decimal,
+    },
+    OrderConfirmed {
+        order_id: Uuid,
+    },
+    OrderCancelled {
+        order_id: Uuid,
+    },
+    PaymentFailed {
+        order_id: Uuid,
+    },
+}
+
+impl DomainEvent for InventoryInput {}
+
+/// Reserves on `OrderPlaced`, releases on `PaymentFailed` / `OrderCancelled`, commits on
+/// `OrderConfirmed`; each effect commits with the message's inbox entry.
+#[derive(Debug, Clone)]
+pub struct InventoryHandler {
+    store: Arc<dyn EventStore>,
+    products: Repository<Product>,
+    reservations: Repository<Reservation>,
+    consumer: String,
+}
+
+/// Attempts before a contended reservation goes back to the bus for a later retry.
+const MAX_ATTEMPTS: usize = 200;
+
+type Planned = Result<StreamAppend, ProductError>;
+
+impl InventoryHandler {
+    async fn plan<A: Aggregate>(
+        &self,
+        repository: &Repository<A>,
+        id: Uuid,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> es_core::Result<Result<StreamAppend, A::Error>> {
+        let id = id.to_string();
+        let loaded = repository.load(&id).await?;
+        let stream = Repository::<A>::stream_id(&id)?;
+        let expected = ExpectedVersion::Exact(loaded.version);
+        Ok(match loaded.state.handle(command) {
+            Ok(events) => {
+                let events = events
+                    .iter()
+                    .map(|event| NewEvent::from_domain(event, metadata.clone()))
+                    .collect::<es_core::Result<Vec<_>>>()?;
+                Ok(StreamAppend::new(stream, expected, events))
+            }
+            Err(error) => Err(error),
+        })
+    }
+
+    /// Decides once on fresh state; `None` when there is nothing left to do.
+    async fn decide(
+        &self,
+        message: &RecordedEvent,
+        input: &InventoryInput,
+    ) -> es_core::Result<Option<Vec<StreamAppend>>> {
+        let metadata = Metadata::caused_by(message);
+        let (order_id, reservation_command, product_command): (
+            Uuid,
+            ReservationCommand,
+            fn(Uuid, u64) -> ProductCommand,
+        ) = match input {
+            InventoryInput::OrderPlaced {
+                order_id,
+                customer_id,
+                items,
+                total_amount,
+            } => {
+                return self
+                    .decide_reservation(*order_id, *customer_id, items, *total_amount, &metadata)
+                    .await
+            }
+            InventoryInput::OrderConfirmed { order_id } => (
+                *order_id,
+                ReservationCommand::Commit,
+                |order_id, quantity| ProductCommand::Commit { order_id, quantity },
+            ),
+            InventoryInput::OrderCancelled { order_id }
+            | InventoryInput::PaymentFailed { order_id } => (
+                *order_id,
+                ReservationCommand::Release,
+                |order_id, quantity| ProductCommand::Release { order_id, quantity },
+            ),
+        };
+        let reservation = self.reservations.load(&order_id.to_string()).await?;
+        let Ok(reservation_append) = self
+            .plan(
+                &self.reservations,
+                order_id,
+                (order_id, reservation_command),
+                &metadata,
+            )
+            .await?;
+        if reservation_append.events.is_empty() {
+            return Ok(None);
+        }
+        let mut appends = vec![reservation_append];
+        for item in &reservation.state.items {
+            let planned: Planned = self
+                .plan(
+                    &self.products,
+                    item.product_id,
+                    product_command(order_id, item.quantity),
+                    &metadata,
+                )
+                .await?;
+            match planned {
+                Ok(append) => appends.push(append),
+                Err(error) => {
+                    return Err(es_core::Error::InvalidInput(format!(
+                        "cannot change the stock of order {order_id}: {error}"
+                    )))
+                }
+            }
+        }
+        Ok(Some(appends))
+    }
+
+    async fn decide_reservation(
+        &self,
+        order_id: Uuid,
+        customer_id: Uuid,
+        items: &[ReservedItem],
+        total_amount: Decimal,
+        metadata: &Metadata,
+    ) -> es_core::Result<Option<Vec<StreamAppend>>> {
+        let reservation = self.reservations.load(&order_id.to_string()).await?;
+        if reservation.state.decided {
+            return Ok(None);
+        }
+        let mut product_appends = Vec::new();
+        let mut failure = None;
+        for item in items {
+            let id = item.product_id.to_string();
+            let loaded = self.products.load(&id).await?;
+            let stream = Repository::<Product>::stream_id(&id)?;
+            let expected = ExpectedVersion::Exact(loaded.version);
+            match loaded.state.handle(ProductCommand::Reserve {
+                order_id,
+                quantity: item.quantity,
+            }) {
+                Ok(events) => {
+                    let events = events
+                        .iter()
+                        .map(|event| NewEvent::from_domain(event, metadata.clone()))
+                        .collect::<es_core::Result<Vec<_>>>()?;
+                    product_appends.push(StreamAppend::new(stream, expected, events));
+                }
+                Err(error) => {
+                    // A failure writes no stock, but is still decided on this version.
+                    product_appends.push(StreamAppend::new(stream, expected, Vec::new()));
+                    failure = Some(format!("{error} {}", item.product_id));
+                    break;
+                }
+            }
+        }
+        let at = Utc::now();
+        let decision = match failure {
+            Some(reason) => {
+                product_appends.iter_mut().for_each(|a| a.events.clear());
+                ReservationEvent::InventoryFailed {
+                    order_id,
+                    customer_id,
+                    reason,
+                    at,
+                }
+            }
+            None => ReservationEvent::InventoryReserved {
+                order_id,
+                customer_id,
+                items: items.to_vec(),
+                total_amount,
+                at,
+            },
+        };
+        let Ok(reservation_append) = self
+            .plan(
+                &self.reservations,
+                order_id,
+                (order_id, ReservationCommand::Decide(decision)),
+                metadata,
+            )
+            .await?;
+        let mut appends = vec![reservation_append];
+        appends.extend(product_appends);
+        Ok(Some(appends))
+    }
+}
+
+#[async_trait]
+impl MessageHandler for InventoryHandler {
+    async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
+        let input = match message.decode::<InventoryInput>() {
+            Ok(input) => input,
+            Err(es_core::Error::UnknownEventType { .. }) => return Ok(()),
+            Err(error) => return Err(HandlerError::reject(error)),
+        };
+        let inbox = InboxEntry::new(self.consumer.clone(), message.event_id);
+        for attempt in 0..MAX_ATTEMPTS {
+            let unit = match self.decide(message, &input).await? {
+                Some(appends) => UnitOfWork {
+                    appends,
+                    inbox: Some(inbox.clone()),
+                    checkpoint: None,
+                },
+                // Nothing to change; still remember the message as handled.
+                None => UnitOfWork::new().handled(inbox.clone()),
+            };
+            match self.store.commit(unit).await {
+                Ok(CommitOutcome::Committed(results)) => {
+                    if let Some(first) = results.first() {
+                        tracing::info!(stream = %first.stream_id, attempt, "inventory changed");
+                    }
+                    return Ok(());
+                }
+                Ok(CommitOutcome::AlreadyHandled) => return Ok(()),
+                Err(error) if error.is_conflict() => {
+                    tokio::time::sleep(crate::events::jitter(5 + attempt as u64)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(HandlerError::retry(
+            "stock stayed contended; retrying the message later",
+        ))
+    }
+}
+
+// ---- read model ------------------------------------------------------------------------
+
+/// Every product's stock, folded from the product streams.
+#[derive(Debug, Default)]
+pub struct ProductCatalog {
+    products: Mutex<BTreeMap<Uuid, (Product, u64)>>,
+}
+
+#[async_trait]
+impl Projection for ProductCatalog {
+    fn name(&self) -> &str {
+        "product-catalog"
+    }
+
+    fn filter(&self) -> StreamFilter {
+        StreamFilter::category(Product::TYPE)
+    }
+
+    async fn handle(&self, recorded: &RecordedEvent) -> Result<(), BoxError> {
+        let event: ProductEvent = recorded.decode()?;
+        let product_id = Uuid::parse_str(recorded.stream_id.entity_id())?;
+        let mut products = self.products.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = products.entry(product_id).or_default();
+        if recorded.stream_version > entry.1 {
+            entry.0.apply(&event);
+            entry.1 = recorded.stream_version;
+        }
+        Ok(())
+    }
+}
+
+// ---- HTTP ------------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct InventoryState {
+    products: Repository<Product>,
+    reservations: Repository<Reservation>,
+    catalog: Arc<ProductCatalog>,
+}
+
+/// Every product.
+#[utoipa::path(get, path = "/api/inventory/products", tag = "inventory",
+    responses((status = 200, body = [ProductView])))]
+async fn list_products(State(state): State<InventoryState>) -> Json<Vec<ProductView>> {
+    let products = state
+        .catalog
+        .products
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    Json(products.values().filter_map(|(p, _)| p.view()).collect())
+}
+
+/// One product, from its stream.
+#[utoipa::path(get, path = "/api/inventory/products/{productId}", tag = "inventory",
+    params(("productId" = Uuid, Path, description = "The product")),
+    responses((status = 200, body = ProductView), (status = 400), (status = 404)))]
+async fn get_product(
+    State(state): State<InventoryState>,
+    ApiPath(product_id): ApiPath<Uuid>,
+) -> Result<Json<ProductView>, AppError> {
+    state
+        .products
+        .find(&product_id.to_string())
+        .await?
+        .and_then(|loaded| loaded.state.view())
+        .map(Json)
+        .ok_or_else(|| AppError::not_found(format!("no product {product_id}")))
+}
+
+/// The body of `PUT /api/inventory/products/{productId}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StockRequest {
+    /// 1 to 200 characters.
+    pub name: String,
+    /// 0 to 1,000,000,000.
+    pub available_quantity: u64,
+}
+
+/// Creates a product or sets its available stock.
+#[utoipa::path(put, path = "/api/inventory/products/{productId}", tag = "inventory",
+    params(("productId" = Uuid, Path, description = "The product")),
+    request_body = StockRequest,
+    responses((status = 200, body = ProductView), (status = 400)))]
+async fn put_product(
+    State(state): State<InventoryState>,
+    ApiPath(product_id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<ProductView>, AppError> {
+    if !body.is_object() {
+        return Err(AppError::bad_request("the body must be a JSON object"));
+    }
+    let mut check = Validator::default();
+    let name = check.text(&body, "name", "name", 200);
+    let available = check.integer(
+        &body,
+        "availableQuantity",
+        "availableQuantity",
+        0,
+        1_000_000_000,
+    );
+    check.finish()?;
+    let (Some(name), Some(available_quantity)) = (name, available) else {
+        return Err(AppError::bad_request(
+            "name and availableQuantity are required",
+        ));
+    };
+    let executed = state
+        .products
+        .execute(
+            &product_id.to_string(),
+            ProductCommand::Stock {
+                product_id,
+                name,
+                available_quantity,
+            },
+            Metadata::new_correlation(),
+        )
+        .await
+        .map_err(|error| match error {
+            CommandError::Store(error) => AppError::from(error),
+            other => AppError::internal(&other),
+        })?;
+    executed
+        .state
+        .view()
+        .map(Json)
+        .ok_or_else(|| AppError::not_found(format!("no product {product_id}")))
+}
+
+/// An order's reservation.
+#[utoipa::path(get, path = "/api/inventory/reservations/{orderId}", tag = "inventory",
+    params(("orderId" = Uuid, Path, description = "The order")),
+    responses((status = 200, body = ReservationView), (status = 400), (status = 404)))]
+async fn get_reservation(
+    State(state): State<InventoryState>,
+    ApiPath(order_id): ApiPath<Uuid>,
+) -> Result<Json<ReservationView>, AppError> {
+    let loaded = state.reservations.load(&order_id.to_string()).await?;
+    if loaded.state.status == ReservationStatus::None {
+        return Err(AppError::not_found(format!(
+            "no reservation for order {order_id}"
+        )));
+    }
+    Ok(Json(ReservationView {
+        order_id,
+        status: loaded.state.status,
+        items: loaded.state.items,
+    }))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Inventory service",
+        description = "Stock per product and each order's reservation."
+    ),
+    paths(list_products, get_product, put_product, get_reservation),
+    components(schemas(
+        ProductView,
+        StockRequest,
+        ReservationView,
+        ReservedItem,
+        ReservationStatus
+    ))
+)]
+struct InventoryApi;
+
+/// The service's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    InventoryApi::openapi()
+}
+
+/// Seeds the four products, once: a marker stream and the products commit together, each
+/// expecting no stream, so of racing first starts exactly one seeds.
+async fn seed(store: &Arc<dyn EventStore>) -> es_core::Result<()> {
+    let metadata = Metadata::new_correlation();
+    let mut unit = UnitOfWork::new().append(StreamAppend::new(
+        es_core::StreamId::new("inventoryseed-v1")?,
+        ExpectedVersion::NoStream,
+        vec![NewEvent::raw("InventorySeeded", "{}").with_metadata(metadata.clone())],
+    ));
+    for (id, name, available_quantity) in SEED {
+        let product_id =
+            Uuid::parse_str(id).map_err(|e| es_core::Error::InvalidInput(e.to_string()))?;
+        let event = ProductEvent::ProductStocked {
+            product_id,
+            name: name.to_owned(),
+            available_quantity,
+            at: Utc::now(),
+        };
+        unit = unit.append(StreamAppend::new(
+            Repository::<Product>::stream_id(id)?,
+            ExpectedVersion::NoStream,
+            vec![NewEvent::from_domain(&event, metadata.clone())?],
+        ));
+    }
+    match store.commit(unit).await {
+        Ok(_) => {
+            tracing::info!("inventory seeded");
+            Ok(())
+        }
+        Err(error) if error.is_conflict() => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Starts the inventory service: seeding, its consumer, relay and catalog.
+pub(crate) async fn start(
+    backends: &Backends,
+    _settings: &Settings,
+    background: &mut Background,
+) -> es_core::Result<Router> {
+    seed(&backends.store).await?;
+    let products = Repository::<Product>::new(backends.store.clone()).with_max_retries(64);
+    let reservations = Repository::<Reservation>::new(backends.store.clone());
+    let catalog = Arc::new(ProductCatalog::default());
+    background.project(backends, catalog.clone());
+    let consumer = backends.consumer("inventory");
+    let handler = Arc::new(InventoryHandler {
+        store: backends.store.clone(),
+        products: products.clone(),
+        reservations: reservations.clone(),
+        consumer: consumer.clone(),
+    });
+    background
+        .consume(
+            &backends.bus,
+            consumer,
+            vec![
+                "order.placed".into(),
+                "order.confirmed".into(),
+                "order.cancelled".into(),
+                "payment.failed".into(),
+            ],
+            handler,
+        )
+        .await?;
+    background.relay(backends, Reservation::TYPE);
+    let state = InventoryState {
+        products,
+        reservations,
+        catalog,
+    };
+    let api = Router::new()
+        .route("/api/inventory/products", get(list_products))
+        .route(
+            "/api/inventory/products/{product_id}",
+            get(get_product).put(put_product),
+        )
+        .route(
+            "/api/inventory/reservations/{order_id}",
+            get(get_reservation),
+        )
+        .with_state(state);
+    Ok(finish_router(api, openapi(), backends.health.clone()))
+}

@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+
+pub mod analytics;
+pub mod backends;
+pub mod config;
+pub mod events;
+pub mod http;
+pub mod inventory;
+pub mod money;
+pub mod notification;
+pub mod order;
+pub mod payment;
+pub mod service;
+pub mod shutdown;
+
+pub use backends::{Backends, StartError};
+pub use config::{Cli, Command, Settings};
+pub use service::{run, run_services, Service, ServiceKind};
+pub use shutdown::Shutdown;

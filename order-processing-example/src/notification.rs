@@ -1,0 +1,274 @@
+//! The notification service (5004): one notification per order and kind.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use es_core::bus::{HandlerError, MessageHandler};
+use es_core::{
+    Aggregate, BoxError, CommandContext, CommandError, DomainEvent, Projection, RecordedEvent,
+    Repository, StreamFilter,
+};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+use uuid::Uuid;
+
+use crate::backends::Backends;
+use crate::config::Settings;
+use crate::http::{finish_router, ApiPath};
+use crate::service::Background;
+
+/// A notification as stored and shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationView {
+    /// The notification.
+    pub notification_id: Uuid,
+    /// Who it is for.
+    pub customer_id: Uuid,
+    /// The order it is about.
+    pub order_id: Uuid,
+    /// `OrderPlaced`, `OrderConfirmed` or `OrderCancelled`.
+    pub kind: String,
+    /// The text.
+    pub message: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// What the notification service records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NotificationEvent {
+    /// A notification was sent.
+    NotificationSent(NotificationView),
+}
+
+impl DomainEvent for NotificationEvent {}
+
+/// The notifications of one order: at most one per kind.
+#[derive(Debug, Clone, Default)]
+pub struct OrderNotifications {
+    sent: BTreeSet<String>,
+}
+
+impl Aggregate for OrderNotifications {
+    const TYPE: &'static str = "notification";
+    type Command = NotificationView;
+    type Event = NotificationEvent;
+    type Error = std::convert::Infallible;
+
+    fn handle(
+        &self,
+        notification: NotificationView,
+    ) -> Result<Vec<NotificationEvent>, std::convert::Infallible> {
+        if self.sent.contains(&notification.kind) {
+            return Ok(Vec::new());
+        }
+        Ok(vec![NotificationEvent::NotificationSent(notification)])
+    }
+
+    fn apply(&mut self, event: &NotificationEvent) {
+        let NotificationEvent::NotificationSent(notification) = event;
+        self.sent.insert(notification.kind.clone());
+    }
+}
+
+// The variant names are the stored event types, which all start with `Order`.
+#[allow(clippy::enum_variant_names)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
+enum NotificationInput {
+    OrderPlaced {
+        order_id: Uuid,
+        customer_id: Uuid,
+        #[serde(with = "crate::money")]
+        total_amount: Decimal,
+    },
+    OrderConfirmed {
+        order_id: Uuid,
+        customer_id: Uuid,
+    },
+    OrderCancelled {
+        order_id: Uuid,
+        customer_id: Uuid,
+        reason: String,
+    },
+}
+
+impl DomainEvent for NotificationInput {}
+
+/// Notifies the customer of placed, confirmed and cancelled orders; other events are heard
+/// and acknowledged.
+#[derive(Debug, Clone)]
+struct NotificationHandler {
+    notifications: Repository<OrderNotifications>,
+    consumer: String,
+}
+
+#[async_trait]
+impl MessageHandler for NotificationHandler {
+    async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
+        let input = match message.decode::<NotificationInput>() {
+            Ok(input) => input,
+            Err(es_core::Error::UnknownEventType { .. }) => return Ok(()),
+            Err(error) => return Err(HandlerError::reject(error)),
+        };
+        let (order_id, customer_id, kind, text) = match input {
+            NotificationInput::OrderPlaced {
+                order_id,
+                customer_id,
+                total_amount,
+            } => (
+                order_id,
+                customer_id,
+                "OrderPlaced",
+                format!(
+                    "We received your order {order_id} of {}.",
+                    crate::money::to_cents(total_amount)
+                ),
+            ),
+            NotificationInput::OrderConfirmed {
+                order_id,
+                customer_id,
+            } => (
+                order_id,
+                customer_id,
+                "OrderConfirmed",
+                format!("Your order {order_id} is confirmed."),
+            ),
+            NotificationInput::OrderCancelled {
+                order_id,
+                customer_id,
+                reason,
+            } => (
+                order_id,
+                customer_id,
+                "OrderCancelled",
+                format!("Your order {order_id} was cancelled: {reason}."),
+            ),
+        };
+        let notification = NotificationView {
+            notification_id: Uuid::now_v7(),
+            customer_id,
+            order_id,
+            kind: kind.into(),
+            message: text,
+            created_at: Utc::now(),
+        };
+        let context = CommandContext::caused_by(message, self.consumer.clone());
+        match self
+            .notifications
+            .execute_with(&order_id.to_string(), notification, context)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(CommandError::Store(error)) => Err(error.into()),
+            Err(other) => Err(HandlerError::reject(other)),
+        }
+    }
+}
+
+/// Every notification by customer.
+#[derive(Debug, Default)]
+pub struct NotificationInbox {
+    by_customer: Mutex<HashMap<Uuid, Vec<NotificationView>>>,
+}
+
+#[async_trait]
+impl Projection for NotificationInbox {
+    fn name(&self) -> &str {
+        "notification-inbox"
+    }
+
+    fn filter(&self) -> StreamFilter {
+        StreamFilter::category(OrderNotifications::TYPE)
+    }
+
+    async fn handle(&self, recorded: &RecordedEvent) -> Result<(), BoxError> {
+        let NotificationEvent::NotificationSent(notification) = recorded.decode()?;
+        let mut by_customer = self.by_customer.lock().unwrap_or_else(|e| e.into_inner());
+        let list = by_customer.entry(notification.customer_id).or_default();
+        if !list
+            .iter()
+            .any(|n| n.notification_id == notification.notification_id)
+        {
+            list.push(notification);
+        }
+        Ok(())
+    }
+}
+
+/// A customer's notifications, newest first.
+#[utoipa::path(get, path = "/api/notifications/customer/{customerId}", tag = "notifications",
+    params(("customerId" = Uuid, Path, description = "The customer")),
+    responses((status = 200, body = [NotificationView]), (status = 400)))]
+async fn customer_notifications(
+    State(inbox): State<Arc<NotificationInbox>>,
+    ApiPath(customer_id): ApiPath<Uuid>,
+) -> Json<Vec<NotificationView>> {
+    let mut list = inbox
+        .by_customer
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&customer_id)
+        .cloned()
+        .unwrap_or_default();
+    list.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then(b.notification_id.cmp(&a.notification_id))
+    });
+    Json(list)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Notification service",
+        description = "One notification per order and kind."
+    ),
+    paths(customer_notifications),
+    components(schemas(NotificationView))
+)]
+struct NotificationApi;
+
+/// The service's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    NotificationApi::openapi()
+}
+
+/// Starts the notification service: its consumer and read model.
+pub(crate) async fn start(
+    backends: &Backends,
+    _settings: &Settings,
+    background: &mut Background,
+) -> es_core::Result<Router> {
+    let notifications = Repository::<OrderNotifications>::new(backends.store.clone());
+    let inbox = Arc::new(NotificationInbox::default());
+    background.project(backends, inbox.clone());
+    let consumer = backends.consumer("notification");
+    let handler = Arc::new(NotificationHandler {
+        notifications,
+        consumer: consumer.clone(),
+    });
+    background
+        .consume(
+            &backends.bus,
+            consumer,
+            crate::events::all_routing_keys(),
+            handler,
+        )
+        .await?;
+    let api = Router::new()
+        .route(
+            "/api/notifications/customer/{customer_id}",
+            get(customer_notifications),
+        )
+        .with_state(inbox);
+    Ok(finish_router(api, openapi(), backends.health.clone()))
+}

@@ -1,0 +1,1114 @@
+//! The order service (5001): places orders, and carries each through the order saga.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use es_core::idempotency::claim_or_wait;
+use es_core::saga::SagaRunner;
+use es_core::{
+    Aggregate, BoxError, Cache, CacheExt, Claim, CommandDispatcher, CommandError, DomainEvent,
+    Envelope, EventStore, IdempotencyStore, Metadata, Projection, RecordedEvent, Repository, Saga,
+    SagaDecision, StreamFilter,
+};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::Instrument;
+use utoipa::{OpenApi, ToSchema};
+use uuid::Uuid;
+
+use crate::backends::Backends;
+use crate::config::Settings;
+use crate::events;
+use crate::http::{finish_router, ApiJson, ApiPath, AppError, Validator};
+use crate::service::Background;
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderItem {
+    /// The product.
+    pub product_id: Uuid,
+    /// Its name as ordered.
+    pub product_name: String,
+    /// How many (1 to 10,000).
+    pub quantity: u32,
+    /// Price of one (0 to 1,000,000, at most two decimals).
+    #[serde(with = "crate::money")]
+    #[schema(value_type = f64, example = 999.99)]
+    pub unit_price: Decimal,
+}
+
+/// Where an order is in its flow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum OrderStatus {
+    /// Placed; stock not yet reserved.
+    #[default]
+    Pending,
+    /// Stock reserved; payment not yet taken.
+    InventoryReserved,
+    /// Paid.
+    PaymentProcessed,
+    /// Final: paid and done.
+    Confirmed,
+    /// Final: cancelled (see the reason).
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Confirmed and Cancelled are final: nothing changes them.
+    pub fn is_final(self) -> bool {
+        matches!(self, OrderStatus::Confirmed | OrderStatus::Cancelled)
+    }
+}
+
+/// What happens to an order. Variant names are the stored event types; `OrderPlaced`,
+/// `OrderConfirmed` and `OrderCancelled` travel on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
+pub enum OrderEvent {
+    /// An order was accepted.
+    OrderPlaced {
+        /// The order.
+        order_id: Uuid,
+        /// Who ordered.
+        customer_id: Uuid,
+        /// What.
+        items: Vec<OrderItem>,
+        /// The sum of quantity × unit price.
+        #[serde(with = "crate::money")]
+        total_amount: Decimal,
+        /// When.
+        placed_at: DateTime<Utc>,
+    },
+    /// The inventory holds the order's stock.
+    OrderInventoryReserved {
+        /// The order.
+        order_id: Uuid,
+        /// Who ordered.
+        customer_id: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The payment went through.
+    OrderPaymentProcessed {
+        /// The order.
+        order_id: Uuid,
+        /// Who ordered.
+        customer_id: Uuid,
+        /// The payment.
+        payment_id: Option<Uuid>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The order is confirmed (final).
+    OrderConfirmed {
+        /// The order.
+        order_id: Uuid,
+        /// Who ordered.
+        customer_id: Uuid,
+        /// The order's total.
+        #[serde(with = "crate::money")]
+        total_amount: Decimal,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The order is cancelled (final).
+    OrderCancelled {
+        /// The order.
+        order_id: Uuid,
+        /// Who ordered.
+        customer_id: Uuid,
+        /// The order's total.
+        #[serde(with = "crate::money")]
+        total_amount: Decimal,
+        /// Why.
+        reason: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for OrderEvent {}
+
+/// What can be asked of an order.
+#[derive(Debug, Clone)]
+pub enum OrderCommand {
+    /// Places a new order.
+    Place {
+        /// Its id.
+        order_id: Uuid,
+        /// Who orders.
+        customer_id: Uuid,
+        /// What (validated).
+        items: Vec<OrderItem>,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Records that the stock is reserved.
+    MarkInventoryReserved {
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Records the payment and confirms.
+    ConfirmPayment {
+        /// The payment.
+        payment_id: Option<Uuid>,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Cancels.
+    Cancel {
+        /// Why.
+        reason: String,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+}
+
+/// Why an order refuses a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    /// Placing an order whose id is taken.
+    #[error("the order already exists")]
+    AlreadyPlaced,
+    /// A command for an order that was never placed.
+    #[error("the order does not exist")]
+    NotPlaced,
+}
+
+/// An order's state: everything its API shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    order_id: Uuid,
+    customer_id: Uuid,
+    items: Vec<OrderItem>,
+    total_amount: Decimal,
+    status: OrderStatus,
+    cancellation_reason: Option<String>,
+    created_at: Option<DateTime<Utc>>,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+impl Aggregate for Order {
+    const TYPE: &'static str = "order";
+    type Command = OrderCommand;
+    type Event = OrderEvent;
+    type Error = OrderError;
+
+    fn handle(&self, command: OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
+        let placed = self.created_at.is_some();
+        let (order_id, customer_id, total_amount) =
+            (self.order_id, self.customer_id, self.total_amount);
+        Ok(match command {
+            OrderCommand::Place { .. } if placed => return Err(OrderError::AlreadyPlaced),
+            OrderCommand::Place {
+                order_id,
+                customer_id,
+                items,
+                at,
+            } => {
+                let total_amount = crate::money::to_cents(
+                    items
+                        .iter()
+                        .map(|item| item.unit_price * Decimal::from(item.quantity))
+                        .sum(),
+                );
+                vec![OrderEvent::OrderPlaced {
+                    order_id,
+                    customer_id,
+                    items,
+                    total_amount,
+                    placed_at: at,
+                }]
+            }
+            _ if !placed => return Err(OrderError::NotPlaced),
+            // Final states are final: a late event changes nothing.
+            _ if self.status.is_final() => Vec::new(),
+            OrderCommand::MarkInventoryReserved { at } => match self.status {
+                OrderStatus::Pending => vec![OrderEvent::OrderInventoryReserved {
+                    order_id,
+                    customer_id,
+                    at,
+                }],
+                _ => Vec::new(),
+            },
+            OrderCommand::ConfirmPayment { payment_id, at } => {
+                let mut events = Vec::new();
+                if self.status != OrderStatus::PaymentProcessed {
+                    events.push(OrderEvent::OrderPaymentProcessed {
+                        order_id,
+                        customer_id,
+                        payment_id,
+                        at,
+                    });
+                }
+                events.push(OrderEvent::OrderConfirmed {
+                    order_id,
+                    customer_id,
+                    total_amount,
+                    at,
+                });
+                events
+            }
+            OrderCommand::Cancel { reason, at } => vec![OrderEvent::OrderCancelled {
+                order_id,
+                customer_id,
+                total_amount,
+                reason,
+                at,
+            }],
+        })
+    }
+
+    fn apply(&mut self, event: &OrderEvent) {
+        match event {
+            OrderEvent::OrderPlaced {
+                order_id,
+                customer_id,
+                items,
+                total_amount,
+                placed_at,
+            } => {
+                self.order_id = *order_id;
+                self.customer_id = *customer_id;
+                self.items = items.clone();
+                self.total_amount = *total_amount;
+                self.status = OrderStatus::Pending;
+                self.created_at = Some(*placed_at);
+                self.updated_at = Some(*placed_at);
+            }
+            OrderEvent::OrderInventoryReserved { at, .. } => {
+                self.status = OrderStatus::InventoryReserved;
+                self.updated_at = Some(*at);
+            }
+            OrderEvent::OrderPaymentProcessed { at, .. } => {
+                self.status = OrderStatus::PaymentProcessed;
+                self.updated_at = Some(*at);
+            }
+            OrderEvent::OrderConfirmed { at, .. } => {
+                self.status = OrderStatus::Confirmed;
+                self.updated_at = Some(*at);
+            }
+            OrderEvent::OrderCancelled { reason, at, .. } => {
+                self.status = OrderStatus::Cancelled;
+                self.cancellation_reason = Some(reason.clone());
+                self.updated_at = Some(*at);
+            }
+        }
+    }
+}
+
+impl Order {
+    /// The API's view of this order at `version`.
+    pub fn view(&self, version: u64) -> OrderView {
+        let created_at = self.created_at.unwrap_or_default();
+        OrderView {
+            order_id: self.order_id,
+            customer_id: self.customer_id,
+            items: self.items.clone(),
+            total_amount: self.total_amount,
+            status: self.status,
+            cancellation_reason: self.cancellation_reason.clone(),
+            created_at,
+            updated_at: self.updated_at.unwrap_or(created_at),
+            version,
+        }
+    }
+}
+
+/// An order as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    /// The order.
+    pub order_id: Uuid,
+    /// Who ordered.
+    pub customer_id: Uuid,
+    /// What.
+    pub items: Vec<OrderItem>,
+    /// Sum of the lines.
+    #[serde(with = "crate::money")]
+    #[schema(value_type = f64, example = 999.99)]
+    pub total_amount: Decimal,
+    /// Where it is.
+    pub status: OrderStatus,
+    /// Why it was cancelled (`null` unless Cancelled).
+    pub cancellation_reason: Option<String>,
+    /// When it was placed.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// The order's event count.
+    pub version: u64,
+}
+
+/// One stored event of an order, as `GET /api/orders/{id}/events` lists it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderEventView {
+    /// Its version in the order's stream (1 first).
+    pub version: u64,
+    /// Its type.
+    pub event_type: String,
+    /// When it was recorded.
+    pub occurred_at: DateTime<Utc>,
+    /// Its payload.
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+// ---- the saga ---------------------------------------------------------------------------
+
+/// What the order saga listens to: the wire events, read for their order id and reason.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FlowEvent {
+    /// An order was placed: start its timeout.
+    OrderPlaced(FlowRef),
+    /// Its stock is reserved.
+    InventoryReserved(FlowRef),
+    /// Its stock could not be reserved.
+    InventoryFailed(FlowRef),
+    /// It was paid.
+    PaymentProcessed(FlowRef),
+    /// Its payment was declined.
+    PaymentFailed(FlowRef),
+}
+
+/// The part of a wire event the saga reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowRef {
+    /// The order.
+    pub order_id: Uuid,
+    /// Why it failed, for failures.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The payment, for payments.
+    #[serde(default)]
+    pub payment_id: Option<Uuid>,
+}
+
+impl DomainEvent for FlowEvent {}
+
+impl FlowEvent {
+    fn order_ref(&self) -> &FlowRef {
+        match self {
+            FlowEvent::OrderPlaced(r)
+            | FlowEvent::InventoryReserved(r)
+            | FlowEvent::InventoryFailed(r)
+            | FlowEvent::PaymentProcessed(r)
+            | FlowEvent::PaymentFailed(r) => r,
+        }
+    }
+}
+
+/// A command the saga sends to an order.
+#[derive(Debug, Clone)]
+pub struct FlowCommand {
+    /// The order.
+    pub order_id: Uuid,
+    /// What to do.
+    pub action: FlowAction,
+}
+
+/// What the saga asks of an order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlowAction {
+    /// Record the reservation.
+    MarkInventoryReserved,
+    /// Record the payment and confirm.
+    Confirm(Option<Uuid>),
+    /// Cancel for this reason.
+    Cancel(String),
+}
+
+/// The order timeout: fires when an order is neither Confirmed nor Cancelled in time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderTimeout {
+    /// The order.
+    pub order_id: Uuid,
+}
+
+/// The order saga: reserve, pay, confirm; or cancel on a failure or the timeout.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderFulfillment {
+    order_id: Option<Uuid>,
+}
+
+impl Saga for OrderFulfillment {
+    const NAME: &'static str = "order-fulfillment";
+    type Event = FlowEvent;
+    type Command = FlowCommand;
+    type Deadline = OrderTimeout;
+    /// The order timeout.
+    type Config = chrono::Duration;
+
+    fn instance_id(event: &Envelope<FlowEvent>) -> Option<String> {
+        Some(event.event.order_ref().order_id.to_string())
+    }
+
+    fn handle(
+        &mut self,
+        timeout: &chrono::Duration,
+        event: &Envelope<FlowEvent>,
+    ) -> SagaDecision<FlowCommand, OrderTimeout> {
+        let order = event.event.order_ref();
+        self.order_id = Some(order.order_id);
+        let command = |action| FlowCommand {
+            order_id: order.order_id,
+            action,
+        };
+        let reason = order.reason.clone().unwrap_or_default();
+        match &event.event {
+            FlowEvent::OrderPlaced(_) => SagaDecision::none().schedule(
+                "timeout",
+                event.recorded_at + *timeout,
+                OrderTimeout {
+                    order_id: order.order_id,
+                },
+            ),
+            FlowEvent::InventoryReserved(_) => {
+                SagaDecision::none().send(command(FlowAction::MarkInventoryReserved))
+            }
+            FlowEvent::InventoryFailed(_) => SagaDecision::none()
+                .send(command(FlowAction::Cancel(reason)))
+                .cancel("timeout")
+                .complete(),
+            FlowEvent::PaymentProcessed(payment) => SagaDecision::none()
+                .send(command(FlowAction::Confirm(payment.payment_id)))
+                .cancel("timeout")
+                .complete(),
+            FlowEvent::PaymentFailed(_) => SagaDecision::none()
+                .send(command(FlowAction::Cancel(format!(
+                    "payment declined: {reason}"
+                ))))
+                .cancel("timeout")
+                .complete(),
+        }
+    }
+
+    fn on_deadline(
+        &mut self,
+        _timeout: &chrono::Duration,
+        deadline: OrderTimeout,
+    ) -> SagaDecision<FlowCommand, OrderTimeout> {
+        SagaDecision::none()
+            .send(FlowCommand {
+                order_id: deadline.order_id,
+                action: FlowAction::Cancel("timed out".into()),
+            })
+            .complete()
+    }
+}
+
+/// Carries out the saga's commands on the order repository, and drops the cached order.
+#[derive(Debug, Clone)]
+pub struct OrderDispatcher {
+    orders: Repository<Order>,
+    cache: OrderCache,
+}
+
+#[async_trait]
+impl CommandDispatcher<FlowCommand> for OrderDispatcher {
+    async fn dispatch(&self, command: FlowCommand, metadata: Metadata) -> Result<(), BoxError> {
+        let at = Utc::now();
+        let order_command = match command.action.clone() {
+            FlowAction::MarkInventoryReserved => OrderCommand::MarkInventoryReserved { at },
+            FlowAction::Confirm(payment_id) => OrderCommand::ConfirmPayment { payment_id, at },
+            FlowAction::Cancel(reason) => OrderCommand::Cancel { reason, at },
+        };
+        let span = tracing::info_span!("saga", correlation_id = %metadata.correlation_id.unwrap_or(command.order_id), order_id = %command.order_id);
+        async {
+            let executed = self
+                .orders
+                .execute(&command.order_id.to_string(), order_command, metadata)
+                .await
+                .map_err(|error| -> BoxError {
+                    match error {
+                        CommandError::Rejected(error) => Box::new(error),
+                        CommandError::Store(error) => Box::new(error),
+                        other => other.to_string().into(),
+                    }
+                })?;
+            if !executed.events.is_empty() {
+                tracing::info!(action = ?command.action, status = ?executed.state.status, "order moved");
+                self.cache.invalidate(command.order_id).await;
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+// ---- read models -----------------------------------------------------------------------
+
+/// The cached order views (cache-aside; dropped whenever the order changes).
+#[derive(Debug, Clone)]
+pub struct OrderCache {
+    cache: Option<Arc<dyn Cache>>,
+}
+
+impl OrderCache {
+    const TTL: Duration = Duration::from_secs(300);
+
+    fn key(order_id: Uuid) -> String {
+        format!("order:{order_id}")
+    }
+
+    async fn invalidate(&self, order_id: Uuid) {
+        if let Some(cache) = &self.cache {
+            if let Err(error) = cache.delete(&Self::key(order_id)).await {
+                tracing::warn!(%order_id, %error, "cannot drop a cached order; it expires by itself");
+            }
+        }
+    }
+}
+
+/// Every order, by customer, folded from the order streams.
+#[derive(Debug, Default)]
+pub struct OrderReadModel {
+    orders: Mutex<HashMap<Uuid, (Order, u64)>>,
+    by_customer: Mutex<HashMap<Uuid, Vec<Uuid>>>,
+    cache: Option<OrderCache>,
+}
+
+impl OrderReadModel {
+    /// The customer's orders, newest first.
+    pub fn of_customer(&self, customer_id: Uuid) -> Vec<OrderView> {
+        let ids = self
+            .by_customer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&customer_id)
+            .cloned()
+            .unwrap_or_default();
+        let orders = self.orders.lock().unwrap_or_else(|e| e.into_inner());
+        let mut views: Vec<OrderView> = ids
+            .iter()
+            .filter_map(|id| orders.get(id))
+            .map(|(order, version)| order.view(*version))
+            .collect();
+        views.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then(b.order_id.cmp(&a.order_id))
+        });
+        views
+    }
+}
+
+#[async_trait]
+impl Projection for OrderReadModel {
+    fn name(&self) -> &str {
+        "order-read-model"
+    }
+
+    fn filter(&self) -> StreamFilter {
+        StreamFilter::category(Order::TYPE)
+    }
+
+    async fn handle(&self, recorded: &RecordedEvent) -> Result<(), BoxError> {
+        let event: OrderEvent = recorded.decode()?;
+        let order_id = match &event {
+            OrderEvent::OrderPlaced {
+                order_id,
+                customer_id,
+                ..
+            } => {
+                self.by_customer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(*customer_id)
+                    .or_default()
+                    .push(*order_id);
+                *order_id
+            }
+            OrderEvent::OrderInventoryReserved { order_id, .. }
+            | OrderEvent::OrderPaymentProcessed { order_id, .. }
+            | OrderEvent::OrderConfirmed { order_id, .. }
+            | OrderEvent::OrderCancelled { order_id, .. } => *order_id,
+        };
+        {
+            let mut orders = self.orders.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = orders.entry(order_id).or_default();
+            // A replayed event (older than what is folded) changes nothing.
+            if recorded.stream_version > entry.1 {
+                entry.0.apply(&event);
+                entry.1 = recorded.stream_version;
+            }
+        }
+        // Another instance may have changed the order: drop the cached view here too.
+        if let Some(cache) = &self.cache {
+            cache.invalidate(order_id).await;
+        }
+        Ok(())
+    }
+}
+
+// ---- HTTP ------------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct OrderState {
+    orders: Repository<Order>,
+    store: Arc<dyn EventStore>,
+    read_model: Arc<OrderReadModel>,
+    cache: OrderCache,
+    idempotency: Arc<dyn IdempotencyStore>,
+}
+
+/// How long an idempotency key and its answer are kept.
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a retry waits for a racing request with the same key.
+const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(10);
+
+/// The body of `POST /api/orders`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaceOrderRequest {
+    /// Who orders.
+    pub customer_id: Uuid,
+    /// 1 to 100 lines, each product at most once.
+    pub items: Vec<OrderItem>,
+}
+
+/// Validates a `POST /api/orders` body, naming every bad field.
+pub fn validate_place_order(body: &Value) -> Result<PlaceOrderRequest, AppError> {
+    let mut check = Validator::default();
+    if !body.is_object() {
+        return Err(AppError::bad_request("the body must be a JSON object"));
+    }
+    let customer_id = check.uuid(body, "customerId", "customerId");
+    let mut items = Vec::new();
+    match body.get("items") {
+        None | Some(Value::Null) => check.error("items", "is required"),
+        Some(Value::Array(lines)) if lines.is_empty() || lines.len() > 100 => {
+            check.error("items", "must have 1 to 100 items")
+        }
+        Some(Value::Array(lines)) => {
+            let mut seen = std::collections::HashSet::new();
+            for (i, line) in lines.iter().enumerate() {
+                let field = |name: &str| format!("items[{i}].{name}");
+                if !line.is_object() {
+                    check.error(format!("items[{i}]"), "must be an object");
+                    continue;
+                }
+                let product_id = check.uuid(line, "productId", &field("productId"));
+                if let Some(id) = product_id {
+                    if !seen.insert(id) {
+                        check.error(field("productId"), "appears more than once in the order");
+                    }
+                }
+                let product_name = check.text(line, "productName", &field("productName"), 200);
+                let quantity = check.integer(line, "quantity", &field("quantity"), 1, 10_000);
+                let unit_price = check.money(
+                    line,
+                    "unitPrice",
+                    &field("unitPrice"),
+                    Decimal::ZERO,
+                    Decimal::from(1_000_000),
+                );
+                if let (Some(product_id), Some(product_name), Some(quantity), Some(unit_price)) =
+                    (product_id, product_name, quantity, unit_price)
+                {
+                    items.push(OrderItem {
+                        product_id,
+                        product_name,
+                        quantity: quantity as u32,
+                        unit_price,
+                    });
+                }
+            }
+        }
+        Some(_) => check.error("items", "must be an array"),
+    }
+    check.finish()?;
+    let customer_id = customer_id.ok_or_else(|| AppError::bad_request("customerId is required"))?;
+    Ok(PlaceOrderRequest { customer_id, items })
+}
+
+/// A stable fingerprint of a request (two FNV-1a hashes of its canonical JSON).
+fn fingerprint(request: &PlaceOrderRequest) -> String {
+    let canonical = serde_json::to_vec(request).unwrap_or_default();
+    let hash = |offset: u64| {
+        canonical.iter().fold(offset, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    format!(
+        "{:016x}{:016x}",
+        hash(0xcbf2_9ce4_8422_2325),
+        hash(0x6c62_272e_07bb_0142)
+    )
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let invalid = || {
+        let mut errors = crate::http::FieldErrors::new();
+        errors.insert(
+            "Idempotency-Key".into(),
+            vec!["must be 1 to 200 visible ASCII characters".into()],
+        );
+        AppError::validation(errors)
+    };
+    let key = value.to_str().map_err(|_| invalid())?;
+    if key.is_empty() || key.len() > 200 {
+        return Err(invalid());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn created(view: &OrderView) -> Response {
+    let location = format!("/api/orders/{}", view.order_id);
+    (
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(view),
+    )
+        .into_response()
+}
+
+fn store_error(error: CommandError<OrderError>) -> AppError {
+    match error {
+        CommandError::Rejected(OrderError::NotPlaced) => AppError::not_found("no such order"),
+        CommandError::Rejected(error) => AppError::new(StatusCode::CONFLICT, error.to_string()),
+        CommandError::Store(error) => error.into(),
+        other => AppError::internal(&other),
+    }
+}
+
+/// Places an order.
+#[utoipa::path(post, path = "/api/orders", tag = "orders",
+    request_body = PlaceOrderRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 200 characters; makes retries safe")),
+    responses(
+        (status = 201, description = "Placed", body = OrderView),
+        (status = 200, description = "A retry with the same key and body: the same order", body = OrderView),
+        (status = 400, description = "Malformed or invalid", content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", content_type = "application/problem+json"),
+        (status = 422, description = "The key was used with another body", content_type = "application/problem+json"),
+    ))]
+async fn place_order(
+    State(state): State<OrderState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, AppError> {
+    let key = idempotency_key(&headers)?;
+    let request = validate_place_order(&body)?;
+    let Some(key) = key else {
+        return Ok(created(&create_order(&state, request).await?));
+    };
+    let fingerprint = fingerprint(&request);
+    let store_key = format!("order:{key}");
+    match claim_or_wait(
+        state.idempotency.as_ref(),
+        &store_key,
+        &fingerprint,
+        IDEMPOTENCY_TTL,
+        IDEMPOTENCY_WAIT,
+    )
+    .await?
+    {
+        Claim::Acquired => match create_order(&state, request).await {
+            Ok(view) => {
+                let answer = view.order_id.to_string().into_bytes();
+                if let Err(error) = state
+                    .idempotency
+                    .complete(&store_key, &fingerprint, answer.into(), IDEMPOTENCY_TTL)
+                    .await
+                {
+                    tracing::warn!(%error, "cannot store the idempotent answer");
+                }
+                Ok(created(&view))
+            }
+            Err(error) => {
+                if let Err(release) = state.idempotency.release(&store_key).await {
+                    tracing::warn!(error = %release, "cannot release an idempotency key");
+                }
+                Err(error)
+            }
+        },
+        Claim::Completed(answer) => {
+            let order_id = std::str::from_utf8(&answer)
+                .ok()
+                .and_then(|text| Uuid::parse_str(text).ok())
+                .ok_or_else(|| {
+                    AppError::internal(&es_core::Error::InvalidInput(
+                        "a stored idempotent answer is not an order id".into(),
+                    ))
+                })?;
+            let view = load_order(&state, order_id)
+                .await?
+                .ok_or_else(|| AppError::not_found("the order of this idempotency key is gone"))?;
+            Ok((StatusCode::OK, Json(view)).into_response())
+        }
+        Claim::Mismatch => Err(AppError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this Idempotency-Key was already used with a different request",
+        )),
+        Claim::InProgress => Err(AppError::new(
+            StatusCode::CONFLICT,
+            "a request with this Idempotency-Key is still being handled; retry later",
+        )),
+    }
+}
+
+async fn create_order(
+    state: &OrderState,
+    request: PlaceOrderRequest,
+) -> Result<OrderView, AppError> {
+    let order_id = Uuid::now_v7();
+    let span = tracing::info_span!("order", correlation_id = %order_id, order_id = %order_id);
+    async {
+        let executed = state
+            .orders
+            .execute(
+                &order_id.to_string(),
+                OrderCommand::Place {
+                    order_id,
+                    customer_id: request.customer_id,
+                    items: request.items,
+                    at: Utc::now(),
+                },
+                // The order id is the correlation id of everything that follows from it.
+                Metadata::with_correlation(order_id),
+            )
+            .await
+            .map_err(store_error)?;
+        tracing::info!(total = %executed.state.total_amount, "order placed");
+        Ok(executed.state.view(executed.version))
+    }
+    .instrument(span)
+    .await
+}
+
+async fn load_order(state: &OrderState, order_id: Uuid) -> Result<Option<OrderView>, AppError> {
+    let orders = state.orders.clone();
+    let load = || async move {
+        let loaded = orders.find(&order_id.to_string()).await?;
+        Ok::<_, es_core::Error>(loaded.map(|l| l.state.view(l.version)))
+    };
+    let view = match &state.cache.cache {
+        Some(cache) => {
+            cache
+                .get_or_load(&OrderCache::key(order_id), Some(OrderCache::TTL), load)
+                .await?
+        }
+        None => load().await?,
+    };
+    Ok(view)
+}
+
+/// One order, straight from its stream (read-your-writes).
+#[utoipa::path(get, path = "/api/orders/{orderId}", tag = "orders",
+    params(("orderId" = Uuid, Path, description = "The order")),
+    responses((status = 200, body = OrderView), (status = 400), (status = 404)))]
+async fn get_order(
+    State(state): State<OrderState>,
+    ApiPath(order_id): ApiPath<Uuid>,
+) -> Result<Json<OrderView>, AppError> {
+    load_order(&state, order_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| AppError::not_found(format!("no order {order_id}")))
+}
+
+/// A customer's orders, newest first.
+#[utoipa::path(get, path = "/api/orders/customer/{customerId}", tag = "orders",
+    params(("customerId" = Uuid, Path, description = "The customer")),
+    responses((status = 200, body = [OrderView]), (status = 400)))]
+async fn customer_orders(
+    State(state): State<OrderState>,
+    ApiPath(customer_id): ApiPath<Uuid>,
+) -> Json<Vec<OrderView>> {
+    Json(state.read_model.of_customer(customer_id))
+}
+
+/// The order's stored events, oldest first.
+#[utoipa::path(get, path = "/api/orders/{orderId}/events", tag = "orders",
+    params(("orderId" = Uuid, Path, description = "The order")),
+    responses((status = 200, body = [OrderEventView]), (status = 400), (status = 404)))]
+async fn order_events(
+    State(state): State<OrderState>,
+    ApiPath(order_id): ApiPath<Uuid>,
+) -> Result<Json<Vec<OrderEventView>>, AppError> {
+    let stream = Repository::<Order>::stream_id(&order_id.to_string())?;
+    let events = state.store.read_stream_to_end(&stream, 1).await?;
+    if events.is_empty() {
+        return Err(AppError::not_found(format!("no order {order_id}")));
+    }
+    let views = events
+        .iter()
+        .map(|event| {
+            Ok(OrderEventView {
+                version: event.stream_version,
+                event_type: event.event_type.clone(),
+                occurred_at: event.recorded_at,
+                data: event.payload_json()?,
+            })
+        })
+        .collect::<Result<Vec<_>, es_core::Error>>()?;
+    Ok(Json(views))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Order service",
+        description = "Places orders and carries them through the saga."
+    ),
+    paths(place_order, get_order, customer_orders, order_events),
+    components(schemas(OrderView, OrderItem, OrderStatus, OrderEventView, PlaceOrderRequest))
+)]
+struct OrderApi;
+
+/// The service's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    OrderApi::openapi()
+}
+
+/// Starts the order service: its read model, its relay, the saga's consumer and deadlines.
+pub(crate) async fn start(
+    backends: &Backends,
+    settings: &Settings,
+    background: &mut Background,
+) -> es_core::Result<Router> {
+    let orders = Repository::<Order>::new(backends.store.clone());
+    let cache = OrderCache {
+        cache: backends.cache.clone(),
+    };
+    let read_model = Arc::new(OrderReadModel {
+        cache: Some(cache.clone()),
+        ..OrderReadModel::default()
+    });
+    background.project(backends, read_model.clone());
+    let dispatcher = Arc::new(OrderDispatcher {
+        orders: orders.clone(),
+        cache: cache.clone(),
+    });
+    let timeout = chrono::Duration::from_std(settings.order_timeout)
+        .map_err(|e| es_core::Error::InvalidInput(format!("order timeout: {e}")))?;
+    let saga = SagaRunner::<OrderFulfillment>::new(backends.sagas.clone(), dispatcher, timeout);
+    background
+        .consume(
+            &backends.bus,
+            backends.consumer("order"),
+            vec![
+                "order.placed".into(),
+                "inventory.reserved".into(),
+                "inventory.failed".into(),
+                "payment.processed".into(),
+                "payment.failed".into(),
+            ],
+            Arc::new(saga.clone()),
+        )
+        .await?;
+    // Fire timeouts often enough that a short timeout is honoured closely.
+    let interval =
+        (settings.order_timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    background.spawn(move |stop| async move { saga.run_deadlines(interval, stop).await });
+    background.relay(backends, Order::TYPE);
+    let state = OrderState {
+        orders,
+        store: backends.store.clone(),
+        read_model,
+        cache,
+        idempotency: backends.idempotency.clone(),
+    };
+    let api = Router::new()
+        .route("/api/orders", post(place_order))
+        .route("/api/orders/{order_id}", get(get_order))
+        .route("/api/orders/{order_id}/events", get(order_events))
+        .route("/api/orders/customer/{customer_id}", get(customer_orders))
+        .with_state(state);
+    let _ = events::ORDER_PLACED;
+    Ok(finish_router(api, openapi(), backends.health.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn place() -> OrderCommand {
+        OrderCommand::Place {
+            order_id: Uuid::nil(),
+            customer_id: Uuid::nil(),
+            items: vec![OrderItem {
+                product_id: Uuid::nil(),
+                product_name: "Laptop".into(),
+                quantity: 3,
+                unit_price: Decimal::new(33333, 2),
+            }],
+            at: Utc::now(),
+        }
+    }
+
+    fn placed() -> Order {
+        let mut order = Order::default();
+        for event in order.handle(place()).unwrap() {
+            order.apply(&event);
+        }
+        order
+    }
+
+    #[test]
+    fn placing_sums_the_lines_exactly() {
+        let order = placed();
+        assert_eq!(order.total_amount.to_string(), "999.99");
+        assert_eq!(order.handle(place()), Err(OrderError::AlreadyPlaced));
+    }
+
+    #[test]
+    fn final_states_ignore_late_commands() {
+        let mut order = placed();
+        let cancel = OrderCommand::Cancel {
+            reason: "timed out".into(),
+            at: Utc::now(),
+        };
+        for event in order.handle(cancel).unwrap() {
+            order.apply(&event);
+        }
+        assert_eq!(order.status, OrderStatus::Cancelled);
+        let confirm = OrderCommand::ConfirmPayment {
+            payment_id: None,
+            at: Utc::now(),
+        };
+        assert_eq!(order.handle(confirm), Ok(vec![]));
+    }
+
+    #[test]
+    fn commands_on_an_unplaced_order_are_refused() {
+        let command = OrderCommand::MarkInventoryReserved { at: Utc::now() };
+        assert_eq!(Order::default().handle(command), Err(OrderError::NotPlaced));
+    }
+
+    #[test]
+    fn validation_names_each_bad_field() {
+        let body = json!({"customerId": "nope", "items": [
+            {"productId": "11111111-1111-1111-1111-111111111111", "productName": "", "quantity": 0, "unitPrice": 1.234},
+            {"productId": "11111111-1111-1111-1111-111111111111", "productName": "x", "quantity": 1, "unitPrice": -1}
+        ]});
+        let error = validate_place_order(&body).unwrap_err();
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        let body = json!({"customerId": "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa", "items": [
+            {"productId": "11111111-1111-1111-1111-111111111111", "productName": "Laptop", "quantity": 1, "unitPrice": 999.99}
+        ]});
+        let request = validate_place_order(&body).unwrap();
+        assert_eq!(request.items[0].unit_price, Decimal::new(99999, 2));
+    }
+}

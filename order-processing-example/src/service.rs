@@ -1,0 +1,278 @@
+//! A running service: its router and its background work (consumers, relays, projections,
+//! deadline loops), started together and stopped in order.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use es_core::bus::ConsumerHandle;
+use es_core::projection::ProjectionHandle;
+use es_core::{
+    memory::MemoryEventStore, EventBus, MessageHandler, Projection, ProjectionRunner, Relay,
+    StreamFilter,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::backends::{Backends, StartError};
+use crate::config::Settings;
+use crate::shutdown::Shutdown;
+
+/// The five services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceKind {
+    /// Orders and the order saga (5001).
+    Order,
+    /// Stock and reservations (5002).
+    Inventory,
+    /// The simulated payment gateway (5003).
+    Payment,
+    /// Customer notifications (5004).
+    Notification,
+    /// Daily figures and recent events (5005).
+    Analytics,
+}
+
+impl ServiceKind {
+    /// All five, in start order.
+    pub const ALL: [ServiceKind; 5] = [
+        ServiceKind::Order,
+        ServiceKind::Inventory,
+        ServiceKind::Payment,
+        ServiceKind::Notification,
+        ServiceKind::Analytics,
+    ];
+
+    /// The service's short name (`order`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Order => "order",
+            ServiceKind::Inventory => "inventory",
+            ServiceKind::Payment => "payment",
+            ServiceKind::Notification => "notification",
+            ServiceKind::Analytics => "analytics",
+        }
+    }
+
+    /// The port `settings` give it.
+    pub fn port(self, settings: &Settings) -> u16 {
+        match self {
+            ServiceKind::Order => settings.order_port,
+            ServiceKind::Inventory => settings.inventory_port,
+            ServiceKind::Payment => settings.payment_port,
+            ServiceKind::Notification => settings.notification_port,
+            ServiceKind::Analytics => settings.analytics_port,
+        }
+    }
+}
+
+/// Background work of one service.
+#[derive(Debug, Default)]
+pub(crate) struct Background {
+    stop: Shutdown,
+    consumers: Vec<ConsumerHandle>,
+    projections: Vec<ProjectionHandle>,
+    tasks: Vec<JoinHandle<()>>,
+    relays: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Subscribes `handler` as `consumer` to `routing_keys`.
+    pub(crate) async fn consume(
+        &mut self,
+        bus: &Arc<dyn EventBus>,
+        consumer: String,
+        routing_keys: Vec<String>,
+        handler: Arc<dyn MessageHandler>,
+    ) -> es_core::Result<()> {
+        let subscription = es_core::Subscription::new(consumer.clone(), routing_keys);
+        let handler = crate::events::Traced::new(consumer, handler);
+        self.consumers
+            .push(bus.subscribe(subscription, handler).await?);
+        Ok(())
+    }
+
+    /// Relays the streams of `category` from the store to the bus.
+    pub(crate) fn relay(&mut self, backends: &Backends, category: &str) {
+        let relay = Relay::new(
+            format!("relay-{category}"),
+            backends.store.clone(),
+            backends.bus.clone(),
+            backends.checkpoints.clone(),
+        )
+        .with_filter(StreamFilter::category(category));
+        let stop = self.stop.wait();
+        self.relays
+            .push(tokio::spawn(async move { relay.run(stop).await }));
+    }
+
+    /// Runs an in-process read model, rebuilt from the start of the log at each start (its
+    /// checkpoint lives in memory).
+    pub(crate) fn project(&mut self, backends: &Backends, projection: Arc<dyn Projection>) {
+        let runner =
+            ProjectionRunner::new(backends.store.clone(), Arc::new(MemoryEventStore::new()));
+        self.projections.push(runner.spawn(projection));
+    }
+
+    /// Runs a task until the service stops; it gets the stop signal.
+    pub(crate) fn spawn<F, Fut>(&mut self, task: F)
+    where
+        F: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let stop = Box::pin(self.stop.wait());
+        self.tasks.push(tokio::spawn(task(stop)));
+    }
+
+    /// Stops consumers (each finishes the message in hand), then loops and projections, then
+    /// the relays, so what the last handlers appended is still published.
+    async fn stop(self) {
+        for consumer in self.consumers {
+            consumer.stop().await;
+        }
+        self.stop.trigger();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        for projection in self.projections {
+            projection.stop().await;
+        }
+        for relay in self.relays {
+            let _ = relay.await;
+        }
+    }
+}
+
+/// One started service: serve its router, then stop it.
+#[derive(Debug)]
+pub struct Service {
+    kind: ServiceKind,
+    router: Router,
+    background: Background,
+}
+
+impl Service {
+    /// Starts `kind` on `backends`: consumers, relays, read models, and its router.
+    pub async fn start(
+        kind: ServiceKind,
+        backends: &Backends,
+        settings: &Settings,
+    ) -> Result<Service, StartError> {
+        let mut background = Background::default();
+        let router = match kind {
+            ServiceKind::Order => crate::order::start(backends, settings, &mut background).await,
+            ServiceKind::Inventory => {
+                crate::inventory::start(backends, settings, &mut background).await
+            }
+            ServiceKind::Payment => {
+                crate::payment::start(backends, settings, &mut background).await
+            }
+            ServiceKind::Notification => {
+                crate::notification::start(backends, settings, &mut background).await
+            }
+            ServiceKind::Analytics => {
+                crate::analytics::start(backends, settings, &mut background).await
+            }
+        }
+        .map_err(|source| StartError::Service {
+            service: kind.name(),
+            source,
+        })?;
+        Ok(Service {
+            kind,
+            router,
+            background,
+        })
+    }
+
+    /// Which service this is.
+    pub fn kind(&self) -> ServiceKind {
+        self.kind
+    }
+
+    /// Its HTTP routes (for `tower::ServiceExt::oneshot` in tests).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` completes: stops accepting, finishes requests in
+    /// flight, then stops the background work.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let address = listener.local_addr()?;
+        tracing::info!(service = self.kind.name(), %address, "listening");
+        let served = axum::serve(listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        self.background.stop().await;
+        tracing::info!(service = self.kind.name(), "stopped");
+        served
+    }
+
+    /// Stops the background work without serving (for a service that never ran).
+    pub async fn stop(self) {
+        self.background.stop().await;
+    }
+}
+
+/// Starts `kinds` on `backends`, each on its port of `settings`, and serves until `shutdown`.
+pub async fn run_services(
+    kinds: &[ServiceKind],
+    backends: &Backends,
+    settings: &Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let mut listeners = Vec::new();
+    for &kind in kinds {
+        let address = format!("{}:{}", settings.host, kind.port(settings));
+        let listener = TcpListener::bind(&address)
+            .await
+            .map_err(|source| StartError::Bind { address, source })?;
+        listeners.push(listener);
+    }
+    let mut services = Vec::new();
+    for &kind in kinds {
+        services.push(Service::start(kind, backends, settings).await?);
+    }
+    let stop = Shutdown::new();
+    let mut running = Vec::new();
+    for (service, listener) in services.into_iter().zip(listeners) {
+        let name = service.kind().name();
+        let wait = stop.wait();
+        running.push(tokio::spawn(async move {
+            if let Err(error) = service.run(listener, wait).await {
+                tracing::error!(service = name, %error, "server failed");
+            }
+        }));
+    }
+    shutdown.await;
+    stop.trigger();
+    for task in running {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+/// Runs what the command line asks for until `shutdown` completes.
+pub async fn run(
+    cli: crate::config::Cli,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    use crate::config::Command;
+    let kinds: Vec<ServiceKind> = match cli.command.unwrap_or(Command::All) {
+        Command::All => ServiceKind::ALL.to_vec(),
+        Command::Order => vec![ServiceKind::Order],
+        Command::Inventory => vec![ServiceKind::Inventory],
+        Command::Payment => vec![ServiceKind::Payment],
+        Command::Notification => vec![ServiceKind::Notification],
+        Command::Analytics => vec![ServiceKind::Analytics],
+    };
+    if kinds.len() == 1 && cli.settings.amqp_url.is_none() {
+        return Err(StartError::NeedsBroker(kinds[0].name()));
+    }
+    let backends = Backends::from_settings(&cli.settings).await?;
+    run_services(&kinds, &backends, &cli.settings, shutdown).await
+}

@@ -1,0 +1,192 @@
+//! A running system for tests: chosen services on port-0 listeners, and an HTTP client.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use order_processing_example::{Backends, Service, ServiceKind, Settings, Shutdown};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub const LAPTOP: &str = "11111111-1111-1111-1111-111111111111";
+pub const MOUSE: &str = "22222222-2222-2222-2222-222222222222";
+pub const KEYBOARD: &str = "33333333-3333-3333-3333-333333333333";
+pub const MONITOR: &str = "44444444-4444-4444-4444-444444444444";
+
+pub struct System {
+    urls: HashMap<ServiceKind, String>,
+    shutdown: Shutdown,
+    tasks: Vec<JoinHandle<()>>,
+    pub client: reqwest::Client,
+}
+
+impl System {
+    /// All five services on the embedded backends.
+    pub async fn embedded() -> System {
+        Self::embedded_with(Settings::default(), &ServiceKind::ALL).await
+    }
+
+    pub async fn embedded_with(settings: Settings, kinds: &[ServiceKind]) -> System {
+        Self::start(Backends::embedded(), settings, kinds).await
+    }
+
+    pub async fn start(backends: Backends, settings: Settings, kinds: &[ServiceKind]) -> System {
+        let shutdown = Shutdown::new();
+        let mut urls = HashMap::new();
+        let mut tasks = Vec::new();
+        for &kind in kinds {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a port");
+            let address = listener.local_addr().expect("local address");
+            let service = Service::start(kind, &backends, &settings)
+                .await
+                .unwrap_or_else(|e| panic!("start {kind:?}: {e}"));
+            urls.insert(kind, format!("http://{address}"));
+            let wait = shutdown.wait();
+            tasks.push(tokio::spawn(async move {
+                service.run(listener, wait).await.expect("serve");
+            }));
+        }
+        System {
+            urls,
+            shutdown,
+            tasks,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    pub fn url(&self, kind: ServiceKind, path: &str) -> String {
+        format!("{}{path}", self.urls[&kind])
+    }
+
+    pub async fn get(&self, kind: ServiceKind, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(self.url(kind, path))
+            .send()
+            .await
+            .expect("GET");
+        read(response).await
+    }
+
+    pub async fn post_order(&self, body: &Value, key: Option<&str>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .post(self.url(ServiceKind::Order, "/api/orders"))
+            .json(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        read(request.send().await.expect("POST")).await
+    }
+
+    pub async fn put_product(&self, id: &str, name: &str, available: u64) -> (u16, Value) {
+        let response = self
+            .client
+            .put(self.url(
+                ServiceKind::Inventory,
+                &format!("/api/inventory/products/{id}"),
+            ))
+            .json(&json!({"name": name, "availableQuantity": available}))
+            .send()
+            .await
+            .expect("PUT");
+        read(response).await
+    }
+
+    /// Places an order and returns its id (asserting the 201).
+    pub async fn place(&self, customer: &str, lines: &[(&str, u64, &str)]) -> String {
+        let (status, body) = self.post_order(&order_body(customer, lines), None).await;
+        assert_eq!(status, 201, "{body}");
+        body["orderId"].as_str().expect("orderId").to_owned()
+    }
+
+    /// Waits until the order has reached a final status, and returns it.
+    pub async fn settled(&self, order_id: &str) -> Value {
+        eventually(&format!("order {order_id} to settle"), || async {
+            let (status, order) = self
+                .get(ServiceKind::Order, &format!("/api/orders/{order_id}"))
+                .await;
+            (status == 200 && matches!(order["status"].as_str(), Some("Confirmed" | "Cancelled")))
+                .then_some(order)
+        })
+        .await
+    }
+
+    pub async fn product(&self, id: &str) -> Value {
+        let (status, body) = self
+            .get(
+                ServiceKind::Inventory,
+                &format!("/api/inventory/products/{id}"),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        for task in self.tasks {
+            task.await.expect("service task");
+        }
+    }
+}
+
+pub async fn read(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, value)
+}
+
+pub fn order_body(customer: &str, lines: &[(&str, u64, &str)]) -> Value {
+    json!({
+        "customerId": customer,
+        "items": lines.iter().map(|(product, quantity, price)| json!({
+            "productId": product,
+            "productName": "Thing",
+            "quantity": quantity,
+            "unitPrice": serde_json::from_str::<Value>(price).expect("price"),
+        })).collect::<Vec<_>>()
+    })
+}
+
+pub fn customer() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A money field as an exact decimal.
+pub fn money(value: &Value) -> Decimal {
+    match value {
+        Value::Number(n) => n.to_string().parse().expect("decimal"),
+        other => panic!("not a number: {other}"),
+    }
+}
+
+/// Polls `check` until it yields, for at most 20 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
