@@ -186,6 +186,9 @@ pub struct AmqpConfig {
     pub reconnect: ReconnectPolicy,
     /// The longest `publish` waits for the broker's confirms before it reports the batch failed.
     pub confirm_timeout: Duration,
+    /// The longest a connection attempt may take (a broker behind a black hole would otherwise
+    /// hold it for the operating system's TCP timeout).
+    pub connect_timeout: Duration,
 }
 
 impl fmt::Debug for AmqpConfig {
@@ -197,6 +200,7 @@ impl fmt::Debug for AmqpConfig {
             .field("unroutable", &self.unroutable)
             .field("reconnect", &self.reconnect)
             .field("confirm_timeout", &self.confirm_timeout)
+            .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -227,6 +231,7 @@ impl AmqpConfig {
             unroutable: Unroutable::Fail,
             reconnect: ReconnectPolicy::default(),
             confirm_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 
@@ -257,6 +262,12 @@ impl AmqpConfig {
     /// The same configuration with another reconnection policy.
     pub fn with_reconnect(mut self, reconnect: ReconnectPolicy) -> Self {
         self.reconnect = reconnect;
+        self
+    }
+
+    /// The same configuration with another connect timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
         self
     }
 

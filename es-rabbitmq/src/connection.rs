@@ -6,6 +6,7 @@ use es_core::{Error, Result};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
 
@@ -60,12 +61,32 @@ impl Connector {
             .with_executor(tokio_executor_trait::Tokio::current())
             .with_reactor(tokio_reactor_trait::Tokio)
             .with_connection_name(LongString::from(self.config.connection_name.as_str()));
-        let connection = Connection::connect(&self.config.url, properties)
-            .await
-            .map_err(|e| {
-                tracing::warn!(url = %redact(&self.config.url), error = %e, "cannot connect to RabbitMQ");
-                Error::unavailable(BACKEND, e)
-            })?;
+        // A URL that does not parse will never connect: say so instead of retrying forever.
+        let uri: AMQPUri = self.config.url.parse().map_err(|error| {
+            Error::InvalidInput(format!(
+                "bad AMQP URL `{}`: {error}",
+                redact(&self.config.url)
+            ))
+        })?;
+        let attempt = Connection::connect_uri(uri, properties);
+        let connection = match tokio::time::timeout(self.config.connect_timeout, attempt).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => {
+                tracing::warn!(url = %redact(&self.config.url), %error, "cannot connect to RabbitMQ");
+                return Err(Error::unavailable(BACKEND, error));
+            }
+            Err(_) => {
+                tracing::warn!(url = %redact(&self.config.url), timeout = ?self.config.connect_timeout, "connecting to RabbitMQ timed out");
+                return Err(Error::unavailable(
+                    BACKEND,
+                    format!(
+                        "no connection to {} within {:?}",
+                        redact(&self.config.url),
+                        self.config.connect_timeout
+                    ),
+                ));
+            }
+        };
         let url = redact(&self.config.url);
         connection.on_error(move |error| {
             tracing::warn!(%url, %error, "the RabbitMQ connection failed");

@@ -318,6 +318,15 @@ async fn an_unreachable_broker_is_a_typed_unavailable_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_url_is_invalid_input() {
+    let error = AmqpEventBus::connect(AmqpConfig::new("amqp://host:notaport/%2f", "x"))
+        .await
+        .expect_err("cannot parse");
+    assert!(matches!(error, Error::InvalidInput(_)), "{error:?}");
+    assert!(!error.is_transient());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_follow_the_wire_contract() {
     let consumer = common::unique("wire");
     let category = common::category();
