@@ -1,10 +1,11 @@
-//! The background `LISTEN` task that turns notifications into subscription wake-ups.
+//! Live delivery: the `NOTIFY` sent after appends commit, and the background `LISTEN` task that
+//! turns notifications into subscription wake-ups.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// A running listener; dropping it stops the task.
 #[derive(Debug)]
@@ -73,4 +74,56 @@ async fn connect(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(channel).await?;
     Ok(listener)
+}
+
+/// Sends one `NOTIFY` on the schema's channel after appends commit, coalescing bursts: while
+/// one is on its way, and for a few milliseconds after, any number of further commits ask for
+/// just one more. Subscribers in the appending process are woken at once, without it.
+///
+/// The notification is not sent inside the append's transaction on purpose: a transaction that
+/// notifies holds a database-wide lock from its pre-commit to its end, fsync included, so
+/// concurrent appends would commit one by one.
+#[derive(Debug)]
+pub(crate) struct Announcer {
+    pending: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Announcer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Announcer {
+    pub(crate) fn spawn(runtime: &tokio::runtime::Handle, pool: PgPool, channel: String) -> Self {
+        let pending = Arc::new(Notify::new());
+        let task = runtime.spawn(announce(pool, channel, pending.clone()));
+        Announcer { pending, task }
+    }
+
+    /// Asks for a notification (cheap; never waits).
+    pub(crate) fn announce(&self) {
+        self.pending.notify_one();
+    }
+}
+
+/// The shortest time between two notifications: under load, one announces many commits, and
+/// the statements it saves are the appends' to use.
+const MIN_GAP: Duration = Duration::from_millis(3);
+
+async fn announce(pool: PgPool, channel: String, pending: Arc<Notify>) {
+    loop {
+        pending.notified().await;
+        // A wake-up is worth no fsync: if it is lost in a crash, subscribers poll anyway.
+        let sent =
+            sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')")
+                .bind(&channel)
+                .execute(&pool)
+                .await;
+        if let Err(error) = sent {
+            tracing::debug!(%error, %channel, "cannot announce appends; subscribers will poll");
+        }
+        tokio::time::sleep(MIN_GAP).await;
+    }
 }

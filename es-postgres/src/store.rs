@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::config::PgConfig;
 use crate::error::{from_sqlx, from_user, to_i64, to_u64, unique_violation, BACKEND};
-use crate::listener::Listener;
+use crate::listener::{Announcer, Listener};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     pub(crate) wake: Arc<watch::Sender<()>>,
     /// The background `LISTEN` task, started by the first subscription.
     listener: Mutex<Option<Listener>>,
+    /// Sends the `NOTIFY` after appends commit.
+    announcer: Mutex<Option<Announcer>>,
 }
 
 impl fmt::Debug for PgEventStore {
@@ -84,7 +86,7 @@ impl Sql {
                  RETURNING version - $2 AS base",
             ),
             append_exact: append_sql(
-                "UPDATE streams SET version = version + $2 WHERE stream_id = $1 AND version = $10 \
+                "UPDATE streams SET version = version + $2 WHERE stream_id = $1 AND version = $9 \
                  RETURNING version - $2 AS base",
             ),
         }
@@ -100,9 +102,8 @@ impl Sql {
     }
 }
 
-/// One statement that checks and bumps the stream's version, inserts the events from arrays
-/// and notifies listeners: one round trip, and when it runs on its own, one implicit
-/// transaction. If the expectation fails, `stream` yields no row, so nothing is inserted and the
+/// One statement that checks and bumps the stream's version and inserts the events from arrays:
+/// one round trip, and when it runs on its own, one implicit transaction. If the expectation fails, `stream` yields no row, so nothing is inserted and the
 /// statement returns no row.
 fn append_sql(bump: &str) -> String {
     format!(
@@ -114,10 +115,8 @@ fn append_sql(bump: &str) -> String {
                    e.payload, e.metadata \
             FROM stream, UNNEST($4::uuid[], $5::text[], $6::int4[], $7::bytea[], $8::bytea[]) \
                  WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, n) \
-            RETURNING tx_id, seq, stream_version), \
-         notified AS (SELECT pg_notify($9, '') FROM (SELECT 1 FROM appended LIMIT 1) AS any_row) \
-         SELECT appended.tx_id, appended.seq, appended.stream_version \
-         FROM appended LEFT JOIN notified ON true ORDER BY appended.seq"
+            RETURNING tx_id, seq, stream_version) \
+         SELECT tx_id, seq, stream_version FROM appended ORDER BY seq"
     )
 }
 
@@ -269,14 +268,19 @@ impl PgEventStore {
             .connect_with(options)
             .await
             .map_err(from_sqlx)?;
+        let channel = config.channel();
+        let announcer = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|runtime| Announcer::spawn(&runtime, pool.clone(), channel.clone()));
         Ok(PgEventStore {
             inner: Arc::new(Inner {
                 pool,
-                channel: config.channel(),
+                channel,
                 config,
                 sql: Sql::new(),
                 wake: Arc::new(watch::channel(()).0),
                 listener: Mutex::new(None),
+                announcer: Mutex::new(announcer),
             }),
         })
     }
@@ -319,6 +323,9 @@ impl PgEventStore {
         if let Ok(mut listener) = self.inner.listener.lock() {
             listener.take();
         }
+        if let Ok(mut announcer) = self.inner.announcer.lock() {
+            announcer.take();
+        }
         self.inner.pool.close().await;
     }
 
@@ -327,6 +334,20 @@ impl PgEventStore {
     pub fn wake_receiver(&self) -> watch::Receiver<()> {
         self.ensure_listener();
         self.inner.wake.subscribe()
+    }
+
+    /// Tells subscribers that events were committed: this process's at once, others through
+    /// a `NOTIFY` that the announcer sends after the commit.
+    fn announce(&self, results: &[AppendResult]) {
+        if results.iter().all(|r| r.positions.is_empty()) {
+            return;
+        }
+        self.inner.wake.send_replace(());
+        if let Ok(announcer) = self.inner.announcer.lock() {
+            if let Some(announcer) = announcer.as_ref() {
+                announcer.announce();
+            }
+        }
     }
 
     fn ensure_listener(&self) {
@@ -392,6 +413,7 @@ impl PgEventStore {
         };
         let value = work(&mut tx, &results).await.map_err(from_user)?;
         tx.commit().await.map_err(from_sqlx)?;
+        self.announce(&results);
         Ok(Some((results, value)))
     }
 
@@ -470,8 +492,7 @@ impl PgEventStore {
             .bind(&columns.types)
             .bind(&columns.schema_versions)
             .bind(&columns.payloads)
-            .bind(&columns.metadata)
-            .bind(&self.inner.channel);
+            .bind(&columns.metadata);
         if let ExpectedVersion::Exact(version) = expected {
             if version > 0 {
                 query = query.bind(to_i64(version, "expected version")?);
@@ -660,12 +681,16 @@ impl EventStore for PgEventStore {
             let append = appends.remove(0);
             let mut conn = self.inner.pool.acquire().await.map_err(from_sqlx)?;
             let result = self.append_on(&mut conn, append, false).await?;
-            return Ok(CommitOutcome::Committed(vec![result]));
+            drop(conn);
+            let results = vec![result];
+            self.announce(&results);
+            return Ok(CommitOutcome::Committed(results));
         }
         let mut tx = self.inner.pool.begin().await.map_err(from_sqlx)?;
         match self.commit_in(&mut tx, unit).await? {
             Some(results) => {
                 tx.commit().await.map_err(from_sqlx)?;
+                self.announce(&results);
                 Ok(CommitOutcome::Committed(results))
             }
             None => {
