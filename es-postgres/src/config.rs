@@ -48,6 +48,10 @@ pub struct PgConfig {
     /// Default 1 s. Subscriptions never wait this way: they deliver what is safe and are woken
     /// when more is.
     pub read_settle: Duration,
+    /// Whether appends announce themselves with a `NOTIFY` for subscribers in other processes.
+    /// Subscribers in the appending process are woken directly either way; with `false`,
+    /// others learn of new events by polling (`poll_interval`). Default `true`.
+    pub notify: bool,
 }
 
 impl Default for PgConfig {
@@ -61,6 +65,7 @@ impl Default for PgConfig {
             page_size: 1000,
             poll_interval: Duration::from_secs(1),
             read_settle: Duration::from_secs(1),
+            notify: true,
         }
     }
 }

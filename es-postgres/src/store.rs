@@ -271,6 +271,7 @@ impl PgEventStore {
         let channel = config.channel();
         let announcer = tokio::runtime::Handle::try_current()
             .ok()
+            .filter(|_| config.notify)
             .map(|runtime| Announcer::spawn(&runtime, pool.clone(), channel.clone()));
         Ok(PgEventStore {
             inner: Arc::new(Inner {
@@ -304,7 +305,34 @@ impl PgEventStore {
         MIGRATOR.run(&self.inner.pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(e) => from_sqlx(e),
             other => Error::backend(BACKEND, other),
-        })
+        })?;
+        self.check_transaction_ids().await
+    }
+
+    /// Refuses a log whose stored transaction ids are ahead of the cluster's: that happens when
+    /// events are restored from a logical dump into another cluster, and new events would then
+    /// sort before old ones, behind every reader's checkpoint.
+    async fn check_transaction_ids(&self) -> Result<()> {
+        let (stored, next): (Option<i64>, i64) = sqlx::query_as(
+            "SELECT (SELECT max(tx_id) FROM events), \
+             pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+        )
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?;
+        match stored {
+            Some(stored) if stored >= next => Err(Error::backend(
+                BACKEND,
+                format!(
+                    "the events of schema `{}` carry transaction ids up to {stored}, but this \
+                     cluster's next transaction id is {next}: the log was restored from another \
+                     cluster, and new events would sort before old ones (see the crate's \
+                     operations notes)",
+                    self.inner.config.schema
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The pool, for the application's own queries (its connections use this store's schema

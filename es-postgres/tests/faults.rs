@@ -11,11 +11,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use es_core::testing::sample_event;
+use es_core::{BoxError, RecordedEvent};
 use es_core::{
     Error, EventStore, EventSubscription, ExpectedVersion, Position, StreamFilter, StreamId,
 };
-use es_postgres::{PgConfig, PgEventStore};
+use es_postgres::{PgConfig, PgEventStore, PgProjection, PgProjectionRunner};
 use futures_util::StreamExt;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// Reads `count` events from `subscription`, checking order and uniqueness; returns their ids
@@ -87,8 +89,29 @@ async fn append_until_ok(store: &PgEventStore, stream: &StreamId, n: u64) -> Uui
     }
 }
 
+/// Counts events and logs their ids: a lost or doubled effect shows.
+struct Counter;
+
+#[async_trait::async_trait]
+impl PgProjection for Counter {
+    fn name(&self) -> &str {
+        "counter"
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError> {
+        sqlx::query("UPDATE counted SET n = n + 1")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("INSERT INTO counted_ids VALUES ($1)")
+            .bind(event.event_id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscription_survives_its_connections_being_terminated() {
+async fn a_subscription_and_a_projection_survive_their_connections_being_terminated() {
     let schema = common::schema_name("kill");
     let app = format!("es-kill-{}", &Uuid::new_v4().simple().to_string()[..8]);
     let mut config = PgConfig::new(schema.clone());
@@ -98,6 +121,25 @@ async fn a_subscription_survives_its_connections_being_terminated() {
     // The writer and the killer use another application name, so they survive the kills.
     let writer = common::store_with(PgConfig::new(schema)).await;
     let stream = StreamId::new("kill-1").unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE counted (n bigint NOT NULL); INSERT INTO counted VALUES (0); \
+         CREATE TABLE counted_ids (event_id uuid NOT NULL);",
+    )
+    .execute(writer.pool())
+    .await
+    .unwrap();
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let projection = {
+        let runner = PgProjectionRunner::new(reader.clone()).with_batch_size(7);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            runner
+                .run(std::sync::Arc::new(Counter), async move {
+                    stop.notified().await
+                })
+                .await
+        })
+    };
 
     let mut subscription = reader.subscribe(StreamFilter::All, Position::START);
     let (mut last, mut seen, mut written) = (Position::START, HashSet::new(), HashSet::new());
@@ -126,6 +168,32 @@ async fn a_subscription_survives_its_connections_being_terminated() {
     assert_eq!(seen, written, "every event delivered once, none lost");
     let extra = tokio::time::timeout(Duration::from_millis(500), subscription.next()).await;
     assert!(extra.is_err(), "nothing more: {extra:?}");
+
+    let counted = || async {
+        sqlx::query_as::<_, (i64, i64, i64)>(
+            "SELECT (SELECT n FROM counted), (SELECT count(*) FROM counted_ids), \
+             (SELECT count(DISTINCT event_id) FROM counted_ids)",
+        )
+        .fetch_one(writer.pool())
+        .await
+        .unwrap()
+    };
+    let total = written.len() as i64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while counted().await.0 < total {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the projection catches up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.notify_one();
+    projection.await.unwrap();
+    assert_eq!(
+        counted().await,
+        (total, total, total),
+        "each event counted exactly once"
+    );
     drop(subscription);
     reader.close().await;
     common::drop_schema(&writer).await;

@@ -297,3 +297,24 @@ async fn health_reports_the_head_checkpoint_lag_and_the_oldest_write_transaction
     assert_eq!(health.checkpoints[1].events_behind, 1);
     common::drop_schema(&store).await;
 }
+
+#[tokio::test]
+async fn a_log_whose_transaction_ids_are_ahead_of_the_cluster_is_refused() {
+    let store = common::store("restored").await;
+    // What a logical restore from an older, busier cluster looks like.
+    sqlx::query(
+        "INSERT INTO events (tx_id, stream_id, stream_version, category, event_id, event_type, \
+         schema_version, payload, metadata) \
+         VALUES (9000000000000, 'old-1', 1, 'old', $1, 'Old', 1, '\\x7b7d', '\\x7b7d')",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let refused = store.migrate().await.unwrap_err();
+    assert!(
+        matches!(refused, Error::Backend { .. }) && refused.to_string().contains("restored"),
+        "got {refused:?}"
+    );
+    common::drop_schema(&store).await;
+}
