@@ -343,7 +343,7 @@ pub(crate) async fn start(
         .consume(
             &backends.bus,
             consumer,
-            crate::events::all_routing_keys(),
+            crate::events::bindings("analytics"),
             handler,
         )
         .await?;

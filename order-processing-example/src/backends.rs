@@ -15,7 +15,7 @@ pub enum StartError {
     /// A single service cannot hear the others without a broker.
     #[error("the {0} service on its own needs a message broker: pass --amqp-url (or set AMQP_URL); to run without one, use `order-processing all`")]
     NeedsBroker(&'static str),
-    /// A backend URL was given but this build cannot use it yet.
+    /// A setting can never work (a malformed URL, say).
     #[error("{0}")]
     Unsupported(String),
     /// A port could not be bound.
@@ -96,19 +96,73 @@ impl Backends {
     }
 
     /// The backends `settings` ask for: each URL switches its part to the real backend.
+    ///
+    /// PostgreSQL is connected (and migrated) before this returns, retrying with backoff and
+    /// logging which URL failed and why while it cannot; RabbitMQ and Redis connect on first
+    /// use and reconnect by themselves, so they are only checked by `/health`.
     pub async fn from_settings(settings: &Settings) -> Result<Self, StartError> {
+        Self::from_settings_until(settings, std::future::pending()).await
+    }
+
+    /// [`from_settings`](Self::from_settings), giving up when `give_up` completes.
+    pub async fn from_settings_until(
+        settings: &Settings,
+        give_up: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<Self, StartError> {
         let mut backends = Self::embedded();
         backends.queue_prefix = settings.queue_prefix.clone();
-        let unsupported = [
-            ("--database-url", settings.database_url.is_some()),
-            ("--amqp-url", settings.amqp_url.is_some()),
-            ("--redis-url", settings.redis_url.is_some()),
-        ];
-        if let Some((flag, _)) = unsupported.iter().find(|(_, given)| *given) {
-            return Err(StartError::Unsupported(format!(
-                "{flag} is not supported by this build yet; run without it for the embedded backends"
-            )));
+        let real = settings.database_url.is_some()
+            || settings.amqp_url.is_some()
+            || settings.redis_url.is_some();
+        let mut health = Health::default();
+        if let Some(url) = &settings.database_url {
+            let store = connect_postgres(url, &settings.database_schema, give_up).await?;
+            let pg: Arc<dyn EventStore> = Arc::new(store.clone());
+            health = health.with("eventStore", store_probe(pg.clone()));
+            backends.idempotency = Arc::new(es_postgres::PgIdempotencyStore::new(&store));
+            backends.store = pg;
+            backends.checkpoints = Arc::new(store.clone());
+            backends.sagas = Arc::new(store);
+        } else {
+            health = health.with("eventStore", store_probe(backends.store.clone()));
         }
+        if let Some(url) = &settings.amqp_url {
+            let bus = es_rabbitmq::AmqpEventBus::new(amqp_config(url, settings));
+            let probe = bus.clone();
+            health = health.with(
+                "eventBus",
+                Arc::new(move || {
+                    let bus = probe.clone();
+                    Box::pin(async move { bus.check().await.map_err(|e| e.to_string()) })
+                }),
+            );
+            backends.bus = Arc::new(bus);
+        } else {
+            health = health.with("eventBus", always_healthy());
+        }
+        if let Some(url) = &settings.redis_url {
+            let config = es_redis::RedisConfig::new(url.clone())
+                .with_key_prefix(settings.redis_prefix.clone());
+            let redis = es_redis::RedisConnection::lazy(config).map_err(|e| {
+                StartError::Unsupported(format!("bad Redis settings ({}): {e}", redact(url)))
+            })?;
+            let probe = redis.clone();
+            health = health.with(
+                "cache",
+                Arc::new(move || {
+                    let redis = probe.clone();
+                    Box::pin(async move { redis.ping().await.map_err(|e| e.to_string()) })
+                }),
+            );
+            backends.cache = Some(Arc::new(es_redis::RedisCache::new(redis.clone())));
+            backends.idempotency = Arc::new(es_redis::RedisIdempotencyStore::new(redis));
+        } else if real {
+            // An in-process cache would go stale beside other processes: read the store.
+            backends.cache = None;
+        } else {
+            health = health.with("cache", always_healthy());
+        }
+        backends.health = health;
         Ok(backends)
     }
 
@@ -127,4 +181,97 @@ fn store_probe(store: Arc<dyn EventStore>) -> HealthProbe {
         let store = store.clone();
         Box::pin(async move { store.head().await.map(|_| ()).map_err(|e| e.to_string()) })
     })
+}
+
+/// The RabbitMQ settings: the contract's exchange, every service's queue declared up front (so
+/// no event waits on a consumer to start), and the contract's routing keys.
+fn amqp_config(url: &str, settings: &Settings) -> es_rabbitmq::AmqpConfig {
+    let mut topology = es_rabbitmq::Topology::new(settings.exchange.clone());
+    for service in crate::service::ServiceKind::ALL {
+        let name = service.name();
+        topology = topology.with_queue(
+            format!("{}{name}-service", settings.queue_prefix),
+            crate::events::bindings(name),
+        );
+    }
+    if let Some(expires) = settings.queue_expires {
+        topology = topology.with_queue_expires(expires);
+    }
+    es_rabbitmq::AmqpConfig::new(url.to_owned(), settings.exchange.clone())
+        .with_connection_name(format!("order-processing-{}", std::process::id()))
+        .with_topology(topology)
+        .with_router(crate::events::router())
+        // A service's internal events are relayed too; no queue binds them.
+        .with_unroutable(es_rabbitmq::Unroutable::Ignore)
+}
+
+/// Connects to PostgreSQL and applies the migrations, retrying with backoff until it works
+/// or `give_up` completes; a URL that can never work fails at once.
+async fn connect_postgres(
+    url: &str,
+    schema: &str,
+    give_up: impl std::future::Future<Output = ()> + Send,
+) -> Result<es_postgres::PgEventStore, StartError> {
+    tokio::pin!(give_up);
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        let mut config = es_postgres::PgConfig::new(schema);
+        config.application_name = "order-processing".into();
+        config.max_connections = 16;
+        let attempt = async {
+            let store = es_postgres::PgEventStore::connect(url, config).await?;
+            store.migrate().await?;
+            Ok::<_, es_core::Error>(store)
+        };
+        match attempt.await {
+            Ok(store) => return Ok(store),
+            Err(es_core::Error::InvalidInput(problem)) => {
+                return Err(StartError::Unsupported(format!(
+                    "bad PostgreSQL settings ({}): {problem}",
+                    redact(url)
+                )))
+            }
+            Err(error) => {
+                tracing::error!(url = %redact(url), %error, retry_in = ?backoff, "cannot reach PostgreSQL; retrying");
+            }
+        }
+        tokio::select! {
+            _ = &mut give_up => return Err(StartError::Unsupported("gave up connecting to PostgreSQL".into())),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+    }
+}
+
+/// The URL with its password hidden, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden_in_logged_urls() {
+        assert_eq!(
+            redact("postgres://postgres:secret@127.0.0.1:5432/db"),
+            "postgres://postgres:***@127.0.0.1:5432/db"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
 }

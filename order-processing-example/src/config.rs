@@ -89,8 +89,16 @@ pub struct Settings {
     #[arg(long, env = "QUEUE_PREFIX", default_value = "", global = true)]
     pub queue_prefix: String,
     /// The PostgreSQL schema holding the event store's tables.
-    #[arg(long, env = "DATABASE_SCHEMA", default_value = "public", global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_SCHEMA",
+        default_value = "order_processing",
+        global = true
+    )]
     pub database_schema: String,
+    /// Lets RabbitMQ delete the queues after this long unused (for test systems).
+    #[arg(long, env = "AMQP_QUEUE_EXPIRES", value_parser = parse_duration, global = true, hide = true)]
+    pub queue_expires: Option<Duration>,
     /// Prefixed to every Redis key.
     #[arg(
         long,
@@ -117,7 +125,8 @@ impl Default for Settings {
             order_timeout: Duration::from_secs(30),
             exchange: "order-processing-events".into(),
             queue_prefix: String::new(),
-            database_schema: "public".into(),
+            database_schema: "order_processing".into(),
+            queue_expires: None,
             redis_prefix: "order-processing:".into(),
         }
     }

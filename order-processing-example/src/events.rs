@@ -44,6 +44,28 @@ pub fn all_routing_keys() -> Vec<String> {
         .collect()
 }
 
+/// The routing keys each service's queue binds, by service name.
+pub fn bindings(service: &str) -> Vec<String> {
+    let keys: &[&str] = match service {
+        "order" => &[
+            "order.placed",
+            "inventory.reserved",
+            "inventory.failed",
+            "payment.processed",
+            "payment.failed",
+        ],
+        "inventory" => &[
+            "order.placed",
+            "order.confirmed",
+            "order.cancelled",
+            "payment.failed",
+        ],
+        "payment" => &["inventory.reserved"],
+        _ => return all_routing_keys(),
+    };
+    keys.iter().map(|key| (*key).to_owned()).collect()
+}
+
 /// The routing key of a wire event type, `None` for an event that stays inside its service.
 pub fn routing_key_of(event_type: &str) -> Option<&'static str> {
     WIRE_EVENTS

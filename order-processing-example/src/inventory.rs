@@ -854,12 +854,7 @@ pub(crate) async fn start(
         .consume(
             &backends.bus,
             consumer,
-            vec![
-                "order.placed".into(),
-                "order.confirmed".into(),
-                "order.cancelled".into(),
-                "payment.failed".into(),
-            ],
+            crate::events::bindings("inventory"),
             handler,
         )
         .await?;

@@ -260,7 +260,7 @@ pub(crate) async fn start(
         .consume(
             &backends.bus,
             consumer,
-            crate::events::all_routing_keys(),
+            crate::events::bindings("notification"),
             handler,
         )
         .await?;

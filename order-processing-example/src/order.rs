@@ -1007,13 +1007,7 @@ pub(crate) async fn start(
         .consume(
             &backends.bus,
             backends.consumer("order"),
-            vec![
-                "order.placed".into(),
-                "inventory.reserved".into(),
-                "inventory.failed".into(),
-                "payment.processed".into(),
-                "payment.failed".into(),
-            ],
+            crate::events::bindings("order"),
             Arc::new(saga.clone()),
         )
         .await?;

@@ -281,7 +281,7 @@ pub(crate) async fn start(
         .consume(
             &backends.bus,
             consumer,
-            vec!["inventory.reserved".into()],
+            crate::events::bindings("payment"),
             handler,
         )
         .await?;

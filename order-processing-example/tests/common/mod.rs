@@ -11,6 +11,78 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod scenarios;
+
+/// One `#[tokio::test]` per scenario, on the given backend.
+#[macro_export]
+macro_rules! scenario_tests {
+    ($backend:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                common::scenarios::$name($backend).await
+            }
+        )*
+    };
+}
+
+/// Which backends a test system runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// In memory.
+    Embedded,
+    /// PostgreSQL, RabbitMQ and Redis, isolated by names.
+    Real,
+}
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Settings on the real backends with names no other test uses.
+pub fn isolated(mut settings: Settings) -> Settings {
+    let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    settings.database_url = Some(database_url());
+    settings.amqp_url = Some(amqp_url());
+    settings.redis_url = Some(redis_url());
+    settings.database_schema = format!("op_test_{suffix}");
+    settings.exchange = format!("op-test-{suffix}");
+    settings.queue_prefix = format!("op-test-{suffix}-");
+    settings.redis_prefix = format!("op-test-{suffix}:");
+    settings.queue_expires = Some(Duration::from_secs(120));
+    settings
+}
+
+/// Backends for `settings`, failing the test with a way out when a service does not answer.
+pub async fn connect(settings: &Settings) -> Backends {
+    let give_up = tokio::time::sleep(Duration::from_secs(15));
+    let backends = Backends::from_settings_until(settings, give_up)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: start PostgreSQL or set DATABASE_URL (now {})",
+                database_url()
+            )
+        });
+    let (healthy, entries) = backends.health.check().await;
+    assert!(
+        healthy,
+        "a backend does not answer: {entries}; start RabbitMQ and Redis or set AMQP_URL ({}) and REDIS_URL ({})",
+        amqp_url(),
+        redis_url()
+    );
+    backends
+}
+
 pub const LAPTOP: &str = "11111111-1111-1111-1111-111111111111";
 pub const MOUSE: &str = "22222222-2222-2222-2222-222222222222";
 pub const KEYBOARD: &str = "33333333-3333-3333-3333-333333333333";
@@ -27,6 +99,17 @@ impl System {
     /// All five services on the embedded backends.
     pub async fn embedded() -> System {
         Self::embedded_with(Settings::default(), &ServiceKind::ALL).await
+    }
+
+    pub async fn launch(backend: Backend, settings: Settings, kinds: &[ServiceKind]) -> System {
+        match backend {
+            Backend::Embedded => Self::embedded_with(settings, kinds).await,
+            Backend::Real => {
+                let settings = isolated(settings);
+                let backends = connect(&settings).await;
+                Self::start(backends, settings, kinds).await
+            }
+        }
     }
 
     pub async fn embedded_with(settings: Settings, kinds: &[ServiceKind]) -> System {
