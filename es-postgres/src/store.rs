@@ -465,6 +465,20 @@ impl PgEventStore {
                 return Ok(None);
             }
         }
+        if unit.appends.len() > 1 {
+            // Lock the existing streams in one order, so two units touching the same streams
+            // in opposite orders wait for each other instead of deadlocking.
+            let mut streams: Vec<&str> =
+                unit.appends.iter().map(|a| a.stream_id.as_str()).collect();
+            streams.sort_unstable();
+            sqlx::query(
+                "SELECT 1 FROM streams WHERE stream_id = ANY($1) ORDER BY stream_id FOR UPDATE",
+            )
+            .bind(&streams)
+            .execute(&mut *conn)
+            .await
+            .map_err(from_sqlx)?;
+        }
         let mut results = Vec::with_capacity(unit.appends.len());
         for append in unit.appends {
             results.push(self.append_on(&mut *conn, append, true).await?);
@@ -703,6 +717,9 @@ pub(crate) async fn save_checkpoint(
 impl EventStore for PgEventStore {
     async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome> {
         unit.validate()?;
+        if unit.inbox.is_none() && unit.checkpoint.is_none() && unit.appends.is_empty() {
+            return Ok(CommitOutcome::Committed(Vec::new()));
+        }
         if unit.inbox.is_none() && unit.checkpoint.is_none() && unit.appends.len() == 1 {
             // The common case needs no explicit transaction: one statement, one round trip.
             let mut appends = unit.appends;

@@ -122,3 +122,50 @@ async fn racing_writers_with_retries_all_land_in_one_gapless_stream() {
     assert!(conflicts > 0, "the writers did race");
     common::drop_schema(&store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn units_touching_the_same_streams_in_opposite_orders_do_not_deadlock() {
+    let store = common::store("order").await;
+    let (a, b) = (
+        StreamId::new("pair-a").unwrap(),
+        StreamId::new("pair-b").unwrap(),
+    );
+    store
+        .append_many(vec![
+            es_core::StreamAppend::new(a.clone(), ExpectedVersion::Any, vec![sample_event("A", 0)]),
+            es_core::StreamAppend::new(b.clone(), ExpectedVersion::Any, vec![sample_event("B", 0)]),
+        ])
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (store, a, b) = (store.clone(), a.clone(), b.clone());
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    let (first, second) = if t % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                    store
+                        .append_many(vec![
+                            es_core::StreamAppend::new(
+                                first.clone(),
+                                ExpectedVersion::Any,
+                                vec![sample_event("X", t * 100 + i)],
+                            ),
+                            es_core::StreamAppend::new(
+                                second.clone(),
+                                ExpectedVersion::Any,
+                                vec![sample_event("Y", t * 100 + i)],
+                            ),
+                        ])
+                        .await
+                        .expect("no deadlock, no conflict for `Any`");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(store.stream_version(&a).await.unwrap(), Some(161));
+    assert_eq!(store.stream_version(&b).await.unwrap(), Some(161));
+    common::drop_schema(&store).await;
+}
