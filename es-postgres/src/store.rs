@@ -835,6 +835,9 @@ impl EventStore for PgEventStore {
     }
 }
 
+/// How long one subscription read keeps polling while newer events are held back.
+const HELD_BACK_POLL_LIMIT: Duration = Duration::from_secs(30);
+
 /// The store as a subscription reads it: `read_all` hands out what is safe at once, and when
 /// nothing is yet but newer events are held back by an older running transaction, polls briefly
 /// until that transaction ends (its commit may not notify, e.g. when it wrote no event).
@@ -868,9 +871,15 @@ impl EventStore for SubscriptionReader {
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        let wait = self.store.inner.config.poll_interval;
+        // Polls (every 50 ms at most) for as long as something is held back: the end of the
+        // holding transaction may announce nothing. The bound only keeps one read finite.
         self.store
-            .read_all_settled(filter, after, limit, Settle::WhileEmpty(wait))
+            .read_all_settled(
+                filter,
+                after,
+                limit,
+                Settle::WhileEmpty(HELD_BACK_POLL_LIMIT),
+            )
             .await
     }
 

@@ -134,3 +134,60 @@ async fn a_subscriber_sees_every_event_once_in_order_while_commits_land_out_of_o
     assert_eq!(paged, seen, "read_all pages agree with the subscription");
     common::drop_schema(&store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_waits_for_an_older_open_transaction_and_resumes_as_soon_as_it_ends() {
+    let mut config = PgConfig::new(common::schema_name("held"));
+    // Far longer than the test: what it sees cannot come from the fallback poll.
+    config.poll_interval = Duration::from_secs(30);
+    config.read_settle = Duration::ZERO;
+    let store = common::store_with(config).await;
+    let mut subscription = store.subscribe(StreamFilter::All, Position::START);
+
+    // A write transaction that began before the append and is still open.
+    let mut blocker = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let event = sample_event("Late", 1);
+    let id = event.event_id;
+    store
+        .append(
+            &StreamId::new("held-1").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![event],
+        )
+        .await
+        .unwrap();
+
+    let early = tokio::time::timeout(Duration::from_millis(400), subscription.next()).await;
+    assert!(
+        early.is_err(),
+        "nothing is handed out while an older transaction may still write: {early:?}"
+    );
+    assert!(
+        store
+            .read_all(&StreamFilter::All, Position::START, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "read_all holds it back too"
+    );
+
+    // The blocker ends without appending, so no notification announces it.
+    blocker.rollback().await.unwrap();
+    let ended = Instant::now();
+    let delivered = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+        .await
+        .expect("delivered once the blocker ends")
+        .expect("a subscription does not end")
+        .expect("reads succeed");
+    assert_eq!(delivered.event_id, id);
+    assert!(
+        ended.elapsed() < Duration::from_secs(1),
+        "delivered within milliseconds, not a poll interval: {:?}",
+        ended.elapsed()
+    );
+    common::drop_schema(&store).await;
+}
