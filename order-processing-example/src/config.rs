@@ -97,7 +97,7 @@ pub struct Settings {
     )]
     pub database_schema: String,
     /// Lets RabbitMQ delete the queues after this long unused (for test systems).
-    #[arg(long, env = "AMQP_QUEUE_EXPIRES", value_parser = parse_duration, global = true, hide = true)]
+    #[arg(long = "amqp-queue-expires", env = "AMQP_QUEUE_EXPIRES", value_parser = parse_duration, global = true, hide = true)]
     pub queue_expires: Option<Duration>,
     /// Prefixed to every Redis key.
     #[arg(

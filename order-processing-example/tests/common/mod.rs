@@ -92,7 +92,30 @@ pub struct System {
     urls: HashMap<ServiceKind, String>,
     shutdown: Shutdown,
     tasks: Vec<JoinHandle<()>>,
+    /// The PostgreSQL schema to drop when the system stops.
+    schema: Option<String>,
     pub client: reqwest::Client,
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Drops a test's schema.
+pub async fn drop_schema(schema: &str) {
+    match sqlx::PgPool::connect(&database_url()).await {
+        Ok(pool) => {
+            let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+            if let Err(error) = sqlx::query(&drop).execute(&pool).await {
+                eprintln!("cannot drop schema {schema}: {error}");
+            }
+            pool.close().await;
+        }
+        Err(error) => eprintln!("cannot drop schema {schema}: {error}"),
+    }
 }
 
 impl System {
@@ -107,7 +130,10 @@ impl System {
             Backend::Real => {
                 let settings = isolated(settings);
                 let backends = connect(&settings).await;
-                Self::start(backends, settings, kinds).await
+                let schema = settings.database_schema.clone();
+                let mut system = Self::start(backends, settings, kinds).await;
+                system.schema = Some(schema);
+                system
             }
         }
     }
@@ -136,10 +162,19 @@ impl System {
             urls,
             shutdown,
             tasks,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client"),
+            schema: None,
+            client: client(),
+        }
+    }
+
+    /// A system of processes started elsewhere, reached at `urls`.
+    pub fn at(urls: HashMap<ServiceKind, String>) -> System {
+        System {
+            urls,
+            shutdown: Shutdown::new(),
+            tasks: Vec::new(),
+            schema: None,
+            client: client(),
         }
     }
 
@@ -216,6 +251,9 @@ impl System {
         self.shutdown.trigger();
         for task in self.tasks {
             task.await.expect("service task");
+        }
+        if let Some(schema) = self.schema {
+            drop_schema(&schema).await;
         }
     }
 }

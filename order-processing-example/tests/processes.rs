@@ -1,0 +1,321 @@
+//! The system as five processes of the `order-processing` binary on PostgreSQL, RabbitMQ and
+//! Redis: the flow across processes, a service killed with SIGKILL mid-flow and restarted, an
+//! undecodable message on the exchange, graceful shutdown, and a lone service with no broker.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use es_core::DeadLetterQueue;
+use order_processing_example::{ServiceKind, Settings};
+use tokio::process::{Child, Command};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_order-processing");
+
+/// Five service processes sharing one isolated set of names on the real backends.
+struct Cluster {
+    settings: Settings,
+    ports: HashMap<ServiceKind, u16>,
+    children: HashMap<ServiceKind, Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+impl Cluster {
+    async fn start(settings: Settings) -> Cluster {
+        let settings = isolated(settings);
+        // Fail early, with a way out, when a backend is missing.
+        drop(connect(&settings).await);
+        let ports = ServiceKind::ALL.iter().map(|&k| (k, free_port())).collect();
+        let mut cluster = Cluster {
+            settings,
+            ports,
+            children: HashMap::new(),
+        };
+        for kind in ServiceKind::ALL {
+            cluster.spawn(kind);
+        }
+        for kind in ServiceKind::ALL {
+            cluster.wait_healthy(kind).await;
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, kind: ServiceKind) {
+        let s = &self.settings;
+        let port_flag = format!("--{}-port", kind.name());
+        let child = Command::new(BINARY)
+            .arg(kind.name())
+            .args([
+                "--database-url",
+                s.database_url.as_deref().unwrap_or_default(),
+            ])
+            .args(["--amqp-url", s.amqp_url.as_deref().unwrap_or_default()])
+            .args(["--redis-url", s.redis_url.as_deref().unwrap_or_default()])
+            .args(["--database-schema", &s.database_schema])
+            .args(["--exchange", &s.exchange])
+            .args(["--queue-prefix", &s.queue_prefix])
+            .args(["--redis-prefix", &s.redis_prefix])
+            .args(["--amqp-queue-expires", "120s"])
+            .args([
+                "--order-timeout",
+                &format!("{}ms", s.order_timeout.as_millis()),
+            ])
+            .args([port_flag.as_str(), &self.ports[&kind].to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the order-processing binary");
+        self.children.insert(kind, child);
+    }
+
+    async fn wait_healthy(&self, kind: ServiceKind) {
+        let url = format!("http://127.0.0.1:{}/health", self.ports[&kind]);
+        let client = client();
+        eventually(&format!("{} to be healthy", kind.name()), || async {
+            let response = client.get(&url).send().await.ok()?;
+            (response.status() == 200).then_some(())
+        })
+        .await;
+    }
+
+    fn system(&self) -> System {
+        System::at(
+            self.ports
+                .iter()
+                .map(|(&k, port)| (k, format!("http://127.0.0.1:{port}")))
+                .collect(),
+        )
+    }
+
+    async fn kill(&mut self, kind: ServiceKind) {
+        let mut child = self.children.remove(&kind).expect("a running service");
+        child.kill().await.expect("SIGKILL");
+    }
+
+    async fn stop(mut self) {
+        for (_, mut child) in self.children.drain() {
+            let _ = child.kill().await;
+        }
+        drop_schema(&self.settings.database_schema).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_processes_confirm_one_order_and_cancel_another() {
+    let cluster = Cluster::start(Settings::default()).await;
+    let system = cluster.system();
+    let customer = customer();
+    let paid = system.place(&customer, &[(LAPTOP, 1, "999.99")]).await;
+    let declined = system.place(&customer, &[(MONITOR, 50, "300.00")]).await;
+    assert_eq!(system.settled(&paid).await["status"], "Confirmed");
+    let cancelled = system.settled(&declined).await;
+    assert_eq!(
+        cancelled["cancellationReason"],
+        "payment declined: amount exceeds limit"
+    );
+    eventually("the monitors to come back", || async {
+        let monitor = system.product(MONITOR).await;
+        (monitor["availableQuantity"] == 50 && monitor["reservedQuantity"] == 0).then_some(())
+    })
+    .await;
+    eventually("four notifications", || async {
+        let (_, list) = system
+            .get(
+                ServiceKind::Notification,
+                &format!("/api/notifications/customer/{customer}"),
+            )
+            .await;
+        (list.as_array()?.len() == 4).then_some(())
+    })
+    .await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_killed_mid_flow_lose_nothing_and_do_nothing_twice() {
+    let mut cluster = Cluster::start(Settings::default()).await;
+    let system = cluster.system();
+    let customer = customer();
+    let mut orders = Vec::new();
+    for _ in 0..10 {
+        orders.push(system.place(&customer, &[(KEYBOARD, 1, "10.00")]).await);
+    }
+    // Kill the saga's home and the gateway while the orders are in flight, then more orders
+    // pile up in their queues before they come back.
+    cluster.kill(ServiceKind::Payment).await;
+    cluster.kill(ServiceKind::Order).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.spawn(ServiceKind::Order);
+    cluster.wait_healthy(ServiceKind::Order).await;
+    for _ in 0..10 {
+        orders.push(system.place(&customer, &[(KEYBOARD, 1, "10.00")]).await);
+    }
+    cluster.kill(ServiceKind::Inventory).await;
+    cluster.spawn(ServiceKind::Payment);
+    cluster.spawn(ServiceKind::Inventory);
+    cluster.wait_healthy(ServiceKind::Payment).await;
+    cluster.wait_healthy(ServiceKind::Inventory).await;
+
+    for order_id in &orders {
+        let order = system.settled(order_id).await;
+        assert_eq!(order["status"], "Confirmed", "{order}");
+        let (status, payment) = system
+            .get(
+                ServiceKind::Payment,
+                &format!("/api/payments/order/{order_id}"),
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(payment["status"], "Succeeded");
+    }
+    eventually("20 keyboards sold, none held", || async {
+        let keyboard = system.product(KEYBOARD).await;
+        (keyboard["availableQuantity"] == 180 && keyboard["reservedQuantity"] == 0).then_some(())
+    })
+    .await;
+    // Exactly one notification per order and kind, whatever was redelivered.
+    let list = eventually("40 notifications", || async {
+        let (_, list) = system
+            .get(
+                ServiceKind::Notification,
+                &format!("/api/notifications/customer/{customer}"),
+            )
+            .await;
+        (list.as_array()?.len() >= 40).then_some(list)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, list_after) = system
+        .get(
+            ServiceKind::Notification,
+            &format!("/api/notifications/customer/{customer}"),
+        )
+        .await;
+    assert_eq!(
+        list_after.as_array().map(Vec::len),
+        list.as_array().map(Vec::len)
+    );
+    assert_eq!(list.as_array().unwrap().len(), 40);
+    let (_, today) = system
+        .get(ServiceKind::Analytics, "/api/analytics/metrics/today")
+        .await;
+    assert_eq!(today["ordersPlaced"], 20, "{today}");
+    eventually("20 confirmations counted once", || async {
+        let (_, today) = system
+            .get(ServiceKind::Analytics, "/api/analytics/metrics/today")
+            .await;
+        (today["ordersConfirmed"] == 20).then_some(())
+    })
+    .await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_message_goes_to_the_dead_letter_queue_while_orders_complete() {
+    use lapin::options::BasicPublishOptions;
+    use lapin::BasicProperties;
+
+    let cluster = Cluster::start(Settings::default()).await;
+    let system = cluster.system();
+    let properties = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let connection = lapin::Connection::connect(&amqp_url(), properties)
+        .await
+        .expect("a raw AMQP connection");
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .basic_publish(
+            &cluster.settings.exchange,
+            "order.placed",
+            BasicPublishOptions::default(),
+            b"{this is not an event",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    let order_id = system.place(&customer(), &[(MOUSE, 2, "25.00")]).await;
+    assert_eq!(system.settled(&order_id).await["status"], "Confirmed");
+
+    let bus = es_rabbitmq::AmqpEventBus::new(es_rabbitmq::AmqpConfig::new(
+        amqp_url(),
+        cluster.settings.exchange.clone(),
+    ));
+    let inventory_queue = format!("{}inventory-service", cluster.settings.queue_prefix);
+    let dead = eventually("the dead letter", || async {
+        let dlq = bus_dead_letters(&bus, &inventory_queue).await;
+        (!dlq.is_empty()).then_some(dlq)
+    })
+    .await;
+    assert_eq!(&dead[0].body[..], b"{this is not an event");
+    assert!(dead[0].event.is_none());
+    // Every consumer bound to `order.placed` dead-lettered it, and still works.
+    for service in ["order", "notification", "analytics"] {
+        let queue = format!("{}{service}-service", cluster.settings.queue_prefix);
+        assert_eq!(bus_dead_letters(&bus, &queue).await.len(), 1, "{queue}");
+    }
+    let later = system.place(&customer(), &[(MOUSE, 1, "25.00")]).await;
+    assert_eq!(system.settled(&later).await["status"], "Confirmed");
+    let _ = connection.close(0, "done").await;
+    cluster.stop().await;
+}
+
+async fn bus_dead_letters(
+    bus: &es_rabbitmq::AmqpEventBus,
+    queue: &str,
+) -> Vec<es_core::DeadLetter> {
+    bus.dead_letters(queue, 10).await.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_service_cleanly() {
+    let mut cluster = Cluster::start(Settings::default()).await;
+    let mut child = cluster
+        .children
+        .remove(&ServiceKind::Analytics)
+        .expect("analytics");
+    let pid = child.id().expect("a pid");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the service to exit within 10 s")
+        .expect("an exit status");
+    assert!(exit.success(), "{exit:?}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_service_without_a_broker_exits_at_once_saying_why() {
+    let output = tokio::time::timeout(
+        Duration::from_secs(10),
+        Command::new(BINARY)
+            .arg("payment")
+            .env_remove("AMQP_URL")
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .output(),
+    )
+    .await
+    .expect("it exits at once")
+    .expect("it runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--amqp-url"), "{stderr}");
+}
