@@ -310,7 +310,10 @@ async fn run_consumer(
     loop {
         let (channel, consumer) = match current.take() {
             Some(opened) => opened,
-            None => match open_consumer(&inner, &subscription).await {
+            None => match tokio::select! {
+                _ = stopped(&mut stop) => return,
+                opened = open_consumer(&inner, &subscription) => opened,
+            } {
                 Ok(opened) => {
                     tracing::info!(consumer = %subscription.consumer, "consumer resumed");
                     backoff = policy.initial_backoff;

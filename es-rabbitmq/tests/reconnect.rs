@@ -117,3 +117,86 @@ async fn the_bus_reconnects_after_the_broker_closes_its_connection_and_loses_not
     handle.stop().await;
     common::cleanup(&bus, &[&consumer]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_cut_off_by_a_lost_connection_is_reported_failed_never_sent() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let category = common::category();
+    let consumer = common::unique("inflight");
+    let mut config = common::config("inflight");
+    config.topology = config
+        .topology
+        .clone()
+        .with_queue(&consumer, [format!("{category}.#")]);
+    let name = config.connection_name.clone();
+    let bus = common::connect(config).await;
+
+    let closed = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let bus = bus.clone();
+        let closed = closed.clone();
+        let category = category.clone();
+        tokio::spawn(async move {
+            // (event ids, whether publish said Ok) per batch.
+            let mut outcomes: Vec<(Vec<Uuid>, bool)> = Vec::new();
+            let mut ok_after_close = 0;
+            let mut n = 0;
+            while ok_after_close < 5 {
+                assert!(outcomes.len() < 2_000, "publishing never recovered");
+                let batch: Vec<_> = (0..200)
+                    .map(|_| {
+                        n += 1;
+                        common::event(&category, "Placed", n)
+                    })
+                    .collect();
+                let was_closed = closed.load(Ordering::SeqCst);
+                let ok = bus.publish(&batch).await.is_ok();
+                if ok && was_closed {
+                    ok_after_close += 1;
+                }
+                if !ok {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                outcomes.push((batch.iter().map(|e| e.event_id).collect(), ok));
+            }
+            outcomes
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pids = connection_pids(&name);
+    assert_eq!(pids.len(), 1, "the bus has one connection named {name}");
+    close_connection(&pids[0]);
+    closed.store(true, Ordering::SeqCst);
+    let outcomes = publisher.await.expect("publisher task");
+
+    let recorder = Recorder::new();
+    let handle = bus
+        .subscribe(
+            Subscription::new(&consumer, [format!("{category}.#")]).with_prefetch(256),
+            recorder.clone(),
+        )
+        .await
+        .unwrap();
+    let confirmed: Vec<Uuid> = outcomes
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .flat_map(|(ids, _)| ids.iter().copied())
+        .collect();
+    let arrived = common::eventually(Duration::from_secs(30), || async {
+        let handled: HashSet<Uuid> = recorder.handled().iter().map(|e| e.event_id).collect();
+        confirmed.iter().all(|id| handled.contains(id))
+    })
+    .await;
+    let failed = outcomes.iter().filter(|(_, ok)| !*ok).count();
+    eprintln!(
+        "{} batches, {failed} reported failed, {} messages confirmed, {} received",
+        outcomes.len(),
+        confirmed.len(),
+        recorder.handled_count()
+    );
+    assert!(arrived, "every message reported sent is in the queue");
+    handle.stop().await;
+    common::cleanup(&bus, &[&consumer]).await;
+}
