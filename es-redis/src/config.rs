@@ -1,5 +1,6 @@
 //! [`RedisConfig`]: where Redis is, how keys are named, how long a call may take.
 
+use std::fmt;
 use std::time::Duration;
 
 /// The standard local Redis, used when nothing else is configured.
@@ -26,7 +27,7 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 /// };
 /// assert_eq!(same.url, config.url);
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// The server's URL (`redis://[user:password@]host:port[/db]`, `rediss://` for TLS when
     /// the redis crate is built with it). With [`cluster`](Self::cluster) on, a comma-separated
@@ -46,6 +47,39 @@ pub struct RedisConfig {
     /// slot moves and node failures. Needs this crate's feature `cluster`; without it,
     /// connecting fails with [`Error::InvalidInput`](es_core::Error::InvalidInput).
     pub cluster: bool,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redacted(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("cluster", &self.cluster)
+            .finish()
+    }
+}
+
+/// `url` with the password of every node replaced by `***`, fit for logs and error messages.
+pub(crate) fn redacted(url: &str) -> String {
+    url.split(',')
+        .map(|node| {
+            let Some((scheme, rest)) = node.split_once("://") else {
+                return node.to_owned();
+            };
+            // The userinfo ends at the last `@` before the host; a password may contain `@`.
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => {
+                    let user = rest[..at].split_once(':').map_or("", |(user, _)| user);
+                    format!("{scheme}://{user}:***{}", &rest[at..])
+                }
+                None => node.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Default for RedisConfig {
@@ -118,5 +152,40 @@ impl RedisConfig {
             .map(str::trim)
             .filter(|node| !node.is_empty())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show_in_debug_output() {
+        let config = RedisConfig::new("redis://app:s3cr@t@cache.internal:6379/2");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr"), "{shown}");
+        assert!(
+            shown.contains("redis://app:***@cache.internal:6379/2"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn redaction_covers_every_node_and_leaves_plain_urls_alone() {
+        assert_eq!(
+            redacted("redis://:pw@a:1,redis://b:2,rediss://u:pw@c:3"),
+            "redis://:***@a:1,redis://b:2,rediss://u:***@c:3"
+        );
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redacted("not a url"), "not a url");
+    }
+
+    #[test]
+    fn cluster_seed_nodes_join_into_the_url_and_split_back() {
+        let config = RedisConfig::cluster(["redis://a:1", "redis://b:2"]);
+        assert!(config.cluster);
+        assert_eq!(config.url, "redis://a:1,redis://b:2");
+        assert_eq!(config.nodes(), ["redis://a:1", "redis://b:2"]);
+        assert!(RedisConfig::new(" , ").nodes().is_empty());
     }
 }

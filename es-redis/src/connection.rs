@@ -10,7 +10,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
-use crate::config::RedisConfig;
+use crate::config::{redacted, RedisConfig};
 use crate::error::{from_redis, TimedOut, BACKEND};
 
 /// A connection to Redis (one node or a cluster), cheap to clone and shared by every store.
@@ -83,7 +83,10 @@ impl RedisConnection {
             return Err(Error::InvalidInput("no redis url given".into()));
         }
         let invalid = |error: redis::RedisError| {
-            Error::InvalidInput(format!("invalid redis url `{}`: {error}", config.url))
+            Error::InvalidInput(format!(
+                "invalid redis url `{}`: {error}",
+                redacted(&config.url)
+            ))
         };
         let target = if config.cluster {
             Self::cluster_target(&config, &nodes)?
@@ -91,7 +94,7 @@ impl RedisConnection {
             let [url] = nodes.as_slice() else {
                 return Err(Error::InvalidInput(format!(
                     "`{}` names several nodes; set `cluster` to use a Redis Cluster",
-                    config.url
+                    redacted(&config.url)
                 )));
             };
             Target::Single(redis::Client::open(*url).map_err(invalid)?)
@@ -117,7 +120,10 @@ impl RedisConnection {
             .max_retry_wait(200)
             .build()
             .map_err(|error| {
-                Error::InvalidInput(format!("invalid redis cluster `{}`: {error}", config.url))
+                Error::InvalidInput(format!(
+                    "invalid redis cluster `{}`: {error}",
+                    redacted(&config.url)
+                ))
             })?;
         Ok(Target::Cluster(client))
     }

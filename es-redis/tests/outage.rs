@@ -101,6 +101,11 @@ async fn calls_fail_fast_while_redis_is_down_and_work_again_after() {
         assert_eq!(loaded, Some(round));
     }
     eprintln!("slowest call while Redis was down: {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a refused connection fails at once instead of waiting out the 1 s timeout \
+         (slowest call {slowest:?})"
+    );
 
     server.restart();
     let back = until_back(&redis, Duration::from_secs(5)).await;
