@@ -144,3 +144,32 @@ async fn release_frees_a_running_claim_only() {
         Claim::Acquired
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waiting_on_a_running_request_gets_its_response() {
+    let store = Arc::new(RedisIdempotencyStore::new(common::shared_redis().await));
+    assert_eq!(
+        store.claim("slow", "fp", TTL).await.unwrap(),
+        Claim::Acquired
+    );
+    let holder = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            store
+                .complete("slow", "fp", Bytes::from_static(b"done"), TTL)
+                .await
+        })
+    };
+    let waited = es_core::idempotency::claim_or_wait(
+        store.as_ref(),
+        "slow",
+        "fp",
+        TTL,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    holder.await.unwrap().unwrap();
+    assert_eq!(waited, Claim::Completed(Bytes::from_static(b"done")));
+}
