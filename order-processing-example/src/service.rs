@@ -218,13 +218,8 @@ impl Service {
     }
 }
 
-/// Starts `kinds` on `backends`, each on its port of `settings`, and serves until `shutdown`.
-pub async fn run_services(
-    kinds: &[ServiceKind],
-    backends: &Backends,
-    settings: &Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
+/// Binds every service's port on `settings.host`.
+async fn bind(kinds: &[ServiceKind], settings: &Settings) -> Result<Vec<TcpListener>, StartError> {
     let mut listeners = Vec::new();
     for &kind in kinds {
         let address = format!("{}:{}", settings.host, kind.port(settings));
@@ -233,6 +228,27 @@ pub async fn run_services(
             .map_err(|source| StartError::Bind { address, source })?;
         listeners.push(listener);
     }
+    Ok(listeners)
+}
+
+/// Starts `kinds` on `backends`, each on its port of `settings`, and serves until `shutdown`.
+pub async fn run_services(
+    kinds: &[ServiceKind],
+    backends: &Backends,
+    settings: &Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let listeners = bind(kinds, settings).await?;
+    serve(kinds, listeners, backends, settings, shutdown).await
+}
+
+async fn serve(
+    kinds: &[ServiceKind],
+    listeners: Vec<TcpListener>,
+    backends: &Backends,
+    settings: &Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     let mut services = Vec::new();
     for &kind in kinds {
         services.push(Service::start(kind, backends, settings).await?);
@@ -256,7 +272,46 @@ pub async fn run_services(
     Ok(())
 }
 
+/// What a service answers while its backends are still out of reach: `/health` 503 naming
+/// what it waits for, everything else 503 problem+json.
+fn starting_router(waiting_for: String) -> Router {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let health = move || {
+        let waiting_for = waiting_for.clone();
+        async move {
+            let body = serde_json::json!({
+                "status": "Unhealthy",
+                "entries": {"eventStore": {"status": "Unhealthy", "description": waiting_for}},
+            });
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
+    };
+    Router::new()
+        .route("/health", axum::routing::get(health))
+        .fallback(|| async {
+            crate::http::AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is starting: its backends cannot be reached yet",
+            )
+        })
+}
+
+/// A second handle on a listening socket, so a stand-in server can answer on it until the
+/// real one takes over.
+fn share(listener: TcpListener) -> std::io::Result<(TcpListener, TcpListener)> {
+    let socket = listener.into_std()?;
+    let clone = socket.try_clone()?;
+    Ok((
+        TcpListener::from_std(socket)?,
+        TcpListener::from_std(clone)?,
+    ))
+}
+
 /// Runs what the command line asks for until `shutdown` completes.
+///
+/// The ports are bound first; while PostgreSQL cannot be reached each service answers 503
+/// (its `/health` says why) and the connection is retried with backoff, never a crash.
 pub async fn run(
     cli: crate::config::Cli,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -273,6 +328,48 @@ pub async fn run(
     if kinds.len() == 1 && cli.settings.amqp_url.is_none() {
         return Err(StartError::NeedsBroker(kinds[0].name()));
     }
-    let backends = Backends::from_settings(&cli.settings).await?;
-    run_services(&kinds, &backends, &cli.settings, shutdown).await
+    let settings = cli.settings;
+    let stop = Shutdown::new();
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.trigger();
+    });
+    let mut listeners = Vec::new();
+    let ready = Shutdown::new();
+    let mut stand_ins = Vec::new();
+    let waiting_for = match &settings.database_url {
+        Some(url) => format!(
+            "connecting to PostgreSQL at {}",
+            crate::backends::redact(url)
+        ),
+        None => "starting".to_owned(),
+    };
+    for listener in bind(&kinds, &settings).await? {
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let (listener, stand_in) =
+            share(listener).map_err(|source| StartError::Bind { address, source })?;
+        listeners.push(listener);
+        let until = ready.wait();
+        let router = starting_router(waiting_for.clone());
+        stand_ins.push(tokio::spawn(async move {
+            let _ = axum::serve(stand_in, router)
+                .with_graceful_shutdown(until)
+                .await;
+        }));
+    }
+    let connected = Backends::from_settings_until(&settings, stop.wait()).await;
+    ready.trigger();
+    for stand_in in stand_ins {
+        let _ = stand_in.await;
+    }
+    let backends = match connected {
+        Ok(backends) => backends,
+        Err(_) if stop.is_triggered() => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    serve(&kinds, listeners, &backends, &settings, stop.wait()).await
 }

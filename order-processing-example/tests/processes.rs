@@ -319,3 +319,73 @@ async fn a_lone_service_without_a_broker_exits_at_once_saying_why() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--amqp-url"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_gives_503_health_and_no_crash() {
+    let port = free_port();
+    let mut child = Command::new(BINARY)
+        .arg("all")
+        // Nothing listens on port 1: the store cannot be reached.
+        .args([
+            "--database-url",
+            "postgres://postgres:postgres@127.0.0.1:1/postgres",
+        ])
+        .args(["--order-port", &port.to_string()])
+        .args(["--inventory-port", &free_port().to_string()])
+        .args(["--payment-port", &free_port().to_string()])
+        .args(["--notification-port", &free_port().to_string()])
+        .args(["--analytics-port", &free_port().to_string()])
+        .env_remove("AMQP_URL")
+        .env_remove("REDIS_URL")
+        .env("RUST_LOG", "error")
+        // Logs go to stdout.
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let client = client();
+    let url = format!("http://127.0.0.1:{port}/health");
+    let health = eventually("a 503 health answer", || async {
+        let response = client.get(&url).send().await.ok()?;
+        (response.status() == 503).then_some(())?;
+        response.json::<serde_json::Value>().await.ok()
+    })
+    .await;
+    assert_eq!(health["status"], "Unhealthy");
+    let description = health["entries"]["eventStore"]["description"].to_string();
+    assert!(
+        description.contains("127.0.0.1:1") && !description.contains("postgres:postgres@"),
+        "{description}"
+    );
+    let (status, problem) = read(
+        client
+            .get(format!("http://127.0.0.1:{port}/api/orders/x"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, &problem["status"]), (503, &serde_json::json!(503)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(child.try_wait().expect("status").is_none(), "still running");
+    let pid = child.id().expect("pid").to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits on SIGTERM")
+        .expect("status");
+    assert!(exit.success());
+    let mut log = String::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        use tokio::io::AsyncReadExt;
+        let _ = pipe.read_to_string(&mut log).await;
+    }
+    assert!(
+        log.contains("cannot reach PostgreSQL") && log.contains("127.0.0.1:1"),
+        "{log}"
+    );
+}
