@@ -107,6 +107,17 @@ impl PrivateRedis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.answers() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten())
+            {
+                panic!(
+                    "the private redis-server on port {} exited at start ({status}); \
+                     was the port taken meanwhile?",
+                    self.port
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "the private redis-server on port {} did not answer within 10 s",
