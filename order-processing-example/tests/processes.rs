@@ -20,6 +20,8 @@ struct Cluster {
     settings: Settings,
     ports: HashMap<ServiceKind, u16>,
     children: HashMap<ServiceKind, Child>,
+    /// Extra instances (competing consumers on their service's queue).
+    extra: Vec<Child>,
 }
 
 fn free_port() -> u16 {
@@ -39,6 +41,7 @@ impl Cluster {
             settings,
             ports,
             children: HashMap::new(),
+            extra: Vec::new(),
         };
         for kind in ServiceKind::ALL {
             cluster.spawn(kind);
@@ -50,9 +53,22 @@ impl Cluster {
     }
 
     fn spawn(&mut self, kind: ServiceKind) {
+        let child = self.command(kind, self.ports[&kind]);
+        self.children.insert(kind, child);
+    }
+
+    /// Starts one more instance of `kind` on a port of its own; returns the port.
+    fn spawn_extra(&mut self, kind: ServiceKind) -> u16 {
+        let port = free_port();
+        let child = self.command(kind, port);
+        self.extra.push(child);
+        port
+    }
+
+    fn command(&self, kind: ServiceKind, port: u16) -> Child {
         let s = &self.settings;
         let port_flag = format!("--{}-port", kind.name());
-        let child = Command::new(BINARY)
+        Command::new(BINARY)
             .arg(kind.name())
             .args([
                 "--database-url",
@@ -69,14 +85,13 @@ impl Cluster {
                 "--order-timeout",
                 &format!("{}ms", s.order_timeout.as_millis()),
             ])
-            .args([port_flag.as_str(), &self.ports[&kind].to_string()])
+            .args([port_flag.as_str(), &port.to_string()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .expect("spawn the order-processing binary");
-        self.children.insert(kind, child);
+            .expect("spawn the order-processing binary")
     }
 
     async fn wait_healthy(&self, kind: ServiceKind) {
@@ -105,6 +120,9 @@ impl Cluster {
 
     async fn stop(mut self) {
         for (_, mut child) in self.children.drain() {
+            let _ = child.kill().await;
+        }
+        for mut child in self.extra.drain(..) {
             let _ = child.kill().await;
         }
         drop_schema(&self.settings.database_schema).await;
@@ -139,6 +157,49 @@ async fn five_processes_confirm_one_order_and_cancel_another() {
         (list.as_array()?.len() == 4).then_some(())
     })
     .await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_inventory_processes_never_sell_twenty_units_twice() {
+    let mut cluster = Cluster::start(Settings::default()).await;
+    // A second inventory and a second order service compete for their queues.
+    let inventory = cluster.spawn_extra(ServiceKind::Inventory);
+    let order = cluster.spawn_extra(ServiceKind::Order);
+    let client = client();
+    for port in [inventory, order] {
+        eventually("the second instance to be healthy", || async {
+            let response = client
+                .get(format!("http://127.0.0.1:{port}/health"))
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 200).then_some(())
+        })
+        .await;
+    }
+    let system = cluster.system();
+    let product = uuid::Uuid::new_v4().to_string();
+    assert_eq!(system.put_product(&product, "Limited", 20).await.0, 200);
+    let placing = (0..60).map(|_| {
+        let system = &system;
+        let product = product.clone();
+        async move { system.place(&customer(), &[(&product, 1, "10.00")]).await }
+    });
+    let order_ids = futures_util::future::join_all(placing).await;
+    let mut confirmed = 0;
+    for order_id in &order_ids {
+        if system.settled(order_id).await["status"] == "Confirmed" {
+            confirmed += 1;
+        }
+    }
+    assert_eq!(confirmed, 20);
+    eventually("every reservation committed", || async {
+        let p = system.product(&product).await;
+        (p["reservedQuantity"] == 0).then_some(p)
+    })
+    .await;
+    assert_eq!(system.product(&product).await["availableQuantity"], 0);
     cluster.stop().await;
 }
 
