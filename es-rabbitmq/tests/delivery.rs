@@ -441,3 +441,57 @@ async fn dead_letter_tools_on_a_consumer_that_never_ran_answer_empty() {
     assert_eq!(bus.purge_dead_letters(&nobody).await.unwrap(), 0);
     common::cleanup(&bus, &[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_broker_nacks_fails_the_publish() {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let bus = common::connect(common::config("nack")).await;
+    let category = common::category();
+    // A queue that holds one message and refuses the rest: the broker nacks them.
+    let full = common::unique("full");
+    let (connection, channel) = common::raw_channel().await;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    arguments.insert("x-expires".into(), AMQPValue::LongInt(120_000));
+    channel
+        .queue_declare(&full, QueueDeclareOptions::default(), arguments)
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            &full,
+            &bus.config().topology.exchange,
+            &format!("{category}.#"),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let events: Vec<_> = (0..3)
+        .map(|n| common::event(&category, "Placed", n))
+        .collect();
+    let error = bus
+        .publish(&events)
+        .await
+        .expect_err("a nack is reported, not taken for a success");
+    assert!(
+        matches!(
+            error,
+            Error::Backend {
+                backend: "rabbitmq",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("nack"), "{error}");
+    let _ = channel.queue_delete(&full, Default::default()).await;
+    let _ = connection.close(200, "done").await;
+    common::cleanup(&bus, &[]).await;
+}
