@@ -103,7 +103,11 @@ impl Sql {
 }
 
 /// One statement that checks and bumps the stream's version and inserts the events from arrays:
-/// one round trip, and when it runs on its own, one implicit transaction. If the expectation fails, `stream` yields no row, so nothing is inserted and the
+/// one round trip, and when it runs on its own, one implicit transaction.
+///
+/// When the expectation fails, nothing is inserted and the statement returns instead one row
+/// without a position carrying the stream's version as of the statement's start (none when the
+/// stream did not exist), which usually is the conflict's answer without another round trip. If the expectation fails, `stream` yields no row, so nothing is inserted and the
 /// statement returns no row.
 fn append_sql(bump: &str) -> String {
     format!(
@@ -116,7 +120,11 @@ fn append_sql(bump: &str) -> String {
             FROM stream, UNNEST($4::uuid[], $5::text[], $6::int4[], $7::bytea[], $8::bytea[]) \
                  WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, n) \
             RETURNING tx_id, seq, stream_version) \
-         SELECT tx_id, seq, stream_version FROM appended ORDER BY seq"
+         SELECT tx_id, seq, stream_version FROM appended \
+         UNION ALL \
+         SELECT NULL, NULL, version FROM streams \
+         WHERE stream_id = $1 AND NOT EXISTS (SELECT 1 FROM appended) \
+         ORDER BY 2"
     )
 }
 
@@ -526,15 +534,16 @@ impl PgEventStore {
         }
         let columns = Columns::new(events)?;
         let count = columns.len() as i64;
-        let mut query = sqlx::query_as::<_, (i64, i64, i64)>(self.inner.sql.append(expected))
-            .bind(stream_id.as_str())
-            .bind(count)
-            .bind(stream_id.category())
-            .bind(&columns.ids)
-            .bind(&columns.types)
-            .bind(&columns.schema_versions)
-            .bind(&columns.payloads)
-            .bind(&columns.metadata);
+        let mut query =
+            sqlx::query_as::<_, (Option<i64>, Option<i64>, i64)>(self.inner.sql.append(expected))
+                .bind(stream_id.as_str())
+                .bind(count)
+                .bind(stream_id.category())
+                .bind(&columns.ids)
+                .bind(&columns.types)
+                .bind(&columns.schema_versions)
+                .bind(&columns.payloads)
+                .bind(&columns.metadata);
         if let ExpectedVersion::Exact(version) = expected {
             if version > 0 {
                 query = query.bind(to_i64(version, "expected version")?);
@@ -557,20 +566,27 @@ impl PgEventStore {
                 });
             }
         };
-        if rows.is_empty() {
-            let actual =
+        let appended = rows.first().is_some_and(|(tx_id, _, _)| tx_id.is_some());
+        if !appended {
+            let seen = rows.first().map(|&(_, _, version)| to_u64(version));
+            // A version that would have met the expectation means the stream moved after the
+            // statement's snapshot (a racing writer won): read what it is now.
+            let actual = if expected.is_met_by(seen) {
                 sqlx::query_scalar::<_, i64>("SELECT version FROM streams WHERE stream_id = $1")
                     .bind(stream_id.as_str())
                     .fetch_optional(&mut *conn)
                     .await
                     .map_err(from_sqlx)?
-                    .map(to_u64);
+                    .map(to_u64)
+            } else {
+                seen
+            };
             return Err(expected.conflict(&stream_id, actual));
         }
         let next_expected_version = rows.last().map_or(0, |&(_, _, version)| to_u64(version));
         let positions = rows
             .iter()
-            .map(|&(tx_id, seq, _)| Position::new(to_u64(tx_id), to_u64(seq)))
+            .map(|&(tx_id, seq, _)| Position::new(tx_id.map_or(0, to_u64), seq.map_or(0, to_u64)))
             .collect();
         Ok(AppendResult {
             stream_id,
