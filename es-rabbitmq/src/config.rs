@@ -173,6 +173,8 @@ impl ReconnectPolicy {
 pub struct AmqpConfig {
     /// The broker, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url: String,
+    /// Other nodes of the same cluster, tried in order when `url` does not answer.
+    pub fallback_urls: Vec<String>,
     /// The client-provided connection name, shown by the management UI and by
     /// `rabbitmqctl list_connections client_properties`.
     pub connection_name: String,
@@ -195,6 +197,14 @@ impl fmt::Debug for AmqpConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmqpConfig")
             .field("url", &redact(&self.url))
+            .field(
+                "fallback_urls",
+                &self
+                    .fallback_urls
+                    .iter()
+                    .map(|u| redact(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("connection_name", &self.connection_name)
             .field("topology", &self.topology)
             .field("unroutable", &self.unroutable)
@@ -225,6 +235,7 @@ impl AmqpConfig {
     pub fn new(url: impl Into<String>, exchange: impl Into<String>) -> Self {
         AmqpConfig {
             url: url.into(),
+            fallback_urls: Vec::new(),
             connection_name: "es-rabbitmq".to_owned(),
             topology: Topology::new(exchange),
             router: Arc::new(default_routing_key),
@@ -233,6 +244,17 @@ impl AmqpConfig {
             confirm_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// The same configuration with other nodes of the cluster to try, in order, when `url`
+    /// does not answer.
+    pub fn with_fallback_urls<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.fallback_urls = urls.into_iter().map(Into::into).collect();
+        self
     }
 
     /// The same configuration with another client-provided connection name.

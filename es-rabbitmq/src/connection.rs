@@ -57,48 +57,68 @@ impl Connector {
         }
         // The old connection is gone; drop it so its resources go too.
         *current = None;
+        let mut last_error = None;
+        let mut connected = None;
+        // The nodes of a cluster in order: the first that answers wins.
+        for url in std::iter::once(&self.config.url).chain(&self.config.fallback_urls) {
+            match self.connect_to(url).await {
+                Ok(connection) => {
+                    connected = Some((connection, redact(url)));
+                    break;
+                }
+                Err(error @ Error::InvalidInput(_)) => return Err(error),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        let Some((connection, url)) = connected else {
+            return Err(last_error
+                .unwrap_or_else(|| Error::unavailable(BACKEND, "no broker URL is configured")));
+        };
+        {
+            let url = url.clone();
+            connection.on_error(move |error| {
+                tracing::warn!(%url, %error, "the RabbitMQ connection failed");
+            });
+        }
+        let channel = connection.create_channel().await.map_err(amqp_error)?;
+        declare_base(&channel, &self.config.topology).await?;
+        // Closing a channel that the broker already closed is not an error worth reporting.
+        let _ = channel.close(200, "topology declared").await;
+        tracing::info!(%url, name = %self.config.connection_name, "connected to RabbitMQ");
+        let connection = Arc::new(connection);
+        *current = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// One connection attempt to `url`, bounded by the connect timeout.
+    async fn connect_to(&self, url: &str) -> Result<Connection> {
         let properties = ConnectionProperties::default()
             .with_executor(tokio_executor_trait::Tokio::current())
             .with_reactor(tokio_reactor_trait::Tokio)
             .with_connection_name(LongString::from(self.config.connection_name.as_str()));
         // A URL that does not parse will never connect: say so instead of retrying forever.
-        let uri: AMQPUri = self.config.url.parse().map_err(|error| {
-            Error::InvalidInput(format!(
-                "bad AMQP URL `{}`: {error}",
-                redact(&self.config.url)
-            ))
+        let uri: AMQPUri = url.parse().map_err(|error| {
+            Error::InvalidInput(format!("bad AMQP URL `{}`: {error}", redact(url)))
         })?;
         let attempt = Connection::connect_uri(uri, properties);
-        let connection = match tokio::time::timeout(self.config.connect_timeout, attempt).await {
-            Ok(Ok(connection)) => connection,
+        match tokio::time::timeout(self.config.connect_timeout, attempt).await {
+            Ok(Ok(connection)) => Ok(connection),
             Ok(Err(error)) => {
-                tracing::warn!(url = %redact(&self.config.url), %error, "cannot connect to RabbitMQ");
-                return Err(Error::unavailable(BACKEND, error));
+                tracing::warn!(url = %redact(url), %error, "cannot connect to RabbitMQ");
+                Err(Error::unavailable(BACKEND, error))
             }
             Err(_) => {
-                tracing::warn!(url = %redact(&self.config.url), timeout = ?self.config.connect_timeout, "connecting to RabbitMQ timed out");
-                return Err(Error::unavailable(
+                tracing::warn!(url = %redact(url), timeout = ?self.config.connect_timeout, "connecting to RabbitMQ timed out");
+                Err(Error::unavailable(
                     BACKEND,
                     format!(
                         "no connection to {} within {:?}",
-                        redact(&self.config.url),
+                        redact(url),
                         self.config.connect_timeout
                     ),
-                ));
+                ))
             }
-        };
-        let url = redact(&self.config.url);
-        connection.on_error(move |error| {
-            tracing::warn!(%url, %error, "the RabbitMQ connection failed");
-        });
-        let channel = connection.create_channel().await.map_err(amqp_error)?;
-        declare_base(&channel, &self.config.topology).await?;
-        // Closing a channel that the broker already closed is not an error worth reporting.
-        let _ = channel.close(200, "topology declared").await;
-        tracing::info!(url = %redact(&self.config.url), name = %self.config.connection_name, "connected to RabbitMQ");
-        let connection = Arc::new(connection);
-        *current = Some(connection.clone());
-        Ok(connection)
+        }
     }
 
     /// The channel that publishes, in confirm mode; a new one when the old one was closed.

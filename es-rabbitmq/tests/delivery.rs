@@ -318,6 +318,33 @@ async fn an_unreachable_broker_is_a_typed_unavailable_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_answer_is_skipped_for_the_next_one() {
+    let working = common::config("fallback");
+    let config = AmqpConfig {
+        url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+        ..working.clone()
+    }
+    .with_fallback_urls([working.url.clone()]);
+    let bus = common::connect(config).await;
+    let category = common::category();
+    let consumer = common::unique("fallback");
+    let recorder = Recorder::new();
+    let handle = bus
+        .subscribe(
+            Subscription::new(&consumer, [format!("{category}.#")]),
+            recorder.clone(),
+        )
+        .await
+        .unwrap();
+    bus.publish(&[common::event(&category, "Placed", 1)])
+        .await
+        .unwrap();
+    assert_eq!(recorder.wait_for(1, Duration::from_secs(10)).await, 1);
+    handle.stop().await;
+    common::cleanup(&bus, &[&consumer]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_url_is_invalid_input() {
     let error = AmqpEventBus::connect(AmqpConfig::new("amqp://host:notaport/%2f", "x"))
         .await
