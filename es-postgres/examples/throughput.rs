@@ -1,6 +1,7 @@
 //! Append and read throughput of `PgEventStore` beside raw sqlx doing the same inserts and
 //! reads, in the same run. `cargo run -p es-postgres --release --example throughput`
-//! (uses `DATABASE_URL`, default the local server; works in a scratch schema it drops).
+//! (uses `DATABASE_URL`, default the local server; works in a scratch schema it drops;
+//! `NOTIFY=0` turns the store's after-commit notification off).
 
 use std::time::{Duration, Instant};
 
@@ -148,6 +149,8 @@ async fn main() {
     let schema = format!("bench_{}", &Uuid::new_v4().simple().to_string()[..8]);
     let mut config = PgConfig::new(schema.clone());
     config.max_connections = 20;
+    // `NOTIFY=0` measures appends without the after-commit notification.
+    config.notify = std::env::var("NOTIFY").map_or(true, |v| v != "0");
     let store = PgEventStore::connect(&url, config).await.expect("connect");
     store.migrate().await.expect("migrate");
     let pool = store.pool().clone();
