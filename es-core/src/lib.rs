@@ -30,7 +30,7 @@ pub use event::{
 pub use idempotency::{Claim, IdempotencyStore};
 pub use projection::{InlineProjection, Projection, ProjectionRunner};
 pub use relay::Relay;
-pub use repository::{CommandContext, CommandError, Executed, Loaded, Repository};
+pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, Repository};
 pub use saga::{CommandDispatcher, Saga, SagaDecision, SagaRunner, SagaStore};
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{

@@ -52,6 +52,31 @@ pub struct Executed<A: Aggregate> {
     pub already_handled: bool,
 }
 
+/// A decision on one aggregate, not yet committed: for committing with other streams in one
+/// [`UnitOfWork`] (all expectations hold or nothing is written).
+///
+/// The append expects the version the decision was made on, also when the aggregate refused
+/// (then it has no events): a refusal read from state that another writer changed meanwhile
+/// fails the commit with a conflict instead of standing on stale state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision<A: Aggregate> {
+    /// The events to append (none when refused) and the expected version.
+    pub append: StreamAppend,
+    /// What the aggregate decided: its events, or why not.
+    pub outcome: Result<Vec<A::Event>, A::Error>,
+    /// The state the decision was made on.
+    pub state: A,
+    /// The version the decision was made on.
+    pub version: u64,
+}
+
+impl<A: Aggregate> Decision<A> {
+    /// Whether the aggregate refused the command.
+    pub fn is_rejected(&self) -> bool {
+        self.outcome.is_err()
+    }
+}
+
 /// Context of one command: the metadata its events get, and the inbox entry of the message
 /// that caused it (committed with the events, so a redelivery is skipped).
 #[derive(Debug, Clone, Default)]
@@ -318,6 +343,67 @@ impl<A: Aggregate> Repository<A> {
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+
+    /// Decides `command` on aggregate `id` without committing: the append to put in a
+    /// [`UnitOfWork`] beside other streams' appends (e.g. an order's reservation and every
+    /// product it holds, all or nothing). On a conflict, decide again on fresh state.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::sync::Arc;
+    /// # use es_core::{Aggregate, DomainEvent, EventStore, Metadata, Repository, UnitOfWork};
+    /// # use es_core::memory::MemoryEventStore;
+    /// # #[derive(Debug, Default, Clone, PartialEq)] struct Stock { left: u64 }
+    /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    /// # enum StockEvent { Added(u64), Taken(u64) }
+    /// # impl DomainEvent for StockEvent {}
+    /// # #[derive(Debug, Clone, PartialEq, thiserror::Error)] #[error("too few")] struct TooFew;
+    /// # impl Aggregate for Stock {
+    /// #     const TYPE: &'static str = "stock";
+    /// #     type Command = i64; type Event = StockEvent; type Error = TooFew;
+    /// #     fn handle(&self, n: i64) -> Result<Vec<StockEvent>, TooFew> {
+    /// #         if n >= 0 { return Ok(vec![StockEvent::Added(n as u64)]) }
+    /// #         if self.left < n.unsigned_abs() { Err(TooFew) } else { Ok(vec![StockEvent::Taken(n.unsigned_abs())]) }
+    /// #     }
+    /// #     fn apply(&mut self, e: &StockEvent) { match e { StockEvent::Added(n) => self.left += n, StockEvent::Taken(n) => self.left -= n } }
+    /// # }
+    /// let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    /// let stock = Repository::<Stock>::new(store.clone());
+    /// stock.execute("a", 5, Metadata::default()).await?;
+    /// stock.execute("b", 1, Metadata::default()).await?;
+    /// // Take 2 of `a` and 2 of `b` together, or neither.
+    /// let a = stock.decide("a", -2, &Metadata::default()).await?;
+    /// let b = stock.decide("b", -2, &Metadata::default()).await?;
+    /// assert!(!a.is_rejected() && b.is_rejected());
+    /// if !b.is_rejected() {
+    ///     store.commit(UnitOfWork::new().append(a.append).append(b.append)).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn decide(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Decision<A>> {
+        let stream_id = Self::stream_id(id)?;
+        let Loaded { state, version } = self.load_stream(&stream_id).await?;
+        let outcome = state.handle(command);
+        let events = match &outcome {
+            Ok(events) => events
+                .iter()
+                .map(|event| NewEvent::from_domain(event, metadata.clone()))
+                .collect::<Result<Vec<_>>>()?,
+            Err(_) => Vec::new(),
+        };
+        Ok(Decision {
+            append: StreamAppend::new(stream_id, ExpectedVersion::Exact(version), events),
+            outcome,
+            state,
+            version,
+        })
     }
 
     async fn maybe_snapshot(&self, stream_id: &StreamId, state: &A, before: u64, after: u64) {

@@ -400,3 +400,79 @@ fn stored_events_of_every_past_version_still_decode() {
         ],
     );
 }
+
+#[tokio::test]
+async fn decisions_on_two_aggregates_commit_together_or_conflict() {
+    use es_core::UnitOfWork;
+    let store = MemoryEventStore::new();
+    let accounts = repo(&store);
+    for id in ["a", "b"] {
+        accounts
+            .execute(
+                id,
+                AccountCommand::Open { owner: id.into() },
+                Metadata::default(),
+            )
+            .await
+            .unwrap();
+    }
+    accounts
+        .execute("a", AccountCommand::Deposit(10), Metadata::default())
+        .await
+        .unwrap();
+    let meta = Metadata::new_correlation();
+    let withdraw = accounts
+        .decide("a", AccountCommand::Withdraw(4), &meta)
+        .await
+        .unwrap();
+    let deposit = accounts
+        .decide("b", AccountCommand::Deposit(4), &meta)
+        .await
+        .unwrap();
+    assert_eq!(withdraw.version, 2);
+    assert_eq!(withdraw.append.expected, ExpectedVersion::Exact(2));
+    assert_eq!(withdraw.append.events[0].metadata, meta);
+    let refused = accounts
+        .decide("b", AccountCommand::Withdraw(100), &meta)
+        .await
+        .unwrap();
+    assert!(refused.is_rejected() && refused.append.events.is_empty());
+    assert!(matches!(
+        refused.outcome,
+        Err(AccountError::InsufficientFunds)
+    ));
+
+    // Another writer moves `b` before the pair commits: nothing of the pair is written.
+    accounts
+        .execute("b", AccountCommand::Deposit(1), Metadata::default())
+        .await
+        .unwrap();
+    let unit = UnitOfWork::new()
+        .append(withdraw.append.clone())
+        .append(deposit.append.clone());
+    assert!(matches!(
+        store.commit(unit).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(accounts.load("a").await.unwrap().state.balance, 10);
+
+    // Decided again on fresh state, the pair commits as one.
+    let withdraw = accounts
+        .decide("a", AccountCommand::Withdraw(4), &meta)
+        .await
+        .unwrap();
+    let deposit = accounts
+        .decide("b", AccountCommand::Deposit(4), &meta)
+        .await
+        .unwrap();
+    store
+        .commit(
+            UnitOfWork::new()
+                .append(withdraw.append)
+                .append(deposit.append),
+        )
+        .await
+        .unwrap();
+    assert_eq!(accounts.load("a").await.unwrap().state.balance, 6);
+    assert_eq!(accounts.load("b").await.unwrap().state.balance, 5);
+}
