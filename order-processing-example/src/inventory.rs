@@ -421,32 +421,7 @@ pub struct InventoryHandler {
 /// Attempts before a contended reservation goes back to the bus for a later retry.
 const MAX_ATTEMPTS: usize = 200;
 
-type Planned = Result<StreamAppend, ProductError>;
-
 impl InventoryHandler {
-    async fn plan<A: Aggregate>(
-        &self,
-        repository: &Repository<A>,
-        id: Uuid,
-        command: A::Command,
-        metadata: &Metadata,
-    ) -> es_core::Result<Result<StreamAppend, A::Error>> {
-        let id = id.to_string();
-        let loaded = repository.load(&id).await?;
-        let stream = Repository::<A>::stream_id(&id)?;
-        let expected = ExpectedVersion::Exact(loaded.version);
-        Ok(match loaded.state.handle(command) {
-            Ok(events) => {
-                let events = events
-                    .iter()
-                    .map(|event| NewEvent::from_domain(event, metadata.clone()))
-                    .collect::<es_core::Result<Vec<_>>>()?;
-                Ok(StreamAppend::new(stream, expected, events))
-            }
-            Err(error) => Err(error),
-        })
-    }
-
     /// Decides once on fresh state; `None` when there is nothing left to do.
     async fn decide(
         &self,
@@ -481,37 +456,35 @@ impl InventoryHandler {
                 |order_id, quantity| ProductCommand::Release { order_id, quantity },
             ),
         };
-        let reservation = self.reservations.load(&order_id.to_string()).await?;
-        let Ok(reservation_append) = self
-            .plan(
-                &self.reservations,
-                order_id,
+        let reservation = self
+            .reservations
+            .decide(
+                &order_id.to_string(),
                 (order_id, reservation_command),
                 &metadata,
             )
             .await?;
-        if reservation_append.events.is_empty() {
+        if reservation.append.events.is_empty() {
             return Ok(None);
         }
-        let mut appends = vec![reservation_append];
+        let mut appends = Vec::new();
         for item in &reservation.state.items {
-            let planned: Planned = self
-                .plan(
-                    &self.products,
-                    item.product_id,
+            let product = self
+                .products
+                .decide(
+                    &item.product_id.to_string(),
                     product_command(order_id, item.quantity),
                     &metadata,
                 )
                 .await?;
-            match planned {
-                Ok(append) => appends.push(append),
-                Err(error) => {
-                    return Err(es_core::Error::InvalidInput(format!(
-                        "cannot change the stock of order {order_id}: {error}"
-                    )))
-                }
+            if let Err(error) = product.outcome {
+                return Err(es_core::Error::InvalidInput(format!(
+                    "cannot change the stock of order {order_id}: {error}"
+                )));
             }
+            appends.push(product.append);
         }
+        appends.insert(0, reservation.append);
         Ok(Some(appends))
     }
 
@@ -530,27 +503,20 @@ impl InventoryHandler {
         let mut product_appends = Vec::new();
         let mut failure = None;
         for item in items {
-            let id = item.product_id.to_string();
-            let loaded = self.products.load(&id).await?;
-            let stream = Repository::<Product>::stream_id(&id)?;
-            let expected = ExpectedVersion::Exact(loaded.version);
-            match loaded.state.handle(ProductCommand::Reserve {
+            let command = ProductCommand::Reserve {
                 order_id,
                 quantity: item.quantity,
-            }) {
-                Ok(events) => {
-                    let events = events
-                        .iter()
-                        .map(|event| NewEvent::from_domain(event, metadata.clone()))
-                        .collect::<es_core::Result<Vec<_>>>()?;
-                    product_appends.push(StreamAppend::new(stream, expected, events));
-                }
-                Err(error) => {
-                    // A failure writes no stock, but is still decided on this version.
-                    product_appends.push(StreamAppend::new(stream, expected, Vec::new()));
-                    failure = Some(format!("{error} {}", item.product_id));
-                    break;
-                }
+            };
+            let product = self
+                .products
+                .decide(&item.product_id.to_string(), command, metadata)
+                .await?;
+            // A refusal writes no stock, but its append still expects the version it was
+            // decided on, so a refusal on stale state is a conflict and is decided again.
+            product_appends.push(product.append);
+            if let Err(error) = product.outcome {
+                failure = Some(format!("{error} {}", item.product_id));
+                break;
             }
         }
         let at = Utc::now();
@@ -572,15 +538,15 @@ impl InventoryHandler {
                 at,
             },
         };
-        let Ok(reservation_append) = self
-            .plan(
-                &self.reservations,
-                order_id,
+        let reservation = self
+            .reservations
+            .decide(
+                &order_id.to_string(),
                 (order_id, ReservationCommand::Decide(decision)),
                 metadata,
             )
             .await?;
-        let mut appends = vec![reservation_append];
+        let mut appends = vec![reservation.append];
         appends.extend(product_appends);
         Ok(Some(appends))
     }
