@@ -1,5 +1,6 @@
 //! [`AmqpEventBus`]: publish with pipelined confirms, consume with retries and dead letters.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -144,8 +145,8 @@ async fn publish_one(
 
 #[async_trait]
 impl EventBus for AmqpEventBus {
-    /// Publishes every event, then awaits every confirm (many in flight at once); `Ok` only
-    /// when the broker confirmed them all. An unroutable event fails the call under
+    /// Publishes the events with up to `max_in_flight` confirms outstanding at once, then
+    /// awaits the rest; `Ok` only when the broker confirmed them all. An unroutable event fails the call under
     /// [`Unroutable::Fail`]. On an error, some events may have gone out: publish the batch
     /// again (consumers drop the duplicates with their inbox).
     async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
@@ -169,9 +170,21 @@ impl EventBus for AmqpEventBus {
             mandatory: config.unroutable == Unroutable::Fail,
             immediate: false,
         };
-        let mut pending = Vec::with_capacity(messages.len());
+        let window = config.max_in_flight.max(1);
+        let mut pending: VecDeque<(String, PublisherConfirm)> =
+            VecDeque::with_capacity(window.min(messages.len()));
         let mut first_error = None;
+        let mut timed_out = false;
         for (routing_key, body, properties) in messages {
+            if pending.len() >= window {
+                if let Some((key, confirm)) = pending.pop_front() {
+                    if let Err(error) = self.confirmed_in_time(confirm, &key, &mut timed_out).await
+                    {
+                        first_error = Some(error);
+                        break;
+                    }
+                }
+            }
             match channel
                 .basic_publish(
                     &config.topology.exchange,
@@ -182,7 +195,7 @@ impl EventBus for AmqpEventBus {
                 )
                 .await
             {
-                Ok(confirm) => pending.push((routing_key, confirm)),
+                Ok(confirm) => pending.push_back((routing_key, confirm)),
                 Err(error) => {
                     first_error = Some(amqp_error(error));
                     break;
@@ -190,29 +203,18 @@ impl EventBus for AmqpEventBus {
             }
         }
         // Await every confirm, even after a failure, so none is left behind on the channel.
-        let all_confirmed = async {
-            let mut first_error = first_error;
-            for (routing_key, confirm) in pending {
-                if let Err(error) = confirmed(confirm, &routing_key).await {
-                    first_error.get_or_insert(error);
-                }
+        for (key, confirm) in pending {
+            if let Err(error) = self.confirmed_in_time(confirm, &key, &mut timed_out).await {
+                first_error.get_or_insert(error);
             }
-            first_error
-        };
-        match tokio::time::timeout(config.confirm_timeout, all_confirmed).await {
-            Ok(None) => Ok(()),
-            Ok(Some(error)) => Err(error),
-            Err(_) => {
-                // The channel may be wedged; the next publish opens a fresh one.
-                let _ = channel.close(200, "confirms timed out").await;
-                Err(Error::unavailable(
-                    BACKEND,
-                    format!(
-                        "no confirm within {:?}: the batch may or may not have been published",
-                        config.confirm_timeout
-                    ),
-                ))
-            }
+        }
+        if timed_out {
+            // The channel may be wedged; the next publish opens a fresh one.
+            let _ = channel.close(200, "confirms timed out").await;
+        }
+        match first_error {
+            None => Ok(()),
+            Some(error) => Err(error),
         }
     }
 
@@ -561,6 +563,34 @@ fn dead_letter_of(delivery: &Delivery) -> DeadLetter {
 }
 
 impl AmqpEventBus {
+    /// Awaits one confirm for at most the confirm timeout (once one timed out, the rest get no
+    /// time at all: the channel is about to be closed, which fails them).
+    async fn confirmed_in_time(
+        &self,
+        confirm: PublisherConfirm,
+        routing_key: &str,
+        timed_out: &mut bool,
+    ) -> Result<()> {
+        let limit = if *timed_out {
+            Duration::ZERO
+        } else {
+            self.inner.config.confirm_timeout
+        };
+        match tokio::time::timeout(limit, confirmed(confirm, routing_key)).await {
+            Ok(result) => result,
+            Err(_) => {
+                *timed_out = true;
+                Err(Error::unavailable(
+                    BACKEND,
+                    format!(
+                        "no confirm within {:?}: the message may or may not have been published",
+                        self.inner.config.confirm_timeout
+                    ),
+                ))
+            }
+        }
+    }
+
     /// A channel on which `consumer`'s dead-letter queue exists, or `None` when it does not
     /// (the consumer never subscribed).
     async fn dead_letter_channel(&self, consumer: &str) -> Result<Option<(Channel, String)>> {

@@ -186,8 +186,10 @@ pub struct AmqpConfig {
     pub unroutable: Unroutable,
     /// Waits between reconnection attempts of the consumers.
     pub reconnect: ReconnectPolicy,
-    /// The longest `publish` waits for the broker's confirms before it reports the batch failed.
+    /// The longest `publish` waits for one confirm before it reports the batch failed.
     pub confirm_timeout: Duration,
+    /// How many published messages may await their confirm at once (the pipeline's depth).
+    pub max_in_flight: usize,
     /// The longest a connection attempt may take (a broker behind a black hole would otherwise
     /// hold it for the operating system's TCP timeout).
     pub connect_timeout: Duration,
@@ -211,6 +213,7 @@ impl fmt::Debug for AmqpConfig {
             .field("reconnect", &self.reconnect)
             .field("confirm_timeout", &self.confirm_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("max_in_flight", &self.max_in_flight)
             .finish_non_exhaustive()
     }
 }
@@ -243,6 +246,7 @@ impl AmqpConfig {
             reconnect: ReconnectPolicy::default(),
             confirm_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            max_in_flight: 1024,
         }
     }
 
@@ -284,6 +288,12 @@ impl AmqpConfig {
     /// The same configuration with another reconnection policy.
     pub fn with_reconnect(mut self, reconnect: ReconnectPolicy) -> Self {
         self.reconnect = reconnect;
+        self
+    }
+
+    /// The same configuration with another pipeline depth (at least 1).
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight.max(1);
         self
     }
 

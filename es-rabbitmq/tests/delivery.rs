@@ -522,3 +522,27 @@ async fn a_message_the_broker_nacks_fails_the_publish() {
     let _ = connection.close(200, "done").await;
     common::cleanup(&bus, &[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_pipeline_is_confirmed_in_full() {
+    let bus = common::connect(common::config("window").with_max_in_flight(7)).await;
+    let category = common::category();
+    let consumer = common::unique("window");
+    let recorder = Recorder::new();
+    let handle = bus
+        .subscribe(
+            Subscription::new(&consumer, [format!("{category}.#")]).with_prefetch(64),
+            recorder.clone(),
+        )
+        .await
+        .unwrap();
+    let events: Vec<_> = (0..500)
+        .map(|n| common::event(&category, "Placed", n))
+        .collect();
+    bus.publish(&events).await.unwrap();
+    assert_eq!(recorder.wait_for(500, Duration::from_secs(20)).await, 500);
+    let ids: HashSet<Uuid> = recorder.handled().iter().map(|e| e.event_id).collect();
+    assert!(events.iter().all(|e| ids.contains(&e.event_id)));
+    handle.stop().await;
+    common::cleanup(&bus, &[&consumer]).await;
+}
