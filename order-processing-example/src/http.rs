@@ -217,6 +217,22 @@ async fn method_not_allowed(method: Method, uri: Uri) -> AppError {
     )
 }
 
+/// Gives an error answered without a body by a layer (the timeout's 408, say) the
+/// problem+json body every error has.
+async fn problem_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    let bare = (status.is_client_error() || status.is_server_error())
+        && response.headers().get(header::CONTENT_TYPE).is_none();
+    if bare {
+        let detail = status
+            .canonical_reason()
+            .unwrap_or("the request failed")
+            .to_lowercase();
+        return AppError::new(status, detail).into_response();
+    }
+    response
+}
+
 /// A check of one dependency: `Ok` when it answers, else what failed.
 pub type HealthProbe =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
@@ -304,6 +320,7 @@ pub fn finish_router(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        .layer(axum::middleware::map_response(problem_for_bare_errors))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
