@@ -42,8 +42,9 @@ pub struct PgConfig {
     /// Default 1 s.
     pub poll_interval: Duration,
     /// How long [`read_all`](es_core::EventStore::read_all) and
-    /// [`head`](es_core::EventStore::head) wait, at most, for write transactions that began
-    /// before newer committed events to finish, so that a read right after an append sees it.
+    /// [`head`](es_core::EventStore::head) wait, at most, when newer committed events are held
+    /// back by write transactions that were already running when the read began, so that a
+    /// read right after an append sees it. Transactions that begin later are never waited for.
     /// Zero never waits (the read then returns only what is already safe to hand out).
     /// Default 1 s. Subscriptions never wait this way: they deliver what is safe and are woken
     /// when more is.

@@ -614,15 +614,20 @@ impl PgEventStore {
         };
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut pause = Duration::from_millis(2);
+        // The transactions worth waiting for are those running when the read began; one that
+        // began later could keep a busy log held back for ever.
+        let mut began_before: Option<i64> = None;
         loop {
             let mut conn = self.inner.pool.acquire().await.map_err(from_sqlx)?;
             let events = read_visible(&mut conn, filter, after, limit).await?;
             let short = events.len() < limit && (events.is_empty() || !only_when_empty);
-            if !short
-                || max_wait.is_zero()
-                || tokio::time::Instant::now() >= deadline
-                || !held_back(&mut conn, filter, after).await?
-            {
+            if !short || max_wait.is_zero() || tokio::time::Instant::now() >= deadline {
+                return Ok(events);
+            }
+            let hold = held_back(&mut conn, filter, after).await?;
+            let target = *began_before.get_or_insert(hold.xmax);
+            let worth_waiting = only_when_empty || hold.xmin < target;
+            if !hold.events_beyond || !worth_waiting {
                 return Ok(events);
             }
             drop(conn);
@@ -674,20 +679,31 @@ pub(crate) async fn read_visible(
     rows.into_iter().map(recorded).collect()
 }
 
-/// Whether committed events after `after` exist beyond the horizon (held back by an older
-/// transaction still running).
+/// What holds a read back: whether committed events after `after` exist beyond the horizon
+/// (written by a transaction newer than one still running), and the snapshot's bounds.
+struct Hold {
+    events_beyond: bool,
+    /// The horizon: every transaction below it has ended.
+    xmin: i64,
+    /// The next transaction id to be assigned: every transaction that committed before this
+    /// snapshot is below it.
+    xmax: i64,
+}
+
 async fn held_back(
     conn: &mut PgConnection,
     filter: &StreamFilter,
     after: Position,
-) -> Result<bool> {
+) -> Result<Hold> {
     let commit = to_i64(after.commit, "position")?;
     let sequence = to_i64(after.sequence, "position")?;
-    match filter {
+    const BOUNDS: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
+                          pg_snapshot_xmax(pg_current_snapshot())::text::bigint";
+    let (events_beyond, xmin, xmax): (bool, i64, i64) = match filter {
         StreamFilter::Category(category) => {
-            sqlx::query_scalar::<_, bool>(&format!(
+            sqlx::query_as(&format!(
                 "SELECT EXISTS (SELECT 1 FROM events WHERE category = $3 \
-             AND (tx_id, seq) > ($1, $2) AND tx_id >= {HORIZON})"
+                 AND (tx_id, seq) > ($1, $2) AND tx_id >= {HORIZON}), {BOUNDS}"
             ))
             .bind(commit)
             .bind(sequence)
@@ -696,9 +712,9 @@ async fn held_back(
             .await
         }
         _ => {
-            sqlx::query_scalar::<_, bool>(&format!(
+            sqlx::query_as(&format!(
                 "SELECT EXISTS (SELECT 1 FROM events WHERE (tx_id, seq) > ($1, $2) \
-             AND tx_id >= {HORIZON})"
+                 AND tx_id >= {HORIZON}), {BOUNDS}"
             ))
             .bind(commit)
             .bind(sequence)
@@ -706,7 +722,12 @@ async fn held_back(
             .await
         }
     }
-    .map_err(from_sqlx)
+    .map_err(from_sqlx)?;
+    Ok(Hold {
+        events_beyond,
+        xmin,
+        xmax,
+    })
 }
 
 /// Upserts checkpoint `name`.
@@ -814,17 +835,22 @@ impl EventStore for PgEventStore {
     async fn head(&self) -> Result<Position> {
         let deadline = tokio::time::Instant::now() + self.inner.config.read_settle;
         let mut pause = Duration::from_millis(2);
+        let mut began_before: Option<i64> = None;
         loop {
-            let (tx_id, seq, held): (Option<i64>, Option<i64>, bool) = sqlx::query_as(&format!(
-                "SELECT h.tx_id, h.seq, EXISTS (SELECT 1 FROM events WHERE tx_id >= {HORIZON}) \
-                 FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT tx_id, seq FROM events \
-                   WHERE tx_id < {HORIZON} ORDER BY tx_id DESC, seq DESC LIMIT 1) AS h ON true"
-            ))
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(from_sqlx)?;
+            let (tx_id, seq, held, xmin, xmax): (Option<i64>, Option<i64>, bool, i64, i64) =
+                sqlx::query_as(&format!(
+                    "SELECT h.tx_id, h.seq, EXISTS (SELECT 1 FROM events WHERE tx_id >= {HORIZON}), \
+                       pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
+                       pg_snapshot_xmax(pg_current_snapshot())::text::bigint \
+                     FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT tx_id, seq FROM events \
+                       WHERE tx_id < {HORIZON} ORDER BY tx_id DESC, seq DESC LIMIT 1) AS h ON true"
+                ))
+                .fetch_one(&self.inner.pool)
+                .await
+                .map_err(from_sqlx)?;
             let head = Position::new(tx_id.map_or(0, to_u64), seq.map_or(0, to_u64));
-            if !held || tokio::time::Instant::now() >= deadline {
+            let target = *began_before.get_or_insert(xmax);
+            if !held || xmin >= target || tokio::time::Instant::now() >= deadline {
                 return Ok(head);
             }
             tokio::time::sleep(pause).await;

@@ -191,3 +191,81 @@ async fn a_subscriber_waits_for_an_older_open_transaction_and_resumes_as_soon_as
     );
     common::drop_schema(&store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_all_waits_for_transactions_older_than_the_read_but_not_for_newer_ones() {
+    let mut config = PgConfig::new(common::schema_name("settle"));
+    config.read_settle = Duration::from_secs(20);
+    let store = common::store_with(config).await;
+    let stream = StreamId::new("settle-1").unwrap();
+    let open_write = || async {
+        let mut tx = store.pool().begin().await.unwrap();
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx
+    };
+
+    let older = open_write().await;
+    let first = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![sample_event("A", 1)],
+        )
+        .await
+        .unwrap();
+    let read = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let events = store
+                .read_all(&StreamFilter::All, Position::START, 10)
+                .await
+                .unwrap();
+            (events, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A transaction that begins after the read and holds back a newer event.
+    let newer = open_write().await;
+    store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(1),
+            vec![sample_event("A", 2)],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !read.is_finished(),
+        "the read waits for the older transaction"
+    );
+    older.rollback().await.unwrap();
+
+    let (events, elapsed) = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the read returns once the older transaction ends, not after the settle time")
+        .unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.position).collect::<Vec<_>>(),
+        first.positions,
+        "it sees the event committed before it began, and nothing the newer one holds back"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "it did wait: {elapsed:?}"
+    );
+    newer.rollback().await.unwrap();
+    assert_eq!(
+        store
+            .read_all(&StreamFilter::All, Position::START, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    common::drop_schema(&store).await;
+}
