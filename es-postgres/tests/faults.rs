@@ -111,7 +111,7 @@ impl PgProjection for Counter {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscription_and_a_projection_survive_their_connections_being_terminated() {
+async fn a_subscription_survives_its_connections_being_terminated() {
     let schema = common::schema_name("kill");
     let app = format!("es-kill-{}", &Uuid::new_v4().simple().to_string()[..8]);
     let mut config = PgConfig::new(schema.clone());
