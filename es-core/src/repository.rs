@@ -406,6 +406,29 @@ impl<A: Aggregate> Repository<A> {
         })
     }
 
+    /// After `decision`'s append committed (in a unit of work of the caller's): the state with
+    /// its events applied at the new version, and a snapshot saved when one is due, as
+    /// [`execute_with`](Repository::execute_with) does after its own commits.
+    pub async fn committed(&self, decision: Decision<A>) -> Loaded<A> {
+        let Decision {
+            append,
+            outcome,
+            mut state,
+            version,
+        } = decision;
+        let events = outcome.unwrap_or_default();
+        for event in &events {
+            state.apply(event);
+        }
+        let new_version = version + events.len() as u64;
+        self.maybe_snapshot(&append.stream_id, &state, version, new_version)
+            .await;
+        Loaded {
+            state,
+            version: new_version,
+        }
+    }
+
     async fn maybe_snapshot(&self, stream_id: &StreamId, state: &A, before: u64, after: u64) {
         let Some(snapshots) = &self.snapshots else {
             return;

@@ -476,3 +476,35 @@ async fn decisions_on_two_aggregates_commit_together_or_conflict() {
     assert_eq!(accounts.load("a").await.unwrap().state.balance, 6);
     assert_eq!(accounts.load("b").await.unwrap().state.balance, 5);
 }
+
+#[tokio::test]
+async fn a_decision_committed_elsewhere_is_folded_and_snapshotted() {
+    use es_core::UnitOfWork;
+    let store = MemoryEventStore::new();
+    let accounts = repo(&store).with_snapshots(Arc::new(store.clone()), 2);
+    accounts
+        .execute(
+            "a",
+            AccountCommand::Open { owner: "a".into() },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    let decision = accounts
+        .decide("a", AccountCommand::Deposit(7), &Metadata::default())
+        .await
+        .unwrap();
+    store
+        .commit(UnitOfWork::new().append(decision.append.clone()))
+        .await
+        .unwrap();
+    let loaded = accounts.committed(decision).await;
+    assert_eq!((loaded.version, loaded.state.balance), (2, 7));
+    let stream = StreamId::new("account-a").unwrap();
+    let snapshot = SnapshotStore::load(&store, &stream).await.unwrap();
+    assert_eq!(
+        snapshot.map(|s| s.version),
+        Some(2),
+        "version 2 is due with every = 2"
+    );
+}
