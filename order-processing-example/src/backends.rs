@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use es_core::memory::{MemoryCache, MemoryEventBus, MemoryEventStore, MemoryIdempotencyStore};
-use es_core::{Cache, CheckpointStore, EventBus, EventStore, IdempotencyStore, SagaStore};
+use es_core::{
+    Cache, CheckpointStore, EventBus, EventStore, IdempotencyStore, SagaStore, SnapshotStore,
+};
 
 use crate::config::Settings;
 use crate::http::{Health, HealthProbe};
@@ -47,6 +49,8 @@ pub struct Backends {
     pub checkpoints: Arc<dyn CheckpointStore>,
     /// Saga state and deadlines.
     pub sagas: Arc<dyn SagaStore>,
+    /// Aggregate snapshots (in the event store's database).
+    pub snapshots: Arc<dyn SnapshotStore>,
     /// The bus events travel on.
     pub bus: Arc<dyn EventBus>,
     /// The read-model cache, when there is one.
@@ -86,6 +90,7 @@ impl Backends {
         Backends {
             store: Arc::new(store.clone()),
             checkpoints: Arc::new(store.clone()),
+            snapshots: Arc::new(store.clone()),
             sagas: Arc::new(store),
             bus: Arc::new(bus),
             cache: Some(Arc::new(cache)),
@@ -122,6 +127,7 @@ impl Backends {
             backends.idempotency = Arc::new(es_postgres::PgIdempotencyStore::new(&store));
             backends.store = pg;
             backends.checkpoints = Arc::new(store.clone());
+            backends.snapshots = Arc::new(store.clone());
             backends.sagas = Arc::new(store);
         } else {
             health = health.with("eventStore", store_probe(backends.store.clone()));

@@ -16,9 +16,9 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use es_core::bus::{HandlerError, MessageHandler};
 use es_core::{
-    Aggregate, BoxError, CommandError, CommitOutcome, DomainEvent, EventStore, ExpectedVersion,
-    InboxEntry, Metadata, NewEvent, Projection, RecordedEvent, Repository, StreamAppend,
-    StreamFilter, UnitOfWork,
+    Aggregate, BoxError, CommandError, CommitOutcome, Decision, DomainEvent, EventStore,
+    ExpectedVersion, InboxEntry, Metadata, NewEvent, Projection, RecordedEvent, Repository,
+    StreamAppend, StreamFilter, UnitOfWork,
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -418,6 +418,14 @@ pub struct InventoryHandler {
     consumer: String,
 }
 
+/// What one message changes: the appends of one unit of work, and the product decisions in
+/// it (folded and snapshotted once it committed).
+#[derive(Debug)]
+struct Plan {
+    appends: Vec<StreamAppend>,
+    products: Vec<Decision<Product>>,
+}
+
 /// Attempts before a contended reservation goes back to the bus for a later retry.
 const MAX_ATTEMPTS: usize = 200;
 
@@ -427,7 +435,7 @@ impl InventoryHandler {
         &self,
         message: &RecordedEvent,
         input: &InventoryInput,
-    ) -> es_core::Result<Option<Vec<StreamAppend>>> {
+    ) -> es_core::Result<Option<Plan>> {
         let metadata = Metadata::caused_by(message);
         let (order_id, reservation_command, product_command): (
             Uuid,
@@ -468,6 +476,7 @@ impl InventoryHandler {
             return Ok(None);
         }
         let mut appends = Vec::new();
+        let mut products = Vec::new();
         for item in &reservation.state.items {
             let product = self
                 .products
@@ -482,10 +491,11 @@ impl InventoryHandler {
                     "cannot change the stock of order {order_id}: {error}"
                 )));
             }
-            appends.push(product.append);
+            appends.push(product.append.clone());
+            products.push(product);
         }
         appends.insert(0, reservation.append);
-        Ok(Some(appends))
+        Ok(Some(Plan { appends, products }))
     }
 
     async fn decide_reservation(
@@ -495,12 +505,13 @@ impl InventoryHandler {
         items: &[ReservedItem],
         total_amount: Decimal,
         metadata: &Metadata,
-    ) -> es_core::Result<Option<Vec<StreamAppend>>> {
+    ) -> es_core::Result<Option<Plan>> {
         let reservation = self.reservations.load(&order_id.to_string()).await?;
         if reservation.state.decided {
             return Ok(None);
         }
         let mut product_appends = Vec::new();
+        let mut products = Vec::new();
         let mut failure = None;
         for item in items {
             let command = ProductCommand::Reserve {
@@ -513,16 +524,19 @@ impl InventoryHandler {
                 .await?;
             // A refusal writes no stock, but its append still expects the version it was
             // decided on, so a refusal on stale state is a conflict and is decided again.
-            product_appends.push(product.append);
-            if let Err(error) = product.outcome {
+            product_appends.push(product.append.clone());
+            if let Err(error) = &product.outcome {
                 failure = Some(format!("{error} {}", item.product_id));
                 break;
             }
+            products.push(product);
         }
         let at = Utc::now();
         let decision = match failure {
             Some(reason) => {
+                // Nothing is reserved: keep only the expectations.
                 product_appends.iter_mut().for_each(|a| a.events.clear());
+                products.clear();
                 ReservationEvent::InventoryFailed {
                     order_id,
                     customer_id,
@@ -548,7 +562,7 @@ impl InventoryHandler {
             .await?;
         let mut appends = vec![reservation.append];
         appends.extend(product_appends);
-        Ok(Some(appends))
+        Ok(Some(Plan { appends, products }))
     }
 }
 
@@ -562,19 +576,26 @@ impl MessageHandler for InventoryHandler {
         };
         let inbox = InboxEntry::new(self.consumer.clone(), message.event_id);
         for attempt in 0..MAX_ATTEMPTS {
-            let unit = match self.decide(message, &input).await? {
-                Some(appends) => UnitOfWork {
-                    appends,
-                    inbox: Some(inbox.clone()),
-                    checkpoint: None,
-                },
+            let (unit, products) = match self.decide(message, &input).await? {
+                Some(plan) => (
+                    UnitOfWork {
+                        appends: plan.appends,
+                        inbox: Some(inbox.clone()),
+                        checkpoint: None,
+                    },
+                    plan.products,
+                ),
                 // Nothing to change; still remember the message as handled.
-                None => UnitOfWork::new().handled(inbox.clone()),
+                None => (UnitOfWork::new().handled(inbox.clone()), Vec::new()),
             };
             match self.store.commit(unit).await {
                 Ok(CommitOutcome::Committed(results)) => {
                     if let Some(first) = results.first() {
                         tracing::info!(stream = %first.stream_id, attempt, "inventory changed");
+                    }
+                    // Snapshot busy products, so loading one reads only a short tail.
+                    for product in products {
+                        self.products.committed(product).await;
                     }
                     return Ok(());
                 }
@@ -805,7 +826,10 @@ pub(crate) async fn start(
     background: &mut Background,
 ) -> es_core::Result<Router> {
     seed(&backends.store).await?;
-    let products = Repository::<Product>::new(backends.store.clone()).with_max_retries(64);
+    // Every order adds to its products' streams: load them from a snapshot and a short tail.
+    let products = Repository::<Product>::new(backends.store.clone())
+        .with_snapshots(backends.snapshots.clone(), 64)
+        .with_max_retries(64);
     let reservations = Repository::<Reservation>::new(backends.store.clone());
     let catalog = Arc::new(ProductCatalog::default());
     background.project(backends, catalog.clone());
