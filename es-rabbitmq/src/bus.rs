@@ -26,7 +26,8 @@ use tokio::task::JoinSet;
 
 use crate::config::{AmqpConfig, QueueSpec, Unroutable};
 use crate::connection::{
-    amqp_error, declare_consumer_queues, declare_retry_queue, is_not_found, Connector, BACKEND,
+    amqp_error, declare_consumer_queues, declare_dead_letter_queue, declare_exchanges,
+    declare_retry_queue, is_not_found, Connector, BACKEND,
 };
 use crate::wire::{self, header_str, header_u32, text};
 
@@ -254,6 +255,8 @@ async fn open_consumer(inner: &Inner, subscription: &Subscription) -> Result<(Ch
         consumer: subscription.consumer.clone(),
         routing_keys: subscription.routing_keys.clone(),
     };
+    // The exchanges too: they may have been deleted while the connection stayed up.
+    declare_exchanges(&channel, topology).await?;
     declare_consumer_queues(&channel, topology, &spec).await?;
     // Retries and dead letters are republished from this channel, with confirms.
     channel
@@ -520,6 +523,9 @@ impl DeliveryContext {
         attempt: u32,
     ) -> Result<()> {
         let topology = &self.inner.config.topology;
+        // Dead letters are rare; declaring first re-creates a dead-letter queue that expired or
+        // was deleted, instead of failing on it forever.
+        declare_dead_letter_queue(&self.channel, topology, &self.subscription.consumer).await?;
         let properties = wire::with_headers(
             &delivery.properties,
             [

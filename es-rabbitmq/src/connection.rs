@@ -157,6 +157,15 @@ impl Connector {
 
 /// Declares the exchanges and the queues named up front.
 async fn declare_base(channel: &Channel, topology: &Topology) -> Result<()> {
+    declare_exchanges(channel, topology).await?;
+    for spec in &topology.queues {
+        declare_consumer_queues(channel, topology, spec).await?;
+    }
+    Ok(())
+}
+
+/// Declares the topic exchange and the dead-letter exchange.
+pub(crate) async fn declare_exchanges(channel: &Channel, topology: &Topology) -> Result<()> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
@@ -179,9 +188,6 @@ async fn declare_base(channel: &Channel, topology: &Topology) -> Result<()> {
         )
         .await
         .map_err(amqp_error)?;
-    for spec in &topology.queues {
-        declare_consumer_queues(channel, topology, spec).await?;
-    }
     Ok(())
 }
 
@@ -217,28 +223,9 @@ pub(crate) async fn declare_consumer_queues(
     topology: &Topology,
     spec: &QueueSpec,
 ) -> Result<()> {
+    declare_dead_letter_queue(channel, topology, &spec.consumer).await?;
     let queue = topology.queue(&spec.consumer);
     let dead_letter_exchange = topology.dead_letter_exchange();
-    let dead_letter_queue = topology.dead_letter_queue(&spec.consumer);
-
-    channel
-        .queue_declare(
-            &dead_letter_queue,
-            durable_queue(),
-            queue_arguments(topology),
-        )
-        .await
-        .map_err(amqp_error)?;
-    channel
-        .queue_bind(
-            &dead_letter_queue,
-            &dead_letter_exchange,
-            &queue,
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp_error)?;
 
     // Messages the broker itself dead-letters (a rejection without requeue, a length limit)
     // land in the dead-letter queue too.
@@ -268,6 +255,33 @@ pub(crate) async fn declare_consumer_queues(
             .map_err(amqp_error)?;
     }
     Ok(())
+}
+
+/// Declares `consumer`'s dead-letter queue and binds it to the dead-letter exchange.
+pub(crate) async fn declare_dead_letter_queue(
+    channel: &Channel,
+    topology: &Topology,
+    consumer: &str,
+) -> Result<()> {
+    let dead_letter_queue = topology.dead_letter_queue(consumer);
+    channel
+        .queue_declare(
+            &dead_letter_queue,
+            durable_queue(),
+            queue_arguments(topology),
+        )
+        .await
+        .map_err(amqp_error)?;
+    channel
+        .queue_bind(
+            &dead_letter_queue,
+            &topology.dead_letter_exchange(),
+            &topology.queue(consumer),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp_error)
 }
 
 /// Declares the retry queue that holds `consumer`'s messages for `delay_ms` and then

@@ -546,3 +546,38 @@ async fn a_batch_larger_than_the_pipeline_is_confirmed_in_full() {
     handle.stop().await;
     common::cleanup(&bus, &[&consumer]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_dead_letter_queue_is_declared_again_when_needed() {
+    let bus = common::connect(common::config("redeclare")).await;
+    let category = common::category();
+    let consumer = common::unique("redeclare");
+    let recorder = Recorder::new();
+    let doomed = common::event(&category, "Placed", 1);
+    recorder.set(doomed.event_id, Behaviour::AlwaysFail);
+    let handle = bus
+        .subscribe(
+            Subscription::new(&consumer, [format!("{category}.#")]).with_retry(fast_retry(1)),
+            recorder.clone(),
+        )
+        .await
+        .unwrap();
+    let (connection, channel) = common::raw_channel().await;
+    channel
+        .queue_delete(
+            &bus.config().topology.dead_letter_queue(&consumer),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    bus.publish(std::slice::from_ref(&doomed)).await.unwrap();
+    let dead = common::eventually(Duration::from_secs(10), || async {
+        bus.dead_letters(&consumer, 10).await.unwrap().len() == 1
+    })
+    .await;
+    assert!(dead, "the dead letter landed in a re-declared queue");
+    assert_eq!(recorder.deliveries(doomed.event_id), 1);
+    handle.stop().await;
+    let _ = connection.close(200, "done").await;
+    common::cleanup(&bus, &[&consumer]).await;
+}
