@@ -89,6 +89,44 @@ impl AmqpEventBus {
         self.inner.connector.close().await;
     }
 
+    /// Starts a consumer like [`EventBus::subscribe`], but without waiting for the broker: when
+    /// it cannot be reached now, the consumer keeps trying in the background (with the
+    /// reconnection backoff) and starts consuming once it can. For services that must come up
+    /// while the broker is down. Fails only on an empty consumer name.
+    ///
+    /// Unlike `subscribe`, the queue may not exist yet when this returns, so events published
+    /// right away reach it only if the queue was declared before (for example with
+    /// [`Topology::with_queue`](crate::Topology::with_queue)).
+    pub fn subscribe_in_background(
+        &self,
+        subscription: Subscription,
+        handler: Arc<dyn MessageHandler>,
+    ) -> Result<ConsumerHandle> {
+        if subscription.consumer.is_empty() {
+            return Err(Error::InvalidInput(
+                "a consumer name cannot be empty".into(),
+            ));
+        }
+        Ok(self.spawn_consumer(subscription, handler, None))
+    }
+
+    fn spawn_consumer(
+        &self,
+        subscription: Subscription,
+        handler: Arc<dyn MessageHandler>,
+        first: Option<(Channel, Consumer)>,
+    ) -> ConsumerHandle {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run_consumer(
+            self.inner.clone(),
+            subscription,
+            handler,
+            first,
+            stop_rx,
+        ));
+        ConsumerHandle::new(stop, task)
+    }
+
     /// The outbox [`Relay`] from `store` onto this bus, its checkpoint saved in `checkpoints`
     /// under `name`.
     pub fn relay(
@@ -234,15 +272,7 @@ impl EventBus for AmqpEventBus {
             ));
         }
         let first = open_consumer(&self.inner, &subscription).await?;
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run_consumer(
-            self.inner.clone(),
-            subscription,
-            handler,
-            first,
-            stop_rx,
-        ));
-        Ok(ConsumerHandle::new(stop, task))
+        Ok(self.spawn_consumer(subscription, handler, Some(first)))
     }
 }
 
@@ -306,12 +336,12 @@ async fn run_consumer(
     inner: Arc<Inner>,
     subscription: Subscription,
     handler: Arc<dyn MessageHandler>,
-    first: (Channel, Consumer),
+    first: Option<(Channel, Consumer)>,
     mut stop: watch::Receiver<bool>,
 ) {
     let policy = inner.config.reconnect;
     let mut backoff = policy.initial_backoff;
-    let mut current = Some(first);
+    let mut current = first;
     loop {
         let (channel, consumer) = match current.take() {
             Some(opened) => opened,

@@ -581,3 +581,46 @@ async fn a_deleted_dead_letter_queue_is_declared_again_when_needed() {
     let _ = connection.close(200, "done").await;
     common::cleanup(&bus, &[&consumer]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_consumer_waits_for_the_broker_and_stops_on_request() {
+    // No broker at this address: the consumer keeps trying, and stops when asked.
+    let down = AmqpEventBus::new(
+        AmqpConfig::new("amqp://guest:guest@127.0.0.1:1/%2f", common::unique("down"))
+            .with_reconnect(es_rabbitmq::ReconnectPolicy {
+                initial_backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(100),
+            }),
+    );
+    let waiting = down
+        .subscribe_in_background(Subscription::new("nobody", ["#"]), Recorder::new())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "it keeps trying");
+    tokio::time::timeout(Duration::from_secs(5), waiting.stop())
+        .await
+        .expect("stops promptly while reconnecting");
+
+    // With a broker: it starts consuming by itself.
+    let category = common::category();
+    let consumer = common::unique("background");
+    let mut config = common::config("background");
+    config.topology = config
+        .topology
+        .clone()
+        .with_queue(&consumer, [format!("{category}.#")]);
+    let bus = common::connect(config).await;
+    let recorder = Recorder::new();
+    let handle = bus
+        .subscribe_in_background(
+            Subscription::new(&consumer, [format!("{category}.#")]),
+            recorder.clone(),
+        )
+        .unwrap();
+    bus.publish(&[common::event(&category, "Placed", 1)])
+        .await
+        .unwrap();
+    assert_eq!(recorder.wait_for(1, Duration::from_secs(10)).await, 1);
+    handle.stop().await;
+    common::cleanup(&bus, &[&consumer]).await;
+}
