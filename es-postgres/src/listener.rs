@@ -77,7 +77,7 @@ async fn connect(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error
 }
 
 /// Sends one `NOTIFY` on the schema's channel after appends commit, coalescing bursts: while
-/// one is on its way, and for a few milliseconds after, any number of further commits ask for
+/// one is on its way, and for 10 ms after, any number of further commits ask for
 /// just one more. Subscribers in the appending process are woken at once, without it.
 ///
 /// The notification is not sent inside the append's transaction on purpose: a transaction that
@@ -110,7 +110,7 @@ impl Announcer {
 
 /// The shortest time between two notifications: under load, one announces many commits, and
 /// the statements it saves are the appends' to use.
-const MIN_GAP: Duration = Duration::from_millis(3);
+const MIN_GAP: Duration = Duration::from_millis(10);
 
 async fn announce(pool: PgPool, channel: String, pending: Arc<Notify>) {
     loop {
