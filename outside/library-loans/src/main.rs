@@ -14,6 +14,7 @@ use es_core::{
     EventStore, Metadata, Projection, ProjectionRunner, RecordedEvent, Repository, Saga,
     SagaDecision, SagaRunner, SagaStore, StreamFilter,
 };
+use es_postgres::{PgConfig, PgEventStore};
 use serde::{Deserialize, Serialize};
 
 /// A copy of a book on the shelf, or lent to a member.
@@ -279,5 +280,23 @@ async fn main() -> Result<(), BoxError> {
         sagas: Arc::new(memory),
     })
     .await?;
+
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        // A schema of its own, dropped afterwards, so runs never see each other.
+        let schema = format!("library_loans_{}", Utc::now().timestamp_micros());
+        let store = PgEventStore::connect(&url, PgConfig::new(&schema)).await?;
+        store.migrate().await?;
+        let outcome = run_library(Backend {
+            name: "PostgreSQL",
+            store: Arc::new(store.clone()),
+            checkpoints: Arc::new(store.clone()),
+            sagas: Arc::new(store.clone()),
+        })
+        .await;
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(store.pool())
+            .await?;
+        outcome?;
+    }
     Ok(())
 }
