@@ -183,6 +183,85 @@ async fn main() {
         report(name, s, r);
     }
 
+    // 16 writers on one stream, each reading the version and appending with it.
+    let stream = StreamId::new(format!("order-hot{}", Uuid::new_v4().simple())).unwrap();
+    let raw_stream = format!("raw-hot{}", Uuid::new_v4().simple());
+    let run_for = Duration::from_secs(3);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, stream) = (store.clone(), stream.clone());
+            tokio::spawn(async move {
+                let (mut won, mut lost) = (0u64, 0u64);
+                while started.elapsed() < run_for {
+                    let version = store.stream_version(&stream).await.unwrap().unwrap_or(0);
+                    match store
+                        .append(&stream, ExpectedVersion::Exact(version), vec![event()])
+                        .await
+                    {
+                        Ok(_) => won += 1,
+                        Err(e) if e.is_conflict() => lost += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                (won, lost)
+            })
+        })
+        .collect();
+    let (mut won, mut lost) = (0, 0);
+    for t in tasks {
+        let (w, l) = t.await.unwrap();
+        won += w;
+        lost += l;
+    }
+    let store_rate = rate(won, started.elapsed());
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (pool, raw_stream) = (pool.clone(), raw_stream.clone());
+            tokio::spawn(async move {
+                let (mut won, mut lost) = (0u64, 0u64);
+                while started.elapsed() < run_for {
+                    let version: Option<i64> =
+                        sqlx::query_scalar("SELECT max(version) FROM raw_events WHERE stream_id = $1")
+                            .bind(&raw_stream)
+                            .fetch_one(&pool)
+                            .await
+                            .unwrap();
+                    let events = vec![event()];
+                    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+                    let result = sqlx::query(
+                        "INSERT INTO raw_events (stream_id, version, event_id, event_type, payload, metadata) \
+                         VALUES ($1, $2, $3, 'OrderPlaced', $4, '\\x7b7d')",
+                    )
+                    .bind(&raw_stream)
+                    .bind(version.unwrap_or(0) + 1)
+                    .bind(ids[0])
+                    .bind(&events[0].payload[..])
+                    .execute(&pool)
+                    .await;
+                    match result {
+                        Ok(_) => won += 1,
+                        Err(_) => lost += 1,
+                    }
+                }
+                (won, lost)
+            })
+        })
+        .collect();
+    let (mut raw_won, mut raw_lost) = (0, 0);
+    for t in tasks {
+        let (w, l) = t.await.unwrap();
+        raw_won += w;
+        raw_lost += l;
+    }
+    report(
+        "append_contended",
+        store_rate,
+        rate(raw_won, started.elapsed()),
+    );
+    println!("  (conflicts: store {lost}, raw {raw_lost})");
+
     // Reads: one 10,000-event stream, and the whole log in global order.
     let stream = StreamId::new(format!("order-replay{}", Uuid::new_v4().simple())).unwrap();
     for i in 0..10u64 {
