@@ -228,16 +228,15 @@ async fn main() {
                             .fetch_one(&pool)
                             .await
                             .unwrap();
-                    let events = vec![event()];
-                    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+                    let new = event();
                     let result = sqlx::query(
                         "INSERT INTO raw_events (stream_id, version, event_id, event_type, payload, metadata) \
                          VALUES ($1, $2, $3, 'OrderPlaced', $4, '\\x7b7d')",
                     )
                     .bind(&raw_stream)
                     .bind(version.unwrap_or(0) + 1)
-                    .bind(ids[0])
-                    .bind(&events[0].payload[..])
+                    .bind(new.event_id)
+                    .bind(&new.payload[..])
                     .execute(&pool)
                     .await;
                     match result {
