@@ -416,6 +416,43 @@ pub struct InventoryHandler {
     products: Repository<Product>,
     reservations: Repository<Reservation>,
     consumer: String,
+    stripes: Arc<ProductStripes>,
+}
+
+/// In-process locks by product: handlers in one process that touch the same product take
+/// turns instead of racing to a version conflict. Across processes the expected versions
+/// still decide; the locks only spare wasted work.
+#[derive(Debug)]
+struct ProductStripes {
+    locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl ProductStripes {
+    const STRIPES: usize = 64;
+
+    fn new() -> Self {
+        ProductStripes {
+            locks: (0..Self::STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        }
+    }
+
+    /// Locks the stripes of `products`, always in the same order, so two handlers never
+    /// wait on each other in a circle.
+    async fn lock(&self, products: &[Uuid]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = products
+            .iter()
+            .map(|id| (id.as_u128() % Self::STRIPES as u128) as usize)
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            guards.push(self.locks[stripe].lock().await);
+        }
+        guards
+    }
 }
 
 /// What one message changes: the appends of one unit of work, and the product decisions in
@@ -575,6 +612,23 @@ impl MessageHandler for InventoryHandler {
             Err(error) => return Err(HandlerError::reject(error)),
         };
         let inbox = InboxEntry::new(self.consumer.clone(), message.event_id);
+        let touched = match &input {
+            InventoryInput::OrderPlaced { items, .. } => {
+                items.iter().map(|item| item.product_id).collect()
+            }
+            InventoryInput::OrderConfirmed { order_id }
+            | InventoryInput::OrderCancelled { order_id }
+            | InventoryInput::PaymentFailed { order_id } => self
+                .reservations
+                .load(&order_id.to_string())
+                .await?
+                .state
+                .items
+                .iter()
+                .map(|item| item.product_id)
+                .collect::<Vec<_>>(),
+        };
+        let _turn = self.stripes.lock(&touched).await;
         for attempt in 0..MAX_ATTEMPTS {
             let (unit, products) = match self.decide(message, &input).await? {
                 Some(plan) => (
@@ -839,6 +893,7 @@ pub(crate) async fn start(
         products: products.clone(),
         reservations: reservations.clone(),
         consumer: consumer.clone(),
+        stripes: Arc::new(ProductStripes::new()),
     });
     background
         .consume(
