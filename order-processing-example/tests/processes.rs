@@ -450,3 +450,93 @@ async fn an_unreachable_database_gives_503_health_and_no_crash() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_processes_failures_cancel_and_an_unpaid_order_times_out() {
+    let settings = Settings {
+        order_timeout: Duration::from_secs(2),
+        ..Settings::default()
+    };
+    let mut cluster = Cluster::start(settings).await;
+    let system = cluster.system();
+    let short = system.place(&customer(), &[(MONITOR, 51, "1.00")]).await;
+    let unknown = system
+        .place(
+            &customer(),
+            &[("99999999-9999-9999-9999-999999999999", 1, "1.00")],
+        )
+        .await;
+    assert_eq!(
+        system.settled(&short).await["cancellationReason"],
+        format!("insufficient stock for product {MONITOR}")
+    );
+    assert_eq!(
+        system.settled(&unknown).await["cancellationReason"],
+        "unknown product 99999999-9999-9999-9999-999999999999"
+    );
+
+    // With the gateway stopped, the reservation is never paid: the order times out.
+    cluster.kill(ServiceKind::Payment).await;
+    let unpaid = system.place(&customer(), &[(LAPTOP, 3, "999.99")]).await;
+    let order = system.settled(&unpaid).await;
+    assert_eq!(order["cancellationReason"], "timed out");
+    eventually("the laptops to come back", || async {
+        let laptop = system.product(LAPTOP).await;
+        (laptop["availableQuantity"] == 100 && laptop["reservedQuantity"] == 0).then_some(())
+    })
+    .await;
+    // The gateway comes back to a message for a cancelled order: the order stays Cancelled.
+    cluster.spawn(ServiceKind::Payment);
+    cluster.wait_healthy(ServiceKind::Payment).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, order) = system
+        .get(ServiceKind::Order, &format!("/api/orders/{unpaid}"))
+        .await;
+    assert_eq!(order["status"], "Cancelled");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_racing_through_two_order_processes_make_one_order() {
+    let mut cluster = Cluster::start(Settings::default()).await;
+    let second = cluster.spawn_extra(ServiceKind::Order);
+    let client = client();
+    eventually("the second order service", || async {
+        let response = client
+            .get(format!("http://127.0.0.1:{second}/health"))
+            .send()
+            .await
+            .ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+    let urls = [
+        format!(
+            "http://127.0.0.1:{}/api/orders",
+            cluster.ports[&ServiceKind::Order]
+        ),
+        format!("http://127.0.0.1:{second}/api/orders"),
+    ];
+    let body = order_body(&customer(), &[(MOUSE, 1, "25.00")]);
+    let racing = (0..10).map(|i| {
+        let request = client
+            .post(&urls[i % 2])
+            .header("Idempotency-Key", "across-processes")
+            .json(&body);
+        async move { read(request.send().await.expect("POST")).await }
+    });
+    let answers = futures_util::future::join_all(racing).await;
+    let created: Vec<_> = answers
+        .iter()
+        .filter(|(status, _)| *status == 201)
+        .collect();
+    assert_eq!(created.len(), 1, "{answers:?}");
+    let id = &created[0].1["orderId"];
+    assert!(
+        answers
+            .iter()
+            .all(|(status, body)| (*status == 200 || *status == 201) && &body["orderId"] == id),
+        "{answers:?}"
+    );
+    cluster.stop().await;
+}
