@@ -72,23 +72,10 @@ struct Sql {
 impl Sql {
     fn new() -> Self {
         Sql {
-            append_any: append_sql(
-                "INSERT INTO streams AS s (stream_id, version) VALUES ($1, $2) \
-                 ON CONFLICT (stream_id) DO UPDATE SET version = s.version + EXCLUDED.version \
-                 RETURNING s.version - $2 AS base",
-            ),
-            append_no_stream: append_sql(
-                "INSERT INTO streams (stream_id, version) VALUES ($1, $2) \
-                 ON CONFLICT (stream_id) DO NOTHING RETURNING 0::bigint AS base",
-            ),
-            append_exists: append_sql(
-                "UPDATE streams SET version = version + $2 WHERE stream_id = $1 \
-                 RETURNING version - $2 AS base",
-            ),
-            append_exact: append_sql(
-                "UPDATE streams SET version = version + $2 WHERE stream_id = $1 AND version = $9 \
-                 RETURNING version - $2 AS base",
-            ),
+            append_any: append_sql("true"),
+            append_no_stream: append_sql("current.version IS NULL"),
+            append_exists: append_sql("current.version IS NOT NULL"),
+            append_exact: append_sql("current.version = $8"),
         }
     }
 
@@ -102,31 +89,42 @@ impl Sql {
     }
 }
 
-/// One statement that checks and bumps the stream's version and inserts the events from arrays:
+/// One statement that checks the expectation against the stream's version (its newest event,
+/// read through the primary key) and inserts the events from arrays at the versions after it:
 /// one round trip, and when it runs on its own, one implicit transaction.
 ///
-/// When the expectation fails, nothing is inserted and the statement returns instead one row
-/// without a position carrying the stream's version as of the statement's start (none when the
-/// stream did not exist), which usually is the conflict's answer without another round trip. If the expectation fails, `stream` yields no row, so nothing is inserted and the
-/// statement returns no row.
-fn append_sql(bump: &str) -> String {
+/// The primary key `(stream_id, stream_version)` settles races: of writers inserting the same
+/// version, one commits and the others fail with a unique violation as soon as it does (they
+/// wait on its transaction, all at once). When the expectation fails against what the
+/// statement sees, nothing is inserted and it returns instead one row without a position,
+/// carrying the version it saw (none when the stream does not exist).
+fn append_sql(expectation_holds: &str) -> String {
     format!(
-        "WITH stream AS ({bump}), \
+        "WITH current AS ( \
+            SELECT (SELECT max(stream_version) FROM events WHERE stream_id = $1) AS version), \
          appended AS ( \
             INSERT INTO events (stream_id, stream_version, category, event_id, event_type, \
                                 schema_version, payload, metadata) \
-            SELECT $1, stream.base + e.n, $3, e.event_id, e.event_type, e.schema_version, \
-                   e.payload, e.metadata \
-            FROM stream, UNNEST($4::uuid[], $5::text[], $6::int4[], $7::bytea[], $8::bytea[]) \
+            SELECT $1, COALESCE(current.version, 0) + e.n, $2, e.event_id, e.event_type, \
+                   e.schema_version, e.payload, e.metadata \
+            FROM current, UNNEST($3::uuid[], $4::text[], $5::int4[], $6::bytea[], $7::bytea[]) \
                  WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, n) \
+            WHERE {expectation_holds} \
             RETURNING tx_id, seq, stream_version) \
          SELECT tx_id, seq, stream_version FROM appended \
          UNION ALL \
-         SELECT NULL, NULL, version FROM streams \
-         WHERE stream_id = $1 AND NOT EXISTS (SELECT 1 FROM appended) \
+         SELECT NULL, NULL, current.version FROM current \
+         WHERE NOT EXISTS (SELECT 1 FROM appended) \
          ORDER BY 2"
     )
 }
+
+/// The stream's version: its newest event's.
+const STREAM_VERSION: &str = "SELECT max(stream_version) FROM events WHERE stream_id = $1";
+
+/// Attempts of an `Any` or `StreamExists` append that lose a race for the same version before
+/// the store gives up with a conflict.
+const MAX_RACE_RETRIES: usize = 1000;
 
 const EVENT_COLUMNS: &str = "event_id, stream_id, stream_version, tx_id, seq, recorded_at, \
                              event_type, schema_version, payload, metadata";
@@ -231,9 +229,23 @@ impl Columns {
         }
         Ok(columns)
     }
+}
 
-    fn len(&self) -> usize {
-        self.ids.len()
+/// Why a unit's statements failed inside its transaction.
+enum Failure {
+    /// The error to return.
+    Error(Error),
+    /// Another writer took a version this unit expected to write: a conflict whose actual
+    /// version can only be read once the transaction (which the failure aborted) has ended.
+    VersionTaken {
+        stream_id: StreamId,
+        expected: ExpectedVersion,
+    },
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure::Error(error)
     }
 }
 
@@ -443,7 +455,15 @@ impl PgEventStore {
     {
         unit.validate()?;
         let mut tx = self.inner.pool.begin().await.map_err(from_sqlx)?;
-        let Some(results) = self.commit_in(&mut tx, unit).await? else {
+        let outcome = match self.commit_in(&mut tx, unit).await {
+            Ok(outcome) => outcome,
+            Err(failure) => {
+                // End the transaction first: its connection goes back to the pool.
+                let _ = tx.rollback().await;
+                return Err(self.failure_error(failure).await);
+            }
+        };
+        let Some(results) = outcome else {
             tx.rollback().await.map_err(from_sqlx)?;
             return Ok(None);
         };
@@ -453,12 +473,27 @@ impl PgEventStore {
         Ok(Some((results, value)))
     }
 
+    /// The error to return for a failure; a taken version is read now, after the failed
+    /// transaction has ended and given its connection back.
+    async fn failure_error(&self, failure: Failure) -> Error {
+        match failure {
+            Failure::Error(error) => error,
+            Failure::VersionTaken {
+                stream_id,
+                expected,
+            } => match self.stream_version(&stream_id).await {
+                Ok(actual) => expected.conflict(&stream_id, actual),
+                Err(error) => error,
+            },
+        }
+    }
+
     /// Everything of `unit` inside an open transaction; `None` when its inbox entry was there.
     async fn commit_in(
         &self,
         conn: &mut PgConnection,
         unit: UnitOfWork,
-    ) -> Result<Option<Vec<AppendResult>>> {
+    ) -> Result<Option<Vec<AppendResult>>, Failure> {
         if let Some(entry) = &unit.inbox {
             let inserted = sqlx::query_scalar::<_, i32>(
                 "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) \
@@ -474,13 +509,14 @@ impl PgEventStore {
             }
         }
         if unit.appends.len() > 1 {
-            // Lock the existing streams in one order, so two units touching the same streams
-            // in opposite orders wait for each other instead of deadlocking.
+            // Take the streams' locks in one order, so two units touching the same streams in
+            // opposite orders wait for each other instead of deadlocking on the versions.
             let mut streams: Vec<&str> =
                 unit.appends.iter().map(|a| a.stream_id.as_str()).collect();
             streams.sort_unstable();
             sqlx::query(
-                "SELECT 1 FROM streams WHERE stream_id = ANY($1) ORDER BY stream_id FOR UPDATE",
+                "SELECT pg_advisory_xact_lock(hashtextextended('es-stream:' || s, 0)) \
+                 FROM UNNEST($1::text[]) AS s",
             )
             .bind(&streams)
             .execute(&mut *conn)
@@ -503,28 +539,22 @@ impl PgEventStore {
         conn: &mut PgConnection,
         append: StreamAppend,
         in_tx: bool,
-    ) -> Result<AppendResult> {
+    ) -> Result<AppendResult, Failure> {
         let StreamAppend {
             stream_id,
             expected,
             events,
         } = append;
         if events.is_empty() {
-            // Only the expectation is checked; in a transaction the row lock keeps it true
-            // until the commit.
-            let sql = if in_tx {
-                "SELECT version FROM streams WHERE stream_id = $1 FOR SHARE"
-            } else {
-                "SELECT version FROM streams WHERE stream_id = $1"
-            };
-            let actual = sqlx::query_scalar::<_, i64>(sql)
+            // Only the expectation is checked, as of now.
+            let actual = sqlx::query_scalar::<_, Option<i64>>(STREAM_VERSION)
                 .bind(stream_id.as_str())
-                .fetch_optional(&mut *conn)
+                .fetch_one(&mut *conn)
                 .await
                 .map_err(from_sqlx)?
                 .map(to_u64);
             if !expected.is_met_by(actual) {
-                return Err(expected.conflict(&stream_id, actual));
+                return Err(expected.conflict(&stream_id, actual).into());
             }
             return Ok(AppendResult {
                 stream_id,
@@ -533,57 +563,92 @@ impl PgEventStore {
             });
         }
         let columns = Columns::new(events)?;
-        let count = columns.len() as i64;
-        let mut query =
-            sqlx::query_as::<_, (Option<i64>, Option<i64>, i64)>(self.inner.sql.append(expected))
-                .bind(stream_id.as_str())
-                .bind(count)
-                .bind(stream_id.category())
-                .bind(&columns.ids)
-                .bind(&columns.types)
-                .bind(&columns.schema_versions)
-                .bind(&columns.payloads)
-                .bind(&columns.metadata);
-        if let ExpectedVersion::Exact(version) = expected {
-            if version > 0 {
-                query = query.bind(to_i64(version, "expected version")?);
+        let expected_version = match expected {
+            ExpectedVersion::Exact(version) if version > 0 => {
+                Some(to_i64(version, "expected version")?)
             }
-        }
-        let rows = match query.fetch_all(&mut *conn).await {
-            Ok(rows) => rows,
-            Err(error) => {
-                return Err(match unique_violation(&error).as_deref() {
-                    Some("events_event_id_key") => Error::InvalidInput(format!(
-                        "an event id of the append to `{stream_id}` is already stored"
-                    )),
-                    // The stream table and the log disagree (rows written around the store):
-                    // report it as the conflict it is, with the version as it is now.
-                    Some("events_stream_version_key") => {
-                        let actual = self.stream_version(&stream_id).await?;
-                        expected.conflict(&stream_id, actual)
+            _ => None,
+        };
+        // `Any` and `StreamExists` pin no version: losing a race for one is no conflict, so
+        // they try again (behind a savepoint in a transaction, which the failure would abort).
+        let retries = matches!(
+            expected,
+            ExpectedVersion::Any | ExpectedVersion::StreamExists
+        );
+        let mut attempt = 0;
+        let rows = loop {
+            if retries && in_tx {
+                sqlx::query("SAVEPOINT es_append")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(from_sqlx)?;
+            }
+            let mut query = sqlx::query_as::<_, (Option<i64>, Option<i64>, Option<i64>)>(
+                self.inner.sql.append(expected),
+            )
+            .bind(stream_id.as_str())
+            .bind(stream_id.category())
+            .bind(&columns.ids)
+            .bind(&columns.types)
+            .bind(&columns.schema_versions)
+            .bind(&columns.payloads)
+            .bind(&columns.metadata);
+            if let Some(version) = expected_version {
+                query = query.bind(version);
+            }
+            match query.fetch_all(&mut *conn).await {
+                Ok(rows) => break rows,
+                Err(error) => match unique_violation(&error).as_deref() {
+                    Some("events_event_id_key") => {
+                        return Err(Error::InvalidInput(format!(
+                            "an event id of the append to `{stream_id}` is already stored"
+                        ))
+                        .into())
                     }
-                    _ => from_sqlx(error),
-                });
+                    Some("events_stream_version_key") if retries && attempt < MAX_RACE_RETRIES => {
+                        attempt += 1;
+                        if in_tx {
+                            sqlx::query("ROLLBACK TO SAVEPOINT es_append")
+                                .execute(&mut *conn)
+                                .await
+                                .map_err(from_sqlx)?;
+                        }
+                    }
+                    // Another writer took the version: the conflict reports the version it made
+                    // (read on another connection when this transaction is aborted).
+                    Some("events_stream_version_key") if in_tx => {
+                        return Err(Failure::VersionTaken {
+                            stream_id,
+                            expected,
+                        })
+                    }
+                    Some("events_stream_version_key") => {
+                        let actual = current_version(&mut *conn, &stream_id).await?;
+                        return Err(expected.conflict(&stream_id, actual).into());
+                    }
+                    _ => return Err(from_sqlx(error).into()),
+                },
             }
         };
         let appended = rows.first().is_some_and(|(tx_id, _, _)| tx_id.is_some());
         if !appended {
-            let seen = rows.first().map(|&(_, _, version)| to_u64(version));
-            // A version that would have met the expectation means the stream moved after the
-            // statement's snapshot (a racing writer won): read what it is now.
+            let seen = rows
+                .first()
+                .and_then(|&(_, _, version)| version)
+                .map(to_u64);
+            // The statement inserts exactly when the expectation holds for what it sees, so
+            // this is the conflict's answer; read again only if that ever disagrees.
             let actual = if expected.is_met_by(seen) {
-                sqlx::query_scalar::<_, i64>("SELECT version FROM streams WHERE stream_id = $1")
-                    .bind(stream_id.as_str())
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(from_sqlx)?
-                    .map(to_u64)
+                current_version(&mut *conn, &stream_id).await?
             } else {
                 seen
             };
-            return Err(expected.conflict(&stream_id, actual));
+            return Err(expected.conflict(&stream_id, actual).into());
         }
-        let next_expected_version = rows.last().map_or(0, |&(_, _, version)| to_u64(version));
+        let next_expected_version = rows
+            .last()
+            .and_then(|&(_, _, version)| version)
+            .map_or(0, to_u64);
         let positions = rows
             .iter()
             .map(|&(tx_id, seq, _)| Position::new(tx_id.map_or(0, to_u64), seq.map_or(0, to_u64)))
@@ -635,6 +700,16 @@ impl PgEventStore {
             pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
+}
+
+/// The stream's version now (`None`: no stream).
+async fn current_version(conn: &mut PgConnection, stream_id: &StreamId) -> Result<Option<u64>> {
+    Ok(sqlx::query_scalar::<_, Option<i64>>(STREAM_VERSION)
+        .bind(stream_id.as_str())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(from_sqlx)?
+        .map(to_u64))
 }
 
 /// The events after `after` that are safe to hand out: those of transactions older than every
@@ -762,14 +837,28 @@ impl EventStore for PgEventStore {
             let mut appends = unit.appends;
             let append = appends.remove(0);
             let mut conn = self.inner.pool.acquire().await.map_err(from_sqlx)?;
-            let result = self.append_on(&mut conn, append, false).await?;
+            let result = match self.append_on(&mut conn, append, false).await {
+                Ok(result) => result,
+                Err(failure) => {
+                    drop(conn);
+                    return Err(self.failure_error(failure).await);
+                }
+            };
             drop(conn);
             let results = vec![result];
             self.announce(&results);
             return Ok(CommitOutcome::Committed(results));
         }
         let mut tx = self.inner.pool.begin().await.map_err(from_sqlx)?;
-        match self.commit_in(&mut tx, unit).await? {
+        let outcome = match self.commit_in(&mut tx, unit).await {
+            Ok(outcome) => outcome,
+            Err(failure) => {
+                // End the transaction first: its connection goes back to the pool.
+                let _ = tx.rollback().await;
+                return Err(self.failure_error(failure).await);
+            }
+        };
+        match outcome {
             Some(results) => {
                 tx.commit().await.map_err(from_sqlx)?;
                 self.announce(&results);
@@ -807,14 +896,8 @@ impl EventStore for PgEventStore {
     }
 
     async fn stream_version(&self, stream_id: &StreamId) -> Result<Option<u64>> {
-        Ok(
-            sqlx::query_scalar::<_, i64>("SELECT version FROM streams WHERE stream_id = $1")
-                .bind(stream_id.as_str())
-                .fetch_optional(&self.inner.pool)
-                .await
-                .map_err(from_sqlx)?
-                .map(to_u64),
-        )
+        let mut conn = self.inner.pool.acquire().await.map_err(from_sqlx)?;
+        current_version(&mut conn, stream_id).await
     }
 
     async fn read_all(

@@ -169,3 +169,43 @@ async fn units_touching_the_same_streams_in_opposite_orders_do_not_deadlock() {
     assert_eq!(store.stream_version(&b).await.unwrap(), Some(161));
     common::drop_schema(&store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_units_of_work_on_a_small_pool_get_typed_conflicts_not_timeouts() {
+    let mut config = PgConfig::new(common::schema_name("uowrace"));
+    // Fewer connections than writers: a loser must not need a second connection while it
+    // holds its transaction's.
+    config.max_connections = 4;
+    config.acquire_timeout = std::time::Duration::from_secs(3);
+    let store = common::store_with(config).await;
+    let stream = StreamId::new("consumer-race").unwrap();
+    for round in 0..5u64 {
+        let barrier = Arc::new(Barrier::new(16));
+        let tasks: Vec<_> = (0..16u64)
+            .map(|writer| {
+                let (store, stream, barrier) = (store.clone(), stream.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let unit = es_core::UnitOfWork::new()
+                        .append(es_core::StreamAppend::new(
+                            stream,
+                            ExpectedVersion::Exact(round),
+                            vec![sample_event("Handled", round * 100 + writer)],
+                        ))
+                        .handled(es_core::InboxEntry::new("racer", uuid::Uuid::new_v4()));
+                    store.commit(unit).await
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => winners += 1,
+                Err(Error::Conflict { actual, .. }) => assert_eq!(actual, Some(round + 1)),
+                Err(other) => panic!("a loser gets a typed conflict, got {other:?}"),
+            }
+        }
+        assert_eq!(winners, 1, "round {round}");
+    }
+    common::drop_schema(&store).await;
+}
