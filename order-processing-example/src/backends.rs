@@ -121,9 +121,17 @@ impl Backends {
             || settings.redis_url.is_some();
         let mut health = Health::default();
         if let Some(url) = &settings.database_url {
-            let store = connect_postgres(url, &settings.database_schema, give_up).await?;
+            let store = connect_postgres(
+                url,
+                &settings.database_schema,
+                settings.database_max_connections,
+                give_up,
+            )
+            .await?;
             let pg: Arc<dyn EventStore> = Arc::new(store.clone());
-            health = health.with("eventStore", store_probe(pg.clone()));
+            health = health
+                .with("eventStore", store_probe(pg.clone()))
+                .with_target("eventStore", redact(url));
             backends.idempotency = Arc::new(es_postgres::PgIdempotencyStore::new(&store));
             backends.store = pg;
             backends.checkpoints = Arc::new(store.clone());
@@ -142,6 +150,7 @@ impl Backends {
                     Box::pin(async move { bus.check().await.map_err(|e| e.to_string()) })
                 }),
             );
+            health = health.with_target("eventBus", redact(url));
             backends.bus = Arc::new(bus);
         } else {
             health = health.with("eventBus", always_healthy());
@@ -160,6 +169,7 @@ impl Backends {
                     Box::pin(async move { redis.ping().await.map_err(|e| e.to_string()) })
                 }),
             );
+            health = health.with_target("cache", redact(url));
             backends.cache = Some(Arc::new(es_redis::RedisCache::new(redis.clone())));
             backends.idempotency = Arc::new(es_redis::RedisIdempotencyStore::new(redis));
         } else if real {
@@ -216,6 +226,7 @@ fn amqp_config(url: &str, settings: &Settings) -> es_rabbitmq::AmqpConfig {
 async fn connect_postgres(
     url: &str,
     schema: &str,
+    max_connections: u32,
     give_up: impl std::future::Future<Output = ()> + Send,
 ) -> Result<es_postgres::PgEventStore, StartError> {
     tokio::pin!(give_up);
@@ -223,7 +234,7 @@ async fn connect_postgres(
     loop {
         let mut config = es_postgres::PgConfig::new(schema);
         config.application_name = "order-processing".into();
-        config.max_connections = 16;
+        config.max_connections = max_connections.max(1);
         let attempt = async {
             let store = es_postgres::PgEventStore::connect(url, config).await?;
             store.migrate().await?;

@@ -96,6 +96,14 @@ pub struct Settings {
         global = true
     )]
     pub database_schema: String,
+    /// Connections each process may open to PostgreSQL.
+    #[arg(
+        long,
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub database_max_connections: u32,
     /// Lets RabbitMQ delete the queues after this long unused (for test systems).
     #[arg(long = "amqp-queue-expires", env = "AMQP_QUEUE_EXPIRES", value_parser = parse_duration, global = true, hide = true)]
     pub queue_expires: Option<Duration>,
@@ -127,6 +135,7 @@ impl Default for Settings {
             queue_prefix: String::new(),
             database_schema: "order_processing".into(),
             queue_expires: None,
+            database_max_connections: 10,
             redis_prefix: "order-processing:".into(),
         }
     }

@@ -241,6 +241,8 @@ pub type HealthProbe =
 #[derive(Clone, Default)]
 pub struct Health {
     probes: Vec<(String, HealthProbe)>,
+    /// Where each dependency lives (URLs with passwords hidden), for the logs.
+    targets: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Health {
@@ -256,6 +258,41 @@ impl Health {
     pub fn with(mut self, name: impl Into<String>, probe: HealthProbe) -> Self {
         self.probes.push((name.into(), probe));
         self
+    }
+
+    /// Names where dependency `name` lives (a URL, password hidden), for the logs.
+    pub fn with_target(mut self, name: impl Into<String>, target: impl Into<String>) -> Self {
+        self.targets.insert(name.into(), target.into());
+        self
+    }
+
+    /// Checks every `interval` until `stop` completes, and logs each dependency that goes
+    /// down (which one, where, what failed) or comes back.
+    pub async fn watch(self, interval: Duration, stop: impl Future<Output = ()> + Send) {
+        tokio::pin!(stop);
+        let mut down: BTreeMap<String, String> = BTreeMap::new();
+        loop {
+            let (_, entries) = self.check().await;
+            for (name, entry) in entries.as_object().into_iter().flatten() {
+                let target = self.targets.get(name).map_or("", String::as_str);
+                let problem = entry["description"].as_str();
+                match (problem, down.contains_key(name)) {
+                    (Some(problem), false) => {
+                        tracing::error!(dependency = %name, target, error = problem, "a backend cannot be reached; retrying");
+                        down.insert(name.clone(), problem.to_owned());
+                    }
+                    (None, true) => {
+                        tracing::info!(dependency = %name, target, "a backend is reachable again");
+                        down.remove(name);
+                    }
+                    _ => {}
+                }
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
     }
 
     /// Runs every probe (each bounded by a short timeout): healthy and the entries.

@@ -371,5 +371,12 @@ pub async fn run(
         Err(_) if stop.is_triggered() => return Ok(()),
         Err(error) => return Err(error),
     };
+    // Name in the log every backend that goes away later, and when it is back.
+    tokio::spawn(
+        backends
+            .health
+            .clone()
+            .watch(std::time::Duration::from_secs(5), stop.wait()),
+    );
     serve(&kinds, listeners, &backends, &settings, stop.wait()).await
 }

@@ -96,3 +96,63 @@ async fn a_lost_redis_turns_health_503_and_the_service_recovers_by_itself() {
     system.stop().await;
     drop_schema(&schema).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_backend_is_named_in_the_log_with_its_url() {
+    use tokio::io::AsyncReadExt;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    };
+    let redis_port = free();
+    let mut redis = private_redis(redis_port);
+    let order_port = free();
+    let mut service = Command::new(env!("CARGO_BIN_EXE_order-processing"))
+        .arg("all")
+        .args(["--redis-url", &format!("redis://127.0.0.1:{redis_port}")])
+        .args(["--order-port", &order_port.to_string()])
+        .args(["--inventory-port", &free().to_string()])
+        .args(["--payment-port", &free().to_string()])
+        .args(["--notification-port", &free().to_string()])
+        .args(["--analytics-port", &free().to_string()])
+        .env_remove("DATABASE_URL")
+        .env_remove("AMQP_URL")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let client = client();
+    let health = format!("http://127.0.0.1:{order_port}/health");
+    eventually("the service to be healthy", || async {
+        let response = client.get(&health).send().await.ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+    redis.kill().await.expect("stop the private Redis");
+    eventually("health to turn 503", || async {
+        let response = client.get(&health).send().await.ok()?;
+        (response.status() == 503).then_some(())
+    })
+    .await;
+    // The watcher looks every 5 s.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let pid = service.id().expect("pid").to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    service.wait().await.expect("exit");
+    let mut log = String::new();
+    if let Some(mut stdout) = service.stdout.take() {
+        let _ = stdout.read_to_string(&mut log).await;
+    }
+    assert!(log.contains("a backend cannot be reached"), "{log}");
+    assert!(
+        log.contains(&format!("redis://127.0.0.1:{redis_port}")),
+        "{log}"
+    );
+}

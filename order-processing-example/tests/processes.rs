@@ -16,7 +16,11 @@ use tokio::process::{Child, Command};
 const BINARY: &str = env!("CARGO_BIN_EXE_order-processing");
 
 /// Five service processes sharing one isolated set of names on the real backends.
+/// At most three clusters at once: each is five or more processes, and the machine has few cores.
+static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(3);
+
 struct Cluster {
+    _slot: tokio::sync::SemaphorePermit<'static>,
     settings: Settings,
     ports: HashMap<ServiceKind, u16>,
     children: HashMap<ServiceKind, Child>,
@@ -37,7 +41,12 @@ impl Cluster {
         // Fail early, with a way out, when a backend is missing.
         drop(connect(&settings).await);
         let ports = ServiceKind::ALL.iter().map(|&k| (k, free_port())).collect();
+        let slot = SLOTS
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let mut cluster = Cluster {
+            _slot: slot,
             settings,
             ports,
             children: HashMap::new(),
@@ -81,6 +90,10 @@ impl Cluster {
             .args(["--queue-prefix", &s.queue_prefix])
             .args(["--redis-prefix", &s.redis_prefix])
             .args(["--amqp-queue-expires", "120s"])
+            .args([
+                "--database-max-connections",
+                &s.database_max_connections.to_string(),
+            ])
             .args([
                 "--order-timeout",
                 &format!("{}ms", s.order_timeout.as_millis()),

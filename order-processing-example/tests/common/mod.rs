@@ -59,6 +59,8 @@ pub fn isolated(mut settings: Settings) -> Settings {
     settings.queue_prefix = format!("op-test-{suffix}-");
     settings.redis_prefix = format!("op-test-{suffix}:");
     settings.queue_expires = Some(Duration::from_secs(120));
+    // Many test systems share one server (max_connections is 100 by default).
+    settings.database_max_connections = 4;
     settings
 }
 
@@ -293,13 +295,14 @@ pub fn money(value: &Value) -> Decimal {
     }
 }
 
-/// Polls `check` until it yields, for at most 20 s.
+/// Polls `check` until it yields, for at most 60 s (twice the default order timeout: a busy
+/// machine running many test systems at once is slow, never wrong).
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(value) = check().await {
             return value;
