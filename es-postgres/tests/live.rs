@@ -1,0 +1,53 @@
+//! Live delivery across processes: an append in one store reaches a subscriber of another
+//! store (as in another process) through NOTIFY within milliseconds, not a poll interval.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use es_core::testing::sample_event;
+use es_core::{EventStore, ExpectedVersion, Position, StreamFilter, StreamId};
+use es_postgres::PgConfig;
+use futures_util::StreamExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_stores_subscriber_hears_of_an_append_within_milliseconds() {
+    let schema = common::schema_name("live");
+    let mut reader_config = PgConfig::new(schema.clone());
+    // Far longer than the test: only a notification can deliver in time.
+    reader_config.poll_interval = Duration::from_secs(60);
+    let reader = common::store_with(reader_config).await;
+    let writer = common::store_with(PgConfig::new(schema)).await;
+    let stream = StreamId::new("live-1").unwrap();
+
+    let mut subscription = reader.subscribe(StreamFilter::All, Position::START);
+    // The first read finds nothing; give the listener its connection.
+    let idle = tokio::time::timeout(Duration::from_millis(500), subscription.next()).await;
+    assert!(idle.is_err(), "nothing to deliver yet: {idle:?}");
+
+    for n in 0..5u64 {
+        let event = sample_event("Live", n);
+        let id = event.event_id;
+        let appended = Instant::now();
+        writer
+            .append(&stream, ExpectedVersion::Exact(n), vec![event])
+            .await
+            .unwrap();
+        let delivered = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("delivered through the notification")
+            .expect("a subscription does not end")
+            .expect("reads succeed");
+        assert_eq!(delivered.event_id, id);
+        let latency = appended.elapsed();
+        assert!(
+            latency < Duration::from_secs(2),
+            "append {n} reached the other store's subscriber after {latency:?}"
+        );
+        // Past the announcer's coalescing window, so each append is announced on its own.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(subscription);
+    reader.close().await;
+    common::drop_schema(&writer).await;
+}
