@@ -37,7 +37,7 @@ async fn a_lost_redis_turns_health_503_and_the_service_recovers_by_itself() {
         backends.health.check().await.0.then_some(backends)
     })
     .await;
-    let schema = settings.database_schema.clone();
+    let _schema = SchemaGuard(settings.database_schema.clone());
     let system = System::start(
         backends,
         settings,
@@ -94,7 +94,6 @@ async fn a_lost_redis_turns_health_503_and_the_service_recovers_by_itself() {
         .await;
     assert_eq!(status, 201);
     system.stop().await;
-    drop_schema(&schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

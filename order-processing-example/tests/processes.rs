@@ -16,10 +16,12 @@ use tokio::process::{Child, Command};
 const BINARY: &str = env!("CARGO_BIN_EXE_order-processing");
 
 /// Five service processes sharing one isolated set of names on the real backends.
-/// At most three clusters at once: each is five or more processes, and the machine has few cores.
-static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(3);
+/// At most two clusters at once: each is five or more processes, and the machine has few cores.
+static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 struct Cluster {
+    /// Dropped last, also when a test panics.
+    schema: SchemaGuard,
     _slot: tokio::sync::SemaphorePermit<'static>,
     settings: Settings,
     ports: HashMap<ServiceKind, u16>,
@@ -38,6 +40,7 @@ fn free_port() -> u16 {
 impl Cluster {
     async fn start(settings: Settings) -> Cluster {
         let settings = isolated(settings);
+        let schema = SchemaGuard(settings.database_schema.clone());
         // Fail early, with a way out, when a backend is missing.
         drop(connect(&settings).await);
         let ports = ServiceKind::ALL.iter().map(|&k| (k, free_port())).collect();
@@ -46,6 +49,7 @@ impl Cluster {
             .await
             .expect("the semaphore is never closed");
         let mut cluster = Cluster {
+            schema,
             _slot: slot,
             settings,
             ports,
@@ -138,7 +142,7 @@ impl Cluster {
         for mut child in self.extra.drain(..) {
             let _ = child.kill().await;
         }
-        drop_schema(&self.settings.database_schema).await;
+        drop(self.schema);
     }
 }
 

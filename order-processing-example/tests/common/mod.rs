@@ -66,7 +66,7 @@ pub fn isolated(mut settings: Settings) -> Settings {
 
 /// Backends for `settings`, failing the test with a way out when a service does not answer.
 pub async fn connect(settings: &Settings) -> Backends {
-    let give_up = tokio::time::sleep(Duration::from_secs(15));
+    let give_up = tokio::time::sleep(Duration::from_secs(45));
     let backends = Backends::from_settings_until(settings, give_up)
         .await
         .unwrap_or_else(|e| {
@@ -94,8 +94,8 @@ pub struct System {
     urls: HashMap<ServiceKind, String>,
     shutdown: Shutdown,
     tasks: Vec<JoinHandle<()>>,
-    /// The PostgreSQL schema to drop when the system stops.
-    schema: Option<String>,
+    /// The PostgreSQL schema to drop when the system goes.
+    schema: Option<SchemaGuard>,
     pub client: reqwest::Client,
 }
 
@@ -104,6 +104,26 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client")
+}
+
+/// Drops a test's schema when it goes out of scope, also when the test panics.
+#[derive(Debug)]
+pub struct SchemaGuard(pub String);
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        let schema = self.0.clone();
+        // Drop runs outside any async context we could await in: use a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(drop_schema(&schema));
+            }
+        });
+        let _ = cleanup.join();
+    }
 }
 
 /// Drops a test's schema.
@@ -131,8 +151,8 @@ impl System {
             Backend::Embedded => Self::embedded_with(settings, kinds).await,
             Backend::Real => {
                 let settings = isolated(settings);
+                let schema = SchemaGuard(settings.database_schema.clone());
                 let backends = connect(&settings).await;
-                let schema = settings.database_schema.clone();
                 let mut system = Self::start(backends, settings, kinds).await;
                 system.schema = Some(schema);
                 system
@@ -254,9 +274,7 @@ impl System {
         for task in self.tasks {
             task.await.expect("service task");
         }
-        if let Some(schema) = self.schema {
-            drop_schema(&schema).await;
-        }
+        drop(self.schema);
     }
 }
 
