@@ -29,6 +29,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The load test could not run against the system.
+    #[error("load test: {0}")]
+    LoadTest(#[from] crate::loadtest::LoadTestError),
     /// A backend failed while starting a service.
     #[error("cannot start the {service} service: {source}")]
     Service {

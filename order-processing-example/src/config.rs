@@ -18,7 +18,7 @@ pub struct Cli {
 }
 
 /// What to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// All five services in one process, each on its own port.
     All,
@@ -32,6 +32,8 @@ pub enum Command {
     Notification,
     /// The analytics service alone (needs `--amqp-url`).
     Analytics,
+    /// Places orders against a running system and reports orders/s and latency.
+    Loadtest(crate::loadtest::LoadTestArgs),
 }
 
 /// Every option; each is a flag with an environment fallback, accepted before or after the

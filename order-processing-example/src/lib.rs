@@ -6,6 +6,7 @@ pub mod config;
 pub mod events;
 pub mod http;
 pub mod inventory;
+pub mod loadtest;
 pub mod money;
 pub mod notification;
 pub mod order;

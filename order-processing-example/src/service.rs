@@ -324,6 +324,11 @@ pub async fn run(
         Command::Payment => vec![ServiceKind::Payment],
         Command::Notification => vec![ServiceKind::Notification],
         Command::Analytics => vec![ServiceKind::Analytics],
+        Command::Loadtest(args) => {
+            let report = crate::loadtest::run(&args).await?;
+            println!("{}", report.render());
+            return Ok(());
+        }
     };
     if kinds.len() == 1 && cli.settings.amqp_url.is_none() {
         return Err(StartError::NeedsBroker(kinds[0].name()));

@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 
 use common::*;
-use order_processing_example::{ServiceKind, Settings};
+use order_processing_example::ServiceKind;
 use tokio::process::{Child, Command};
 
 fn private_redis(port: u16) -> Child {
@@ -28,7 +28,7 @@ async fn a_lost_redis_turns_health_503_and_the_service_recovers_by_itself() {
         .map(|a| a.port())
         .expect("a free port");
     let mut redis = private_redis(port);
-    let mut settings = isolated(Settings::default());
+    let mut settings = isolated(patient());
     settings.redis_url = Some(format!("redis://127.0.0.1:{port}"));
     let backends = eventually("the private Redis to answer", || async {
         let backends = order_processing_example::Backends::from_settings(&settings)

@@ -148,7 +148,7 @@ impl Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_processes_confirm_one_order_and_cancel_another() {
-    let cluster = Cluster::start(Settings::default()).await;
+    let cluster = Cluster::start(patient()).await;
     let system = cluster.system();
     let customer = customer();
     let paid = system.place(&customer, &[(LAPTOP, 1, "999.99")]).await;
@@ -179,7 +179,7 @@ async fn five_processes_confirm_one_order_and_cancel_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_inventory_processes_never_sell_twenty_units_twice() {
-    let mut cluster = Cluster::start(Settings::default()).await;
+    let mut cluster = Cluster::start(patient()).await;
     // A second inventory and a second order service compete for their queues.
     let inventory = cluster.spawn_extra(ServiceKind::Inventory);
     let order = cluster.spawn_extra(ServiceKind::Order);
@@ -222,7 +222,7 @@ async fn two_inventory_processes_never_sell_twenty_units_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_killed_mid_flow_lose_nothing_and_do_nothing_twice() {
-    let mut cluster = Cluster::start(Settings::default()).await;
+    let mut cluster = Cluster::start(patient()).await;
     let system = cluster.system();
     let customer = customer();
     let mut orders = Vec::new();
@@ -304,7 +304,7 @@ async fn an_undecodable_message_goes_to_the_dead_letter_queue_while_orders_compl
     use lapin::options::BasicPublishOptions;
     use lapin::BasicProperties;
 
-    let cluster = Cluster::start(Settings::default()).await;
+    let cluster = Cluster::start(patient()).await;
     let system = cluster.system();
     let properties = lapin::ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
@@ -360,7 +360,7 @@ async fn bus_dead_letters(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_service_cleanly() {
-    let mut cluster = Cluster::start(Settings::default()).await;
+    let mut cluster = Cluster::start(patient()).await;
     let mut child = cluster
         .children
         .remove(&ServiceKind::Analytics)
@@ -515,7 +515,7 @@ async fn across_processes_failures_cancel_and_an_unpaid_order_times_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_racing_through_two_order_processes_make_one_order() {
-    let mut cluster = Cluster::start(Settings::default()).await;
+    let mut cluster = Cluster::start(patient()).await;
     let second = cluster.spawn_extra(ServiceKind::Order);
     let client = client();
     eventually("the second order service", || async {

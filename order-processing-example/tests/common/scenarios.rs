@@ -22,7 +22,7 @@ pub fn valid_line() -> Value {
 }
 
 pub async fn a_paid_order_is_confirmed_notified_and_counted(backend: Backend) {
-    let system = System::launch(backend, Settings::default(), &ServiceKind::ALL).await;
+    let system = System::launch(backend, patient(), &ServiceKind::ALL).await;
     let customer = customer();
     let (status, placed) = system
         .post_order(
@@ -127,7 +127,7 @@ pub async fn a_paid_order_is_confirmed_notified_and_counted(backend: Backend) {
 }
 
 pub async fn too_little_stock_cancels_the_order_and_changes_no_stock(backend: Backend) {
-    let system = System::launch(backend, Settings::default(), &ServiceKind::ALL).await;
+    let system = System::launch(backend, patient(), &ServiceKind::ALL).await;
     // The monitor line fits, the laptop line does not: neither may be reserved.
     let order_id = system
         .place(
@@ -156,7 +156,7 @@ pub async fn too_little_stock_cancels_the_order_and_changes_no_stock(backend: Ba
 }
 
 pub async fn an_unknown_product_cancels_the_order(backend: Backend) {
-    let system = System::launch(backend, Settings::default(), &ServiceKind::ALL).await;
+    let system = System::launch(backend, patient(), &ServiceKind::ALL).await;
     let unknown = "99999999-9999-9999-9999-999999999999";
     let order_id = system
         .place(&customer(), &[(KEYBOARD, 1, "49.99"), (unknown, 1, "1.00")])
@@ -172,7 +172,7 @@ pub async fn an_unknown_product_cancels_the_order(backend: Backend) {
 }
 
 pub async fn a_declined_payment_cancels_the_order_and_restores_the_stock(backend: Backend) {
-    let system = System::launch(backend, Settings::default(), &ServiceKind::ALL).await;
+    let system = System::launch(backend, patient(), &ServiceKind::ALL).await;
     let customer = customer();
     // 11 × 999.99 = 10,999.89: above the default limit of 10,000.00.
     let order_id = system.place(&customer, &[(LAPTOP, 11, "999.99")]).await;
@@ -261,7 +261,7 @@ pub async fn an_order_nobody_pays_times_out_and_releases_its_stock(backend: Back
 }
 
 pub async fn sixty_orders_for_twenty_units_confirm_exactly_twenty(backend: Backend) {
-    let system = System::launch(backend, Settings::default(), &ServiceKind::ALL).await;
+    let system = System::launch(backend, patient(), &ServiceKind::ALL).await;
     let product = uuid::Uuid::new_v4().to_string();
     let (status, _) = system.put_product(&product, "Limited edition", 20).await;
     assert_eq!(status, 200);
@@ -298,7 +298,7 @@ pub async fn sixty_orders_for_twenty_units_confirm_exactly_twenty(backend: Backe
 }
 
 pub async fn analytics_counts_each_event_and_answers_ranges(backend: Backend) {
-    let system = System::launch(backend, Settings::default(), &ServiceKind::ALL).await;
+    let system = System::launch(backend, patient(), &ServiceKind::ALL).await;
     let confirmed = system.place(&customer(), &[(KEYBOARD, 2, "50.00")]).await;
     let cancelled = system.place(&customer(), &[(LAPTOP, 11, "999.99")]).await;
     system.settled(&confirmed).await;
@@ -357,7 +357,7 @@ pub async fn analytics_counts_each_event_and_answers_ranges(backend: Backend) {
 }
 
 pub async fn each_invalid_field_answers_400_with_its_name(backend: Backend) {
-    let system = System::launch(backend, Settings::default(), &ServiceKind::ALL).await;
+    let system = System::launch(backend, patient(), &ServiceKind::ALL).await;
     let customer = customer();
     let line = |patch: Value| {
         let mut line = valid_line();
@@ -449,7 +449,7 @@ pub async fn each_invalid_field_answers_400_with_its_name(backend: Backend) {
 }
 
 pub async fn bad_requests_answer_problem_json_never_500(backend: Backend) {
-    let system = System::launch(backend, Settings::default(), &ServiceKind::ALL).await;
+    let system = System::launch(backend, patient(), &ServiceKind::ALL).await;
     let url = system.url(ServiceKind::Order, "/api/orders");
     let malformed = system
         .client
@@ -568,7 +568,7 @@ pub async fn bad_requests_answer_problem_json_never_500(backend: Backend) {
 }
 
 pub async fn analytics_rejects_bad_ranges_and_limits(backend: Backend) {
-    let system = System::launch(backend, Settings::default(), &ServiceKind::ALL).await;
+    let system = System::launch(backend, patient(), &ServiceKind::ALL).await;
     for query in [
         "/api/analytics/metrics/range",
         "/api/analytics/metrics/range?from=2024-01-01",
@@ -602,7 +602,7 @@ pub async fn analytics_rejects_bad_ranges_and_limits(backend: Backend) {
 }
 
 pub async fn an_idempotency_key_answers_the_same_order(backend: Backend) {
-    let system = System::launch(backend, Settings::default(), &ServiceKind::ALL).await;
+    let system = System::launch(backend, patient(), &ServiceKind::ALL).await;
     let customer = customer();
     let body = order_body(&customer, &[(MOUSE, 2, "25.00")]);
     let (first_status, first) = system.post_order(&body, Some("key-1")).await;
@@ -642,7 +642,7 @@ pub async fn an_idempotency_key_answers_the_same_order(backend: Backend) {
 }
 
 pub async fn a_customers_orders_are_listed_newest_first(backend: Backend) {
-    let system = System::launch(backend, Settings::default(), &ServiceKind::ALL).await;
+    let system = System::launch(backend, patient(), &ServiceKind::ALL).await;
     let customer = customer();
     let mut ids = Vec::new();
     for _ in 0..3 {
@@ -674,7 +674,7 @@ pub async fn a_customers_orders_are_listed_newest_first(backend: Backend) {
 }
 
 pub async fn every_service_serves_health_openapi_and_scalar(backend: Backend) {
-    let system = System::launch(backend, Settings::default(), &ServiceKind::ALL).await;
+    let system = System::launch(backend, patient(), &ServiceKind::ALL).await;
     for kind in ServiceKind::ALL {
         let (status, health) = system.get(kind, "/health").await;
         assert_eq!(status, 200);
@@ -703,7 +703,7 @@ pub async fn every_service_serves_health_openapi_and_scalar(backend: Backend) {
 }
 
 pub async fn products_are_seeded_and_can_be_stocked(backend: Backend) {
-    let system = System::launch(backend, Settings::default(), &ServiceKind::ALL).await;
+    let system = System::launch(backend, patient(), &ServiceKind::ALL).await;
     let products = eventually("the four seeded products", || async {
         let (_, list) = system
             .get(ServiceKind::Inventory, "/api/inventory/products")
