@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo bench -p es-benches --bench throughput                  # print the table
-//! cargo bench -p es-benches --bench throughput -- --write-docs  # and rewrite docs/benchmarks.md
+//! BENCH_WRITE_DOCS=1 cargo bench -p es-benches --bench throughput --bench bus  # and rewrite docs/benchmarks.md
 //! ```
 //!
 //! `BENCH_SECONDS` (default 3) and `BENCH_RUNS` (default 3; the median is kept) set the length
@@ -27,6 +27,7 @@ const RAW_TABLE: &str = "
     CREATE TABLE raw_events (
         seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         stream_id text NOT NULL,
+        category text NOT NULL,
         version bigint NOT NULL,
         event_id uuid NOT NULL UNIQUE,
         event_type text NOT NULL,
@@ -34,11 +35,13 @@ const RAW_TABLE: &str = "
         metadata jsonb NOT NULL,
         recorded_at timestamptz NOT NULL DEFAULT now(),
         UNIQUE (stream_id, version)
-    )";
+    );
+    CREATE INDEX raw_events_category ON raw_events (category, seq)";
 
 const RAW_INSERT: &str = "
-    INSERT INTO raw_events (stream_id, version, event_id, event_type, payload, metadata)
-    SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::jsonb[], $6::jsonb[])";
+    INSERT INTO raw_events (stream_id, category, version, event_id, event_type, payload, metadata)
+    SELECT s, split_part(s, '-', 1), v, i, t, p, m
+    FROM UNNEST($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::jsonb[], $6::jsonb[]) AS u(s, v, i, t, p, m)";
 
 fn new_events(n: usize) -> Vec<NewEvent> {
     (0..n)
@@ -115,7 +118,7 @@ async fn connect() -> Pg {
         .connect(&database_url())
         .await
         .expect("raw pool");
-    sqlx::query(RAW_TABLE)
+    sqlx::raw_sql(RAW_TABLE)
         .execute(&raw)
         .await
         .expect("raw table");
@@ -460,8 +463,11 @@ async fn read_all(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
             let mut after = 0i64;
             let mut count = 0u64;
             loop {
-                let page: Vec<(i64, String, sqlx::types::Json<serde_json::Value>)> =
-                    sqlx::query_as("SELECT seq, stream_id, payload FROM raw_events WHERE seq > $1 ORDER BY seq LIMIT 1000")
+                // The whole envelope, as the store reads it: ids, stream, version, type, time,
+                // payload and metadata.
+                #[allow(clippy::type_complexity)]
+                let page: Vec<(i64, uuid::Uuid, String, i64, String, chrono::DateTime<chrono::Utc>, sqlx::types::Json<serde_json::Value>, sqlx::types::Json<serde_json::Value>)> =
+                    sqlx::query_as("SELECT seq, event_id, stream_id, version, event_type, recorded_at, payload, metadata FROM raw_events WHERE seq > $1 ORDER BY seq LIMIT 1000")
                         .bind(after)
                         .fetch_all(&pool)
                         .await
@@ -576,14 +582,26 @@ async fn main() {
 
     let table = table(&rows);
     println!("\n{table}");
-    if args.iter().any(|a| a == "--write-docs") {
+    if std::env::var_os("BENCH_WRITE_DOCS").is_some() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/benchmarks.md");
+        // Keep the RabbitMQ section the `bus` bench wrote (cargo may run it first).
+        let previous = std::fs::read_to_string(path).unwrap_or_default();
+        let bus = match (
+            previous.find("<!-- bus -->"),
+            previous.find("<!-- /bus -->"),
+        ) {
+            (Some(start), Some(end)) if start < end => {
+                previous[start..end + "<!-- /bus -->".len()].to_owned()
+            }
+            _ => "<!-- bus -->\n(run the `bus` bench to fill this in)\n<!-- /bus -->".to_owned(),
+        };
         let doc = format!(
-            "# Benchmarks\n\nMeasured by `cargo bench -p es-benches --bench throughput -- --write-docs` on {}, \
+            "# Benchmarks\n\nMeasured by `BENCH_WRITE_DOCS=1 cargo bench -p es-benches --bench throughput --bench bus` on {}, \
              PostgreSQL on loopback. Each figure is the median of {} runs of {} s; every PostgreSQL figure is \
              beside the raw driver (sqlx, one multi-row `INSERT … UNNEST` per append; reads of a jsonb column decoded \
              into the same event type) measured in the same run. Compare ratios, not absolute numbers: those drift \
-             by 20 % between runs on shared machines.\n\n{table}\n{}",
+             by 20 % between runs on shared machines.\n\n## PostgreSQL and in memory\n\n{table}\n\
+             ## RabbitMQ\n\n{bus}\n\n{}",
             machine(), plan.runs, plan.seconds, include_str!("../notes.md")
         );
         std::fs::write(path, doc).expect("write docs/benchmarks.md");
