@@ -185,7 +185,7 @@ async fn a_subscriber_waits_for_an_older_open_transaction_and_resumes_as_soon_as
         .expect("reads succeed");
     assert_eq!(delivered.event_id, id);
     assert!(
-        ended.elapsed() < Duration::from_secs(1),
+        ended.elapsed() < Duration::from_secs(2),
         "delivered within milliseconds, not a poll interval: {:?}",
         ended.elapsed()
     );
@@ -195,8 +195,11 @@ async fn a_subscriber_waits_for_an_older_open_transaction_and_resumes_as_soon_as
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_all_waits_for_transactions_older_than_the_read_but_not_for_newer_ones() {
     let mut config = PgConfig::new(common::schema_name("settle"));
-    config.read_settle = Duration::from_secs(20);
+    config.read_settle = Duration::from_secs(60);
     let store = common::store_with(config).await;
+    // Idle connections ready, so the read below starts as soon as it is spawned: a read that
+    // began only after `newer` would rightly wait for it too.
+    common::warm_pool(&store, 4).await;
     let stream = StreamId::new("settle-1").unwrap();
     let open_write = || async {
         let mut tx = store.pool().begin().await.unwrap();
@@ -227,7 +230,7 @@ async fn read_all_waits_for_transactions_older_than_the_read_but_not_for_newer_o
             (events, started.elapsed())
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // A transaction that begins after the read and holds back a newer event.
     let newer = open_write().await;
     store
@@ -245,17 +248,21 @@ async fn read_all_waits_for_transactions_older_than_the_read_but_not_for_newer_o
     );
     older.rollback().await.unwrap();
 
-    let (events, elapsed) = tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .expect("the read returns once the older transaction ends, not after the settle time")
-        .unwrap();
+    let (events, elapsed) = match tokio::time::timeout(Duration::from_secs(20), read).await {
+        Ok(finished) => finished.unwrap(),
+        Err(_) => panic!(
+            "the read returns once the older transaction ends, not after the settle time; \
+             transactions holding the horizon back: {:?}",
+            common::open_write_transactions(&store).await
+        ),
+    };
     assert_eq!(
         events.iter().map(|e| e.position).collect::<Vec<_>>(),
         first.positions,
         "it sees the event committed before it began, and nothing the newer one holds back"
     );
     assert!(
-        elapsed >= Duration::from_millis(400),
+        elapsed >= Duration::from_millis(700),
         "it did wait: {elapsed:?}"
     );
     newer.rollback().await.unwrap();

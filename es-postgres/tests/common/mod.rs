@@ -51,3 +51,27 @@ pub async fn drop_schema(store: &PgEventStore) {
         .expect("drop the test schema");
     store.close().await;
 }
+
+/// Opens `n` connections of the store's pool at once and returns them to it idle, so that the
+/// next calls need not wait for a connection to be established.
+pub async fn warm_pool(store: &PgEventStore, n: usize) {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        held.push(store.pool().acquire().await.expect("a connection"));
+    }
+}
+
+/// The write transactions open anywhere on the server (pid, transaction id, age, application,
+/// query), for the message of a test that waits on the horizon.
+pub async fn open_write_transactions(
+    store: &PgEventStore,
+) -> Vec<(i32, String, String, String, String)> {
+    sqlx::query_as(
+        "SELECT pid, backend_xid::text, (now() - xact_start)::text, application_name, \
+                left(query, 80) \
+         FROM pg_stat_activity WHERE backend_xid IS NOT NULL ORDER BY xact_start",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap_or_default()
+}
