@@ -7,6 +7,7 @@ pub mod cache;
 mod error;
 mod event;
 pub mod idempotency;
+pub mod lease;
 pub mod memory;
 pub mod projection;
 pub mod relay;
@@ -28,6 +29,7 @@ pub use event::{
     event_type_of, DomainEvent, Envelope, Metadata, NewEvent, RecordedEvent, Upcaster,
 };
 pub use idempotency::{Claim, IdempotencyStore};
+pub use lease::LeaseStore;
 pub use projection::{InlineProjection, Projection, ProjectionRunner};
 pub use relay::Relay;
 pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, Repository};

@@ -5,16 +5,22 @@
 //! the bus confirmed the batch. Killed at any point, it loses nothing: it starts again from the
 //! checkpoint, and at worst publishes the last batch twice — consumers drop the duplicates with
 //! their inbox.
+//!
+//! Every instance of a service may run the same relay: [`Relay::with_lease`] makes only the
+//! holder of a [`LeaseStore`] lease publish, and a standby take over when the holder stops.
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
+use tokio::time::Instant;
 
 use crate::bus::EventBus;
 use crate::error::Result;
+use crate::lease::{unique_holder, LeaseStore};
 use crate::store::{CheckpointStore, EventStore};
 use crate::stream::{Position, StreamFilter};
 
@@ -27,16 +33,46 @@ pub struct Relay {
     checkpoints: Arc<dyn CheckpointStore>,
     filter: StreamFilter,
     batch_size: usize,
+    lease: Option<Lease>,
+}
+
+/// The lease a relay holds while it runs, and who it is to the lease store.
+#[derive(Clone)]
+struct Lease {
+    store: Arc<dyn LeaseStore>,
+    ttl: Duration,
+    holder: String,
+}
+
+impl Lease {
+    /// How often the holder renews, and a standby tries to acquire.
+    fn period(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(1))
+    }
 }
 
 impl fmt::Debug for Relay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Relay")
+        let mut debug = f.debug_struct("Relay");
+        debug
             .field("name", &self.name)
             .field("filter", &self.filter)
-            .field("batch_size", &self.batch_size)
-            .finish()
+            .field("batch_size", &self.batch_size);
+        if let Some(lease) = &self.lease {
+            debug
+                .field("lease_ttl", &lease.ttl)
+                .field("lease_holder", &lease.holder);
+        }
+        debug.finish()
     }
+}
+
+/// Why following the log stopped.
+enum Stopped {
+    /// The shutdown signal completed.
+    Shutdown,
+    /// The store ended the subscription.
+    LogEnded,
 }
 
 impl Relay {
@@ -54,7 +90,31 @@ impl Relay {
             checkpoints,
             filter: StreamFilter::All,
             batch_size: 500,
+            lease: None,
         }
+    }
+
+    /// Runs only while this relay holds the lease named after it (its checkpoint name) in
+    /// `leases`, so that of the instances running the same relay only one publishes.
+    ///
+    /// [`run`](Self::run) then takes the lease for `ttl` and renews it every `ttl / 3`. When a
+    /// renewal fails, answers no, or does not answer before the lease would run out, it stops
+    /// publishing at once and goes back to trying to acquire every `ttl / 3`; after each
+    /// acquisition it reloads the checkpoint, which the previous holder may have moved. On
+    /// shutdown it releases the lease, so a standby takes over at once; a holder that dies
+    /// without releasing is replaced within about `ttl * 4 / 3`.
+    ///
+    /// A batch in flight when the lease is lost may still reach the bus, and two holders may
+    /// briefly overlap after a stall: publishing stays at least once, and the consumers'
+    /// inboxes drop the duplicates. Each clone of a relay is a holder of its own.
+    /// [`relay_available`](Self::relay_available) does not take the lease.
+    pub fn with_lease(mut self, leases: Arc<dyn LeaseStore>, ttl: Duration) -> Self {
+        self.lease = Some(Lease {
+            store: leases,
+            ttl,
+            holder: unique_holder(),
+        });
+        self
     }
 
     /// Relays only the streams `filter` lets through (e.g. one service's own categories).
@@ -101,8 +161,124 @@ impl Relay {
 
     /// Relays until `shutdown` completes: follows the log live, publishes what is ready as one
     /// batch, retries a failed publish or checkpoint with backoff, never skips an event.
+    ///
+    /// With a lease ([`with_lease`](Self::with_lease)), it does so only while it holds the
+    /// lease, and releases it on shutdown.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) {
         tokio::pin!(shutdown);
+        match &self.lease {
+            None => {
+                self.follow(shutdown).await;
+            }
+            Some(lease) => self.run_leased(lease, shutdown).await,
+        }
+    }
+
+    /// Takes the lease, follows the log while it holds it, and starts over when it loses it.
+    async fn run_leased<S>(&self, lease: &Lease, mut shutdown: Pin<&mut S>)
+    where
+        S: Future<Output = ()> + Send,
+    {
+        let period = lease.period();
+        // Whether the store may think this relay holds the lease (then release it on the way
+        // out): after a `true`, or after an error that may hide one.
+        let mut maybe_held = false;
+        'acquire: loop {
+            let asked = Instant::now();
+            let acquired = tokio::select! {
+                _ = shutdown.as_mut() => break 'acquire,
+                acquired = lease.store.try_acquire(&self.name, &lease.holder, lease.ttl) => acquired,
+            };
+            let valid_until = match acquired {
+                Ok(true) => asked + lease.ttl,
+                Ok(false) => {
+                    maybe_held = false;
+                    tokio::select! {
+                        _ = shutdown.as_mut() => break 'acquire,
+                        _ = tokio::time::sleep(period) => continue 'acquire,
+                    }
+                }
+                Err(error) => {
+                    maybe_held = true;
+                    tracing::warn!(relay = %self.name, holder = %lease.holder, %error, "cannot acquire the relay lease; retrying");
+                    tokio::select! {
+                        _ = shutdown.as_mut() => break 'acquire,
+                        _ = tokio::time::sleep(period) => continue 'acquire,
+                    }
+                }
+            };
+            maybe_held = true;
+            tracing::info!(relay = %self.name, holder = %lease.holder, "acquired the relay lease; relaying");
+            // Following the log is dropped (subscription and any publish in flight) as soon
+            // as the lease is lost.
+            tokio::select! {
+                stopped = self.follow(shutdown.as_mut()) => {
+                    if let Stopped::LogEnded = stopped {
+                        tracing::info!(relay = %self.name, "the log ended; the relay stops");
+                    }
+                    break 'acquire;
+                }
+                () = self.keep(lease, valid_until) => {
+                    // Another holder may have it already; do not release.
+                    maybe_held = false;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.as_mut() => break 'acquire,
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+        if maybe_held {
+            // Bounded: past the TTL the lease is free anyway.
+            match tokio::time::timeout(lease.ttl, lease.store.release(&self.name, &lease.holder))
+                .await
+            {
+                Ok(Ok(())) => {
+                    tracing::info!(relay = %self.name, holder = %lease.holder, "released the relay lease")
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(relay = %self.name, holder = %lease.holder, %error, "cannot release the relay lease; it expires by itself")
+                }
+                Err(_) => {
+                    tracing::warn!(relay = %self.name, holder = %lease.holder, "releasing the relay lease timed out; it expires by itself")
+                }
+            }
+        }
+    }
+
+    /// Renews the lease every period while it holds; returns when it is lost: a renewal
+    /// failed, answered no, or had not answered by the time the lease would run out.
+    async fn keep(&self, lease: &Lease, mut valid_until: Instant) {
+        let period = lease.period();
+        loop {
+            tokio::time::sleep(period).await;
+            let asked = Instant::now();
+            let renewal = lease
+                .store
+                .try_acquire(&self.name, &lease.holder, lease.ttl);
+            match tokio::time::timeout_at(valid_until, renewal).await {
+                Ok(Ok(true)) => valid_until = asked + lease.ttl,
+                Ok(Ok(false)) => {
+                    tracing::warn!(relay = %self.name, holder = %lease.holder, "lost the relay lease to another holder; stopped relaying");
+                    return;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(relay = %self.name, holder = %lease.holder, %error, "cannot renew the relay lease; stopped relaying");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(relay = %self.name, holder = %lease.holder, "renewing the relay lease took longer than its TTL; stopped relaying");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Follows the log from the saved checkpoint until `shutdown` completes or the log ends.
+    async fn follow<S>(&self, mut shutdown: Pin<&mut S>) -> Stopped
+    where
+        S: Future<Output = ()> + Send,
+    {
         let min_backoff = Duration::from_millis(50);
         let max_backoff = Duration::from_secs(5);
         let mut backoff = min_backoff;
@@ -112,7 +288,7 @@ impl Relay {
                 Err(error) => {
                     tracing::warn!(relay = %self.name, %error, "cannot load the relay checkpoint; retrying");
                     tokio::select! {
-                        _ = &mut shutdown => return,
+                        _ = shutdown.as_mut() => return Stopped::Shutdown,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(max_backoff);
@@ -123,7 +299,7 @@ impl Relay {
             let mut events = self.store.subscribe(self.filter.clone(), start);
             loop {
                 let first = tokio::select! {
-                    _ = &mut shutdown => return,
+                    _ = shutdown.as_mut() => return Stopped::Shutdown,
                     next = events.next() => next,
                 };
                 let first = match first {
@@ -132,7 +308,7 @@ impl Relay {
                         tracing::warn!(relay = %self.name, %error, "reading the log failed; retrying");
                         continue;
                     }
-                    None => return,
+                    None => return Stopped::LogEnded,
                 };
                 let mut batch = vec![first];
                 // Take whatever else is ready, without waiting, up to the batch size.
@@ -147,7 +323,7 @@ impl Relay {
                 while let Err(error) = self.bus.publish(&batch).await {
                     tracing::warn!(relay = %self.name, %error, events = batch.len(), "publishing failed; retrying");
                     tokio::select! {
-                        _ = &mut shutdown => return,
+                        _ = shutdown.as_mut() => return Stopped::Shutdown,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(max_backoff);
@@ -157,7 +333,7 @@ impl Relay {
                     // which the consumers' inboxes absorb.
                     tracing::warn!(relay = %self.name, %error, "cannot save the relay checkpoint; restarting from the last one");
                     tokio::select! {
-                        _ = &mut shutdown => return,
+                        _ = shutdown.as_mut() => return Stopped::Shutdown,
                         _ = tokio::time::sleep(min_backoff) => {}
                     }
                     continue 'restart;

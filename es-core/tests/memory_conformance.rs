@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use es_core::memory::{MemoryCache, MemoryEventBus, MemoryEventStore, MemoryIdempotencyStore};
+use es_core::memory::{
+    MemoryCache, MemoryEventBus, MemoryEventStore, MemoryIdempotencyStore, MemoryLeaseStore,
+};
 use es_core::testing;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -32,4 +34,9 @@ async fn memory_cache_passes_the_cache_suite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_idempotency_store_passes_the_idempotency_suite() {
     testing::idempotency_conformance(Arc::new(MemoryIdempotencyStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_lease_store_passes_the_lease_suite() {
+    testing::lease_conformance(Arc::new(MemoryLeaseStore::new())).await;
 }

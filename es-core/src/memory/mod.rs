@@ -7,9 +7,11 @@
 mod bus;
 mod cache;
 mod idempotency;
+mod lease;
 mod store;
 
 pub use bus::MemoryEventBus;
 pub use cache::MemoryCache;
 pub use idempotency::MemoryIdempotencyStore;
+pub use lease::MemoryLeaseStore;
 pub use store::MemoryEventStore;

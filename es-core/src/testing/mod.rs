@@ -24,12 +24,14 @@ mod event_store;
 pub mod golden;
 mod kit;
 mod kv;
+mod lease;
 mod stores;
 
 pub use bus::bus_conformance;
 pub use event_store::event_store_conformance;
 pub use kit::{envelope, AggregateTest, SagaTest};
 pub use kv::{cache_conformance, idempotency_conformance};
+pub use lease::lease_conformance;
 pub use stores::{
     checkpoint_store_conformance, inbox_conformance, saga_store_conformance,
     snapshot_store_conformance,
