@@ -6,6 +6,7 @@ mod config;
 mod connection;
 mod error;
 mod idempotency;
+mod lease;
 mod snapshot;
 
 pub use cache::RedisCache;
@@ -13,4 +14,5 @@ pub use config::{RedisConfig, DEFAULT_URL};
 pub use connection::RedisConnection;
 pub use error::TimedOut;
 pub use idempotency::RedisIdempotencyStore;
+pub use lease::RedisLeaseStore;
 pub use snapshot::RedisSnapshotStore;

@@ -9,10 +9,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{PrivateRedis, TempDir};
-use es_core::testing::{cache_conformance, idempotency_conformance, snapshot_store_conformance};
+use es_core::testing::{
+    cache_conformance, idempotency_conformance, lease_conformance, snapshot_store_conformance,
+};
 use es_core::{Cache, Claim, IdempotencyStore, SnapshotStore, StreamId};
 use es_redis::{
-    RedisCache, RedisConfig, RedisConnection, RedisIdempotencyStore, RedisSnapshotStore,
+    RedisCache, RedisConfig, RedisConnection, RedisIdempotencyStore, RedisLeaseStore,
+    RedisSnapshotStore,
 };
 
 /// Three masters, no replicas, every slot assigned; killed when dropped.
@@ -83,6 +86,7 @@ async fn every_store_works_on_a_redis_cluster() {
     cache_conformance(Arc::new(RedisCache::new(redis.clone()))).await;
     idempotency_conformance(Arc::new(RedisIdempotencyStore::new(redis.clone()))).await;
     snapshot_store_conformance(Arc::new(RedisSnapshotStore::new(redis.clone()))).await;
+    lease_conformance(Arc::new(RedisLeaseStore::new(redis.clone()))).await;
 
     // Many keys spread over all three masters: the slots really are shared out.
     let cache = RedisCache::new(redis.clone());

@@ -4,8 +4,10 @@ mod common;
 
 use std::sync::Arc;
 
-use es_core::testing::{cache_conformance, idempotency_conformance, snapshot_store_conformance};
-use es_redis::{RedisCache, RedisIdempotencyStore, RedisSnapshotStore};
+use es_core::testing::{
+    cache_conformance, idempotency_conformance, lease_conformance, snapshot_store_conformance,
+};
+use es_redis::{RedisCache, RedisIdempotencyStore, RedisLeaseStore, RedisSnapshotStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cache_passes_the_cache_conformance_suite() {
@@ -35,4 +37,9 @@ async fn a_snapshot_store_with_a_ttl_passes_the_snapshot_conformance_suite() {
             .with_ttl(std::time::Duration::from_secs(60)),
     ))
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lease_store_passes_the_lease_conformance_suite() {
+    lease_conformance(Arc::new(RedisLeaseStore::new(common::shared_redis().await))).await;
 }
