@@ -190,6 +190,11 @@ impl Relay {
                 acquired = lease.store.try_acquire(&self.name, &lease.holder, lease.ttl) => acquired,
             };
             let valid_until = match acquired {
+                // An answer that took the whole TTL to come is worth nothing: ask again.
+                Ok(true) if asked + lease.ttl <= Instant::now() => {
+                    maybe_held = true;
+                    continue 'acquire;
+                }
                 Ok(true) => asked + lease.ttl,
                 Ok(false) => {
                     maybe_held = false;
@@ -218,9 +223,10 @@ impl Relay {
                     }
                     break 'acquire;
                 }
-                () = self.keep(lease, valid_until) => {
-                    // Another holder may have it already; do not release.
-                    maybe_held = false;
+                still_ours = self.keep(lease, valid_until) => {
+                    // After a failed renewal the store may still count this relay as the
+                    // holder; after a refused one, another holder has it: never release that.
+                    maybe_held = still_ours;
                 }
             }
             tokio::select! {
@@ -247,8 +253,9 @@ impl Relay {
     }
 
     /// Renews the lease every period while it holds; returns when it is lost: a renewal
-    /// failed, answered no, or had not answered by the time the lease would run out.
-    async fn keep(&self, lease: &Lease, mut valid_until: Instant) {
+    /// failed, answered no, or had not answered by the time the lease would run out. `false`
+    /// when the store said another holder has it.
+    async fn keep(&self, lease: &Lease, mut valid_until: Instant) -> bool {
         let period = lease.period();
         loop {
             tokio::time::sleep(period).await;
@@ -260,15 +267,15 @@ impl Relay {
                 Ok(Ok(true)) => valid_until = asked + lease.ttl,
                 Ok(Ok(false)) => {
                     tracing::warn!(relay = %self.name, holder = %lease.holder, "lost the relay lease to another holder; stopped relaying");
-                    return;
+                    return false;
                 }
                 Ok(Err(error)) => {
                     tracing::warn!(relay = %self.name, holder = %lease.holder, %error, "cannot renew the relay lease; stopped relaying");
-                    return;
+                    return true;
                 }
                 Err(_) => {
-                    tracing::warn!(relay = %self.name, holder = %lease.holder, "renewing the relay lease took longer than its TTL; stopped relaying");
-                    return;
+                    tracing::warn!(relay = %self.name, holder = %lease.holder, "the relay lease renewal did not answer before the lease ran out; stopped relaying");
+                    return true;
                 }
             }
         }
