@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
-use es_core::memory::{MemoryCache, MemoryEventBus, MemoryEventStore, MemoryIdempotencyStore};
+use es_core::memory::{
+    MemoryCache, MemoryEventBus, MemoryEventStore, MemoryIdempotencyStore, MemoryLeaseStore,
+};
 use es_core::{
-    Cache, CheckpointStore, EventBus, EventStore, IdempotencyStore, SagaStore, SnapshotStore,
+    Cache, CheckpointStore, EventBus, EventStore, IdempotencyStore, LeaseStore, SagaStore,
+    SnapshotStore,
 };
 
 use crate::config::Settings;
@@ -50,6 +53,8 @@ pub struct Backends {
     pub store: Arc<dyn EventStore>,
     /// Durable checkpoints (the relays').
     pub checkpoints: Arc<dyn CheckpointStore>,
+    /// Leases beside the store, so that of the instances of a service only one relays.
+    pub leases: Arc<dyn LeaseStore>,
     /// Saga state and deadlines.
     pub sagas: Arc<dyn SagaStore>,
     /// Aggregate snapshots (in the event store's database).
@@ -70,6 +75,7 @@ impl std::fmt::Debug for Backends {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Backends")
             .field("store", &self.store)
+            .field("leases", &self.leases)
             .field("bus", &self.bus)
             .field("cache", &self.cache)
             .field("idempotency", &self.idempotency)
@@ -93,6 +99,7 @@ impl Backends {
         Backends {
             store: Arc::new(store.clone()),
             checkpoints: Arc::new(store.clone()),
+            leases: Arc::new(MemoryLeaseStore::new()),
             snapshots: Arc::new(store.clone()),
             sagas: Arc::new(store),
             bus: Arc::new(bus),
@@ -138,6 +145,7 @@ impl Backends {
             backends.idempotency = Arc::new(es_postgres::PgIdempotencyStore::new(&store));
             backends.store = pg;
             backends.checkpoints = Arc::new(store.clone());
+            backends.leases = Arc::new(es_postgres::PgLeaseStore::new(&store));
             backends.snapshots = Arc::new(store.clone());
             backends.sagas = Arc::new(store);
         } else {

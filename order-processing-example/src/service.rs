@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use es_core::bus::ConsumerHandle;
@@ -66,6 +67,10 @@ impl ServiceKind {
     }
 }
 
+/// How long a relay's lease lasts unrenewed: a standby instance takes over from one that died
+/// within about this (at once from one that stopped), and renewals go every third of it.
+const RELAY_LEASE_TTL: Duration = Duration::from_secs(5);
+
 /// Background work of one service.
 #[derive(Debug, Default)]
 pub(crate) struct Background {
@@ -92,7 +97,8 @@ impl Background {
         Ok(())
     }
 
-    /// Relays the streams of `category` from the store to the bus.
+    /// Relays the streams of `category` from the store to the bus, while this instance holds
+    /// the relay's lease (the other instances of the service stand by).
     pub(crate) fn relay(&mut self, backends: &Backends, category: &str) {
         let relay = Relay::new(
             format!("relay-{category}"),
@@ -100,7 +106,8 @@ impl Background {
             backends.bus.clone(),
             backends.checkpoints.clone(),
         )
-        .with_filter(StreamFilter::category(category));
+        .with_filter(StreamFilter::category(category))
+        .with_lease(backends.leases.clone(), RELAY_LEASE_TTL);
         let stop = self.stop.wait();
         self.relays
             .push(tokio::spawn(async move { relay.run(stop).await }));
