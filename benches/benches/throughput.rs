@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use es_benches::{
-    order_placed, table, throughput, timed, BenchEvent, OrderBook, PlaceOrders, Plan, Row,
+    order_placed, selected, table, throughput, throughput_pair, timed, timed_pair, BenchEvent,
+    OrderBook, PlaceOrders, Plan, Row,
 };
 use es_core::memory::MemoryEventStore;
 use es_core::{
@@ -155,7 +156,7 @@ async fn appends(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
         let store = pg.store.clone();
         let run = uuid::Uuid::new_v4().simple().to_string();
         let next = Arc::new((0..writers).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
-        let rate = throughput(plan, writers, move |task| {
+        let contender = move |task: usize| {
             let (store, next, run) = (store.clone(), next.clone(), run.clone());
             async move {
                 let n = next[task].fetch_add(1, Ordering::Relaxed);
@@ -173,12 +174,11 @@ async fn appends(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
                     .expect("append");
                 batch as u64
             }
-        })
-        .await;
+        };
         let raw_pool = pg.raw.clone();
         let run = uuid::Uuid::new_v4().simple().to_string();
         let next = Arc::new((0..writers).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
-        let raw = throughput(plan, writers, move |task| {
+        let raw = move |task: usize| {
             let (pool, next, run) = (raw_pool.clone(), next.clone(), run.clone());
             async move {
                 let n = next[task].fetch_add(1, Ordering::Relaxed) as i64;
@@ -193,8 +193,8 @@ async fn appends(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
                 }
                 batch as u64
             }
-        })
-        .await;
+        };
+        let (rate, raw) = throughput_pair(plan, writers, contender, raw).await;
         rows.push(Row {
             scenario: scenario.into(),
             contender: "es-postgres".into(),
@@ -211,7 +211,7 @@ async fn contended(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
     let stream = sid("contended", uuid::Uuid::new_v4().simple());
     let conflicts = Arc::new(AtomicU64::new(0));
     let (store, c) = (pg.store.clone(), conflicts.clone());
-    let rate = throughput(plan, 16, move |_| {
+    let contender = move |_| {
         let (store, stream, conflicts) = (store.clone(), stream.clone(), c.clone());
         async move {
             let version = store
@@ -231,11 +231,10 @@ async fn contended(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
                 Err(e) => panic!("append: {e}"),
             }
         }
-    })
-    .await;
+    };
     let raw_stream = format!("contended-{}", uuid::Uuid::new_v4().simple());
     let pool = pg.raw.clone();
-    let raw = throughput(plan, 16, move |_| {
+    let raw = move |_| {
         let (pool, stream) = (pool.clone(), raw_stream.clone());
         async move {
             let version: Option<i64> =
@@ -250,8 +249,8 @@ async fn contended(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
                 Err(e) => panic!("raw: {e}"),
             }
         }
-    })
-    .await;
+    };
+    let (rate, raw) = throughput_pair(plan, 16, contender, raw).await;
     rows.push(Row {
         scenario: "append_contended (16 writers, 1 stream)".into(),
         contender: "es-postgres".into(),
@@ -272,7 +271,7 @@ async fn repository_batches(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
     let store: Arc<dyn EventStore> = Arc::new(pg.store.clone());
     let repo = Repository::<OrderBook>::new(store).with_snapshots(Arc::new(pg.store.clone()), 100);
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let rate = throughput(plan, 1, move |_| {
+    let contender = move |_| {
         let (repo, id) = (repo.clone(), id.clone());
         async move {
             repo.execute(&id, PlaceOrders(100), Metadata::default())
@@ -280,20 +279,19 @@ async fn repository_batches(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
                 .expect("execute");
             100
         }
-    })
-    .await;
+    };
     let pool = pg.raw.clone();
     let stream = format!("batch-{}", uuid::Uuid::new_v4().simple());
     let next = Arc::new(AtomicU64::new(0));
-    let raw = throughput(plan, 1, move |_| {
+    let raw = move |_| {
         let (pool, stream, next) = (pool.clone(), stream.clone(), next.clone());
         async move {
             let n = next.fetch_add(100, Ordering::Relaxed) as i64;
             raw_append(&pool, &stream, n + 1, 100).await.expect("raw");
             100
         }
-    })
-    .await;
+    };
+    let (rate, raw) = throughput_pair(plan, 1, contender, raw).await;
     rows.push(Row {
         scenario: "append_batch (100 per command, repository, snapshots)".into(),
         contender: "es-postgres".into(),
@@ -333,7 +331,7 @@ async fn replays(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
         let stream = Repository::<OrderBook>::stream_id(&id).expect("id");
         seed_stream(pg, &stream, n).await;
         let repo = Repository::<OrderBook>::new(Arc::new(pg.store.clone()));
-        let rate = timed(plan, || {
+        let contender = || {
             let repo = repo.clone();
             let id = id.clone();
             async move {
@@ -341,11 +339,10 @@ async fn replays(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
                 assert_eq!(loaded.state.orders, n as u64);
                 loaded.version
             }
-        })
-        .await;
+        };
         let pool = pg.raw.clone();
         let raw_stream = stream.to_string();
-        let raw = timed(plan, || {
+        let raw = || {
             let (pool, stream) = (pool.clone(), raw_stream.clone());
             async move {
                 let mut book = OrderBook::default();
@@ -364,14 +361,16 @@ async fn replays(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
                     for (_, sqlx::types::Json(payload)) in page {
                         let mut wrapped = serde_json::Map::new();
                         wrapped.insert("OrderPlaced".into(), payload);
-                        let event: BenchEvent = serde_json::from_value(serde_json::Value::Object(wrapped)).expect("decode");
+                        let event: BenchEvent =
+                            serde_json::from_value(serde_json::Value::Object(wrapped))
+                                .expect("decode");
                         es_core::Aggregate::apply(&mut book, &event);
                     }
                 }
                 book.orders
             }
-        })
-        .await;
+        };
+        let (rate, raw) = timed_pair(plan, contender, raw).await;
         rows.push(Row {
             scenario: format!("replay_stream ({n} events)"),
             contender: "es-postgres".into(),
@@ -422,6 +421,23 @@ async fn replays(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
 
 /// Scan the global log in order, page by page.
 async fn read_all(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
+    // At least the anchors' 100,000 events on both sides (the other scenarios, when they ran
+    // first, wrote more).
+    const AT_LEAST: usize = 100_000;
+    let (stored, raw_stored): (i64, i64) = (
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(pg.store.pool())
+            .await
+            .expect("count"),
+        sqlx::query_scalar("SELECT count(*) FROM raw_events")
+            .fetch_one(&pg.raw)
+            .await
+            .expect("count"),
+    );
+    let missing = AT_LEAST.saturating_sub(stored.min(raw_stored) as usize);
+    if missing > 0 {
+        seed_stream(pg, &sid("seed", uuid::Uuid::new_v4().simple()), missing).await;
+    }
     let total = pg
         .store
         .read_all(&StreamFilter::All, Position::START, usize::MAX)
@@ -434,7 +450,7 @@ async fn read_all(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
         .expect("count");
     println!("read_all scans {total} events (raw table: {raw_total})");
     let store = pg.store.clone();
-    let rate = timed(plan, || {
+    let contender = || {
         let store = store.clone();
         async move {
             let mut after = Position::START;
@@ -454,10 +470,9 @@ async fn read_all(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
             }
             count
         }
-    })
-    .await;
+    };
     let pool = pg.raw.clone();
-    let raw = timed(plan, || {
+    let raw = || {
         let pool = pool.clone();
         async move {
             let mut after = 0i64;
@@ -478,8 +493,8 @@ async fn read_all(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
             }
             count
         }
-    })
-    .await;
+    };
+    let (rate, raw) = timed_pair(plan, contender, raw).await;
     rows.push(Row {
         scenario: format!("read_all ({total} events, pages of 1000)"),
         contender: "es-postgres".into(),
@@ -571,13 +586,25 @@ async fn main() {
     }
     let plan = Plan::from_env();
     let mut rows = Vec::new();
-    memory(plan, &mut rows).await;
+    if selected("memory") {
+        memory(plan, &mut rows).await;
+    }
     let pg = connect().await;
-    appends(plan, &pg, &mut rows).await;
-    contended(plan, &pg, &mut rows).await;
-    repository_batches(plan, &pg, &mut rows).await;
-    replays(plan, &pg, &mut rows).await;
-    read_all(plan, &pg, &mut rows).await;
+    if selected("append") {
+        appends(plan, &pg, &mut rows).await;
+    }
+    if selected("contended") {
+        contended(plan, &pg, &mut rows).await;
+    }
+    if selected("repository") {
+        repository_batches(plan, &pg, &mut rows).await;
+    }
+    if selected("replay") {
+        replays(plan, &pg, &mut rows).await;
+    }
+    if selected("read_all") {
+        read_all(plan, &pg, &mut rows).await;
+    }
     drop_schemas(pg).await;
 
     let table = table(&rows);

@@ -119,25 +119,62 @@ where
     let step = Arc::new(step);
     let mut rates = Vec::new();
     for _ in 0..plan.runs {
-        let done = Arc::new(AtomicU64::new(0));
-        let deadline = Instant::now() + Duration::from_secs_f64(plan.seconds);
-        let start = Instant::now();
-        let mut handles = Vec::new();
-        for task in 0..tasks {
-            let (step, done) = (step.clone(), done.clone());
-            handles.push(tokio::spawn(async move {
-                while Instant::now() < deadline {
-                    let units = step(task).await;
-                    done.fetch_add(units, Ordering::Relaxed);
-                }
-            }));
-        }
-        for handle in handles {
-            handle.await.expect("a bench task panicked");
-        }
-        rates.push(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64());
+        rates.push(throughput_once(plan.seconds, tasks, step.clone()).await);
     }
     median(rates)
+}
+
+/// [`throughput`] of a contender and of the raw driver, their runs interleaved (contender,
+/// raw, raw, contender, ...) so that a machine that slows down or speeds up during the
+/// measurement weighs on both alike. Returns the medians (contender, raw).
+pub async fn throughput_pair<F, Fut, G, Gut>(
+    plan: Plan,
+    tasks: usize,
+    contender: F,
+    raw: G,
+) -> (f64, f64)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = u64> + Send,
+    G: Fn(usize) -> Gut + Send + Sync + 'static,
+    Gut: Future<Output = u64> + Send,
+{
+    let (contender, raw) = (Arc::new(contender), Arc::new(raw));
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for run in 0..plan.runs {
+        if run % 2 == 0 {
+            ours.push(throughput_once(plan.seconds, tasks, contender.clone()).await);
+            theirs.push(throughput_once(plan.seconds, tasks, raw.clone()).await);
+        } else {
+            theirs.push(throughput_once(plan.seconds, tasks, raw.clone()).await);
+            ours.push(throughput_once(plan.seconds, tasks, contender.clone()).await);
+        }
+    }
+    (median(ours), median(theirs))
+}
+
+async fn throughput_once<F, Fut>(seconds: f64, tasks: usize, step: Arc<F>) -> f64
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = u64> + Send,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let (step, done) = (step.clone(), done.clone());
+        handles.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let units = step(task).await;
+                done.fetch_add(units, Ordering::Relaxed);
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.expect("a bench task panicked");
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Times `work` (which returns how many units it did) `runs` times; the median units/s.
@@ -148,11 +185,53 @@ where
 {
     let mut rates = Vec::new();
     for _ in 0..plan.runs {
-        let start = Instant::now();
-        let units = work().await;
-        rates.push(units as f64 / start.elapsed().as_secs_f64());
+        rates.push(timed_once(&mut work).await);
     }
     median(rates)
+}
+
+/// [`timed`] of a contender and of the raw driver, their runs interleaved as in
+/// [`throughput_pair`]. Returns the medians (contender, raw).
+pub async fn timed_pair<F, Fut, G, Gut>(plan: Plan, mut contender: F, mut raw: G) -> (f64, f64)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = u64>,
+    G: FnMut() -> Gut,
+    Gut: Future<Output = u64>,
+{
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for run in 0..plan.runs {
+        if run % 2 == 0 {
+            ours.push(timed_once(&mut contender).await);
+            theirs.push(timed_once(&mut raw).await);
+        } else {
+            theirs.push(timed_once(&mut raw).await);
+            ours.push(timed_once(&mut contender).await);
+        }
+    }
+    (median(ours), median(theirs))
+}
+
+async fn timed_once<F, Fut>(work: &mut F) -> f64
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = u64>,
+{
+    let start = Instant::now();
+    let units = work().await;
+    units as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Whether the scenario group `name` is to run: all do unless `BENCH_ONLY` lists names
+/// (comma-separated, matched as prefixes), e.g. `BENCH_ONLY=append,read_all`.
+pub fn selected(name: &str) -> bool {
+    match std::env::var("BENCH_ONLY") {
+        Ok(only) if !only.trim().is_empty() => only
+            .split(',')
+            .map(str::trim)
+            .any(|wanted| !wanted.is_empty() && name.starts_with(wanted)),
+        _ => true,
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

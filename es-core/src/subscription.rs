@@ -5,6 +5,10 @@
 //! memory, a `NOTIFY` in PostgreSQL) or the poll interval, whichever comes first. Because every
 //! read starts after the last *delivered* position and the store's `read_all` never skips a
 //! late commit, the subscription has no gap and no duplicate.
+//!
+//! While it catches up, it reads one page ahead: as soon as a full page arrives, the read of the
+//! next one starts in a task of its own, so the store produces page N+1 while the consumer works
+//! through page N. At most two pages are held at once.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,8 +16,9 @@ use std::time::Duration;
 
 use futures_util::stream;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use crate::store::{EventStore, EventSubscription};
 use crate::stream::{Position, StreamFilter};
@@ -47,9 +52,63 @@ struct State {
     filter: StreamFilter,
     after: Position,
     buffer: VecDeque<RecordedEvent>,
+    /// The read of the page after the buffer, started when the buffer's page came back full.
+    ahead: Option<ReadAhead>,
     wake: Option<watch::Receiver<()>>,
     config: PollConfig,
     backoff: Option<Duration>,
+}
+
+/// A page read running in its own task; aborted when the subscription is dropped.
+struct ReadAhead(JoinHandle<Result<Vec<RecordedEvent>>>);
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl State {
+    /// Starts reading the page after `after` in a task of its own (when there is a runtime to
+    /// run it on).
+    fn read_ahead(&mut self, after: Position) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // As before any read: a commit after this point must still wake the wait.
+        if let Some(wake) = self.wake.as_mut() {
+            wake.borrow_and_update();
+        }
+        let (store, filter, limit) = (
+            self.store.clone(),
+            self.filter.clone(),
+            self.config.page_size,
+        );
+        self.ahead =
+            Some(ReadAhead(runtime.spawn(async move {
+                store.read_all(&filter, after, limit).await
+            })));
+    }
+
+    /// The next page: the one read ahead when there is one, else a read now.
+    async fn next_page(&mut self) -> Result<Vec<RecordedEvent>> {
+        if let Some(mut ahead) = self.ahead.take() {
+            return match (&mut ahead.0).await {
+                Ok(read) => read,
+                // A read that panicked panics here, as it would have read in place.
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(error) => Err(Error::unavailable("subscription", error)),
+            };
+        }
+        // Mark the current wake-up as seen *before* reading, so a commit that lands after the
+        // read still wakes the wait below.
+        if let Some(wake) = self.wake.as_mut() {
+            wake.borrow_and_update();
+        }
+        self.store
+            .read_all(&self.filter, self.after, self.config.page_size)
+            .await
+    }
 }
 
 /// A subscription to `store`'s global log after `after`, woken early by `wake` when given.
@@ -65,6 +124,7 @@ pub fn poll_subscription(
         filter,
         after,
         buffer: VecDeque::new(),
+        ahead: None,
         wake,
         config,
         backoff: None,
@@ -78,18 +138,14 @@ pub fn poll_subscription(
             if let Some(delay) = state.backoff {
                 tokio::time::sleep(delay).await;
             }
-            // Mark the current wake-up as seen *before* reading, so a commit that lands after
-            // the read still wakes the wait below.
-            if let Some(wake) = state.wake.as_mut() {
-                wake.borrow_and_update();
-            }
-            match state
-                .store
-                .read_all(&state.filter, state.after, state.config.page_size)
-                .await
-            {
+            match state.next_page().await {
                 Ok(events) if !events.is_empty() => {
                     state.backoff = None;
+                    if events.len() >= state.config.page_size {
+                        if let Some(last) = events.last() {
+                            state.read_ahead(last.position);
+                        }
+                    }
                     state.buffer.extend(events);
                 }
                 Ok(_) => {
@@ -122,5 +178,111 @@ async fn wait_for_wake(state: &mut State) {
             }
         }
         None => tokio::time::sleep(interval).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::memory::MemoryEventStore;
+    use crate::store::{CommitOutcome, ExpectedVersion, UnitOfWork};
+    use crate::stream::StreamId;
+    use crate::NewEvent;
+
+    /// The memory store, counting the pages read.
+    #[derive(Debug)]
+    struct Counting {
+        inner: MemoryEventStore,
+        reads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl EventStore for Counting {
+        async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome> {
+            self.inner.commit(unit).await
+        }
+        async fn read_stream(
+            &self,
+            stream_id: &StreamId,
+            from_version: u64,
+            limit: usize,
+        ) -> Result<Vec<RecordedEvent>> {
+            self.inner.read_stream(stream_id, from_version, limit).await
+        }
+        async fn stream_version(&self, stream_id: &StreamId) -> Result<Option<u64>> {
+            self.inner.stream_version(stream_id).await
+        }
+        async fn read_all(
+            &self,
+            filter: &StreamFilter,
+            after: Position,
+            limit: usize,
+        ) -> Result<Vec<RecordedEvent>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.read_all(filter, after, limit).await
+        }
+        async fn head(&self) -> Result<Position> {
+            self.inner.head().await
+        }
+        fn subscribe(&self, filter: StreamFilter, after: Position) -> EventSubscription {
+            self.inner.subscribe(filter, after)
+        }
+    }
+
+    fn events(n: usize) -> Vec<NewEvent> {
+        (0..n)
+            .map(|i| NewEvent::raw("Counted", format!("{{\"i\":{i}}}").into_bytes()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_full_page_starts_the_next_read_before_the_consumer_asks_for_it() {
+        let store = Arc::new(Counting {
+            inner: MemoryEventStore::new(),
+            reads: AtomicUsize::new(0),
+        });
+        let stream = StreamId::new("counted-1").unwrap();
+        store
+            .inner
+            .append(&stream, ExpectedVersion::NoStream, events(25))
+            .await
+            .unwrap();
+        let config = PollConfig {
+            page_size: 10,
+            ..PollConfig::default()
+        };
+        let mut subscription = poll_subscription(
+            store.clone(),
+            StreamFilter::All,
+            Position::START,
+            None,
+            config,
+        );
+
+        let first = subscription.next().await.unwrap().unwrap();
+        assert_eq!(first.stream_version, 1);
+        // The consumer holds the first event of a full page; the next page is read meanwhile.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while store.reads.load(Ordering::SeqCst) < 2 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the second page is read ahead");
+
+        let rest: Vec<u64> = subscription
+            .by_ref()
+            .take(24)
+            .map(|e| e.unwrap().stream_version)
+            .collect()
+            .await;
+        assert_eq!(rest, (2..=25).collect::<Vec<_>>(), "in order, none twice");
+        // Pages of 10, 10, 5: the short last page starts no read ahead.
+        assert_eq!(store.reads.load(Ordering::SeqCst), 3);
     }
 }
