@@ -36,8 +36,13 @@ pub struct PgConfig {
     /// The `application_name` of every connection (shows in `pg_stat_activity`).
     /// Default `es-postgres`.
     pub application_name: String,
-    /// Events a subscription reads per page. Default 1000.
+    /// Events a subscription reads per page once it has caught up. Default 1000.
     pub page_size: usize,
+    /// Events one streaming query of a catching-up subscription reads at most. Far behind the
+    /// head, a subscription streams what is safe to hand out in one query rather than page by
+    /// page; the query holds a connection and a snapshot while the consumer works through its
+    /// rows, so this bounds how long. Default 100,000.
+    pub catch_up_rows: usize,
     /// How long a caught-up subscription waits for a notification before it polls anyway.
     /// Default 1 s.
     pub poll_interval: Duration,
@@ -64,6 +69,7 @@ impl Default for PgConfig {
             acquire_timeout: Duration::from_secs(5),
             application_name: "es-postgres".to_owned(),
             page_size: 1000,
+            catch_up_rows: 100_000,
             poll_interval: Duration::from_secs(1),
             read_settle: Duration::from_secs(1),
             notify: true,
@@ -103,6 +109,11 @@ impl PgConfig {
         }
         if self.page_size == 0 {
             return Err(Error::InvalidInput("page_size must be at least 1".into()));
+        }
+        if self.catch_up_rows == 0 {
+            return Err(Error::InvalidInput(
+                "catch_up_rows must be at least 1".into(),
+            ));
         }
         if self
             .application_name

@@ -133,7 +133,7 @@ const EVENT_COLUMNS: &str = "event_id, stream_id, stream_version, tx_id, seq, re
 /// statement (an uncorrelated scalar subquery).
 const HORIZON: &str = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)";
 
-type EventRow = (
+pub(crate) type EventRow = (
     Uuid,
     String,
     i64,
@@ -158,7 +158,7 @@ type StreamEventRow = (
     Vec<u8>,
 );
 
-fn recorded(row: EventRow) -> Result<RecordedEvent> {
+pub(crate) fn recorded(row: EventRow) -> Result<RecordedEvent> {
     let (event_id, stream_id, version, tx_id, seq, recorded_at, event_type, schema, payload, meta) =
         row;
     let stream_id = StreamId::new(stream_id).map_err(|e| Error::backend(BACKEND, e))?;
@@ -754,6 +754,20 @@ pub(crate) async fn read_visible(
     rows.into_iter().map(recorded).collect()
 }
 
+/// The statement that streams the safe events after `($1, $2)` (in category `$3` when the
+/// filter names one), at most `limit` of them, in the global order.
+pub(crate) fn visible_sql(filter: &StreamFilter, limit: usize) -> String {
+    let category = match filter {
+        StreamFilter::Category(_) => "category = $3 AND ",
+        _ => "",
+    };
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE {category}(tx_id, seq) > ($1, $2) AND tx_id < {HORIZON} \
+         ORDER BY tx_id, seq LIMIT {limit}"
+    )
+}
+
 /// What holds a read back: whether committed events after `after` exist beyond the horizon
 /// (written by a transaction newer than one still running), and the snapshot's bounds.
 struct Hold {
@@ -942,6 +956,23 @@ impl EventStore for PgEventStore {
     }
 
     fn subscribe(&self, filter: StreamFilter, after: Position) -> EventSubscription {
+        // Listening from now, so no announcement is missed while catching up.
+        self.ensure_listener();
+        let store = self.clone();
+        let live_filter = filter.clone();
+        crate::catch_up::subscription(
+            self.inner.pool.clone(),
+            self.inner.config.catch_up_rows,
+            filter,
+            after,
+            move |last| store.poll_subscription(live_filter, last),
+        )
+    }
+}
+
+impl PgEventStore {
+    /// The polling subscription after `after`: pages, woken by announcements.
+    fn poll_subscription(&self, filter: StreamFilter, after: Position) -> EventSubscription {
         let wake = self.wake_receiver();
         let config = PollConfig {
             page_size: self.inner.config.page_size,

@@ -1,0 +1,184 @@
+//! Catch-up by streaming: a subscription far behind the head reads what is already safe to
+//! hand out in one streaming query instead of page by page.
+//!
+//! Page by page, the server and the client take turns: the server finds a page while the
+//! client waits, then the client decodes it while the server waits. One streaming query keeps
+//! both busy at once. The query is driven by the consumer's own polls (no task of its own: on a
+//! machine with few cores a third busy thread only adds switching) and hands rows over in
+//! batches through a small bounded channel, so a slow consumer holds the query back instead of
+//! filling memory. Once the stream reaches the horizon (or fails), the subscription goes on as
+//! a polling one from the last event it delivered.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+
+use es_core::{EventSubscription, Position, RecordedEvent, Result, StreamFilter};
+use futures_util::{stream, StreamExt};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+use crate::error::{from_sqlx, to_i64};
+use crate::store::{recorded, visible_sql, EventRow};
+
+/// Rows handed to the consumer at once.
+const BATCH: usize = 256;
+/// Batches read ahead of the consumer.
+const BATCHES_AHEAD: usize = 4;
+
+/// A subscription that streams what is safe after `after`, then continues with `live` from the
+/// last event it delivered.
+pub(crate) fn subscription(
+    pool: PgPool,
+    rows_per_query: usize,
+    filter: StreamFilter,
+    after: Position,
+    live: impl FnOnce(Position) -> EventSubscription + Send + 'static,
+) -> EventSubscription {
+    let (sender, receiver) = mpsc::channel(BATCHES_AHEAD);
+    let producer: Producer = Box::pin(stream_safe(pool, rows_per_query, filter, after, sender));
+    let state = State {
+        last: after,
+        phase: Phase::CatchingUp {
+            receiver,
+            producer: Some(producer),
+            buffer: VecDeque::new(),
+            live: Box::new(live),
+        },
+    };
+    Box::pin(stream::unfold(state, |mut state| async move {
+        loop {
+            match state.phase {
+                Phase::CatchingUp {
+                    ref mut receiver,
+                    ref mut producer,
+                    ref mut buffer,
+                    ..
+                } => {
+                    if let Some(event) = buffer.pop_front() {
+                        state.last = event.position;
+                        return Some((Ok(event), state));
+                    }
+                    // Drive the query until it hands over a batch; once it has ended, what it
+                    // sent is still in the channel, and then the channel closes.
+                    let next = match producer {
+                        Some(running) => tokio::select! {
+                            biased;
+                            next = receiver.recv() => next,
+                            () = running => {
+                                *producer = None;
+                                receiver.recv().await
+                            }
+                        },
+                        None => receiver.recv().await,
+                    };
+                    match next {
+                        Some(Ok(batch)) => buffer.extend(batch),
+                        Some(Err(error)) => {
+                            state.go_live();
+                            return Some((Err(error), state));
+                        }
+                        None => state.go_live(),
+                    }
+                }
+                Phase::Live(ref mut live) => {
+                    return live.next().await.map(|item| (item, state));
+                }
+                Phase::Switching => unreachable!("the phase is never left switching"),
+            }
+        }
+    }))
+}
+
+type Live = Box<dyn FnOnce(Position) -> EventSubscription + Send>;
+type Producer = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+struct State {
+    /// The last event delivered.
+    last: Position,
+    phase: Phase,
+}
+
+enum Phase {
+    CatchingUp {
+        receiver: mpsc::Receiver<Result<Vec<RecordedEvent>>>,
+        /// The streaming query, until it ends.
+        producer: Option<Producer>,
+        buffer: VecDeque<RecordedEvent>,
+        live: Live,
+    },
+    Live(EventSubscription),
+    Switching,
+}
+
+impl State {
+    fn go_live(&mut self) {
+        if let Phase::CatchingUp { live, .. } = std::mem::replace(&mut self.phase, Phase::Switching)
+        {
+            self.phase = Phase::Live(live(self.last));
+        }
+    }
+}
+
+/// Streams the safe events after `after` to `sender` in batches, one query of at most
+/// `rows_per_query` rows after another, until a query comes back short (the horizon is
+/// reached), a read fails (the error is the last thing sent), or the receiver is gone.
+async fn stream_safe(
+    pool: PgPool,
+    rows_per_query: usize,
+    filter: StreamFilter,
+    mut after: Position,
+    sender: mpsc::Sender<Result<Vec<RecordedEvent>>>,
+) {
+    let sql = visible_sql(&filter, rows_per_query);
+    loop {
+        let (commit, sequence) = match (
+            to_i64(after.commit, "position"),
+            to_i64(after.sequence, "position"),
+        ) {
+            (Ok(commit), Ok(sequence)) => (commit, sequence),
+            (Err(error), _) | (_, Err(error)) => {
+                let _ = sender.send(Err(error)).await;
+                return;
+            }
+        };
+        let mut query = sqlx::query_as::<_, EventRow>(&sql)
+            .bind(commit)
+            .bind(sequence);
+        if let StreamFilter::Category(category) = &filter {
+            query = query.bind(category);
+        }
+        let mut rows = query.fetch(&pool);
+        let mut read = 0;
+        let mut batch = Vec::with_capacity(BATCH);
+        while let Some(row) = rows.next().await {
+            match row.map_err(from_sqlx).and_then(recorded) {
+                Ok(event) => {
+                    after = event.position;
+                    read += 1;
+                    batch.push(event);
+                    if batch.len() == BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                        if sender.send(Ok(full)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(error) => {
+                    if !batch.is_empty() && sender.send(Ok(batch)).await.is_err() {
+                        return;
+                    }
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+            }
+        }
+        drop(rows);
+        if !batch.is_empty() && sender.send(Ok(batch)).await.is_err() {
+            return;
+        }
+        if read < rows_per_query {
+            return;
+        }
+    }
+}
