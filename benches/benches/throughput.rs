@@ -323,6 +323,18 @@ async fn seed_stream(pg: &Pg, stream: &StreamId, n: usize) {
     }
 }
 
+/// Both tables as autovacuum would leave them after a load: statistics gathered (so the
+/// planner picks the index on both sides) and hint bits set (so neither side pays for that
+/// during the measurement).
+async fn vacuum(pg: &Pg) {
+    for (pool, table) in [(pg.store.pool(), "events"), (&pg.raw, "raw_events")] {
+        sqlx::query(&format!("VACUUM ANALYZE {table}"))
+            .execute(pool)
+            .await
+            .expect("vacuum");
+    }
+}
+
 /// Load a stream into an aggregate (decode and fold every event), beside the raw read of the
 /// same rows (jsonb decoded into the same event type and folded).
 async fn replays(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
@@ -331,6 +343,7 @@ async fn replays(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
         let id = format!("{n}x{}", uuid::Uuid::new_v4().simple());
         let stream = Repository::<OrderBook>::stream_id(&id).expect("id");
         seed_stream(pg, &stream, n).await;
+        vacuum(pg).await;
         let repo = Repository::<OrderBook>::new(Arc::new(pg.store.clone()));
         let contender = || {
             let repo = repo.clone();
@@ -448,14 +461,7 @@ async fn read_all(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
     if missing > 0 {
         seed_stream(pg, &sid("seed", uuid::Uuid::new_v4().simple()), missing).await;
     }
-    // Both tables as autovacuum would leave them, so neither side pays for setting hint bits
-    // on fresh rows during the measurement.
-    for (pool, table) in [(pg.store.pool(), "events"), (&pg.raw, "raw_events")] {
-        sqlx::query(&format!("VACUUM ANALYZE {table}"))
-            .execute(pool)
-            .await
-            .expect("vacuum");
-    }
+    vacuum(pg).await;
     let total = pg
         .store
         .read_all(&StreamFilter::All, Position::START, usize::MAX)

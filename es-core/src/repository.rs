@@ -246,13 +246,13 @@ impl<A: Aggregate> Repository<A> {
         loop {
             let page = self
                 .store
-                .read_stream(stream_id, loaded.version + 1, PAGE)
+                .replay_stream(stream_id, loaded.version + 1, PAGE)
                 .await?;
             let full = page.len() == PAGE;
-            for recorded in &page {
-                let event = recorded.decode::<A::Event>()?;
+            for replayed in &page {
+                let event = replayed.decode::<A::Event>()?;
                 loaded.state.apply(&event);
-                loaded.version = recorded.stream_version;
+                loaded.version = replayed.stream_version;
             }
             if !full {
                 return Ok(loaded);

@@ -4,11 +4,12 @@
 use std::fmt;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::event::{NewEvent, RecordedEvent};
+use crate::event::{DomainEvent, NewEvent, RecordedEvent};
 use crate::stream::{Position, StreamFilter, StreamId};
 
 /// What a writer expects of a stream's version when it appends.
@@ -193,6 +194,55 @@ impl CommitOutcome {
 /// after it, from the last event it delivered, so a consumer may log errors and keep reading.
 pub type EventSubscription = BoxStream<'static, Result<RecordedEvent>>;
 
+/// One stored event as a replay reads it: what folding it into state needs, and no more.
+///
+/// ```
+/// use es_core::{DomainEvent, ReplayedEvent};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, PartialEq, Serialize, Deserialize)]
+/// enum Counted { Incremented { by: u32 } }
+/// impl DomainEvent for Counted {}
+///
+/// let replayed = ReplayedEvent {
+///     stream_version: 1,
+///     event_type: "Incremented".into(),
+///     schema_version: 1,
+///     payload: br#"{"by":2}"#.to_vec().into(),
+/// };
+/// assert_eq!(replayed.decode::<Counted>()?, Counted::Incremented { by: 2 });
+/// # Ok::<(), es_core::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplayedEvent {
+    /// Its version in the stream: 1 for the first event.
+    pub stream_version: u64,
+    /// The stable event type name.
+    pub event_type: String,
+    /// The schema version of `payload`.
+    pub schema_version: u32,
+    /// The serialized event, exactly as it was written.
+    pub payload: Bytes,
+}
+
+impl ReplayedEvent {
+    /// Decodes the payload into a domain event (through its upcasters).
+    pub fn decode<E: DomainEvent>(&self) -> Result<E> {
+        E::decode(&self.event_type, self.schema_version, &self.payload)
+    }
+}
+
+impl From<RecordedEvent> for ReplayedEvent {
+    fn from(event: RecordedEvent) -> Self {
+        ReplayedEvent {
+            stream_version: event.stream_version,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            payload: event.payload,
+        }
+    }
+}
+
 /// An append-only store of event streams, speaking serialized events.
 ///
 /// Object-safe (use it as `Arc<dyn EventStore>`), so the typed layer
@@ -261,6 +311,24 @@ pub trait EventStore: Send + Sync + fmt::Debug {
             CommitOutcome::Committed(results) => Ok(results),
             CommitOutcome::AlreadyHandled => unreachable!("no inbox entry was given"),
         }
+    }
+
+    /// Reads up to `limit` events of one stream from version `from_version`, with only what
+    /// folding them into state needs (version, type, schema version, payload): the
+    /// [`Repository`](crate::Repository) loads aggregates this way. Backends override it to
+    /// read fewer columns and skip decoding the metadata; the default reads whole events.
+    async fn replay_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<ReplayedEvent>> {
+        Ok(self
+            .read_stream(stream_id, from_version, limit)
+            .await?
+            .into_iter()
+            .map(ReplayedEvent::from)
+            .collect())
     }
 
     /// Reads a whole stream from `from_version` to its end, page by page.

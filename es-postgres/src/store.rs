@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use es_core::subscription::{poll_subscription, PollConfig};
 use es_core::{
     AppendResult, BoxError, CommitOutcome, Error, EventStore, EventSubscription, ExpectedVersion,
-    Metadata, NewEvent, Position, RecordedEvent, Result, StreamAppend, StreamFilter, StreamId,
-    UnitOfWork,
+    Metadata, NewEvent, Position, RecordedEvent, ReplayedEvent, Result, StreamAppend, StreamFilter,
+    StreamId, UnitOfWork,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::PgConnection;
@@ -907,6 +907,36 @@ impl EventStore for PgEventStore {
         rows.into_iter()
             .map(|row| recorded_in(stream_id.clone(), row))
             .collect()
+    }
+
+    async fn replay_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<ReplayedEvent>> {
+        let from = to_i64(from_version.max(1), "stream version")?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Only what folding needs: no ids, positions, times or metadata to send and decode.
+        let rows: Vec<(i64, String, i32, Vec<u8>)> = sqlx::query_as(
+            "SELECT stream_version, event_type, schema_version, payload FROM events \
+             WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3",
+        )
+        .bind(stream_id.as_str())
+        .bind(from)
+        .bind(limit)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?;
+        Ok(rows
+            .into_iter()
+            .map(|(version, event_type, schema, payload)| ReplayedEvent {
+                stream_version: to_u64(version),
+                event_type,
+                schema_version: u32::try_from(schema).unwrap_or_default(),
+                payload: Bytes::from(payload),
+            })
+            .collect())
     }
 
     async fn stream_version(&self, stream_id: &StreamId) -> Result<Option<u64>> {

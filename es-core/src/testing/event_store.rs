@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use super::{sample_event, unique_category};
 use crate::error::Error;
 use crate::store::{
-    CommitOutcome, EventStore, ExpectedVersion, InboxEntry, StreamAppend, UnitOfWork,
+    CommitOutcome, EventStore, ExpectedVersion, InboxEntry, ReplayedEvent, StreamAppend, UnitOfWork,
 };
 use crate::stream::{Position, StreamFilter, StreamId};
 
@@ -91,6 +91,27 @@ async fn appends_and_reads_a_stream(store: &dyn EventStore) {
     assert!(store.read_stream(&s, 6, 10).await.unwrap().is_empty());
     let all = store.read_stream_to_end(&s, 2).await.unwrap();
     assert_eq!(all.len(), 4);
+
+    // A replay reads the same events, with only what folding needs.
+    let replayed = store.replay_stream(&s, 2, 3).await.unwrap();
+    let expected: Vec<ReplayedEvent> = read[1..4]
+        .iter()
+        .cloned()
+        .map(ReplayedEvent::from)
+        .collect();
+    assert_eq!(
+        replayed, expected,
+        "replay_stream starts at from_version, honours the limit and agrees with read_stream"
+    );
+    assert!(store.replay_stream(&s, 6, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .replay_stream(&stream(&unique_category("es"), "none"), 1, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "an unknown stream replays empty"
+    );
     assert!(
         store.head().await.unwrap() >= result.positions[4],
         "head is at or past the newest event"
