@@ -17,7 +17,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-const TTL: Duration = Duration::from_millis(600);
+/// Long enough that a loaded machine delaying a renewal by a few hundred milliseconds does not
+/// hand the lease over; every wait below is a multiple of it.
+const TTL: Duration = Duration::from_millis(1500);
 
 /// One instance's view of the shared bus: counts what this instance published.
 #[derive(Debug)]
