@@ -694,7 +694,7 @@ async fn main() {
             "# Benchmarks\n\nMeasured by `BENCH_WRITE_DOCS=1 cargo bench -p es-benches --bench throughput --bench bus` on {}, \
              PostgreSQL on loopback. Each figure is the median of {} runs of {} s; every PostgreSQL figure is \
              beside the raw driver (sqlx, one multi-row `INSERT … UNNEST` per append; reads of a jsonb column decoded \
-             into the same event type) measured in the same run. Compare ratios, not absolute numbers: those drift \
+             into the same event type) measured in the same run, the two sides' runs alternating. Compare ratios, not absolute numbers: those drift \
              by 20 % between runs on shared machines.\n\n## PostgreSQL and in memory\n\n{table}\n\
              ## RabbitMQ\n\n{bus}\n\n{}",
             machine(), plan.runs, plan.seconds, include_str!("../notes.md")
