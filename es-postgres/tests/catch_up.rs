@@ -199,14 +199,7 @@ async fn a_connection_lost_while_catching_up_costs_no_event() {
         }
         if seen.len() == 700 && !killed {
             // Midway through the second streaming query.
-            let terminated: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE application_name = $1) AS k",
-            )
-            .bind(&app)
-            .fetch_one(writer.pool())
-            .await
-            .unwrap();
+            let terminated = common::terminate_connections(&writer, &app).await;
             assert!(terminated >= 1, "the reader's connections were killed");
             killed = true;
         }

@@ -148,14 +148,7 @@ async fn a_subscription_survives_its_connections_being_terminated() {
             written.insert(append_until_ok(&writer, &stream, round * 100 + i).await);
         }
         collect(&mut subscription, 20, &mut last, &mut seen).await;
-        let killed: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE application_name = $1) AS k",
-        )
-        .bind(&app)
-        .fetch_one(writer.pool())
-        .await
-        .unwrap();
+        let killed = common::terminate_connections(&writer, &app).await;
         assert!(
             killed >= 1,
             "round {round}: the reader's connections were found and killed"

@@ -75,3 +75,16 @@ pub async fn open_write_transactions(
     .await
     .unwrap_or_default()
 }
+
+/// Terminates, from the server side, every connection whose `application_name` is `app`
+/// (through `via`, whose own connections carry another name); how many it terminated.
+pub async fn terminate_connections(via: &PgEventStore, app: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1) AS k",
+    )
+    .bind(app)
+    .fetch_one(via.pool())
+    .await
+    .expect("terminate the connections")
+}
