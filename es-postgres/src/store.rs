@@ -73,7 +73,7 @@ impl Sql {
     fn new() -> Self {
         Sql {
             append_any: append_sql("true"),
-            append_no_stream: append_sql("current.version IS NULL"),
+            append_no_stream: append_new_stream_sql(),
             append_exists: append_sql("current.version IS NOT NULL"),
             append_exact: append_sql("current.version = $8"),
         }
@@ -113,6 +113,20 @@ fn append_sql(expectation_holds: &str) -> String {
          WHERE {expectation_holds} \
          RETURNING tx_id, seq, stream_version"
     )
+}
+
+/// The append that creates a stream: its events take versions 1.. with no look at the stream
+/// first, since the primary key already refuses version 1 of a stream that exists (the unique
+/// violation is the conflict). That saves the index probe of `append_sql` on every new
+/// aggregate's first command.
+fn append_new_stream_sql() -> String {
+    "INSERT INTO events (stream_id, stream_version, category, event_id, event_type, \
+                         schema_version, payload, metadata) \
+     SELECT $1, e.n, $2, e.event_id, e.event_type, e.schema_version, e.payload, e.metadata \
+     FROM UNNEST($3::uuid[], $4::text[], $5::int4[], $6::bytea[], $7::bytea[]) \
+          WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, n) \
+     RETURNING tx_id, seq, stream_version"
+        .to_owned()
 }
 
 /// The stream's version: its newest event's.
