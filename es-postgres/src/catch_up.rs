@@ -8,15 +8,22 @@
 //! batches through a small bounded channel, so a slow consumer holds the query back instead of
 //! filling memory. Once the stream reaches the horizon (or fails), the subscription goes on as
 //! a polling one from the last event it delivered.
+//!
+//! Each stream holds a pool connection while its consumer works through the rows, and the
+//! consumers need connections of the same pool (a relay saves its checkpoint, a projection
+//! writes its read model). So at most half the pool (beside the listener's connection) streams
+//! at once; a subscription that finds no permit free reads page by page instead.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use es_core::{EventSubscription, Position, RecordedEvent, Result, StreamFilter};
 use futures_util::{stream, StreamExt};
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::error::{from_sqlx, to_i64};
 use crate::store::{recorded, visible_sql, EventRow};
@@ -30,13 +37,20 @@ const BATCHES_AHEAD: usize = 4;
 /// last event it delivered.
 pub(crate) fn subscription(
     pool: PgPool,
+    permits: Arc<Semaphore>,
     rows_per_query: usize,
     filter: StreamFilter,
     after: Position,
     live: impl FnOnce(Position) -> EventSubscription + Send + 'static,
 ) -> EventSubscription {
     let (sender, receiver) = mpsc::channel(BATCHES_AHEAD);
-    let producer: Producer = Box::pin(stream_safe(pool, rows_per_query, filter, after, sender));
+    let producer: Producer = Box::pin(async move {
+        // With every permit taken, page by page from the start: a stream would hold one more
+        // connection that the consumers may need.
+        if let Ok(_permit) = permits.try_acquire_owned() {
+            stream_safe(pool, rows_per_query, filter, after, sender).await;
+        }
+    });
     let state = State {
         last: after,
         phase: Phase::CatchingUp {

@@ -41,7 +41,9 @@ pub struct PgConfig {
     /// Events one streaming query of a catching-up subscription reads at most. Far behind the
     /// head, a subscription streams what is safe to hand out in one query rather than page by
     /// page; the query holds a connection and a snapshot while the consumer works through its
-    /// rows, so this bounds how long. Default 100,000.
+    /// rows, so this bounds how long. At most `(max_connections - 1) / 2` subscriptions stream
+    /// at once (one connection is the listener's; consumers need the others), the rest read
+    /// page by page. Default 100,000.
     pub catch_up_rows: usize,
     /// How long a caught-up subscription waits for a notification before it polls anyway.
     /// Default 1 s.

@@ -17,7 +17,7 @@ use es_core::{
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::PgConnection;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use uuid::Uuid;
 
 use crate::config::PgConfig;
@@ -50,6 +50,10 @@ pub(crate) struct Inner {
     listener: Mutex<Option<Listener>>,
     /// Sends the `NOTIFY` after appends commit.
     announcer: Mutex<Option<Announcer>>,
+    /// Streaming catch-ups that may run at once: each holds a pool connection while its
+    /// consumer works, and consumers (a relay saving its checkpoint, a projection writing) need
+    /// connections of the same pool. Half the pool beside the listener's connection.
+    catch_up_permits: Arc<Semaphore>,
 }
 
 impl fmt::Debug for PgEventStore {
@@ -303,6 +307,10 @@ impl PgEventStore {
             .ok()
             .filter(|_| config.notify)
             .map(|runtime| Announcer::spawn(&runtime, pool.clone(), channel.clone()));
+        // One connection is the listener's; of the rest, half may stream.
+        let catch_up_permits = Arc::new(Semaphore::new(
+            config.max_connections.saturating_sub(1) as usize / 2,
+        ));
         Ok(PgEventStore {
             inner: Arc::new(Inner {
                 pool,
@@ -312,6 +320,7 @@ impl PgEventStore {
                 wake: Arc::new(watch::channel(()).0),
                 listener: Mutex::new(None),
                 announcer: Mutex::new(announcer),
+                catch_up_permits,
             }),
         })
     }
@@ -997,6 +1006,7 @@ impl EventStore for PgEventStore {
         let live_filter = filter.clone();
         crate::catch_up::subscription(
             self.inner.pool.clone(),
+            self.inner.catch_up_permits.clone(),
             self.inner.config.catch_up_rows,
             filter,
             after,

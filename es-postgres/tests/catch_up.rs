@@ -145,10 +145,8 @@ async fn a_category_subscription_catches_up_on_its_category_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_subscription_midway_gives_its_connection_back() {
     let mut config = PgConfig::new(common::schema_name("catchdrop"));
-    // One connection for the listener, one for the catch-up query, then the appends below: a
-    // query left holding its connection would starve them.
-    config.max_connections = 2;
-    config.acquire_timeout = Duration::from_secs(3);
+    // One connection for the listener, one that may stream, one for the rest.
+    config.max_connections = 3;
     let store = common::store_with(config).await;
     seed(&store, "big", 20, 100).await;
     for _ in 0..3 {
@@ -156,11 +154,64 @@ async fn dropping_a_subscription_midway_gives_its_connection_back() {
         for _ in 0..10 {
             subscription.next().await.unwrap().unwrap();
         }
+        // Connections come and go in the background (the listener's is taken by a task of
+        // its own), so each count is waited for.
+        wait_for_in_use(
+            &store,
+            2,
+            "the listener's connection and the streaming query's",
+        )
+        .await;
         drop(subscription);
-        for _ in 0..5 {
-            seed(&store, "after", 1, 1).await;
+        wait_for_in_use(&store, 1, "the query's connection comes back to the pool").await;
+        seed(&store, "after", 1, 1).await;
+    }
+    common::drop_schema(&store).await;
+}
+
+/// Waits until exactly `n` connections of the store's pool are checked out.
+async fn wait_for_in_use(store: &PgEventStore, n: u32, what: &str) {
+    let in_use = || store.pool().size() - store.pool().num_idle() as u32;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while in_use() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {n} connections in use, not {}",
+            in_use()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_beyond_the_streaming_permits_read_page_by_page() {
+    let mut config = PgConfig::new(common::schema_name("catchmany"));
+    // The listener's connection and two more: one subscription may stream.
+    config.max_connections = 3;
+    config.page_size = 100;
+    let store = common::store_with(config).await;
+    let written = seed(&store, "many", 20, 100).await;
+    let mut first = store.subscribe(StreamFilter::All, Position::START);
+    let mut second = store.subscribe(StreamFilter::All, Position::START);
+    let (mut got_first, mut got_second) = (Vec::new(), Vec::new());
+    // Interleaved, and each event costs the consumer a query of its own on the same pool: a
+    // second stream would leave it no connection.
+    while got_first.len() < written.len() || got_second.len() < written.len() {
+        for (subscription, got) in [(&mut first, &mut got_first), (&mut second, &mut got_second)] {
+            if got.len() < written.len() {
+                let event = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+                    .await
+                    .expect("no starved pool")
+                    .unwrap()
+                    .unwrap();
+                store.stream_version(&event.stream_id).await.unwrap();
+                got.push(event.event_id);
+            }
         }
     }
+    assert_eq!(got_first, written, "the streaming one: all, in order");
+    assert_eq!(got_second, written, "the paging one: all, in order");
+    drop((first, second));
     common::drop_schema(&store).await;
 }
 
