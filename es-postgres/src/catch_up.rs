@@ -25,8 +25,8 @@ use sqlx::PgPool;
 
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::error::{from_sqlx, to_i64};
-use crate::store::{recorded, visible_sql, EventRow};
+use crate::error::from_sqlx;
+use crate::store::{recorded, visible_query, visible_sql};
 
 /// Rows handed to the consumer at once.
 const BATCH: usize = 256;
@@ -144,24 +144,15 @@ async fn stream_safe(
     mut after: Position,
     sender: mpsc::Sender<Result<Vec<RecordedEvent>>>,
 ) {
-    let sql = visible_sql(&filter, rows_per_query);
+    let sql = visible_sql(&filter);
     loop {
-        let (commit, sequence) = match (
-            to_i64(after.commit, "position"),
-            to_i64(after.sequence, "position"),
-        ) {
-            (Ok(commit), Ok(sequence)) => (commit, sequence),
-            (Err(error), _) | (_, Err(error)) => {
+        let query = match visible_query(&sql, &filter, after, rows_per_query) {
+            Ok(query) => query,
+            Err(error) => {
                 let _ = sender.send(Err(error)).await;
                 return;
             }
         };
-        let mut query = sqlx::query_as::<_, EventRow>(&sql)
-            .bind(commit)
-            .bind(sequence);
-        if let StreamFilter::Category(category) = &filter {
-            query = query.bind(category);
-        }
         let mut rows = query.fetch(&pool);
         let mut read = 0;
         let mut batch = Vec::with_capacity(BATCH);

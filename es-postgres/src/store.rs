@@ -15,8 +15,9 @@ use es_core::{
     Metadata, NewEvent, Position, RecordedEvent, ReplayedEvent, Result, StreamAppend, StreamFilter,
     StreamId, UnitOfWork,
 };
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::PgConnection;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::query::QueryAs;
+use sqlx::{PgConnection, Postgres};
 use tokio::sync::{watch, Semaphore};
 use uuid::Uuid;
 
@@ -566,12 +567,7 @@ impl PgEventStore {
         } = append;
         if events.is_empty() {
             // Only the expectation is checked, as of now.
-            let actual = sqlx::query_scalar::<_, Option<i64>>(STREAM_VERSION)
-                .bind(stream_id.as_str())
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(from_sqlx)?
-                .map(to_u64);
+            let actual = current_version(&mut *conn, &stream_id).await?;
             if !expected.is_met_by(actual) {
                 return Err(expected.conflict(&stream_id, actual).into());
             }
@@ -734,52 +730,43 @@ pub(crate) async fn read_visible(
     after: Position,
     limit: usize,
 ) -> Result<Vec<RecordedEvent>> {
-    let commit = to_i64(after.commit, "position")?;
-    let sequence = to_i64(after.sequence, "position")?;
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows: Vec<EventRow> = match filter {
-        StreamFilter::Category(category) => {
-            sqlx::query_as(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events \
-                 WHERE category = $4 AND (tx_id, seq) > ($1, $2) AND tx_id < {HORIZON} \
-                 ORDER BY tx_id, seq LIMIT $3"
-            ))
-            .bind(commit)
-            .bind(sequence)
-            .bind(limit)
-            .bind(category)
-            .fetch_all(&mut *conn)
-            .await
-        }
-        _ => {
-            sqlx::query_as(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events \
-                 WHERE (tx_id, seq) > ($1, $2) AND tx_id < {HORIZON} \
-                 ORDER BY tx_id, seq LIMIT $3"
-            ))
-            .bind(commit)
-            .bind(sequence)
-            .bind(limit)
-            .fetch_all(&mut *conn)
-            .await
-        }
-    }
-    .map_err(from_sqlx)?;
+    let sql = visible_sql(filter);
+    let rows = visible_query(&sql, filter, after, limit)?
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(from_sqlx)?;
     rows.into_iter().map(recorded).collect()
 }
 
-/// The statement that streams the safe events after `($1, $2)` (in category `$3` when the
-/// filter names one), at most `limit` of them, in the global order.
-pub(crate) fn visible_sql(filter: &StreamFilter, limit: usize) -> String {
+/// The statement that reads the safe events after `($1, $2)`, at most `$3` of them (in
+/// category `$4` when the filter names one), in the global order.
+pub(crate) fn visible_sql(filter: &StreamFilter) -> String {
     let category = match filter {
-        StreamFilter::Category(_) => "category = $3 AND ",
+        StreamFilter::Category(_) => "category = $4 AND ",
         _ => "",
     };
     format!(
         "SELECT {EVENT_COLUMNS} FROM events \
          WHERE {category}(tx_id, seq) > ($1, $2) AND tx_id < {HORIZON} \
-         ORDER BY tx_id, seq LIMIT {limit}"
+         ORDER BY tx_id, seq LIMIT $3"
     )
+}
+
+/// [`visible_sql`] with its parameters bound: the events after `after`, at most `limit`.
+pub(crate) fn visible_query<'q>(
+    sql: &'q str,
+    filter: &'q StreamFilter,
+    after: Position,
+    limit: usize,
+) -> Result<QueryAs<'q, Postgres, EventRow, PgArguments>> {
+    let query = sqlx::query_as(sql)
+        .bind(to_i64(after.commit, "position")?)
+        .bind(to_i64(after.sequence, "position")?)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    Ok(match filter {
+        StreamFilter::Category(category) => query.bind(category.as_str()),
+        _ => query,
+    })
 }
 
 /// What holds a read back: whether committed events after `after` exist beyond the horizon
