@@ -805,32 +805,24 @@ async fn held_back(
 ) -> Result<Hold> {
     let commit = to_i64(after.commit, "position")?;
     let sequence = to_i64(after.sequence, "position")?;
-    const BOUNDS: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
-                          pg_snapshot_xmax(pg_current_snapshot())::text::bigint";
-    let (events_beyond, xmin, xmax): (bool, i64, i64) = match filter {
-        StreamFilter::Category(category) => {
-            sqlx::query_as(&format!(
-                "SELECT EXISTS (SELECT 1 FROM events WHERE category = $3 \
-                 AND (tx_id, seq) > ($1, $2) AND tx_id >= {HORIZON}), {BOUNDS}"
-            ))
-            .bind(commit)
-            .bind(sequence)
-            .bind(category)
-            .fetch_one(&mut *conn)
-            .await
-        }
-        _ => {
-            sqlx::query_as(&format!(
-                "SELECT EXISTS (SELECT 1 FROM events WHERE (tx_id, seq) > ($1, $2) \
-                 AND tx_id >= {HORIZON}), {BOUNDS}"
-            ))
-            .bind(commit)
-            .bind(sequence)
-            .fetch_one(&mut *conn)
-            .await
-        }
-    }
-    .map_err(from_sqlx)?;
+    let category = match filter {
+        StreamFilter::Category(_) => "category = $3 AND ",
+        _ => "",
+    };
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM events \
+                        WHERE {category}(tx_id, seq) > ($1, $2) AND tx_id >= {HORIZON}), \
+                pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
+                pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+    );
+    let query = sqlx::query_as::<_, (bool, i64, i64)>(&sql)
+        .bind(commit)
+        .bind(sequence);
+    let query = match filter {
+        StreamFilter::Category(category) => query.bind(category.as_str()),
+        _ => query,
+    };
+    let (events_beyond, xmin, xmax) = query.fetch_one(&mut *conn).await.map_err(from_sqlx)?;
     Ok(Hold {
         events_beyond,
         xmin,
