@@ -153,7 +153,7 @@ impl PgProjectionRunner {
         shutdown: impl Future<Output = ()> + Send,
     ) {
         tokio::pin!(shutdown);
-        let mut wake = self.store.wake_receiver();
+        let mut wake = self.store.wake_receiver_for(&projection.filter());
         let poll = self.store.config().poll_interval;
         let mut backoff = self.min_backoff;
         loop {

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::config::PgConfig;
 use crate::error::{from_sqlx, from_user, to_i64, to_u64, unique_violation, BACKEND};
-use crate::listener::{Announcer, Listener};
+use crate::listener::{Announcer, Listener, Wakes};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -45,8 +45,8 @@ pub(crate) struct Inner {
     pub(crate) config: PgConfig,
     channel: String,
     sql: Sql,
-    /// Wakes subscriptions when a `NOTIFY` arrives.
-    pub(crate) wake: Arc<watch::Sender<()>>,
+    /// Wakes subscriptions after this process's appends and when a `NOTIFY` arrives.
+    pub(crate) wake: Arc<Wakes>,
     /// The background `LISTEN` task, started by the first subscription.
     listener: Mutex<Option<Listener>>,
     /// Sends the `NOTIFY` after appends commit.
@@ -336,7 +336,7 @@ impl PgEventStore {
                 channel,
                 config,
                 sql: Sql::new(),
-                wake: Arc::new(watch::channel(()).0),
+                wake: Arc::new(Wakes::default()),
                 listener: Mutex::new(None),
                 announcer: Mutex::new(announcer),
                 catch_up_permits,
@@ -418,8 +418,15 @@ impl PgEventStore {
     /// A receiver that changes whenever an append to this schema is announced (and after the
     /// listener reconnects, since announcements may have been missed meanwhile).
     pub fn wake_receiver(&self) -> watch::Receiver<()> {
+        self.wake_receiver_for(&StreamFilter::All)
+    }
+
+    /// A receiver that changes whenever an append that `filter` lets through is announced (and
+    /// after the listener reconnects). A category's receiver stays still while other categories
+    /// are appended to, so its owner does not read for nothing.
+    pub fn wake_receiver_for(&self, filter: &StreamFilter) -> watch::Receiver<()> {
         self.ensure_listener();
-        self.inner.wake.subscribe()
+        self.inner.wake.receiver(filter)
     }
 
     /// Tells subscribers that events were committed: this process's at once, others through
@@ -428,10 +435,16 @@ impl PgEventStore {
         if results.iter().all(|r| r.positions.is_empty()) {
             return;
         }
-        self.inner.wake.send_replace(());
+        let categories = || {
+            results
+                .iter()
+                .filter(|r| !r.positions.is_empty())
+                .map(|r| r.stream_id.category())
+        };
+        self.inner.wake.wake(categories());
         if let Ok(announcer) = self.inner.announcer.lock() {
             if let Some(announcer) = announcer.as_ref() {
-                announcer.announce();
+                announcer.announce(categories());
             }
         }
     }
@@ -1015,7 +1028,7 @@ impl EventStore for PgEventStore {
 impl PgEventStore {
     /// The polling subscription after `after`: pages, woken by announcements.
     fn poll_subscription(&self, filter: StreamFilter, after: Position) -> EventSubscription {
-        let wake = self.wake_receiver();
+        let wake = self.wake_receiver_for(&filter);
         let config = PollConfig {
             page_size: self.inner.config.page_size,
             poll_interval: self.inner.config.poll_interval,

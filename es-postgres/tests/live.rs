@@ -51,3 +51,60 @@ async fn another_stores_subscriber_hears_of_an_append_within_milliseconds() {
     reader.close().await;
     common::drop_schema(&writer).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_wakes_only_the_categories_it_names() {
+    let schema = common::schema_name("live_categories");
+    let reader = common::store_with(PgConfig::new(schema.clone())).await;
+    let writer = common::store_with(PgConfig::new(schema)).await;
+
+    let mut orders = reader.wake_receiver_for(&StreamFilter::category("order"));
+    let mut payments = reader.wake_receiver_for(&StreamFilter::category("payment"));
+    let mut everything = reader.wake_receiver();
+    // The listener wakes everyone once it listens (announcements before were missed).
+    tokio::time::timeout(Duration::from_secs(10), orders.changed())
+        .await
+        .expect("the listener connects")
+        .unwrap();
+    orders.borrow_and_update();
+    payments.borrow_and_update();
+    everything.borrow_and_update();
+
+    writer
+        .append(
+            &StreamId::new("payment-1").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![sample_event("Paid", 1)],
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), payments.changed())
+        .await
+        .expect("the payment subscription hears of the payment")
+        .unwrap();
+    assert!(
+        everything.has_changed().unwrap(),
+        "a subscription to every stream hears of every append"
+    );
+    // Give a wrongly addressed wake-up time to arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !orders.has_changed().unwrap(),
+        "the order subscription is not woken by a payment"
+    );
+
+    writer
+        .append(
+            &StreamId::new("order-1").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![sample_event("Placed", 1)],
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), orders.changed())
+        .await
+        .expect("the order subscription hears of the order")
+        .unwrap();
+    reader.close().await;
+    common::drop_schema(&writer).await;
+}
