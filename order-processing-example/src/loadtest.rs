@@ -18,6 +18,14 @@ use futures_util::{stream, StreamExt};
 use serde::Deserialize;
 use uuid::Uuid;
 
+/// The shortest time from one polling round's start to the next's: the resolution of the
+/// measured end (a load test runs for seconds).
+const POLL_ROUND: Duration = Duration::from_millis(50);
+
+fn is_final(view: &OrderView) -> bool {
+    view.status == "Confirmed" || view.status == "Cancelled"
+}
+
 /// Options of `order-processing loadtest`.
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct LoadTestArgs {
@@ -192,38 +200,52 @@ pub async fn run(args: &LoadTestArgs) -> Result<LoadTestReport, LoadTestError> {
     let mut pending: Vec<Uuid> = results.into_iter().filter_map(Result::ok).collect();
     let placed = pending.len();
 
-    // Poll until every order is final (or the wait runs out).
+    // Poll until every order is final (or the wait runs out). Orders become final roughly in
+    // the order they were placed, so a round polls the pending ones oldest first, a chunk at a
+    // time, and ends at the first chunk with nothing new: polling all of them every round
+    // would load the system under test with GETs and measure that instead.
     let deadline = Instant::now() + args.wait;
     let mut finals: Vec<OrderView> = Vec::with_capacity(placed);
     while !pending.is_empty() && Instant::now() < deadline {
-        let views: Vec<(Uuid, Option<OrderView>)> = stream::iter(pending.iter().copied())
-            .map(|id| {
-                let (client, url) = (client.clone(), format!("{orders_url}/{id}"));
-                async move {
-                    let view = match client.get(&url).send().await {
-                        Ok(response) if response.status().is_success() => {
-                            response.json::<OrderView>().await.ok()
-                        }
-                        _ => None,
-                    };
-                    (id, view)
+        let round_began = Instant::now();
+        let mut still_pending = Vec::with_capacity(pending.len());
+        let mut chunks = pending.chunks(concurrency);
+        for chunk in chunks.by_ref() {
+            let views: Vec<(Uuid, Option<OrderView>)> = stream::iter(chunk.iter().copied())
+                .map(|id| {
+                    let (client, url) = (client.clone(), format!("{orders_url}/{id}"));
+                    async move {
+                        let view = match client.get(&url).send().await {
+                            Ok(response) if response.status().is_success() => {
+                                response.json::<OrderView>().await.ok()
+                            }
+                            _ => None,
+                        };
+                        (id, view)
+                    }
+                })
+                .buffered(concurrency)
+                .collect()
+                .await;
+            let mut new_finals = 0;
+            for (id, view) in views {
+                match view {
+                    Some(view) if is_final(&view) => {
+                        final_count.fetch_add(1, Ordering::Relaxed);
+                        finals.push(view);
+                        new_finals += 1;
+                    }
+                    _ => still_pending.push(id),
                 }
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        pending.clear();
-        for (id, view) in views {
-            match view {
-                Some(view) if view.status == "Confirmed" || view.status == "Cancelled" => {
-                    final_count.fetch_add(1, Ordering::Relaxed);
-                    finals.push(view);
-                }
-                _ => pending.push(id),
+            }
+            if new_finals == 0 {
+                break;
             }
         }
+        still_pending.extend(chunks.flatten());
+        pending = still_pending;
         if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(POLL_ROUND.saturating_sub(round_began.elapsed())).await;
         }
     }
     let elapsed = start.elapsed();
