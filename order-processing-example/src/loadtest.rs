@@ -20,7 +20,10 @@ use uuid::Uuid;
 
 /// The shortest time from one polling round's start to the next's: the resolution of the
 /// measured end (a load test runs for seconds).
-const POLL_ROUND: Duration = Duration::from_millis(50);
+const POLL_ROUND: Duration = Duration::from_millis(100);
+
+/// Orders polled at once, oldest pending first.
+const POLL_CHUNK: usize = 16;
 
 fn is_final(view: &OrderView) -> bool {
     view.status == "Confirmed" || view.status == "Cancelled"
@@ -202,14 +205,16 @@ pub async fn run(args: &LoadTestArgs) -> Result<LoadTestReport, LoadTestError> {
 
     // Poll until every order is final (or the wait runs out). Orders become final roughly in
     // the order they were placed, so a round polls the pending ones oldest first, a chunk at a
-    // time, and ends at the first chunk with nothing new: polling all of them every round
-    // would load the system under test with GETs and measure that instead.
+    // time, and ends at the first chunk with an order still pending: the orders after it are
+    // most likely pending too. Polling all of them every round would load the system under
+    // test with GETs and measure that instead. (An order that stays pending holds back the
+    // polling of later ones, not the measured end: the run ends when it is final too.)
     let deadline = Instant::now() + args.wait;
     let mut finals: Vec<OrderView> = Vec::with_capacity(placed);
     while !pending.is_empty() && Instant::now() < deadline {
         let round_began = Instant::now();
         let mut still_pending = Vec::with_capacity(pending.len());
-        let mut chunks = pending.chunks(concurrency);
+        let mut chunks = pending.chunks(POLL_CHUNK.min(concurrency));
         for chunk in chunks.by_ref() {
             let views: Vec<(Uuid, Option<OrderView>)> = stream::iter(chunk.iter().copied())
                 .map(|id| {
@@ -227,18 +232,17 @@ pub async fn run(args: &LoadTestArgs) -> Result<LoadTestReport, LoadTestError> {
                 .buffered(concurrency)
                 .collect()
                 .await;
-            let mut new_finals = 0;
+            let pending_before = still_pending.len();
             for (id, view) in views {
                 match view {
                     Some(view) if is_final(&view) => {
                         final_count.fetch_add(1, Ordering::Relaxed);
                         finals.push(view);
-                        new_finals += 1;
                     }
                     _ => still_pending.push(id),
                 }
             }
-            if new_finals == 0 {
+            if still_pending.len() > pending_before {
                 break;
             }
         }
