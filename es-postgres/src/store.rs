@@ -425,8 +425,10 @@ impl PgEventStore {
     /// after the listener reconnects). A category's receiver stays still while other categories
     /// are appended to, so its owner does not read for nothing.
     pub fn wake_receiver_for(&self, filter: &StreamFilter) -> watch::Receiver<()> {
+        // The receiver first: the listener's first wake-up, once it listens, must reach it.
+        let receiver = self.inner.wake.receiver(filter);
         self.ensure_listener();
-        self.inner.wake.receiver(filter)
+        receiver
     }
 
     /// Tells subscribers that events were committed: this process's at once, others through

@@ -61,11 +61,14 @@ async fn a_notification_wakes_only_the_categories_it_names() {
     let mut orders = reader.wake_receiver_for(&StreamFilter::category("order"));
     let mut payments = reader.wake_receiver_for(&StreamFilter::category("payment"));
     let mut everything = reader.wake_receiver();
-    // The listener wakes everyone once it listens (announcements before were missed).
+    // The listener wakes everyone once it listens (announcements before were missed). The
+    // wake-ups of that round go out one receiver after another: let it end before marking
+    // them seen.
     tokio::time::timeout(Duration::from_secs(10), orders.changed())
         .await
         .expect("the listener connects")
         .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     orders.borrow_and_update();
     payments.borrow_and_update();
     everything.borrow_and_update();
