@@ -6,6 +6,7 @@ mod common;
 
 use std::process::Stdio;
 
+use common::processes::*;
 use common::*;
 use order_processing_example::ServiceKind;
 use tokio::process::{Child, Command};
@@ -23,10 +24,7 @@ fn private_redis(port: u16) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_redis_turns_health_503_and_the_service_recovers_by_itself() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = free_port();
     let mut redis = private_redis(port);
     let mut settings = isolated(patient());
     settings.redis_url = Some(format!("redis://127.0.0.1:{port}"));
@@ -98,57 +96,24 @@ async fn a_lost_redis_turns_health_503_and_the_service_recovers_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_backend_is_named_in_the_log_with_its_url() {
-    use tokio::io::AsyncReadExt;
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port")
-    };
-    let redis_port = free();
+    let redis_port = free_port();
     let mut redis = private_redis(redis_port);
-    let order_port = free();
-    let mut service = Command::new(env!("CARGO_BIN_EXE_order-processing"))
-        .arg("all")
+    let order_port = free_port();
+    let mut service = all_services(order_port)
         .args(["--redis-url", &format!("redis://127.0.0.1:{redis_port}")])
-        .args(["--order-port", &order_port.to_string()])
-        .args(["--inventory-port", &free().to_string()])
-        .args(["--payment-port", &free().to_string()])
-        .args(["--notification-port", &free().to_string()])
-        .args(["--analytics-port", &free().to_string()])
         .env_remove("DATABASE_URL")
         .env_remove("AMQP_URL")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("spawn");
-    let client = client();
-    let health = format!("http://127.0.0.1:{order_port}/health");
-    eventually("the service to be healthy", || async {
-        let response = client.get(&health).send().await.ok()?;
-        (response.status() == 200).then_some(())
-    })
-    .await;
+    wait_healthy(order_port, "the service to be healthy").await;
     redis.kill().await.expect("stop the private Redis");
-    eventually("health to turn 503", || async {
-        let response = client.get(&health).send().await.ok()?;
-        (response.status() == 503).then_some(())
-    })
-    .await;
+    wait_for_health(order_port, 503, "health to turn 503").await;
     // The watcher looks every 5 s.
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
-    let pid = service.id().expect("pid").to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
+    sigterm(&service);
     service.wait().await.expect("exit");
-    let mut log = String::new();
-    if let Some(mut stdout) = service.stdout.take() {
-        let _ = stdout.read_to_string(&mut log).await;
-    }
+    let log = read_log(&mut service).await;
     assert!(log.contains("a backend cannot be reached"), "{log}");
     assert!(
         log.contains(&format!("redis://127.0.0.1:{redis_port}")),

@@ -5,15 +5,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
+use common::processes::*;
 use common::*;
 use es_core::DeadLetterQueue;
 use order_processing_example::{ServiceKind, Settings};
 use tokio::process::{Child, Command};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_order-processing");
 
 /// Five service processes sharing one isolated set of names on the real backends.
 /// At most two clusters at once: each is five or more processes, and the machine has few cores.
@@ -28,13 +26,6 @@ struct Cluster {
     children: HashMap<ServiceKind, Child>,
     /// Extra instances (competing consumers on their service's queue).
     extra: Vec<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
 }
 
 impl Cluster {
@@ -66,59 +57,21 @@ impl Cluster {
     }
 
     fn spawn(&mut self, kind: ServiceKind) {
-        let child = self.command(kind, self.ports[&kind]);
+        let child = spawn_service(kind, &self.settings, self.ports[&kind]);
         self.children.insert(kind, child);
     }
 
     /// Starts one more instance of `kind` on a port of its own; returns the port.
     fn spawn_extra(&mut self, kind: ServiceKind) -> u16 {
         let port = free_port();
-        let child = self.command(kind, port);
+        let child = spawn_service(kind, &self.settings, port);
         self.extra.push(child);
         port
     }
 
-    fn command(&self, kind: ServiceKind, port: u16) -> Child {
-        let s = &self.settings;
-        let port_flag = format!("--{}-port", kind.name());
-        Command::new(BINARY)
-            .arg(kind.name())
-            .args([
-                "--database-url",
-                s.database_url.as_deref().unwrap_or_default(),
-            ])
-            .args(["--amqp-url", s.amqp_url.as_deref().unwrap_or_default()])
-            .args(["--redis-url", s.redis_url.as_deref().unwrap_or_default()])
-            .args(["--database-schema", &s.database_schema])
-            .args(["--exchange", &s.exchange])
-            .args(["--queue-prefix", &s.queue_prefix])
-            .args(["--redis-prefix", &s.redis_prefix])
-            .args(["--amqp-queue-expires", "120s"])
-            .args([
-                "--database-max-connections",
-                &s.database_max_connections.to_string(),
-            ])
-            .args([
-                "--order-timeout",
-                &format!("{}ms", s.order_timeout.as_millis()),
-            ])
-            .args([port_flag.as_str(), &port.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn the order-processing binary")
-    }
-
     async fn wait_healthy(&self, kind: ServiceKind) {
-        let url = format!("http://127.0.0.1:{}/health", self.ports[&kind]);
-        let client = client();
-        eventually(&format!("{} to be healthy", kind.name()), || async {
-            let response = client.get(&url).send().await.ok()?;
-            (response.status() == 200).then_some(())
-        })
-        .await;
+        let what = format!("{} to be healthy", kind.name());
+        wait_healthy(self.ports[&kind], &what).await;
     }
 
     fn system(&self) -> System {
@@ -183,17 +136,8 @@ async fn two_inventory_processes_never_sell_twenty_units_twice() {
     // A second inventory and a second order service compete for their queues.
     let inventory = cluster.spawn_extra(ServiceKind::Inventory);
     let order = cluster.spawn_extra(ServiceKind::Order);
-    let client = client();
     for port in [inventory, order] {
-        eventually("the second instance to be healthy", || async {
-            let response = client
-                .get(format!("http://127.0.0.1:{port}/health"))
-                .send()
-                .await
-                .ok()?;
-            (response.status() == 200).then_some(())
-        })
-        .await;
+        wait_healthy(port, "the second instance to be healthy").await;
     }
     let system = cluster.system();
     let product = uuid::Uuid::new_v4().to_string();
@@ -365,12 +309,7 @@ async fn sigterm_stops_a_service_cleanly() {
         .children
         .remove(&ServiceKind::Analytics)
         .expect("analytics");
-    let pid = child.id().expect("a pid");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
+    assert!(sigterm(&child).success());
     let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("the service to exit within 10 s")
@@ -401,25 +340,15 @@ async fn a_lone_service_without_a_broker_exits_at_once_saying_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_gives_503_health_and_no_crash() {
     let port = free_port();
-    let mut child = Command::new(BINARY)
-        .arg("all")
+    let mut child = all_services(port)
         // Nothing listens on port 1: the store cannot be reached.
         .args([
             "--database-url",
             "postgres://postgres:postgres@127.0.0.1:1/postgres",
         ])
-        .args(["--order-port", &port.to_string()])
-        .args(["--inventory-port", &free_port().to_string()])
-        .args(["--payment-port", &free_port().to_string()])
-        .args(["--notification-port", &free_port().to_string()])
-        .args(["--analytics-port", &free_port().to_string()])
         .env_remove("AMQP_URL")
         .env_remove("REDIS_URL")
         .env("RUST_LOG", "error")
-        // Logs go to stdout.
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("spawn");
     let client = client();
@@ -447,21 +376,13 @@ async fn an_unreachable_database_gives_503_health_and_no_crash() {
     assert_eq!((status, &problem["status"]), (503, &serde_json::json!(503)));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(child.try_wait().expect("status").is_none(), "still running");
-    let pid = child.id().expect("pid").to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
+    sigterm(&child);
     let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("exits on SIGTERM")
         .expect("status");
     assert!(exit.success());
-    let mut log = String::new();
-    if let Some(mut pipe) = child.stdout.take() {
-        use tokio::io::AsyncReadExt;
-        let _ = pipe.read_to_string(&mut log).await;
-    }
+    let log = read_log(&mut child).await;
     assert!(
         log.contains("cannot reach PostgreSQL") && log.contains("127.0.0.1:1"),
         "{log}"
@@ -517,16 +438,8 @@ async fn across_processes_failures_cancel_and_an_unpaid_order_times_out() {
 async fn retries_racing_through_two_order_processes_make_one_order() {
     let mut cluster = Cluster::start(patient()).await;
     let second = cluster.spawn_extra(ServiceKind::Order);
+    wait_healthy(second, "the second order service").await;
     let client = client();
-    eventually("the second order service", || async {
-        let response = client
-            .get(format!("http://127.0.0.1:{second}/health"))
-            .send()
-            .await
-            .ok()?;
-        (response.status() == 200).then_some(())
-    })
-    .await;
     let urls = [
         format!(
             "http://127.0.0.1:{}/api/orders",

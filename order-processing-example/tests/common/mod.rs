@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod processes;
 pub mod scenarios;
 
 /// One `#[tokio::test]` per scenario, on the given backend.

@@ -1,0 +1,105 @@
+//! Processes of the `order-processing` binary for tests: free ports, command lines, waiting for
+//! `/health`, SIGTERM and the log a process wrote.
+
+use std::process::{ExitStatus, Stdio};
+
+use order_processing_example::{ServiceKind, Settings};
+use tokio::process::{Child, Command};
+
+use super::{client, eventually};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_order-processing");
+
+/// A port nothing listens on at the moment.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// Spawns one `kind` service on `port` with the backends and names of `settings`.
+pub fn spawn_service(kind: ServiceKind, settings: &Settings, port: u16) -> Child {
+    let s = settings;
+    let port_flag = format!("--{}-port", kind.name());
+    Command::new(BINARY)
+        .arg(kind.name())
+        .args([
+            "--database-url",
+            s.database_url.as_deref().unwrap_or_default(),
+        ])
+        .args(["--amqp-url", s.amqp_url.as_deref().unwrap_or_default()])
+        .args(["--redis-url", s.redis_url.as_deref().unwrap_or_default()])
+        .args(["--database-schema", &s.database_schema])
+        .args(["--exchange", &s.exchange])
+        .args(["--queue-prefix", &s.queue_prefix])
+        .args(["--redis-prefix", &s.redis_prefix])
+        .args(["--amqp-queue-expires", "120s"])
+        .args([
+            "--database-max-connections",
+            &s.database_max_connections.to_string(),
+        ])
+        .args([
+            "--order-timeout",
+            &format!("{}ms", s.order_timeout.as_millis()),
+        ])
+        .args([port_flag.as_str(), &port.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the order-processing binary")
+}
+
+/// `order-processing all` with the order service on `order_port` and the others on free ports,
+/// its log (stdout) piped for [`read_log`]. The caller adds the backends and `RUST_LOG`.
+pub fn all_services(order_port: u16) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .arg("all")
+        .args(["--order-port", &order_port.to_string()])
+        .args(["--inventory-port", &free_port().to_string()])
+        .args(["--payment-port", &free_port().to_string()])
+        .args(["--notification-port", &free_port().to_string()])
+        .args(["--analytics-port", &free_port().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Waits until `/health` on `port` answers `status`.
+pub async fn wait_for_health(port: u16, status: u16, what: &str) {
+    let url = format!("http://127.0.0.1:{port}/health");
+    let client = client();
+    eventually(what, || async {
+        let response = client.get(&url).send().await.ok()?;
+        (response.status() == status).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the service on `port` is healthy (`/health` answers 200).
+pub async fn wait_healthy(port: u16, what: &str) {
+    wait_for_health(port, 200, what).await;
+}
+
+/// Sends SIGTERM to `child`; returns how `kill` exited.
+pub fn sigterm(child: &Child) -> ExitStatus {
+    let pid = child.id().expect("a pid").to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM")
+}
+
+/// What an exited `child` wrote to its piped stdout (its log).
+pub async fn read_log(child: &mut Child) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut log = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut log).await;
+    }
+    log
+}
