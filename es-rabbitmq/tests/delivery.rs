@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Behaviour, Recorder};
 use es_core::bus::{RetryPolicy, Subscription};
+use es_core::testing::{HandlerBehaviour, RecordingHandler};
 use es_core::{DeadLetterQueue, Error, EventBus};
 use es_rabbitmq::{AmqpConfig, AmqpEventBus, Unroutable};
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
@@ -28,7 +28,7 @@ async fn five_thousand_messages_are_all_confirmed_and_consumed() {
     let bus = common::connect(common::config("load")).await;
     let category = common::category();
     let consumer = common::unique("load");
-    let recorder = Recorder::new();
+    let recorder = RecordingHandler::new();
     let handle = bus
         .subscribe(
             Subscription::new(&consumer, [format!("{category}.#")]).with_prefetch(256),
@@ -65,7 +65,7 @@ async fn a_poison_message_goes_to_the_dead_letter_queue_while_good_messages_keep
     let bus = common::connect(common::config("poison")).await;
     let category = common::category();
     let consumer = common::unique("poison");
-    let recorder = Recorder::new();
+    let recorder = RecordingHandler::new();
     let handle = bus
         .subscribe(
             Subscription::new(&consumer, [format!("{category}.placed")]),
@@ -121,9 +121,9 @@ async fn a_handler_failing_twice_then_succeeding_is_handled_and_acked_once() {
     let bus = common::connect(common::config("flaky")).await;
     let category = common::category();
     let consumer = common::unique("flaky");
-    let recorder = Recorder::new();
+    let recorder = RecordingHandler::new();
     let flaky = common::event(&category, "Placed", 1);
-    recorder.set(flaky.event_id, Behaviour::FailTimes(2));
+    recorder.set(flaky.event_id, HandlerBehaviour::FailFirst(2));
     let handle = bus
         .subscribe(
             Subscription::new(&consumer, [format!("{category}.placed")]).with_retry(fast_retry(5)),
@@ -162,10 +162,10 @@ async fn a_handler_always_failing_sends_the_message_to_the_dead_letter_queue_aft
     let bus = common::connect(common::config("failing")).await;
     let category = common::category();
     let consumer = common::unique("failing");
-    let recorder = Recorder::new();
+    let recorder = RecordingHandler::new();
     let doomed = common::event(&category, "Placed", 1);
     let fine = common::event(&category, "Placed", 2);
-    recorder.set(doomed.event_id, Behaviour::AlwaysFail);
+    recorder.set(doomed.event_id, HandlerBehaviour::AlwaysFail);
     let handle = bus
         .subscribe(
             Subscription::new(&consumer, [format!("{category}.placed")]).with_retry(fast_retry(4)),
@@ -207,8 +207,8 @@ async fn two_competing_consumers_handle_each_message_once_in_all() {
     let category = common::category();
     let consumer = common::unique("compete");
     let (a, b) = (
-        Recorder::slow(Duration::from_millis(1)),
-        Recorder::slow(Duration::from_millis(1)),
+        RecordingHandler::with_delay(Duration::from_millis(1)),
+        RecordingHandler::with_delay(Duration::from_millis(1)),
     );
     let subscription = Subscription::new(&consumer, [format!("{category}.*")]).with_prefetch(8);
     let ha = first
@@ -255,7 +255,7 @@ async fn an_event_no_queue_binds_fails_the_publish_by_default() {
     let handle = bus
         .subscribe(
             Subscription::new(&consumer, [format!("{category}.placed")]),
-            Recorder::new(),
+            RecordingHandler::new(),
         )
         .await
         .unwrap();
@@ -307,7 +307,7 @@ async fn an_unreachable_broker_is_a_typed_unavailable_error() {
     let error = lazy.publish(&[event]).await.expect_err("no broker");
     assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
     let error = lazy
-        .subscribe(Subscription::new("nobody", ["#"]), Recorder::new())
+        .subscribe(Subscription::new("nobody", ["#"]), RecordingHandler::new())
         .await
         .expect_err("no broker");
     assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
@@ -328,7 +328,7 @@ async fn a_node_that_does_not_answer_is_skipped_for_the_next_one() {
     let bus = common::connect(config).await;
     let category = common::category();
     let consumer = common::unique("fallback");
-    let recorder = Recorder::new();
+    let recorder = RecordingHandler::new();
     let handle = bus
         .subscribe(
             Subscription::new(&consumer, [format!("{category}.#")]),
@@ -416,7 +416,7 @@ async fn messages_follow_the_wire_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_does_not_stop_the_consumer() {
-    struct Panicky(Arc<Recorder>, Uuid);
+    struct Panicky(Arc<RecordingHandler>, Uuid);
     #[async_trait::async_trait]
     impl es_core::MessageHandler for Panicky {
         async fn handle(
@@ -432,7 +432,7 @@ async fn a_panicking_handler_does_not_stop_the_consumer() {
     let bus = common::connect(common::config("panic")).await;
     let category = common::category();
     let consumer = common::unique("panic");
-    let recorder = Recorder::new();
+    let recorder = RecordingHandler::new();
     let bad = common::event(&category, "Placed", 1);
     let good = common::event(&category, "Placed", 2);
     let handle = bus
@@ -528,7 +528,7 @@ async fn a_batch_larger_than_the_pipeline_is_confirmed_in_full() {
     let bus = common::connect(common::config("window").with_max_in_flight(7)).await;
     let category = common::category();
     let consumer = common::unique("window");
-    let recorder = Recorder::new();
+    let recorder = RecordingHandler::new();
     let handle = bus
         .subscribe(
             Subscription::new(&consumer, [format!("{category}.#")]).with_prefetch(64),
@@ -552,9 +552,9 @@ async fn a_deleted_dead_letter_queue_is_declared_again_when_needed() {
     let bus = common::connect(common::config("redeclare")).await;
     let category = common::category();
     let consumer = common::unique("redeclare");
-    let recorder = Recorder::new();
+    let recorder = RecordingHandler::new();
     let doomed = common::event(&category, "Placed", 1);
-    recorder.set(doomed.event_id, Behaviour::AlwaysFail);
+    recorder.set(doomed.event_id, HandlerBehaviour::AlwaysFail);
     let handle = bus
         .subscribe(
             Subscription::new(&consumer, [format!("{category}.#")]).with_retry(fast_retry(1)),
@@ -593,7 +593,7 @@ async fn a_background_consumer_waits_for_the_broker_and_stops_on_request() {
             }),
     );
     let waiting = down
-        .subscribe_in_background(Subscription::new("nobody", ["#"]), Recorder::new())
+        .subscribe_in_background(Subscription::new("nobody", ["#"]), RecordingHandler::new())
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "it keeps trying");
@@ -610,7 +610,7 @@ async fn a_background_consumer_waits_for_the_broker_and_stops_on_request() {
         .clone()
         .with_queue(&consumer, [format!("{category}.#")]);
     let bus = common::connect(config).await;
-    let recorder = Recorder::new();
+    let recorder = RecordingHandler::new();
     let handle = bus
         .subscribe_in_background(
             Subscription::new(&consumer, [format!("{category}.#")]),

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
-use common::Recorder;
 use es_core::bus::Subscription;
+use es_core::testing::RecordingHandler;
 use es_core::EventBus;
 use uuid::Uuid;
 
@@ -48,7 +48,7 @@ async fn the_bus_reconnects_after_the_broker_closes_its_connection_and_loses_not
     let category = common::category();
     let consumer = common::unique("reconnect");
     // Slow enough that messages are in flight and waiting when the connection goes.
-    let recorder = Recorder::slow(Duration::from_millis(50));
+    let recorder = RecordingHandler::with_delay(Duration::from_millis(50));
     let handle = bus
         .subscribe(
             Subscription::new(&consumer, [format!("{category}.#")]).with_prefetch(2),
@@ -171,7 +171,7 @@ async fn a_publish_cut_off_by_a_lost_connection_is_reported_failed_never_sent() 
     closed.store(true, Ordering::SeqCst);
     let outcomes = publisher.await.expect("publisher task");
 
-    let recorder = Recorder::new();
+    let recorder = RecordingHandler::new();
     let handle = bus
         .subscribe(
             Subscription::new(&consumer, [format!("{category}.#")]).with_prefetch(256),

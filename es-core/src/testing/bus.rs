@@ -1,100 +1,14 @@
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::unique_category;
-use crate::bus::{
-    DeadLetterQueue, EventBus, HandlerError, MessageHandler, RetryPolicy, Subscription,
-};
+use super::{unique_category, HandlerBehaviour, RecordingHandler};
+use crate::bus::{DeadLetterQueue, EventBus, RetryPolicy, Subscription};
 use crate::event::{Metadata, RecordedEvent};
 use crate::stream::{Position, StreamId};
-
-/// How the recording handler treats a message.
-#[derive(Clone, Copy)]
-enum Behaviour {
-    Succeed,
-    FailTimes(u32),
-    AlwaysFail,
-    Reject,
-}
-
-struct Recorder {
-    behaviour: Mutex<HashMap<Uuid, Behaviour>>,
-    attempts: Mutex<HashMap<Uuid, u32>>,
-    handled: Mutex<Vec<RecordedEvent>>,
-    delay: Duration,
-}
-
-impl Recorder {
-    fn new(delay: Duration) -> Arc<Self> {
-        Arc::new(Recorder {
-            behaviour: Mutex::default(),
-            attempts: Mutex::default(),
-            handled: Mutex::default(),
-            delay,
-        })
-    }
-
-    fn set(&self, id: Uuid, behaviour: Behaviour) {
-        self.behaviour.lock().unwrap().insert(id, behaviour);
-    }
-
-    fn handled(&self) -> Vec<RecordedEvent> {
-        self.handled.lock().unwrap().clone()
-    }
-
-    fn attempts(&self, id: Uuid) -> u32 {
-        self.attempts.lock().unwrap().get(&id).copied().unwrap_or(0)
-    }
-
-    async fn wait_for(&self, count: usize, within: Duration) -> Vec<RecordedEvent> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let handled = self.handled();
-            if handled.len() >= count || tokio::time::Instant::now() >= deadline {
-                return handled;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-#[async_trait]
-impl MessageHandler for Recorder {
-    async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
-        }
-        let attempt = {
-            let mut attempts = self.attempts.lock().unwrap();
-            let n = attempts.entry(message.event_id).or_default();
-            *n += 1;
-            *n
-        };
-        let behaviour = self
-            .behaviour
-            .lock()
-            .unwrap()
-            .get(&message.event_id)
-            .copied()
-            .unwrap_or(Behaviour::Succeed);
-        match behaviour {
-            Behaviour::Succeed => {}
-            Behaviour::FailTimes(n) if attempt > n => {}
-            Behaviour::FailTimes(_) | Behaviour::AlwaysFail => {
-                return Err(HandlerError::retry(format!("induced failure {attempt}")))
-            }
-            Behaviour::Reject => return Err(HandlerError::reject("induced rejection")),
-        }
-        self.handled.lock().unwrap().push(message.clone());
-        Ok(())
-    }
-}
 
 fn event(category: &str, event_type: &str, n: u64) -> RecordedEvent {
     RecordedEvent {
@@ -140,7 +54,7 @@ where
 
 async fn routes_by_key_and_keeps_the_envelope<B: EventBus + DeadLetterQueue>(bus: &B) {
     let category = unique_category("bus");
-    let recorder = Recorder::new(Duration::ZERO);
+    let recorder = RecordingHandler::new();
     let consumer = format!("{category}-placed");
     let handle = bus
         .subscribe(
@@ -158,8 +72,11 @@ async fn routes_by_key_and_keeps_the_envelope<B: EventBus + DeadLetterQueue>(bus
         .await
         .expect("publish");
 
-    let handled = recorder.wait_for(3, Duration::from_secs(10)).await;
-    assert_eq!(handled.len(), 3, "the bound messages arrive");
+    assert_eq!(
+        recorder.wait_for(3, Duration::from_secs(10)).await,
+        3,
+        "the bound messages arrive"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let handled = recorder.handled();
     assert_eq!(handled.len(), 3, "unbound routing keys are not delivered");
@@ -188,15 +105,15 @@ async fn retries_then_succeeds_and_dead_letters_without_stopping<B: EventBus + D
     bus: &B,
 ) {
     let category = unique_category("retry");
-    let recorder = Recorder::new(Duration::ZERO);
+    let recorder = RecordingHandler::new();
     let consumer = format!("{category}-c");
     let flaky = event(&category, "Placed", 1);
     let poison = event(&category, "Placed", 2);
     let rejected = event(&category, "Placed", 3);
     let good = event(&category, "Placed", 4);
-    recorder.set(flaky.event_id, Behaviour::FailTimes(2));
-    recorder.set(poison.event_id, Behaviour::AlwaysFail);
-    recorder.set(rejected.event_id, Behaviour::Reject);
+    recorder.set(flaky.event_id, HandlerBehaviour::FailFirst(2));
+    recorder.set(poison.event_id, HandlerBehaviour::AlwaysFail);
+    recorder.set(rejected.event_id, HandlerBehaviour::Reject);
     let handle = bus
         .subscribe(
             Subscription::new(&consumer, [format!("{category}.#")]).with_retry(fast_retry(3)),
@@ -216,7 +133,7 @@ async fn retries_then_succeeds_and_dead_letters_without_stopping<B: EventBus + D
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let dead = bus.dead_letters(&consumer, 10).await.unwrap();
-        if (dead.len() >= 2 && recorder.handled().len() >= 2)
+        if (dead.len() >= 2 && recorder.handled_count() >= 2)
             || tokio::time::Instant::now() > deadline
         {
             break;
@@ -233,14 +150,14 @@ async fn retries_then_succeeds_and_dead_letters_without_stopping<B: EventBus + D
         1,
         "a message that failed twice is handled once on the third delivery"
     );
-    assert_eq!(recorder.attempts(flaky.event_id), 3);
+    assert_eq!(recorder.deliveries(flaky.event_id), 3);
     assert_eq!(
-        recorder.attempts(poison.event_id),
+        recorder.deliveries(poison.event_id),
         3,
         "an always-failing message is tried max_attempts times"
     );
     assert_eq!(
-        recorder.attempts(rejected.event_id),
+        recorder.deliveries(rejected.event_id),
         1,
         "a rejected message is not retried"
     );
@@ -277,8 +194,8 @@ async fn competing_consumers_share_the_work<B: EventBus + DeadLetterQueue>(bus: 
     let category = unique_category("compete");
     let consumer = format!("{category}-c");
     let (a, b) = (
-        Recorder::new(Duration::from_millis(2)),
-        Recorder::new(Duration::from_millis(2)),
+        RecordingHandler::with_delay(Duration::from_millis(2)),
+        RecordingHandler::with_delay(Duration::from_millis(2)),
     );
     let subscription = Subscription::new(&consumer, [format!("{category}.*")]).with_prefetch(4);
     let ha = bus
@@ -289,7 +206,7 @@ async fn competing_consumers_share_the_work<B: EventBus + DeadLetterQueue>(bus: 
     let events: Vec<_> = (0..60).map(|n| event(&category, "Placed", n)).collect();
     bus.publish(&events).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while a.handled().len() + b.handled().len() < events.len()
+    while a.handled_count() + b.handled_count() < events.len()
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -319,11 +236,11 @@ async fn competing_consumers_share_the_work<B: EventBus + DeadLetterQueue>(bus: 
 async fn dead_letters_can_be_requeued_and_purged<B: EventBus + DeadLetterQueue>(bus: &B) {
     let category = unique_category("dlq");
     let consumer = format!("{category}-c");
-    let recorder = Recorder::new(Duration::ZERO);
+    let recorder = RecordingHandler::new();
     let first = event(&category, "Placed", 1);
     let second = event(&category, "Placed", 2);
-    recorder.set(first.event_id, Behaviour::Reject);
-    recorder.set(second.event_id, Behaviour::Reject);
+    recorder.set(first.event_id, HandlerBehaviour::Reject);
+    recorder.set(second.event_id, HandlerBehaviour::Reject);
     let handle = bus
         .subscribe(
             Subscription::new(&consumer, [format!("{category}.placed")]).with_retry(fast_retry(2)),
@@ -347,11 +264,14 @@ async fn dead_letters_can_be_requeued_and_purged<B: EventBus + DeadLetterQueue>(
     );
 
     // Fixed: the handler accepts them now, and one is moved back for reprocessing.
-    recorder.set(first.event_id, Behaviour::Succeed);
-    recorder.set(second.event_id, Behaviour::Succeed);
+    recorder.set(first.event_id, HandlerBehaviour::Succeed);
+    recorder.set(second.event_id, HandlerBehaviour::Succeed);
     assert_eq!(bus.requeue_dead_letters(&consumer, 1).await.unwrap(), 1);
-    let handled = recorder.wait_for(1, Duration::from_secs(10)).await;
-    assert_eq!(handled.len(), 1, "a requeued dead letter is handled again");
+    assert_eq!(
+        recorder.wait_for(1, Duration::from_secs(10)).await,
+        1,
+        "a requeued dead letter is handled again"
+    );
     assert_eq!(bus.dead_letters(&consumer, 10).await.unwrap().len(), 1);
     assert_eq!(
         bus.purge_dead_letters(&consumer).await.unwrap(),

@@ -22,6 +22,7 @@
 mod bus;
 mod event_store;
 pub mod golden;
+mod handler;
 mod kit;
 mod kv;
 mod lease;
@@ -29,6 +30,7 @@ mod stores;
 
 pub use bus::bus_conformance;
 pub use event_store::event_store_conformance;
+pub use handler::{HandlerBehaviour, RecordingHandler};
 pub use kit::{envelope, AggregateTest, SagaTest};
 pub use kv::{cache_conformance, idempotency_conformance};
 pub use lease::lease_conformance;

@@ -1,16 +1,13 @@
-//! Shared by the integration tests: the broker's URL, isolated configurations, a recording
-//! handler, raw access to the broker and cleanup.
+//! Shared by the integration tests: the broker's URL, isolated configurations, raw access to
+//! the broker and cleanup. The recording handler is es-core's `testing::RecordingHandler`.
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
-use es_core::bus::{HandlerError, MessageHandler};
 use es_core::{Metadata, Position, RecordedEvent, StreamId};
 use es_rabbitmq::{AmqpConfig, AmqpEventBus, Topology};
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -126,100 +123,6 @@ pub fn event(category: &str, event_type: &str, n: u64) -> RecordedEvent {
 /// A category name unique to one test (no `-`).
 pub fn category() -> String {
     format!("c{}", Uuid::new_v4().simple())
-}
-
-/// What a [`Recorder`] does with one event.
-#[derive(Clone, Copy, Debug)]
-pub enum Behaviour {
-    Succeed,
-    FailTimes(u32),
-    AlwaysFail,
-}
-
-/// A handler that records every delivery and fails on demand.
-#[derive(Default)]
-pub struct Recorder {
-    behaviour: Mutex<HashMap<Uuid, Behaviour>>,
-    deliveries: Mutex<HashMap<Uuid, u32>>,
-    handled: Mutex<Vec<RecordedEvent>>,
-    pub delay: Duration,
-}
-
-impl Recorder {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Recorder::default())
-    }
-
-    pub fn slow(delay: Duration) -> Arc<Self> {
-        Arc::new(Recorder {
-            delay,
-            ..Recorder::default()
-        })
-    }
-
-    pub fn set(&self, id: Uuid, behaviour: Behaviour) {
-        self.behaviour.lock().unwrap().insert(id, behaviour);
-    }
-
-    pub fn handled(&self) -> Vec<RecordedEvent> {
-        self.handled.lock().unwrap().clone()
-    }
-
-    pub fn handled_count(&self) -> usize {
-        self.handled.lock().unwrap().len()
-    }
-
-    pub fn deliveries(&self, id: Uuid) -> u32 {
-        self.deliveries
-            .lock()
-            .unwrap()
-            .get(&id)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// Waits until `count` messages were handled or `within` passed.
-    pub async fn wait_for(&self, count: usize, within: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let handled = self.handled_count();
-            if handled >= count || tokio::time::Instant::now() >= deadline {
-                return handled;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-#[async_trait]
-impl MessageHandler for Recorder {
-    async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
-        }
-        let delivery = {
-            let mut deliveries = self.deliveries.lock().unwrap();
-            let n = deliveries.entry(message.event_id).or_default();
-            *n += 1;
-            *n
-        };
-        let behaviour = self
-            .behaviour
-            .lock()
-            .unwrap()
-            .get(&message.event_id)
-            .copied()
-            .unwrap_or(Behaviour::Succeed);
-        match behaviour {
-            Behaviour::Succeed => {}
-            Behaviour::FailTimes(n) if delivery > n => {}
-            Behaviour::FailTimes(_) | Behaviour::AlwaysFail => {
-                return Err(HandlerError::retry(format!("induced failure {delivery}")))
-            }
-        }
-        self.handled.lock().unwrap().push(message.clone());
-        Ok(())
-    }
 }
 
 /// Polls `condition` every 50 ms until it holds or `within` passed; returns whether it held.
