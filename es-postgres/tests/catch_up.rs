@@ -65,16 +65,7 @@ async fn a_subscription_far_behind_streams_everything_once_in_order_then_follows
                         events,
                     ));
                     let hold = Duration::from_millis(if (writer + i) % 3 == 0 { 20 } else { 0 });
-                    store
-                        .commit_with(unit, move |_conn, _results| {
-                            Box::pin(async move {
-                                tokio::time::sleep(hold).await;
-                                Ok(())
-                            })
-                        })
-                        .await
-                        .expect("commits")
-                        .expect("no inbox entry");
+                    common::commit_holding(&store, unit, hold).await;
                 }
                 ids
             })

@@ -51,16 +51,7 @@ async fn a_subscriber_sees_every_event_once_in_order_while_commits_land_out_of_o
                     } else {
                         Duration::ZERO
                     };
-                    let (results, ()) = store
-                        .commit_with(unit, move |_conn, _results| {
-                            Box::pin(async move {
-                                tokio::time::sleep(hold).await;
-                                Ok(())
-                            })
-                        })
-                        .await
-                        .expect("append commits")
-                        .expect("no inbox entry, so committed");
+                    let results = common::commit_holding(&store, unit, hold).await;
                     commits
                         .lock()
                         .unwrap()

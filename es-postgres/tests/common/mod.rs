@@ -42,6 +42,27 @@ pub async fn store_at(url: &str, config: PgConfig) -> PgEventStore {
     store
 }
 
+/// Commits `unit` and keeps its transaction open for `hold` after the appends took their
+/// positions, so that transactions begun later can commit first (the out-of-order commits a
+/// gap-safe reader must not skip). Panics on failure: for concurrent writers in tests.
+pub async fn commit_holding(
+    store: &PgEventStore,
+    unit: es_core::UnitOfWork,
+    hold: std::time::Duration,
+) -> Vec<es_core::AppendResult> {
+    let (results, ()) = store
+        .commit_with(unit, move |_conn, _results| {
+            Box::pin(async move {
+                tokio::time::sleep(hold).await;
+                Ok(())
+            })
+        })
+        .await
+        .expect("the append commits")
+        .expect("no inbox entry, so committed");
+    results
+}
+
 /// Drops the store's schema and closes its pool.
 pub async fn drop_schema(store: &PgEventStore) {
     let schema = store.config().schema.clone();
