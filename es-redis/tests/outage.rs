@@ -95,7 +95,7 @@ async fn calls_fail_fast_while_redis_is_down_and_work_again_after() {
             slowest = slowest.max(took);
         }
         let loaded: Option<u32> = cache
-            .get_or_load("model", None, || async { Ok::<_, Error>(Some(round)) })
+            .get_or_load("model", None, || async { Ok::<_, Error>(Some((round, 1))) })
             .await
             .expect("cache-aside answers from the loader while Redis is down");
         assert_eq!(loaded, Some(round));

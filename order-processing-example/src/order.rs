@@ -544,7 +544,9 @@ impl CommandDispatcher<FlowCommand> for OrderDispatcher {
                 })?;
             if !executed.events.is_empty() {
                 tracing::info!(action = ?command.action, status = ?executed.state.status, "order moved");
-                self.cache.invalidate(command.order_id).await;
+                self.cache
+                    .changed(command.order_id, executed.version)
+                    .await;
             }
             Ok(())
         }
@@ -555,23 +557,32 @@ impl CommandDispatcher<FlowCommand> for OrderDispatcher {
 
 // ---- read models -----------------------------------------------------------------------
 
-/// The cached order views (cache-aside; dropped whenever the order changes).
+/// The cached order views: cache-aside, each stored with the order's version, and marked
+/// changed (not merely deleted) whenever the order moves, so that a GET which loaded an older
+/// version while the saga wrote a newer one cannot cache the older view afterwards.
 #[derive(Debug, Clone)]
 pub struct OrderCache {
     cache: Option<Arc<dyn Cache>>,
 }
 
 impl OrderCache {
+    /// How long a view, and a change mark, is kept. The mark only has to outlive a load that
+    /// started before the change (bounded by the request timeout); keeping it as long as a
+    /// view costs one small key per changed order.
     const TTL: Duration = Duration::from_secs(300);
 
     fn key(order_id: Uuid) -> String {
         format!("order:{order_id}")
     }
 
-    async fn invalidate(&self, order_id: Uuid) {
+    /// The order is now at `version`: drop any older cached view, and refuse older loads.
+    async fn changed(&self, order_id: Uuid, version: u64) {
         if let Some(cache) = &self.cache {
-            if let Err(error) = cache.delete(&Self::key(order_id)).await {
-                tracing::warn!(%order_id, %error, "cannot drop a cached order; it expires by itself");
+            if let Err(error) = cache
+                .mark_changed(&Self::key(order_id), version, Some(Self::TTL))
+                .await
+            {
+                tracing::warn!(%order_id, %error, "cannot mark a cached order changed; it expires by itself");
             }
         }
     }
@@ -650,9 +661,9 @@ impl Projection for OrderReadModel {
                 entry.1 = recorded.stream_version;
             }
         }
-        // Another instance may have changed the order: drop the cached view here too.
+        // Another instance may have changed the order: mark the cached view here too.
         if let Some(cache) = &self.cache {
-            cache.invalidate(order_id).await;
+            cache.changed(order_id, recorded.stream_version).await;
         }
         Ok(())
     }
@@ -973,7 +984,7 @@ async fn load_order(state: &OrderState, order_id: Uuid) -> Result<Option<OrderVi
     let orders = state.orders.clone();
     let load = || async move {
         let loaded = orders.find(&order_id.to_string()).await?;
-        Ok::<_, es_core::Error>(loaded.map(|l| l.state.view(l.version)))
+        Ok::<_, es_core::Error>(loaded.map(|l| (l.state.view(l.version), l.version)))
     };
     let view = match &state.cache.cache {
         Some(cache) => {
@@ -981,7 +992,7 @@ async fn load_order(state: &OrderState, order_id: Uuid) -> Result<Option<OrderVi
                 .get_or_load(&OrderCache::key(order_id), Some(OrderCache::TTL), load)
                 .await?
         }
-        None => load().await?,
+        None => load().await?.map(|(view, _)| view),
     };
     Ok(view)
 }

@@ -62,18 +62,128 @@ pub async fn cache_conformance(cache: Arc<dyn Cache>) {
     let loaded: Option<u32> = cache
         .get_or_load(&format!("{key}-aside"), None, || {
             loads += 1;
-            async { Ok::<_, std::convert::Infallible>(Some(7)) }
+            async { Ok::<_, std::convert::Infallible>(Some((7, 1))) }
         })
         .await
         .unwrap();
     assert_eq!((loaded, loads), (Some(7), 1));
     let again: Option<u32> = cache
         .get_or_load(&format!("{key}-aside"), None, || async {
-            Ok::<_, std::convert::Infallible>(Some(8))
+            Ok::<_, std::convert::Infallible>(Some((8, 2)))
         })
         .await
         .unwrap();
     assert_eq!(again, Some(7), "a hit does not load");
+
+    versioned_cache_conformance(cache.as_ref(), &key).await;
+}
+
+/// Versioned writes: `set_if_newer` keeps the newest value, `mark_changed` refuses older
+/// loads, and the cache-aside race (a load of v1 stored after a write of v2) leaves no stale
+/// value behind.
+async fn versioned_cache_conformance(cache: &dyn Cache, key: &str) {
+    let ttl = Some(Duration::from_secs(60));
+    let one = || Bytes::from_static(b"v1");
+    let two = || Bytes::from_static(b"v2");
+    let three = || Bytes::from_static(b"v3");
+
+    let k = format!("{key}-versioned");
+    assert!(cache.set_if_newer(&k, 2, two(), ttl).await.unwrap(), "a miss stores");
+    assert_eq!(cache.get(&k).await.unwrap(), Some(two()));
+    assert!(!cache.set_if_newer(&k, 1, one(), ttl).await.unwrap(), "older is refused");
+    assert!(!cache.set_if_newer(&k, 2, one(), ttl).await.unwrap(), "the same version is kept");
+    assert_eq!(cache.get(&k).await.unwrap(), Some(two()));
+    assert!(cache.set_if_newer(&k, 3, three(), ttl).await.unwrap(), "newer replaces");
+    assert_eq!(cache.get(&k).await.unwrap(), Some(three()));
+
+    cache.mark_changed(&k, 3, ttl).await.unwrap();
+    assert_eq!(
+        cache.get(&k).await.unwrap(),
+        Some(three()),
+        "a mark of the cached version keeps the value"
+    );
+    cache.mark_changed(&k, 2, ttl).await.unwrap();
+    assert_eq!(cache.get(&k).await.unwrap(), Some(three()), "an older mark changes nothing");
+    cache.mark_changed(&k, 4, ttl).await.unwrap();
+    assert_eq!(cache.get(&k).await.unwrap(), None, "a newer change drops the value");
+    assert!(!cache.set_if_newer(&k, 3, three(), ttl).await.unwrap(), "a load older than the change is refused");
+    assert_eq!(cache.get(&k).await.unwrap(), None);
+    cache.mark_changed(&k, 3, ttl).await.unwrap();
+    assert!(!cache.set_if_newer(&k, 3, three(), ttl).await.unwrap(), "an older mark does not lower the newer one");
+    assert!(
+        cache.set_if_newer(&k, 4, Bytes::from_static(b"v4"), ttl).await.unwrap(),
+        "a load of the marked version is cached"
+    );
+    assert_eq!(cache.get(&k).await.unwrap(), Some(Bytes::from_static(b"v4")));
+    cache.set(&k, one(), ttl).await.unwrap();
+    assert_eq!(cache.get(&k).await.unwrap(), Some(one()), "set is unconditional");
+    cache.delete(&k).await.unwrap();
+    assert!(cache.set_if_newer(&k, 1, one(), ttl).await.unwrap(), "delete forgets the version");
+
+    let marked = format!("{key}-mark-ttl");
+    cache
+        .mark_changed(&marked, 5, Some(Duration::from_millis(150)))
+        .await
+        .unwrap();
+    assert!(!cache.set_if_newer(&marked, 4, one(), ttl).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        cache.set_if_newer(&marked, 4, one(), ttl).await.unwrap(),
+        "a mark expires after its TTL"
+    );
+
+    // The race, provoked: a reader misses and loads version 1; while it loads, a writer
+    // commits version 2 and marks the key; then the reader stores what it loaded.
+    let raced = format!("{key}-race");
+    let stale: Option<String> = cache
+        .get_or_load(&raced, ttl, || async {
+            cache.mark_changed(&raced, 2, ttl).await.unwrap();
+            Ok::<_, std::convert::Infallible>(Some(("version 1".to_owned(), 1)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(stale.as_deref(), Some("version 1"), "the reader answers what it loaded");
+    assert_eq!(
+        cache.get(&raced).await.unwrap(),
+        None,
+        "but the older load was not cached over the newer write"
+    );
+    let fresh: Option<String> = cache
+        .get_or_load(&raced, ttl, || async {
+            Ok::<_, std::convert::Infallible>(Some(("version 2".to_owned(), 2)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(fresh.as_deref(), Some("version 2"));
+    let cached: Option<String> = cache
+        .get_or_load(&raced, ttl, || async {
+            Ok::<_, std::convert::Infallible>(Some(("loaded again".to_owned(), 2)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(cached.as_deref(), Some("version 2"), "the next reader hits version 2");
+
+    // The other order: the stale value lands first, the writer's mark then drops it.
+    let late = format!("{key}-late-mark");
+    assert!(cache.set_if_newer(&late, 1, one(), ttl).await.unwrap());
+    cache.mark_changed(&late, 2, ttl).await.unwrap();
+    assert_eq!(cache.get(&late).await.unwrap(), None);
+
+    // Many readers of old versions racing one writer: the newest value always wins.
+    let burst = format!("{key}-burst");
+    let stores: Vec<_> = (1..=32u64)
+        .map(|version| cache.set_if_newer(&burst, version, Bytes::from(version.to_string()), ttl))
+        .collect();
+    let (_, marked) = tokio::join!(
+        futures_util::future::join_all(stores),
+        cache.mark_changed(&burst, 20, ttl)
+    );
+    marked.unwrap();
+    assert_eq!(
+        cache.get(&burst).await.unwrap(),
+        Some(Bytes::from_static(b"32")),
+        "whatever the interleaving, the newest version stays"
+    );
 }
 
 /// The token of an acquired claim; panics with what was found otherwise.
