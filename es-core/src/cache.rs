@@ -118,7 +118,9 @@ pub trait CacheExt: Cache {
         match serde_json::to_vec(&value) {
             Ok(bytes) => match self.set_if_newer(key, version, bytes.into(), ttl).await {
                 Ok(true) => {}
-                Ok(false) => tracing::debug!(%key, version, "a newer version is cached or marked; not caching"),
+                Ok(false) => {
+                    tracing::debug!(%key, version, "a newer version is cached or marked; not caching")
+                }
                 Err(error) => tracing::debug!(%key, %error, "cache write failed"),
             },
             Err(error) => tracing::debug!(%key, %error, "cannot encode a value to cache"),

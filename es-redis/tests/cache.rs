@@ -215,7 +215,11 @@ async fn a_stale_load_by_one_instance_cannot_hide_a_write_marked_by_another() {
             .get_or_load(&key, ttl, || async { Ok::<_, Error>(Some((2, 2))) })
             .await
             .unwrap();
-        assert_eq!(next, Some(2), "round {round}: read-your-writes after the mark");
+        assert_eq!(
+            next,
+            Some(2),
+            "round {round}: read-your-writes after the mark"
+        );
     }
 }
 

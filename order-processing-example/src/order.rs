@@ -886,7 +886,9 @@ async fn place_order(
                 Err(error) => {
                     match guard.release().await {
                         Ok(Ownership::Held) => {}
-                        Ok(Ownership::Lost) => tracing::debug!("the idempotency key was already free"),
+                        Ok(Ownership::Lost) => {
+                            tracing::debug!("the idempotency key was already free")
+                        }
                         Err(release) => tracing::warn!(
                             error = %release,
                             "cannot release an idempotency key; it is free when its lease runs out"
@@ -962,7 +964,9 @@ async fn place_keyed(
                 .orders
                 .find(&order_id.to_string())
                 .await?
-                .ok_or_else(|| AppError::internal(&es_core::Error::NotFound(order_id.to_string())))?;
+                .ok_or_else(|| {
+                    AppError::internal(&es_core::Error::NotFound(order_id.to_string()))
+                })?;
             if existing.state.customer_id != customer_id || existing.state.items != items {
                 return Err(reused_key());
             }
@@ -1189,5 +1193,39 @@ mod tests {
         ]});
         let request = validate_place_order(&body).unwrap();
         assert_eq!(request.items[0].unit_price, Decimal::new(99999, 2));
+    }
+
+    #[test]
+    fn a_keyed_order_id_depends_on_the_customer_and_the_key_only() {
+        let (alice, bob) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let id = keyed_order_id(alice, "key-1");
+        assert_eq!(
+            id,
+            keyed_order_id(alice, "key-1"),
+            "every retry aims at one stream"
+        );
+        assert_ne!(id, keyed_order_id(alice, "key-2"));
+        assert_ne!(
+            id,
+            keyed_order_id(bob, "key-1"),
+            "customers do not share keys"
+        );
+        assert_eq!(id.get_version_num(), 8);
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+    }
+
+    #[test]
+    fn fingerprints_are_sha256_of_the_canonical_request() {
+        let body = json!({"customerId": Uuid::nil(), "items": [
+            {"productId": Uuid::nil(), "productName": "Laptop", "quantity": 1, "unitPrice": 1}
+        ]});
+        let request = validate_place_order(&body).unwrap();
+        let print = fingerprint(&request);
+        assert_eq!(print.len(), 64);
+        assert!(print.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(print, fingerprint(&request.clone()));
+        let mut other = request;
+        other.items[0].quantity = 2;
+        assert_ne!(print, fingerprint(&other));
     }
 }

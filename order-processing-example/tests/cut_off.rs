@@ -18,9 +18,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use bytes::Bytes;
 use common::{connect, customer, isolated, order_body, patient, SchemaGuard, MOUSE};
-use es_core::{
-    Aggregate, Claim, ClaimToken, IdempotencyStore, Ownership, Position, StreamFilter,
-};
+use es_core::{Aggregate, Claim, ClaimToken, IdempotencyStore, Ownership, Position, StreamFilter};
 use order_processing_example::order::Order;
 use order_processing_example::{Backends, Service, ServiceKind, Settings};
 use serde_json::Value;
@@ -94,7 +92,11 @@ async fn answer(response: axum::response::Response) -> (StatusCode, Value) {
 async fn orders_placed(backends: &Backends) -> usize {
     let events = backends
         .store
-        .read_all(&StreamFilter::category(Order::TYPE), Position::START, 10_000)
+        .read_all(
+            &StreamFilter::category(Order::TYPE),
+            Position::START,
+            10_000,
+        )
         .await
         .expect("read the log");
     events
@@ -104,7 +106,10 @@ async fn orders_placed(backends: &Backends) -> usize {
 }
 
 /// Starts the order service on `backends` with its idempotency store wrapped.
-async fn order_service(mut backends: Backends, settings: &Settings) -> (Service, Arc<CutOff>, Backends) {
+async fn order_service(
+    mut backends: Backends,
+    settings: &Settings,
+) -> (Service, Arc<CutOff>, Backends) {
     let cut_off = Arc::new(CutOff {
         inner: backends.idempotency.clone(),
         stall_next_complete: AtomicBool::new(true),
@@ -137,7 +142,11 @@ async fn retry_answers_the_placed_order(
     key: &str,
     within: Duration,
 ) {
-    assert_eq!(orders_placed(backends).await, 1, "the first request placed its order");
+    assert_eq!(
+        orders_placed(backends).await,
+        1,
+        "the first request placed its order"
+    );
     let started = tokio::time::Instant::now();
     let (status, order) = answer(
         service
@@ -148,7 +157,11 @@ async fn retry_answers_the_placed_order(
     )
     .await;
     let took = started.elapsed();
-    assert_eq!(status, StatusCode::OK, "the retry answers the placed order: {order}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the retry answers the placed order: {order}"
+    );
     assert!(took < within, "the retry took {took:?}");
     assert_eq!(order["customerId"], body["customerId"]);
     assert_eq!(order["status"], "Pending");
@@ -193,8 +206,14 @@ async fn dropped_request(backends: Backends, settings: Settings) {
     let (service, cut_off, backends) = order_service(backends, &settings).await;
     let body = order_body(&customer(), &[(MOUSE, 2, "25.00")]);
     cut_off_after_placing(&service, &cut_off, &body, "cut-off").await;
-    retry_answers_the_placed_order(&service, &backends, &body, "cut-off", Duration::from_secs(5))
-        .await;
+    retry_answers_the_placed_order(
+        &service,
+        &backends,
+        &body,
+        "cut-off",
+        Duration::from_secs(5),
+    )
+    .await;
     service.stop().await;
 }
 

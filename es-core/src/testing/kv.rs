@@ -88,12 +88,24 @@ async fn versioned_cache_conformance(cache: &dyn Cache, key: &str) {
     let three = || Bytes::from_static(b"v3");
 
     let k = format!("{key}-versioned");
-    assert!(cache.set_if_newer(&k, 2, two(), ttl).await.unwrap(), "a miss stores");
+    assert!(
+        cache.set_if_newer(&k, 2, two(), ttl).await.unwrap(),
+        "a miss stores"
+    );
     assert_eq!(cache.get(&k).await.unwrap(), Some(two()));
-    assert!(!cache.set_if_newer(&k, 1, one(), ttl).await.unwrap(), "older is refused");
-    assert!(!cache.set_if_newer(&k, 2, one(), ttl).await.unwrap(), "the same version is kept");
+    assert!(
+        !cache.set_if_newer(&k, 1, one(), ttl).await.unwrap(),
+        "older is refused"
+    );
+    assert!(
+        !cache.set_if_newer(&k, 2, one(), ttl).await.unwrap(),
+        "the same version is kept"
+    );
     assert_eq!(cache.get(&k).await.unwrap(), Some(two()));
-    assert!(cache.set_if_newer(&k, 3, three(), ttl).await.unwrap(), "newer replaces");
+    assert!(
+        cache.set_if_newer(&k, 3, three(), ttl).await.unwrap(),
+        "newer replaces"
+    );
     assert_eq!(cache.get(&k).await.unwrap(), Some(three()));
 
     cache.mark_changed(&k, 3, ttl).await.unwrap();
@@ -103,22 +115,49 @@ async fn versioned_cache_conformance(cache: &dyn Cache, key: &str) {
         "a mark of the cached version keeps the value"
     );
     cache.mark_changed(&k, 2, ttl).await.unwrap();
-    assert_eq!(cache.get(&k).await.unwrap(), Some(three()), "an older mark changes nothing");
+    assert_eq!(
+        cache.get(&k).await.unwrap(),
+        Some(three()),
+        "an older mark changes nothing"
+    );
     cache.mark_changed(&k, 4, ttl).await.unwrap();
-    assert_eq!(cache.get(&k).await.unwrap(), None, "a newer change drops the value");
-    assert!(!cache.set_if_newer(&k, 3, three(), ttl).await.unwrap(), "a load older than the change is refused");
+    assert_eq!(
+        cache.get(&k).await.unwrap(),
+        None,
+        "a newer change drops the value"
+    );
+    assert!(
+        !cache.set_if_newer(&k, 3, three(), ttl).await.unwrap(),
+        "a load older than the change is refused"
+    );
     assert_eq!(cache.get(&k).await.unwrap(), None);
     cache.mark_changed(&k, 3, ttl).await.unwrap();
-    assert!(!cache.set_if_newer(&k, 3, three(), ttl).await.unwrap(), "an older mark does not lower the newer one");
     assert!(
-        cache.set_if_newer(&k, 4, Bytes::from_static(b"v4"), ttl).await.unwrap(),
+        !cache.set_if_newer(&k, 3, three(), ttl).await.unwrap(),
+        "an older mark does not lower the newer one"
+    );
+    assert!(
+        cache
+            .set_if_newer(&k, 4, Bytes::from_static(b"v4"), ttl)
+            .await
+            .unwrap(),
         "a load of the marked version is cached"
     );
-    assert_eq!(cache.get(&k).await.unwrap(), Some(Bytes::from_static(b"v4")));
+    assert_eq!(
+        cache.get(&k).await.unwrap(),
+        Some(Bytes::from_static(b"v4"))
+    );
     cache.set(&k, one(), ttl).await.unwrap();
-    assert_eq!(cache.get(&k).await.unwrap(), Some(one()), "set is unconditional");
+    assert_eq!(
+        cache.get(&k).await.unwrap(),
+        Some(one()),
+        "set is unconditional"
+    );
     cache.delete(&k).await.unwrap();
-    assert!(cache.set_if_newer(&k, 1, one(), ttl).await.unwrap(), "delete forgets the version");
+    assert!(
+        cache.set_if_newer(&k, 1, one(), ttl).await.unwrap(),
+        "delete forgets the version"
+    );
 
     let marked = format!("{key}-mark-ttl");
     cache
@@ -142,7 +181,11 @@ async fn versioned_cache_conformance(cache: &dyn Cache, key: &str) {
         })
         .await
         .unwrap();
-    assert_eq!(stale.as_deref(), Some("version 1"), "the reader answers what it loaded");
+    assert_eq!(
+        stale.as_deref(),
+        Some("version 1"),
+        "the reader answers what it loaded"
+    );
     assert_eq!(
         cache.get(&raced).await.unwrap(),
         None,
@@ -161,7 +204,11 @@ async fn versioned_cache_conformance(cache: &dyn Cache, key: &str) {
         })
         .await
         .unwrap();
-    assert_eq!(cached.as_deref(), Some("version 2"), "the next reader hits version 2");
+    assert_eq!(
+        cached.as_deref(),
+        Some("version 2"),
+        "the next reader hits version 2"
+    );
 
     // The other order: the stale value lands first, the writer's mark then drops it.
     let late = format!("{key}-late-mark");
@@ -202,7 +249,10 @@ pub async fn idempotency_conformance(store: Arc<dyn IdempotencyStore>) {
     let ttl = Duration::from_secs(60);
     let lease = Duration::from_secs(30);
     let key = unique_category("idem");
-    let token = acquired(store.claim(&key, "fp1", lease).await.unwrap(), "a fresh key");
+    let token = acquired(
+        store.claim(&key, "fp1", lease).await.unwrap(),
+        "a fresh key",
+    );
     assert_eq!(
         store.claim(&key, "fp1", lease).await.unwrap(),
         Claim::InProgress
@@ -252,10 +302,7 @@ pub async fn idempotency_conformance(store: Arc<dyn IdempotencyStore>) {
         store.claim(&key, "fp2", lease).await.unwrap(),
         Claim::Mismatch
     );
-    assert_eq!(
-        store.release(&key, &token).await.unwrap(),
-        Ownership::Held
-    );
+    assert_eq!(store.release(&key, &token).await.unwrap(), Ownership::Held);
     assert!(
         matches!(
             store.claim(&key, "fp1", lease).await.unwrap(),
