@@ -90,7 +90,7 @@ fn ttl_arg(ttl: Option<Duration>) -> u64 {
 /// ```no_run
 /// # async fn demo() -> es_core::Result<()> {
 /// use std::time::Duration;
-/// use es_core::CacheExt;
+/// use es_core::{Cache, CacheExt};
 /// use es_redis::{RedisCache, RedisConfig, RedisConnection};
 ///
 /// let cache = RedisCache::new(RedisConnection::connect(RedisConfig::default()).await?);
