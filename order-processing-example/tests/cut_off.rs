@@ -246,11 +246,21 @@ async fn a_keyed_request_whose_process_died_is_answered_by_a_retry_once_its_leas
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_real_backends_a_cut_off_keyed_request_frees_its_key_and_makes_one_order() {
-    // Each on its own schema, so that each counts only its own orders.
-    let settings = isolated(patient());
-    let _schema = SchemaGuard(settings.database_schema.clone());
-    dropped_request(connect(&settings).await, settings.clone()).await;
-    let settings = isolated(patient());
-    let _schema = SchemaGuard(settings.database_schema.clone());
-    died_request(connect(&settings).await, settings).await;
+    // Keys in Redis, then (without Redis) in PostgreSQL; each run on its own schema, so that
+    // each counts only its own orders.
+    for keys_in_redis in [true, false] {
+        for died in [false, true] {
+            let mut settings = isolated(patient());
+            if !keys_in_redis {
+                settings.redis_url = None;
+            }
+            let _schema = SchemaGuard(settings.database_schema.clone());
+            let backends = connect(&settings).await;
+            if died {
+                died_request(backends, settings).await;
+            } else {
+                dropped_request(backends, settings).await;
+            }
+        }
+    }
 }
