@@ -28,7 +28,7 @@ pub use error::{BoxError, Error, Result};
 pub use event::{
     event_type_of, DomainEvent, Envelope, Metadata, NewEvent, RecordedEvent, Upcaster,
 };
-pub use idempotency::{Claim, IdempotencyStore};
+pub use idempotency::{Claim, ClaimGuard, ClaimToken, IdempotencyStore, Ownership};
 pub use lease::LeaseStore;
 pub use projection::{InlineProjection, Projection, ProjectionRunner};
 pub use relay::Relay;

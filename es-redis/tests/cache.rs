@@ -157,11 +157,70 @@ async fn an_undecodable_entry_reads_as_a_miss_and_is_reloaded() {
         .await
         .unwrap();
     let loaded: Option<u32> = cache
-        .get_or_load("model", None, || async { Ok::<_, Error>(Some(5)) })
+        .get_or_load("model", None, || async { Ok::<_, Error>(Some((5, 1))) })
         .await
         .unwrap();
     assert_eq!(loaded, Some(5));
     assert_eq!(cache.get_json::<u32>("model").await.unwrap(), Some(5));
+}
+
+#[tokio::test]
+async fn an_entry_without_a_version_header_reads_as_a_miss_and_is_replaced() {
+    let cache = RedisCache::new(common::shared_redis().await);
+    let raw = redis::Client::open(common::redis_url()).unwrap();
+    let mut raw = raw.get_multiplexed_async_connection().await.unwrap();
+    // What an earlier version of this crate stored: the bare value.
+    redis::cmd("SET")
+        .arg(cache.redis_key("legacy"))
+        .arg("7")
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(cache.get("legacy").await.unwrap(), None);
+    let loaded: Option<u32> = cache
+        .get_or_load("legacy", None, || async { Ok::<_, Error>(Some((8, 3))) })
+        .await
+        .unwrap();
+    assert_eq!(loaded, Some(8));
+    assert_eq!(cache.get_json::<u32>("legacy").await.unwrap(), Some(8));
+}
+
+#[tokio::test]
+async fn a_stale_load_by_one_instance_cannot_hide_a_write_marked_by_another() {
+    // Two service instances, two connections, one cache.
+    let prefix = common::unique_prefix();
+    let connect = || async {
+        RedisCache::new(
+            RedisConnection::connect(
+                RedisConfig::new(common::redis_url()).with_key_prefix(prefix.clone()),
+            )
+            .await
+            .unwrap(),
+        )
+    };
+    let (reader, writer) = (connect().await, connect().await);
+    let ttl = Some(Duration::from_secs(60));
+    for round in 0..20u64 {
+        let key = format!("order:{round}");
+        let stale: Option<u64> = reader
+            .get_or_load(&key, ttl, || async {
+                // The reader loaded version 1; the writer commits 2 before it stores.
+                writer.mark_changed(&key, 2, ttl).await.unwrap();
+                Ok::<_, Error>(Some((1, 1)))
+            })
+            .await
+            .unwrap();
+        assert_eq!(stale, Some(1));
+        let next: Option<u64> = reader
+            .get_or_load(&key, ttl, || async { Ok::<_, Error>(Some((2, 2))) })
+            .await
+            .unwrap();
+        assert_eq!(
+            next,
+            Some(2),
+            "round {round}: read-your-writes after the mark"
+        );
+    }
 }
 
 #[tokio::test]
@@ -188,7 +247,7 @@ async fn with_redis_down_reads_fall_through_to_the_loader_fast() {
     let loaded: Option<String> = cache
         .get_or_load("anything", Some(Duration::from_secs(60)), || {
             loads += 1;
-            async { Ok::<_, Error>(Some("from the store".to_owned())) }
+            async { Ok::<_, Error>(Some(("from the store".to_owned(), 1))) }
         })
         .await
         .expect("the loader answers when the cache cannot");

@@ -1,4 +1,4 @@
-//! The Redis idempotency store: atomic claims, replay, fingerprints, expiry.
+//! The Redis idempotency store: atomic claims, replay, fingerprints, leases and expiry.
 
 mod common;
 
@@ -6,11 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use es_core::{Claim, IdempotencyStore};
+use es_core::{Claim, ClaimToken, IdempotencyStore, Ownership};
 use es_redis::RedisIdempotencyStore;
 use tokio::sync::Barrier;
 
 const TTL: Duration = Duration::from_secs(60);
+const LEASE: Duration = Duration::from_secs(30);
+
+fn acquired(claim: Claim) -> ClaimToken {
+    match claim {
+        Claim::Acquired(token) => token,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn of_thirty_two_concurrent_claims_of_one_key_exactly_one_wins() {
@@ -24,14 +32,14 @@ async fn of_thirty_two_concurrent_claims_of_one_key_exactly_one_wins() {
                 let (store, key, start) = (store.clone(), key.clone(), start.clone());
                 tokio::spawn(async move {
                     start.wait().await;
-                    store.claim(&key, "fp", TTL).await
+                    store.claim(&key, "fp", LEASE).await
                 })
             })
             .collect();
         let (mut acquired, mut in_progress) = (0, 0);
         for claim in claims {
             match claim.await.expect("task").expect("claim") {
-                Claim::Acquired => acquired += 1,
+                Claim::Acquired(_) => acquired += 1,
                 Claim::InProgress => in_progress += 1,
                 other => panic!("a racing claim of a fresh key got {other:?}"),
             }
@@ -44,29 +52,25 @@ async fn of_thirty_two_concurrent_claims_of_one_key_exactly_one_wins() {
 async fn a_finished_response_is_replayed_byte_for_byte() {
     let store = RedisIdempotencyStore::new(common::shared_redis().await);
     let binary = Bytes::from((0..=255u8).rev().collect::<Vec<_>>());
-    assert_eq!(
-        store.claim("pay", "fp", TTL).await.unwrap(),
-        Claim::Acquired
-    );
-    store
-        .complete("pay", "fp", binary.clone(), TTL)
+    let token = acquired(store.claim("pay", "fp", LEASE).await.unwrap());
+    assert!(store
+        .complete("pay", &token, binary.clone(), TTL)
         .await
-        .unwrap();
+        .unwrap()
+        .is_held());
     assert_eq!(
-        store.claim("pay", "fp", TTL).await.unwrap(),
+        store.claim("pay", "fp", LEASE).await.unwrap(),
         Claim::Completed(binary)
     );
 
-    assert_eq!(
-        store.claim("empty", "fp", TTL).await.unwrap(),
-        Claim::Acquired
-    );
-    store
-        .complete("empty", "fp", Bytes::new(), TTL)
+    let token = acquired(store.claim("empty", "fp", LEASE).await.unwrap());
+    assert!(store
+        .complete("empty", &token, Bytes::new(), TTL)
         .await
-        .unwrap();
+        .unwrap()
+        .is_held());
     assert_eq!(
-        store.claim("empty", "fp", TTL).await.unwrap(),
+        store.claim("empty", "fp", LEASE).await.unwrap(),
         Claim::Completed(Bytes::new()),
         "an empty response is a response, not an unfinished claim"
     );
@@ -75,89 +79,99 @@ async fn a_finished_response_is_replayed_byte_for_byte() {
 #[tokio::test]
 async fn a_different_fingerprint_is_a_mismatch_whether_running_or_finished() {
     let store = RedisIdempotencyStore::new(common::shared_redis().await);
-    assert_eq!(store.claim("k", "a", TTL).await.unwrap(), Claim::Acquired);
-    assert_eq!(store.claim("k", "b", TTL).await.unwrap(), Claim::Mismatch);
-    store
-        .complete("k", "a", Bytes::from_static(b"ok"), TTL)
+    let token = acquired(store.claim("k", "a", LEASE).await.unwrap());
+    assert_eq!(store.claim("k", "b", LEASE).await.unwrap(), Claim::Mismatch);
+    assert!(store
+        .complete("k", &token, Bytes::from_static(b"ok"), TTL)
         .await
-        .unwrap();
-    assert_eq!(store.claim("k", "b", TTL).await.unwrap(), Claim::Mismatch);
-    store.release("k").await.unwrap();
+        .unwrap()
+        .is_held());
+    assert_eq!(store.claim("k", "b", LEASE).await.unwrap(), Claim::Mismatch);
+    assert!(store.release("k", &token).await.unwrap().is_held());
     assert_eq!(
-        store.claim("k", "a", TTL).await.unwrap(),
+        store.claim("k", "a", LEASE).await.unwrap(),
         Claim::Completed(Bytes::from_static(b"ok"))
     );
 }
 
 #[tokio::test]
-async fn claims_and_responses_expire_after_their_ttl() {
+async fn a_claim_lives_for_its_lease_and_a_response_for_its_ttl() {
     let store = RedisIdempotencyStore::new(common::shared_redis().await);
     let raw = redis::Client::open(common::redis_url()).unwrap();
-    let mut raw = raw.get_multiplexed_async_connection().await.unwrap();
+    let raw = raw.get_multiplexed_async_connection().await.unwrap();
+    let pttl = |key: String| {
+        let mut raw = raw.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(key)
+                .query_async::<i64>(&mut raw)
+                .await
+                .unwrap()
+        }
+    };
 
-    store
-        .claim("t", "fp", Duration::from_secs(30))
-        .await
-        .unwrap();
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(store.redis_key("t"))
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    assert!(
-        (1..=30_000).contains(&ttl),
-        "a claim expires with its TTL, PTTL {ttl}"
+    let token = acquired(
+        store
+            .claim("t", "fp", Duration::from_secs(10))
+            .await
+            .unwrap(),
     );
+    let ttl = pttl(store.redis_key("t")).await;
+    assert!(
+        (1..=10_000).contains(&ttl),
+        "an in-progress claim expires with its lease, not the response's TTL: PTTL {ttl}"
+    );
+    assert!(store
+        .renew("t", &token, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .is_held());
+    let ttl = pttl(store.redis_key("t")).await;
+    assert!((10_001..=20_000).contains(&ttl), "renewed: PTTL {ttl}");
 
-    store
+    assert!(store
         .complete(
             "t",
-            "fp",
+            &token,
             Bytes::from_static(b"r"),
             Duration::from_millis(150),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .is_held());
     assert!(matches!(
-        store.claim("t", "fp", TTL).await.unwrap(),
+        store.claim("t", "fp", LEASE).await.unwrap(),
         Claim::Completed(_)
     ));
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        store.claim("t", "other", TTL).await.unwrap(),
-        Claim::Acquired,
-        "after the TTL the key is free for any request"
-    );
+    acquired(store.claim("t", "other", LEASE).await.unwrap());
 }
 
 #[tokio::test]
-async fn release_frees_a_running_claim_only() {
+async fn release_frees_a_running_claim_of_its_holder_only() {
     let store = RedisIdempotencyStore::new(common::shared_redis().await);
-    store
-        .release("never-claimed")
-        .await
-        .expect("releasing nothing is fine");
-    assert_eq!(store.claim("r", "fp", TTL).await.unwrap(), Claim::Acquired);
-    store.release("r").await.unwrap();
     assert_eq!(
-        store.claim("r", "other", TTL).await.unwrap(),
-        Claim::Acquired
+        store
+            .release("never-claimed", &ClaimToken::new())
+            .await
+            .expect("releasing nothing is no error"),
+        Ownership::Lost
     );
+    let token = acquired(store.claim("r", "fp", LEASE).await.unwrap());
+    assert!(store.release("r", &token).await.unwrap().is_held());
+    acquired(store.claim("r", "other", LEASE).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_waiting_on_a_running_request_gets_its_response() {
     let store = Arc::new(RedisIdempotencyStore::new(common::shared_redis().await));
-    assert_eq!(
-        store.claim("slow", "fp", TTL).await.unwrap(),
-        Claim::Acquired
-    );
+    let token = acquired(store.claim("slow", "fp", LEASE).await.unwrap());
     let holder = {
         let store = store.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(150)).await;
             store
-                .complete("slow", "fp", Bytes::from_static(b"done"), TTL)
+                .complete("slow", &token, Bytes::from_static(b"done"), TTL)
                 .await
         })
     };
@@ -165,11 +179,34 @@ async fn a_retry_waiting_on_a_running_request_gets_its_response() {
         store.as_ref(),
         "slow",
         "fp",
-        TTL,
+        LEASE,
         Duration::from_secs(5),
     )
     .await
     .unwrap();
-    holder.await.unwrap().unwrap();
+    assert!(holder.await.unwrap().unwrap().is_held());
     assert_eq!(waited, Claim::Completed(Bytes::from_static(b"done")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waiting_on_a_holder_that_died_takes_over_when_its_lease_runs_out() {
+    let store = Arc::new(RedisIdempotencyStore::new(common::shared_redis().await));
+    // The holder claims and is never heard of again (a crash: no renewal, no release).
+    let dead = acquired(
+        store
+            .claim("crashed", "fp", Duration::from_millis(300))
+            .await
+            .unwrap(),
+    );
+    let waited = es_core::idempotency::claim_or_wait(
+        store.as_ref(),
+        "crashed",
+        "fp",
+        LEASE,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let token = acquired(waited);
+    assert_ne!(token, dead);
 }

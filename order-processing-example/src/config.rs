@@ -78,6 +78,10 @@ pub struct Settings {
     /// An order not Confirmed or Cancelled by then is cancelled (`30s`, `500ms`, `2m`).
     #[arg(long, env = "ORDER_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
     pub order_timeout: Duration,
+    /// How long a POST with an `Idempotency-Key` holds its key without renewing it: a request
+    /// cut off or a process that died frees its key after this (`10s`, `500ms`).
+    #[arg(long, env = "IDEMPOTENCY_LEASE", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub idempotency_lease: Duration,
     /// The topic exchange events travel over.
     #[arg(
         long,
@@ -133,6 +137,7 @@ impl Default for Settings {
             analytics_port: 5005,
             payment_decline_above: Decimal::new(1_000_000, 2),
             order_timeout: Duration::from_secs(30),
+            idempotency_lease: Duration::from_secs(10),
             exchange: "order-processing-events".into(),
             queue_prefix: String::new(),
             database_schema: "order_processing".into(),

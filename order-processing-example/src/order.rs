@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use es_core::idempotency::claim_or_wait;
+use es_core::idempotency::{claim_or_wait, ClaimGuard, Ownership};
 use es_core::saga::SagaRunner;
 use es_core::{
     Aggregate, BoxError, Cache, CacheExt, Claim, CommandDispatcher, CommandError, DomainEvent,
@@ -21,6 +21,7 @@ use es_core::{
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
@@ -543,7 +544,9 @@ impl CommandDispatcher<FlowCommand> for OrderDispatcher {
                 })?;
             if !executed.events.is_empty() {
                 tracing::info!(action = ?command.action, status = ?executed.state.status, "order moved");
-                self.cache.invalidate(command.order_id).await;
+                self.cache
+                    .changed(command.order_id, executed.version)
+                    .await;
             }
             Ok(())
         }
@@ -554,23 +557,32 @@ impl CommandDispatcher<FlowCommand> for OrderDispatcher {
 
 // ---- read models -----------------------------------------------------------------------
 
-/// The cached order views (cache-aside; dropped whenever the order changes).
+/// The cached order views: cache-aside, each stored with the order's version, and marked
+/// changed (not merely deleted) whenever the order moves, so that a GET which loaded an older
+/// version while the saga wrote a newer one cannot cache the older view afterwards.
 #[derive(Debug, Clone)]
 pub struct OrderCache {
     cache: Option<Arc<dyn Cache>>,
 }
 
 impl OrderCache {
+    /// How long a view, and a change mark, is kept. The mark only has to outlive a load that
+    /// started before the change (bounded by the request timeout); keeping it as long as a
+    /// view costs one small key per changed order.
     const TTL: Duration = Duration::from_secs(300);
 
     fn key(order_id: Uuid) -> String {
         format!("order:{order_id}")
     }
 
-    async fn invalidate(&self, order_id: Uuid) {
+    /// The order is now at `version`: drop any older cached view, and refuse older loads.
+    async fn changed(&self, order_id: Uuid, version: u64) {
         if let Some(cache) = &self.cache {
-            if let Err(error) = cache.delete(&Self::key(order_id)).await {
-                tracing::warn!(%order_id, %error, "cannot drop a cached order; it expires by itself");
+            if let Err(error) = cache
+                .mark_changed(&Self::key(order_id), version, Some(Self::TTL))
+                .await
+            {
+                tracing::warn!(%order_id, %error, "cannot mark a cached order changed; it expires by itself");
             }
         }
     }
@@ -649,9 +661,9 @@ impl Projection for OrderReadModel {
                 entry.1 = recorded.stream_version;
             }
         }
-        // Another instance may have changed the order: drop the cached view here too.
+        // Another instance may have changed the order: mark the cached view here too.
         if let Some(cache) = &self.cache {
-            cache.invalidate(order_id).await;
+            cache.changed(order_id, recorded.stream_version).await;
         }
         Ok(())
     }
@@ -666,11 +678,14 @@ struct OrderState {
     read_model: Arc<OrderReadModel>,
     cache: OrderCache,
     idempotency: Arc<dyn IdempotencyStore>,
+    /// How long a claimed key is held without renewal (renewed while the request runs).
+    idempotency_lease: Duration,
 }
 
-/// How long an idempotency key and its answer are kept.
+/// How long an idempotency key's answer is kept.
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
-/// How long a retry waits for a racing request with the same key.
+/// How long a retry waits for a racing request with the same key. As long as the default
+/// lease, so a retry behind a request that died usually takes the key over within one wait.
 const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(10);
 
 /// The body of `POST /api/orders`.
@@ -738,19 +753,30 @@ pub fn validate_place_order(body: &Value) -> Result<PlaceOrderRequest, AppError>
     Ok(PlaceOrderRequest { customer_id, items })
 }
 
-/// A stable fingerprint of a request (two FNV-1a hashes of its canonical JSON).
+/// A stable fingerprint of a request: the SHA-256 of its canonical JSON, in hex. Two requests
+/// with one key and different bodies must never look alike, so a cryptographic hash, not a
+/// fast one.
 fn fingerprint(request: &PlaceOrderRequest) -> String {
     let canonical = serde_json::to_vec(request).unwrap_or_default();
-    let hash = |offset: u64| {
-        canonical.iter().fold(offset, |hash, byte| {
-            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
-    };
-    format!(
-        "{:016x}{:016x}",
-        hash(0xcbf2_9ce4_8422_2325),
-        hash(0x6c62_272e_07bb_0142)
-    )
+    Sha256::digest(&canonical)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// The id of the order placed by `customer_id` with idempotency key `key`: a name-based
+/// UUIDv8 (RFC 9562, B.2) from SHA-256. Every run of one keyed request, also one that takes
+/// the key over after the first was cut off, creates the same stream, so the event store
+/// itself refuses a second order (the append expects no stream).
+fn keyed_order_id(customer_id: Uuid, key: &str) -> Uuid {
+    let mut hash = Sha256::new();
+    hash.update(b"order-processing-example/order\0");
+    hash.update(customer_id.as_bytes());
+    hash.update(key.as_bytes());
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
@@ -810,7 +836,10 @@ async fn place_order(
     let key = idempotency_key(&headers)?;
     let request = validate_place_order(&body)?;
     let Some(key) = key else {
-        return Ok(created(&create_order(&state, request).await?));
+        let view = create_order(&state, Uuid::now_v7(), request)
+            .await
+            .map_err(store_error)?;
+        return Ok(created(&view));
     };
     let fingerprint = fingerprint(&request);
     let store_key = format!("order:{key}");
@@ -818,30 +847,57 @@ async fn place_order(
         state.idempotency.as_ref(),
         &store_key,
         &fingerprint,
-        IDEMPOTENCY_TTL,
+        state.idempotency_lease,
         IDEMPOTENCY_WAIT,
     )
     .await?
     {
-        Claim::Acquired => match create_order(&state, request).await {
-            Ok(view) => {
-                let answer = view.order_id.to_string().into_bytes();
-                if let Err(error) = state
-                    .idempotency
-                    .complete(&store_key, &fingerprint, answer.into(), IDEMPOTENCY_TTL)
-                    .await
-                {
-                    tracing::warn!(%error, "cannot store the idempotent answer");
+        Claim::Acquired(token) => {
+            // Renewed while the order is placed; released at once if this request is cut off
+            // (timeout, disconnect), so a retry need not wait out the lease.
+            let guard = ClaimGuard::hold(
+                state.idempotency.clone(),
+                store_key,
+                token,
+                state.idempotency_lease,
+            );
+            let order_id = keyed_order_id(request.customer_id, &key);
+            match place_keyed(&state, order_id, request).await {
+                Ok((view, placed_now)) => {
+                    let answer = view.order_id.to_string().into_bytes();
+                    match guard.complete(answer.into(), IDEMPOTENCY_TTL).await {
+                        Ok(Ownership::Held) => {}
+                        // The order stands either way: a retry finds it by its key-derived id.
+                        Ok(Ownership::Lost) => tracing::warn!(
+                            %order_id,
+                            "the idempotency key's lease ran out before its answer was stored"
+                        ),
+                        Err(error) => tracing::warn!(
+                            %order_id, %error,
+                            "cannot store the idempotent answer; a retry finds the order by its id"
+                        ),
+                    }
+                    Ok(if placed_now {
+                        created(&view)
+                    } else {
+                        (StatusCode::OK, Json(view)).into_response()
+                    })
                 }
-                Ok(created(&view))
-            }
-            Err(error) => {
-                if let Err(release) = state.idempotency.release(&store_key).await {
-                    tracing::warn!(error = %release, "cannot release an idempotency key");
+                Err(error) => {
+                    match guard.release().await {
+                        Ok(Ownership::Held) => {}
+                        Ok(Ownership::Lost) => {
+                            tracing::debug!("the idempotency key was already free")
+                        }
+                        Err(release) => tracing::warn!(
+                            error = %release,
+                            "cannot release an idempotency key; it is free when its lease runs out"
+                        ),
+                    }
+                    Err(error)
                 }
-                Err(error)
             }
-        },
+        }
         Claim::Completed(answer) => {
             let order_id = std::str::from_utf8(&answer)
                 .ok()
@@ -856,10 +912,7 @@ async fn place_order(
                 .ok_or_else(|| AppError::not_found("the order of this idempotency key is gone"))?;
             Ok((StatusCode::OK, Json(view)).into_response())
         }
-        Claim::Mismatch => Err(AppError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "this Idempotency-Key was already used with a different request",
-        )),
+        Claim::Mismatch => Err(reused_key()),
         Claim::InProgress => Err(AppError::new(
             StatusCode::CONFLICT,
             "a request with this Idempotency-Key is still being handled; retry later",
@@ -869,9 +922,9 @@ async fn place_order(
 
 async fn create_order(
     state: &OrderState,
+    order_id: Uuid,
     request: PlaceOrderRequest,
-) -> Result<OrderView, AppError> {
-    let order_id = Uuid::now_v7();
+) -> Result<OrderView, CommandError<OrderError>> {
     let span = tracing::info_span!("order", correlation_id = %order_id, order_id = %order_id);
     async {
         let executed = state
@@ -887,8 +940,7 @@ async fn create_order(
                 // The order id is the correlation id of everything that follows from it.
                 Metadata::with_correlation(order_id),
             )
-            .await
-            .map_err(store_error)?;
+            .await?;
         tracing::info!(total = %executed.state.total_amount, "order placed");
         Ok(executed.state.view(executed.version))
     }
@@ -896,11 +948,47 @@ async fn create_order(
     .await
 }
 
+/// Places the order of a keyed request under its key-derived id, or finds the one an earlier
+/// run of the same request placed (it was cut off before its answer was stored): `true` when
+/// placed now. An order under that id with another body answers 422, as a reused key does.
+async fn place_keyed(
+    state: &OrderState,
+    order_id: Uuid,
+    request: PlaceOrderRequest,
+) -> Result<(OrderView, bool), AppError> {
+    let (customer_id, items) = (request.customer_id, request.items.clone());
+    match create_order(state, order_id, request).await {
+        Ok(view) => Ok((view, true)),
+        Err(CommandError::Rejected(OrderError::AlreadyPlaced)) => {
+            let existing = state
+                .orders
+                .find(&order_id.to_string())
+                .await?
+                .ok_or_else(|| {
+                    AppError::internal(&es_core::Error::NotFound(order_id.to_string()))
+                })?;
+            if existing.state.customer_id != customer_id || existing.state.items != items {
+                return Err(reused_key());
+            }
+            tracing::info!(%order_id, "a retry found the order its key already placed");
+            Ok((existing.state.view(existing.version), false))
+        }
+        Err(error) => Err(store_error(error)),
+    }
+}
+
+fn reused_key() -> AppError {
+    AppError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "this Idempotency-Key was already used with a different request",
+    )
+}
+
 async fn load_order(state: &OrderState, order_id: Uuid) -> Result<Option<OrderView>, AppError> {
     let orders = state.orders.clone();
     let load = || async move {
         let loaded = orders.find(&order_id.to_string()).await?;
-        Ok::<_, es_core::Error>(loaded.map(|l| l.state.view(l.version)))
+        Ok::<_, es_core::Error>(loaded.map(|l| (l.state.view(l.version), l.version)))
     };
     let view = match &state.cache.cache {
         Some(cache) => {
@@ -908,7 +996,7 @@ async fn load_order(state: &OrderState, order_id: Uuid) -> Result<Option<OrderVi
                 .get_or_load(&OrderCache::key(order_id), Some(OrderCache::TTL), load)
                 .await?
         }
-        None => load().await?,
+        None => load().await?.map(|(view, _)| view),
     };
     Ok(view)
 }
@@ -1022,6 +1110,7 @@ pub(crate) async fn start(
         read_model,
         cache,
         idempotency: backends.idempotency.clone(),
+        idempotency_lease: settings.idempotency_lease,
     };
     let api = Router::new()
         .route("/api/orders", post(place_order))
@@ -1104,5 +1193,39 @@ mod tests {
         ]});
         let request = validate_place_order(&body).unwrap();
         assert_eq!(request.items[0].unit_price, Decimal::new(99999, 2));
+    }
+
+    #[test]
+    fn a_keyed_order_id_depends_on_the_customer_and_the_key_only() {
+        let (alice, bob) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let id = keyed_order_id(alice, "key-1");
+        assert_eq!(
+            id,
+            keyed_order_id(alice, "key-1"),
+            "every retry aims at one stream"
+        );
+        assert_ne!(id, keyed_order_id(alice, "key-2"));
+        assert_ne!(
+            id,
+            keyed_order_id(bob, "key-1"),
+            "customers do not share keys"
+        );
+        assert_eq!(id.get_version_num(), 8);
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+    }
+
+    #[test]
+    fn fingerprints_are_sha256_of_the_canonical_request() {
+        let body = json!({"customerId": Uuid::nil(), "items": [
+            {"productId": Uuid::nil(), "productName": "Laptop", "quantity": 1, "unitPrice": 1}
+        ]});
+        let request = validate_place_order(&body).unwrap();
+        let print = fingerprint(&request);
+        assert_eq!(print.len(), 64);
+        assert!(print.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(print, fingerprint(&request.clone()));
+        let mut other = request;
+        other.items[0].quantity = 2;
+        assert_ne!(print, fingerprint(&other));
     }
 }
