@@ -33,7 +33,7 @@ pub use lease::LeaseStore;
 pub use projection::{InlineProjection, Projection, ProjectionRunner};
 pub use relay::Relay;
 pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, Repository};
-pub use saga::{CommandDispatcher, Saga, SagaDecision, SagaRunner, SagaStore};
+pub use saga::{CommandDispatcher, DispatchError, Saga, SagaDecision, SagaRunner, SagaStore};
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{
     AppendResult, CheckpointStore, CommitOutcome, EventStore, EventSubscription, ExpectedVersion,

@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 use es_core::idempotency::claim_or_wait;
 use es_core::saga::SagaRunner;
 use es_core::{
-    Aggregate, BoxError, Cache, CacheExt, Claim, CommandDispatcher, CommandError, DomainEvent,
-    Envelope, EventStore, IdempotencyStore, Metadata, Projection, RecordedEvent, Repository, Saga,
-    SagaDecision, StreamFilter,
+    Aggregate, BoxError, Cache, CacheExt, Claim, CommandDispatcher, CommandError, DispatchError,
+    DomainEvent, Envelope, EventStore, IdempotencyStore, Metadata, Projection, RecordedEvent,
+    Repository, Saga, SagaDecision, StreamFilter,
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -471,9 +471,11 @@ impl Saga for OrderFulfillment {
         };
         let reason = order.reason.clone().unwrap_or_default();
         match &event.event {
-            FlowEvent::OrderPlaced(_) => SagaDecision::none().schedule(
+            // Saturates instead of panicking when a huge timeout runs past the end of time.
+            FlowEvent::OrderPlaced(_) => SagaDecision::none().schedule_after(
                 "timeout",
-                event.recorded_at + *timeout,
+                event.recorded_at,
+                *timeout,
                 OrderTimeout {
                     order_id: order.order_id,
                 },
@@ -521,7 +523,11 @@ pub struct OrderDispatcher {
 
 #[async_trait]
 impl CommandDispatcher<FlowCommand> for OrderDispatcher {
-    async fn dispatch(&self, command: FlowCommand, metadata: Metadata) -> Result<(), BoxError> {
+    async fn dispatch(
+        &self,
+        command: FlowCommand,
+        metadata: Metadata,
+    ) -> Result<(), DispatchError> {
         let at = Utc::now();
         let order_command = match command.action.clone() {
             FlowAction::MarkInventoryReserved => OrderCommand::MarkInventoryReserved { at },
@@ -530,17 +536,11 @@ impl CommandDispatcher<FlowCommand> for OrderDispatcher {
         };
         let span = tracing::info_span!("saga", correlation_id = %metadata.correlation_id.unwrap_or(command.order_id), order_id = %command.order_id);
         async {
+            // `?` keeps the store error's kind: an outage is retried, a refusal dead-letters.
             let executed = self
                 .orders
                 .execute(&command.order_id.to_string(), order_command, metadata)
-                .await
-                .map_err(|error| -> BoxError {
-                    match error {
-                        CommandError::Rejected(error) => Box::new(error),
-                        CommandError::Store(error) => Box::new(error),
-                        other => other.to_string().into(),
-                    }
-                })?;
+                .await?;
             if !executed.events.is_empty() {
                 tracing::info!(action = ?command.action, status = ?executed.state.status, "order moved");
                 self.cache.invalidate(command.order_id).await;

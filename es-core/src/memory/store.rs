@@ -409,17 +409,44 @@ impl SagaStore for MemoryEventStore {
         Ok(SagaSaved::Saved)
     }
 
-    async fn due_deadlines(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DeadlineRecord>> {
+    async fn due_deadlines(
+        &self,
+        saga: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DeadlineRecord>> {
         let state = self.state();
         let mut due: Vec<_> = state
             .deadlines
             .values()
-            .filter(|d| d.due_at <= now)
+            .filter(|d| d.saga == saga && d.due_at <= now && d.retry_at.is_none_or(|r| r <= now))
             .cloned()
             .collect();
         due.sort_by_key(|d| (d.due_at, d.id));
         due.truncate(limit);
         Ok(due)
+    }
+
+    async fn defer_deadline(&self, id: Uuid, retry_at: DateTime<Utc>, error: &str) -> Result<()> {
+        if let Some(deadline) = self.state().deadlines.get_mut(&id) {
+            deadline.attempts = deadline.attempts.saturating_add(1);
+            deadline.retry_at = Some(retry_at);
+            deadline.last_error = Some(error.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn parked_deadlines(&self, saga: &str, limit: usize) -> Result<Vec<DeadlineRecord>> {
+        let state = self.state();
+        let mut parked: Vec<_> = state
+            .deadlines
+            .values()
+            .filter(|d| d.saga == saga && d.attempts > 0)
+            .cloned()
+            .collect();
+        parked.sort_by_key(|d| (d.due_at, d.id));
+        parked.truncate(limit);
+        Ok(parked)
     }
 
     async fn has_handled(&self, saga: &str, event_id: Uuid) -> Result<bool> {
