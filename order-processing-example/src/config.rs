@@ -167,7 +167,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !seconds.is_finite() || seconds <= 0.0 {
         return Err(format!("`{text}` must be a positive duration"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    // Past about 292 million years a duration no longer fits the time arithmetic (and
+    // `from_secs_f64` would panic past u64 seconds): a clear error instead.
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| chrono::Duration::from_std(*d).is_ok())
+        .ok_or_else(|| format!("`{text}` is too long a duration"))
 }
 
 #[cfg(test)]
@@ -183,6 +188,23 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn a_duration_too_long_for_the_clock_is_an_error_not_a_panic() {
+        let error = parse_duration("99999999999999999999999h").unwrap_err();
+        assert!(error.contains("too long"), "{error}");
+        assert!(parse_duration("1e400").is_err());
+        assert!(
+            parse_duration("2400000000h").is_ok(),
+            "100 million days still fit"
+        );
+        let cli = Cli::try_parse_from([
+            "order-processing",
+            "--order-timeout",
+            "99999999999999999999999h",
+        ]);
+        assert!(cli.is_err(), "rejected when the command line is parsed");
     }
 
     #[test]

@@ -1000,8 +1000,9 @@ pub(crate) async fn start(
         orders: orders.clone(),
         cache: cache.clone(),
     });
-    let timeout = chrono::Duration::from_std(settings.order_timeout)
-        .map_err(|e| es_core::Error::InvalidInput(format!("order timeout: {e}")))?;
+    // `parse_duration` only accepts what fits; a `Settings` built in code saturates.
+    let timeout =
+        chrono::Duration::from_std(settings.order_timeout).unwrap_or(chrono::Duration::MAX);
     let saga = SagaRunner::<OrderFulfillment>::new(backends.sagas.clone(), dispatcher, timeout);
     background
         .consume(
@@ -1083,6 +1084,27 @@ mod tests {
             at: Utc::now(),
         };
         assert_eq!(order.handle(confirm), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_timeout_past_the_end_of_time_saturates_instead_of_panicking() {
+        let placed = es_core::testing::envelope(
+            "order-1",
+            1,
+            FlowEvent::OrderPlaced(FlowRef {
+                order_id: Uuid::nil(),
+                reason: None,
+                payment_id: None,
+            }),
+            Metadata::default(),
+        );
+        // `--order-timeout 2400000000h`: 100 million days, past the last representable time.
+        let timeout = chrono::Duration::from_std(
+            crate::config::parse_duration("2400000000h").expect("a long but valid timeout"),
+        )
+        .expect("fits a chrono duration");
+        let decision = OrderFulfillment::default().handle(&timeout, &placed);
+        assert_eq!(decision.schedule[0].1, chrono::DateTime::<Utc>::MAX_UTC);
     }
 
     #[test]
