@@ -6,6 +6,7 @@ pub mod bus;
 pub mod cache;
 mod error;
 mod event;
+pub mod housekeeping;
 pub mod idempotency;
 pub mod lease;
 pub mod memory;
@@ -28,6 +29,7 @@ pub use error::{BoxError, Error, Result};
 pub use event::{
     event_type_of, DomainEvent, Envelope, Metadata, NewEvent, RecordedEvent, Upcaster,
 };
+pub use housekeeping::{Housekeeping, PruneReport};
 pub use idempotency::{Claim, IdempotencyStore};
 pub use lease::LeaseStore;
 pub use projection::{InlineProjection, Projection, ProjectionRunner};
