@@ -1098,9 +1098,9 @@ mod tests {
             }),
             Metadata::default(),
         );
-        // `--order-timeout 2400000000h`: 100 million days, past the last representable time.
+        // `--order-timeout 100000000d`: past the last representable time.
         let timeout = chrono::Duration::from_std(
-            crate::config::parse_duration("2400000000h").expect("a long but valid timeout"),
+            crate::config::parse_duration("100000000d").expect("a long but valid timeout"),
         )
         .expect("fits a chrono duration");
         let decision = OrderFulfillment::default().handle(&timeout, &placed);
