@@ -178,9 +178,10 @@ impl<C, D> SagaDecision<C, D> {
     }
 
     /// Sets deadline `key` to come due `after` the time `from` (usually the event's
-    /// `recorded_at`). Where the sum lies past the range of [`DateTime`] it saturates (to
-    /// [`DateTime::<Utc>::MAX_UTC`] for a huge timeout) instead of panicking as `from + after`
-    /// would.
+    /// `recorded_at`). Where the sum lies past the range of [`DateTime`] it saturates instead of
+    /// panicking as `from + after` would: a huge timeout comes due at
+    /// [`DateTime::<Utc>::MAX_UTC`] (never, in practice), a hugely negative one at once (at the
+    /// Unix epoch, a time every store can keep).
     pub fn schedule_after(
         self,
         key: impl Into<String>,
@@ -191,7 +192,7 @@ impl<C, D> SagaDecision<C, D> {
         let at = from
             .checked_add_signed(after)
             .unwrap_or(if after < chrono::Duration::zero() {
-                DateTime::<Utc>::MIN_UTC
+                DateTime::<Utc>::UNIX_EPOCH
             } else {
                 DateTime::<Utc>::MAX_UTC
             });

@@ -443,4 +443,14 @@ async fn a_timeout_past_the_end_of_time_saturates_instead_of_panicking() {
     let pending = store.deadlines_of(CheckoutA::NAME, "o1").await.unwrap();
     assert_eq!(pending[0].due_at, chrono::DateTime::<Utc>::MAX_UTC);
     assert_eq!(saga.fire_due(Utc::now()).await.unwrap(), 0);
+
+    // And the other way: a timeout hugely negative is due at once.
+    let saga = runner::<CheckoutA>(&store, &dispatcher, chrono::Duration::MIN);
+    let placed = record(&store, Flow::Placed { id: "o2".into() }).await;
+    assert_eq!(
+        saga.handle_event(&placed).await.unwrap(),
+        SagaOutcome::Handled
+    );
+    assert_eq!(saga.fire_due(Utc::now()).await.unwrap(), 1);
+    assert_eq!(dispatcher.done(), vec![Cmd::Cancel("o2".into())]);
 }
