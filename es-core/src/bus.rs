@@ -87,6 +87,18 @@ impl RetryPolicy {
             .saturating_mul(factor)
             .min(self.max_backoff)
     }
+
+    /// [`backoff`](Self::backoff) with jitter: a random wait between half of it and all of it,
+    /// so that failures that happened together do not come back together, and the wait never
+    /// shrinks to nothing.
+    pub fn jittered_backoff(&self, attempt: u32) -> Duration {
+        let full = self.backoff(attempt);
+        let half = full / 2;
+        let span = u64::try_from((full - half).as_nanos()).unwrap_or(u64::MAX);
+        // Random bits without a random-number crate: a v4 uuid is 122 random bits.
+        let random = uuid::Uuid::new_v4().as_u128() as u64;
+        half + Duration::from_nanos(random % span.saturating_add(1))
+    }
 }
 
 /// A named consumer's subscription: its queue name, the routing keys it binds, how it retries.
@@ -276,6 +288,22 @@ mod tests {
         assert_eq!(p.backoff(1), Duration::from_millis(100));
         assert_eq!(p.backoff(2), Duration::from_millis(200));
         assert_eq!(p.backoff(3), Duration::from_millis(350));
+    }
+
+    #[test]
+    fn jittered_backoff_stays_between_half_and_all_of_the_backoff() {
+        let p = RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        };
+        for attempt in 1..8 {
+            for _ in 0..50 {
+                let wait = p.jittered_backoff(attempt);
+                let full = p.backoff(attempt);
+                assert!(wait >= full / 2 && wait <= full, "{wait:?} for {full:?}");
+            }
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod bus;
 pub mod cache;
 mod error;
 mod event;
+pub mod housekeeping;
 pub mod idempotency;
 pub mod lease;
 pub mod memory;
@@ -28,12 +29,13 @@ pub use error::{BoxError, Error, Result};
 pub use event::{
     event_type_of, DomainEvent, Envelope, Metadata, NewEvent, RecordedEvent, Upcaster,
 };
+pub use housekeeping::{Housekeeping, PruneReport};
 pub use idempotency::{Claim, ClaimGuard, ClaimToken, IdempotencyStore, Ownership};
 pub use lease::LeaseStore;
 pub use projection::{InlineProjection, Projection, ProjectionRunner};
 pub use relay::Relay;
 pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, Repository};
-pub use saga::{CommandDispatcher, Saga, SagaDecision, SagaRunner, SagaStore};
+pub use saga::{CommandDispatcher, DispatchError, Saga, SagaDecision, SagaRunner, SagaStore};
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{
     AppendResult, CheckpointStore, CommitOutcome, EventStore, EventSubscription, ExpectedVersion,

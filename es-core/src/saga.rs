@@ -11,9 +11,10 @@ use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 use uuid::Uuid;
 
-use crate::bus::{HandlerError, MessageHandler};
+use crate::bus::{HandlerError, MessageHandler, RetryPolicy};
 use crate::error::{BoxError, Error, Result};
 use crate::event::{DomainEvent, Envelope, Metadata, RecordedEvent};
+use crate::repository::CommandError;
 
 /// A process manager: a pure reaction to events and deadlines.
 ///
@@ -32,7 +33,7 @@ use crate::event::{DomainEvent, Envelope, Metadata, RecordedEvent};
 /// use std::sync::{Arc, Mutex};
 /// use chrono::{Duration, Utc};
 /// use es_core::memory::MemoryEventStore;
-/// use es_core::{BoxError, CommandDispatcher, DomainEvent, Envelope, EventStore, ExpectedVersion,
+/// use es_core::{BoxError, CommandDispatcher, DispatchError, DomainEvent, Envelope, EventStore, ExpectedVersion,
 ///     Metadata, NewEvent, Saga, SagaDecision, SagaRunner, StreamId};
 /// use serde::{Deserialize, Serialize};
 ///
@@ -59,7 +60,7 @@ use crate::event::{DomainEvent, Envelope, Metadata, RecordedEvent};
 ///     fn handle(&mut self, timeout: &Duration, event: &Envelope<Flow>) -> SagaDecision<Command, String> {
 ///         match &event.event {
 ///             Flow::OrderPlaced { order } =>
-///                 SagaDecision::none().schedule("timeout", event.recorded_at + *timeout, order.clone()),
+///                 SagaDecision::none().schedule_after("timeout", event.recorded_at, *timeout, order.clone()),
 ///             Flow::PaymentProcessed { order } =>
 ///                 SagaDecision::none().send(Command::Confirm(order.clone())).cancel("timeout").complete(),
 ///         }
@@ -74,7 +75,7 @@ use crate::event::{DomainEvent, Envelope, Metadata, RecordedEvent};
 /// struct Sent(Mutex<Vec<Command>>);
 /// #[es_core::async_trait]
 /// impl CommandDispatcher<Command> for Sent {
-///     async fn dispatch(&self, command: Command, _: Metadata) -> Result<(), BoxError> {
+///     async fn dispatch(&self, command: Command, _: Metadata) -> Result<(), DispatchError> {
 ///         self.0.lock().unwrap().push(command);
 ///         Ok(())
 ///     }
@@ -176,6 +177,28 @@ impl<C, D> SagaDecision<C, D> {
         self
     }
 
+    /// Sets deadline `key` to come due `after` the time `from` (usually the event's
+    /// `recorded_at`). Where the sum lies past the range of [`DateTime`] it saturates instead of
+    /// panicking as `from + after` would: a huge timeout comes due at
+    /// [`DateTime::<Utc>::MAX_UTC`] (never, in practice), a hugely negative one at once (at the
+    /// Unix epoch, a time every store can keep).
+    pub fn schedule_after(
+        self,
+        key: impl Into<String>,
+        from: DateTime<Utc>,
+        after: chrono::Duration,
+        deadline: D,
+    ) -> Self {
+        let at = from
+            .checked_add_signed(after)
+            .unwrap_or(if after < chrono::Duration::zero() {
+                DateTime::<Utc>::UNIX_EPOCH
+            } else {
+                DateTime::<Utc>::MAX_UTC
+            });
+        self.schedule(key, at, deadline)
+    }
+
     /// Cancels deadline `key`.
     pub fn cancel(mut self, key: impl Into<String>) -> Self {
         self.cancel.push(key.into());
@@ -190,10 +213,60 @@ impl<C, D> SagaDecision<C, D> {
 }
 
 /// Carries out a saga's commands.
+///
+/// The error's kind decides what becomes of the event or deadline behind the command: a
+/// transient [`Error`] (an outage, a conflict streak) is retried with backoff, anything else
+/// (a refusal, a permanent backend error) dead-letters the event or parks the deadline. A
+/// [`Repository`](crate::Repository) command's [`CommandError`] converts with `?` and keeps
+/// its kind.
 #[async_trait]
 pub trait CommandDispatcher<C>: Send + Sync {
     /// Carries out `command`, with `metadata` for the events it causes.
-    async fn dispatch(&self, command: C, metadata: Metadata) -> Result<(), BoxError>;
+    async fn dispatch(&self, command: C, metadata: Metadata) -> Result<(), DispatchError>;
+}
+
+/// Why a saga's command was not carried out.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DispatchError {
+    /// A store or another backend failed. Its kind is kept: a transient one
+    /// ([`Error::is_transient`]) is retried with backoff, the others are permanent.
+    #[error(transparent)]
+    Store(#[from] Error),
+    /// The command was refused (a domain error): retrying will not change it.
+    #[error("command refused: {0}")]
+    Rejected(#[source] BoxError),
+}
+
+impl DispatchError {
+    /// A refusal: permanent.
+    pub fn rejected(error: impl Into<BoxError>) -> Self {
+        DispatchError::Rejected(error.into())
+    }
+
+    /// `true` when retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DispatchError::Store(error) if error.is_transient())
+    }
+
+    /// The error the runner reports: a store error as it is, a refusal as a permanent
+    /// [`Error::Backend`].
+    fn into_error(self) -> Error {
+        match self {
+            DispatchError::Store(error) => error,
+            DispatchError::Rejected(error) => Error::backend("saga command", error),
+        }
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<CommandError<E>> for DispatchError {
+    /// A store failure keeps its kind; the aggregate's refusal is [`DispatchError::Rejected`].
+    fn from(error: CommandError<E>) -> Self {
+        match error {
+            CommandError::Rejected(error) => DispatchError::Rejected(Box::new(error)),
+            CommandError::Store(error) => DispatchError::Store(error),
+        }
+    }
 }
 
 /// A saga instance's stored state.
@@ -224,6 +297,38 @@ pub struct DeadlineRecord {
     pub payload: Bytes,
     /// The correlation metadata of the event that set it.
     pub metadata: Metadata,
+    /// How many times firing it failed (0: never). A deadline that failed is parked: kept, and
+    /// tried again from [`retry_at`](DeadlineRecord::retry_at) on.
+    pub attempts: u32,
+    /// After a failure: not fired before this time.
+    pub retry_at: Option<DateTime<Utc>>,
+    /// After a failure: why the last firing failed.
+    pub last_error: Option<String>,
+}
+
+impl DeadlineRecord {
+    /// A new deadline of `saga`'s `instance` under `key`, due at `due_at`, never tried.
+    pub fn new(
+        saga: impl Into<String>,
+        instance: impl Into<String>,
+        key: impl Into<String>,
+        due_at: DateTime<Utc>,
+        payload: impl Into<Bytes>,
+        metadata: Metadata,
+    ) -> Self {
+        DeadlineRecord {
+            id: Uuid::now_v7(),
+            saga: saga.into(),
+            instance: instance.into(),
+            key: key.into(),
+            due_at,
+            payload: payload.into(),
+            metadata,
+            attempts: 0,
+            retry_at: None,
+            last_error: None,
+        }
+    }
 }
 
 /// One atomic change of a saga instance: its new state, its deadlines, and what it handled.
@@ -268,8 +373,24 @@ pub trait SagaStore: Send + Sync + fmt::Debug {
     /// [`Error::Conflict`].
     async fn save(&self, change: SagaChange) -> Result<SagaSaved>;
 
-    /// Deadlines due at or before `now`, oldest first, at most `limit`.
-    async fn due_deadlines(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DeadlineRecord>>;
+    /// The deadlines of `saga` due at or before `now`, oldest first, at most `limit`; a parked
+    /// deadline (one whose firing failed) only once its [`retry_at`](DeadlineRecord::retry_at)
+    /// has come too. Other sagas' deadlines never take a place in the answer.
+    async fn due_deadlines(
+        &self,
+        saga: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DeadlineRecord>>;
+
+    /// Parks deadline `id` after a failed firing: counts the attempt, keeps `error`, and leaves
+    /// it out of [`due_deadlines`](SagaStore::due_deadlines) until `retry_at`. A deadline that is
+    /// gone (it fired or was cancelled meanwhile) stays gone.
+    async fn defer_deadline(&self, id: Uuid, retry_at: DateTime<Utc>, error: &str) -> Result<()>;
+
+    /// The parked deadlines of `saga` (those whose firing failed at least once), oldest due
+    /// first, at most `limit`: for operators and tests.
+    async fn parked_deadlines(&self, saga: &str, limit: usize) -> Result<Vec<DeadlineRecord>>;
 
     /// Whether the saga already handled `event_id` (an early check before dispatching; `save`
     /// checks again atomically).
@@ -296,6 +417,7 @@ pub struct SagaRunner<S: Saga> {
     dispatcher: Arc<dyn CommandDispatcher<S::Command>>,
     config: Arc<S::Config>,
     max_retries: usize,
+    deadline_retry: RetryPolicy,
 }
 
 impl<S: Saga> Clone for SagaRunner<S> {
@@ -305,9 +427,16 @@ impl<S: Saga> Clone for SagaRunner<S> {
             dispatcher: self.dispatcher.clone(),
             config: self.config.clone(),
             max_retries: self.max_retries,
+            deadline_retry: self.deadline_retry,
         }
     }
 }
+
+/// How many due deadlines [`SagaRunner::fire_due`] reads at a time.
+const DEADLINE_BATCH: usize = 100;
+
+/// How many batches one [`SagaRunner::fire_due`] call reads at most.
+const MAX_DEADLINE_ROUNDS: usize = 10;
 
 impl<S: Saga> fmt::Debug for SagaRunner<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -330,7 +459,22 @@ impl<S: Saga> SagaRunner<S> {
             dispatcher,
             config: Arc::new(config),
             max_retries: 16,
+            deadline_retry: RetryPolicy {
+                max_attempts: u32::MAX,
+                initial_backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(300),
+            },
         }
+    }
+
+    /// The same runner, waiting from `initial` (doubling, with jitter) up to `max` before it
+    /// tries a failed deadline again. The default is 1 s up to 5 min.
+    pub fn with_deadline_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        // Never zero: a parked deadline must leave the due set, or a round would pick it again.
+        let initial = initial.max(Duration::from_millis(1));
+        self.deadline_retry.initial_backoff = initial;
+        self.deadline_retry.max_backoff = max.max(initial);
+        self
     }
 
     /// Handles one stored event (from a bus or a store subscription).
@@ -363,8 +507,14 @@ impl<S: Saga> SagaRunner<S> {
                 )
                 .await
             {
-                Err(error) if error.is_conflict() && attempt < self.max_retries => attempt += 1,
-                other => return other,
+                Ok(outcome) => return Ok(outcome),
+                // The saga's state moved under it: decide again on the new state.
+                Err(Failed::Store(error)) if error.is_conflict() && attempt < self.max_retries => {
+                    attempt += 1
+                }
+                // A command's failure goes back to the caller with its kind, so a transient one
+                // is retried with the bus's backoff rather than at once.
+                Err(Failed::Store(error) | Failed::Dispatch(error)) => return Err(error),
             }
         }
     }
@@ -403,22 +553,77 @@ impl<S: Saga> SagaRunner<S> {
             Some(deadline.id),
         )
         .await
+        .map_err(Failed::into_error)
     }
 
-    /// Fires every deadline due now; returns how many fired.
+    /// Fires every deadline of this saga due at `now`; returns how many fired.
+    ///
+    /// A deadline whose firing fails (its command is refused, a backend is down, its payload
+    /// does not decode) does not hold up the others: it is parked with
+    /// [`SagaStore::defer_deadline`], logged at warn, listed by
+    /// [`SagaStore::parked_deadlines`], and tried again after a backoff that doubles per failure
+    /// (with jitter, up to the cap of [`with_deadline_backoff`](Self::with_deadline_backoff)).
+    /// An `Err` means the saga store itself failed.
     pub async fn fire_due(&self, now: DateTime<Utc>) -> Result<usize> {
-        let due = self.store.due_deadlines(now, 100).await?;
         let mut fired = 0;
-        for deadline in due.iter().filter(|d| d.saga == S::NAME) {
-            match self.fire(deadline).await {
-                Ok(SagaOutcome::Handled) => fired += 1,
-                Ok(_) => {}
-                // Another instance of the runner fired it, or the state moved: next round.
-                Err(error) if error.is_conflict() => {}
-                Err(error) => return Err(error),
+        // Rounds per call are bounded, so that a saga that keeps scheduling deadlines already
+        // due cannot keep one call going forever; the next call goes on.
+        for _ in 0..MAX_DEADLINE_ROUNDS {
+            let due = self
+                .store
+                .due_deadlines(S::NAME, now, DEADLINE_BATCH)
+                .await?;
+            let mut settled = 0;
+            for deadline in &due {
+                match self.fire(deadline).await {
+                    Ok(outcome) => {
+                        settled += 1;
+                        if outcome == SagaOutcome::Handled {
+                            fired += 1;
+                        }
+                    }
+                    // Another instance of the runner fired it, or the state moved: next round.
+                    Err(error) if error.is_conflict() => {}
+                    Err(error) => {
+                        self.park(deadline, now, &error).await?;
+                        settled += 1;
+                    }
+                }
+            }
+            // A full batch that made progress may hide more due deadlines behind it.
+            if due.len() < DEADLINE_BATCH || settled == 0 {
+                break;
             }
         }
         Ok(fired)
+    }
+
+    /// Parks a deadline whose firing failed until its next attempt.
+    async fn park(
+        &self,
+        deadline: &DeadlineRecord,
+        now: DateTime<Utc>,
+        error: &Error,
+    ) -> Result<()> {
+        let attempts = deadline.attempts.saturating_add(1);
+        let wait = self.deadline_retry.jittered_backoff(attempts);
+        let retry_at = chrono::Duration::from_std(wait)
+            .ok()
+            .and_then(|wait| now.checked_add_signed(wait))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        tracing::warn!(
+            saga = S::NAME,
+            instance = %deadline.instance,
+            key = %deadline.key,
+            deadline_id = %deadline.id,
+            attempts,
+            %retry_at,
+            %error,
+            "firing a deadline failed; parked until its next attempt"
+        );
+        self.store
+            .defer_deadline(deadline.id, retry_at, &error.to_string())
+            .await
     }
 
     /// Fires due deadlines every `interval` until `shutdown` completes.
@@ -461,36 +666,40 @@ impl<S: Saga> SagaRunner<S> {
         metadata: &Metadata,
         handled_event: Option<Uuid>,
         fired_deadline: Option<Uuid>,
-    ) -> Result<SagaOutcome> {
+    ) -> Result<SagaOutcome, Failed> {
         if let Some(event_id) = handled_event {
             // Skip the dispatch of a redelivered event that this saga already handled.
-            if self.store.has_handled(S::NAME, event_id).await? {
+            if self
+                .store
+                .has_handled(S::NAME, event_id)
+                .await
+                .map_err(Failed::Store)?
+            {
                 return Ok(SagaOutcome::AlreadyHandled);
             }
         }
-        let state = serde_json::to_vec(&saga).map_err(|e| Error::serialization(S::NAME, e))?;
+        let state = serde_json::to_vec(&saga)
+            .map_err(|e| Failed::Store(Error::serialization(S::NAME, e)))?;
         let schedule = decision
             .schedule
             .into_iter()
             .map(|(key, due_at, deadline)| {
-                Ok(DeadlineRecord {
-                    id: Uuid::now_v7(),
-                    saga: S::NAME.to_owned(),
-                    instance: instance.to_owned(),
+                Ok(DeadlineRecord::new(
+                    S::NAME,
+                    instance,
                     key,
                     due_at,
-                    payload: serde_json::to_vec(&deadline)
-                        .map_err(|e| Error::serialization(S::NAME, e))?
-                        .into(),
-                    metadata: metadata.clone(),
-                })
+                    serde_json::to_vec(&deadline).map_err(|e| Error::serialization(S::NAME, e))?,
+                    metadata.clone(),
+                ))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()
+            .map_err(Failed::Store)?;
         for command in decision.commands {
             self.dispatcher
                 .dispatch(command, metadata.clone())
                 .await
-                .map_err(|e| Error::backend("saga command", e))?;
+                .map_err(|error| Failed::Dispatch(error.into_error()))?;
         }
         let change = SagaChange {
             saga: S::NAME.to_owned(),
@@ -503,10 +712,26 @@ impl<S: Saga> SagaRunner<S> {
             handled_event,
             fired_deadline,
         };
-        Ok(match self.store.save(change).await? {
-            SagaSaved::Saved => SagaOutcome::Handled,
-            SagaSaved::AlreadyHandled => SagaOutcome::AlreadyHandled,
-        })
+        Ok(
+            match self.store.save(change).await.map_err(Failed::Store)? {
+                SagaSaved::Saved => SagaOutcome::Handled,
+                SagaSaved::AlreadyHandled => SagaOutcome::AlreadyHandled,
+            },
+        )
+    }
+}
+
+/// Why [`SagaRunner::apply`] failed: the saga's own store, or one of its commands.
+enum Failed {
+    Store(Error),
+    Dispatch(Error),
+}
+
+impl Failed {
+    fn into_error(self) -> Error {
+        match self {
+            Failed::Store(error) | Failed::Dispatch(error) => error,
+        }
     }
 }
 

@@ -21,6 +21,11 @@ async fn memory_event_store_passes_the_snapshot_checkpoint_inbox_and_saga_suites
     testing::saga_store_conformance(Arc::new(store)).await;
 }
 
+#[tokio::test]
+async fn memory_event_store_passes_the_housekeeping_suite() {
+    testing::housekeeping_conformance(Arc::new(MemoryEventStore::new())).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_event_bus_passes_the_bus_suite() {
     testing::bus_conformance(Arc::new(MemoryEventBus::new())).await;

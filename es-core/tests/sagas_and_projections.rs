@@ -9,10 +9,10 @@ use es_core::memory::{MemoryEventBus, MemoryEventStore};
 use es_core::saga::SagaOutcome;
 use es_core::testing::{envelope, SagaTest};
 use es_core::{
-    BoxError, CommandDispatcher, DomainEvent, Envelope, EventBus, EventStore, ExpectedVersion,
-    InlineProjection, MessageHandler, Metadata, NewEvent, Projection, ProjectionRunner,
-    RecordedEvent, Relay, Saga, SagaDecision, SagaRunner, SagaStore, StreamFilter, StreamId,
-    Subscription,
+    BoxError, CommandDispatcher, DispatchError, DomainEvent, Envelope, EventBus, EventStore,
+    ExpectedVersion, InlineProjection, MessageHandler, Metadata, NewEvent, Projection,
+    ProjectionRunner, RecordedEvent, Relay, Saga, SagaDecision, SagaRunner, SagaStore,
+    StreamFilter, StreamId, Subscription,
 };
 use serde::{Deserialize, Serialize};
 
@@ -82,7 +82,7 @@ struct Dispatched(Mutex<Vec<(Cmd, Metadata)>>);
 
 #[es_core::async_trait]
 impl CommandDispatcher<Cmd> for Dispatched {
-    async fn dispatch(&self, command: Cmd, metadata: Metadata) -> Result<(), BoxError> {
+    async fn dispatch(&self, command: Cmd, metadata: Metadata) -> Result<(), DispatchError> {
         self.0.lock().unwrap().push((command, metadata));
         Ok(())
     }

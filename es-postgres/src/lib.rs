@@ -5,6 +5,7 @@ mod catch_up;
 mod config;
 mod error;
 mod health;
+mod housekeeping;
 mod idempotency;
 mod lease;
 mod listener;

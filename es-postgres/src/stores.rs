@@ -111,30 +111,37 @@ impl SnapshotStore for PgEventStore {
     }
 }
 
-type DeadlineRow = (
-    Uuid,
-    String,
-    String,
-    String,
-    DateTime<Utc>,
-    Vec<u8>,
-    Vec<u8>,
-);
+#[derive(sqlx::FromRow)]
+struct DeadlineRow {
+    id: Uuid,
+    saga: String,
+    instance: String,
+    key: String,
+    due_at: DateTime<Utc>,
+    payload: Vec<u8>,
+    metadata: Vec<u8>,
+    attempts: i32,
+    retry_at: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+}
 
 fn deadline(row: DeadlineRow) -> Result<DeadlineRecord> {
-    let (id, saga, instance, key, due_at, payload, metadata) = row;
     Ok(DeadlineRecord {
-        id,
-        saga,
-        instance,
-        key,
-        due_at,
-        payload: Bytes::from(payload),
-        metadata: Metadata::from_json(&metadata)?,
+        id: row.id,
+        saga: row.saga,
+        instance: row.instance,
+        key: row.key,
+        due_at: row.due_at,
+        payload: Bytes::from(row.payload),
+        metadata: Metadata::from_json(&row.metadata)?,
+        attempts: u32::try_from(row.attempts).unwrap_or_default(),
+        retry_at: row.retry_at,
+        last_error: row.last_error,
     })
 }
 
-const DEADLINE_COLUMNS: &str = "id, saga, instance, key, due_at, payload, metadata";
+const DEADLINE_COLUMNS: &str =
+    "id, saga, instance, key, due_at, payload, metadata, attempts, retry_at, last_error";
 
 #[async_trait]
 impl SagaStore for PgEventStore {
@@ -290,13 +297,48 @@ impl SagaStore for PgEventStore {
         Ok(SagaSaved::Saved)
     }
 
-    async fn due_deadlines(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DeadlineRecord>> {
+    async fn due_deadlines(
+        &self,
+        saga: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DeadlineRecord>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<DeadlineRow> = sqlx::query_as(&format!(
-            "SELECT {DEADLINE_COLUMNS} FROM saga_deadlines WHERE due_at <= $1 \
+            "SELECT {DEADLINE_COLUMNS} FROM saga_deadlines \
+             WHERE saga = $1 AND due_at <= $2 AND (retry_at IS NULL OR retry_at <= $2) \
+             ORDER BY due_at, id LIMIT $3"
+        ))
+        .bind(saga)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .map_err(from_sqlx)?;
+        rows.into_iter().map(deadline).collect()
+    }
+
+    async fn defer_deadline(&self, id: Uuid, retry_at: DateTime<Utc>, error: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE saga_deadlines SET attempts = LEAST(attempts, 2147483646) + 1, \
+               retry_at = $2, last_error = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(retry_at)
+        .bind(error)
+        .execute(self.pool())
+        .await
+        .map_err(from_sqlx)?;
+        Ok(())
+    }
+
+    async fn parked_deadlines(&self, saga: &str, limit: usize) -> Result<Vec<DeadlineRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<DeadlineRow> = sqlx::query_as(&format!(
+            "SELECT {DEADLINE_COLUMNS} FROM saga_deadlines WHERE saga = $1 AND attempts > 0 \
              ORDER BY due_at, id LIMIT $2"
         ))
-        .bind(now)
+        .bind(saga)
         .bind(limit)
         .fetch_all(self.pool())
         .await

@@ -25,6 +25,13 @@ async fn pg_event_store_passes_the_snapshot_checkpoint_inbox_and_saga_suites() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_event_store_passes_the_housekeeping_suite() {
+    let store = common::store("conf_hk").await;
+    testing::housekeeping_conformance(Arc::new(store.clone())).await;
+    common::drop_schema(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_idempotency_store_passes_the_idempotency_suite() {
     let store = common::store("conf_idem").await;
     testing::idempotency_conformance(Arc::new(PgIdempotencyStore::new(&store))).await;

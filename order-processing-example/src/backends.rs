@@ -65,6 +65,8 @@ pub struct Backends {
     pub cache: Option<Arc<dyn Cache>>,
     /// Idempotency keys.
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Prunes old inbox entries, finished sagas and expired keys (the store's tables).
+    pub housekeeping: Arc<dyn es_core::Housekeeping>,
     /// Prefixed to queue (consumer) names.
     pub queue_prefix: String,
     /// One probe per dependency, for `/health`.
@@ -101,6 +103,7 @@ impl Backends {
             checkpoints: Arc::new(store.clone()),
             leases: Arc::new(MemoryLeaseStore::new()),
             snapshots: Arc::new(store.clone()),
+            housekeeping: Arc::new(store.clone()),
             sagas: Arc::new(store),
             bus: Arc::new(bus),
             cache: Some(Arc::new(cache)),
@@ -147,6 +150,7 @@ impl Backends {
             backends.checkpoints = Arc::new(store.clone());
             backends.leases = Arc::new(es_postgres::PgLeaseStore::new(&store));
             backends.snapshots = Arc::new(store.clone());
+            backends.housekeeping = Arc::new(store.clone());
             backends.sagas = Arc::new(store);
         } else {
             health = health.with("eventStore", store_probe(backends.store.clone()));

@@ -113,6 +113,10 @@ pub struct Settings {
     /// Lets RabbitMQ delete the queues after this long unused (for test systems).
     #[arg(long = "amqp-queue-expires", env = "AMQP_QUEUE_EXPIRES", value_parser = parse_duration, global = true, hide = true)]
     pub queue_expires: Option<Duration>,
+    /// How long inbox entries, finished sagas and the like are kept (`7d`, `36h`); a message
+    /// redelivered after that is handled again.
+    #[arg(long, env = "RETENTION", default_value = "7d", value_parser = parse_duration, global = true)]
+    pub retention: Duration,
     /// Prefixed to every Redis key.
     #[arg(
         long,
@@ -144,11 +148,12 @@ impl Default for Settings {
             queue_expires: None,
             database_max_connections: 10,
             redis_prefix: "order-processing:".into(),
+            retention: es_core::housekeeping::DEFAULT_RETENTION,
         }
     }
 }
 
-/// Parses `30s`, `500ms`, `2m`, `1h`, or a plain number of seconds.
+/// Parses `30s`, `500ms`, `2m`, `1h`, `7d`, or a plain number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -163,16 +168,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => number / 1000.0,
         "m" => number * 60.0,
         "h" => number * 3600.0,
+        "d" => number * 86400.0,
         other => {
             return Err(format!(
-                "unknown duration unit `{other}` (use ms, s, m or h)"
+                "unknown duration unit `{other}` (use ms, s, m, h or d)"
             ))
         }
     };
     if !seconds.is_finite() || seconds <= 0.0 {
         return Err(format!("`{text}` must be a positive duration"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    // Past about 292 million years a duration no longer fits the time arithmetic (and
+    // `from_secs_f64` would panic past u64 seconds): a clear error instead.
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| chrono::Duration::from_std(*d).is_ok())
+        .ok_or_else(|| format!("`{text}` is too long a duration"))
 }
 
 #[cfg(test)]
@@ -187,7 +198,25 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("3d").is_err());
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(parse_duration("3w").is_err());
+    }
+
+    #[test]
+    fn a_duration_too_long_for_the_clock_is_an_error_not_a_panic() {
+        let error = parse_duration("99999999999999999999999h").unwrap_err();
+        assert!(error.contains("too long"), "{error}");
+        assert!(parse_duration("1e400").is_err());
+        assert!(
+            parse_duration("100000000d").is_ok(),
+            "100 million days still fit"
+        );
+        let cli = Cli::try_parse_from([
+            "order-processing",
+            "--order-timeout",
+            "99999999999999999999999h",
+        ]);
+        assert!(cli.is_err(), "rejected when the command line is parsed");
     }
 
     #[test]
@@ -201,5 +230,8 @@ mod tests {
         assert_eq!(after.command, Some(Command::Order));
         let none = Cli::try_parse_from(["order-processing"]).expect("no arguments");
         assert_eq!(none.command, None);
+        assert_eq!(none.settings.retention, Settings::default().retention);
+        let retention = Cli::try_parse_from(["order-processing", "--retention", "36h"]).unwrap();
+        assert_eq!(retention.settings.retention, Duration::from_secs(36 * 3600));
     }
 }

@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 use es_core::idempotency::{claim_or_wait, ClaimGuard, Ownership};
 use es_core::saga::SagaRunner;
 use es_core::{
-    Aggregate, BoxError, Cache, CacheExt, Claim, CommandDispatcher, CommandError, DomainEvent,
-    Envelope, EventStore, IdempotencyStore, Metadata, Projection, RecordedEvent, Repository, Saga,
-    SagaDecision, StreamFilter,
+    Aggregate, BoxError, Cache, CacheExt, Claim, CommandDispatcher, CommandError, DispatchError,
+    DomainEvent, Envelope, EventStore, IdempotencyStore, Metadata, Projection, RecordedEvent,
+    Repository, Saga, SagaDecision, StreamFilter,
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -472,9 +472,11 @@ impl Saga for OrderFulfillment {
         };
         let reason = order.reason.clone().unwrap_or_default();
         match &event.event {
-            FlowEvent::OrderPlaced(_) => SagaDecision::none().schedule(
+            // Saturates instead of panicking when a huge timeout runs past the end of time.
+            FlowEvent::OrderPlaced(_) => SagaDecision::none().schedule_after(
                 "timeout",
-                event.recorded_at + *timeout,
+                event.recorded_at,
+                *timeout,
                 OrderTimeout {
                     order_id: order.order_id,
                 },
@@ -522,7 +524,11 @@ pub struct OrderDispatcher {
 
 #[async_trait]
 impl CommandDispatcher<FlowCommand> for OrderDispatcher {
-    async fn dispatch(&self, command: FlowCommand, metadata: Metadata) -> Result<(), BoxError> {
+    async fn dispatch(
+        &self,
+        command: FlowCommand,
+        metadata: Metadata,
+    ) -> Result<(), DispatchError> {
         let at = Utc::now();
         let order_command = match command.action.clone() {
             FlowAction::MarkInventoryReserved => OrderCommand::MarkInventoryReserved { at },
@@ -531,17 +537,11 @@ impl CommandDispatcher<FlowCommand> for OrderDispatcher {
         };
         let span = tracing::info_span!("saga", correlation_id = %metadata.correlation_id.unwrap_or(command.order_id), order_id = %command.order_id);
         async {
+            // `?` keeps the store error's kind: an outage is retried, a refusal dead-letters.
             let executed = self
                 .orders
                 .execute(&command.order_id.to_string(), order_command, metadata)
-                .await
-                .map_err(|error| -> BoxError {
-                    match error {
-                        CommandError::Rejected(error) => Box::new(error),
-                        CommandError::Store(error) => Box::new(error),
-                        other => other.to_string().into(),
-                    }
-                })?;
+                .await?;
             if !executed.events.is_empty() {
                 tracing::info!(action = ?command.action, status = ?executed.state.status, "order moved");
                 self.cache
@@ -1088,8 +1088,9 @@ pub(crate) async fn start(
         orders: orders.clone(),
         cache: cache.clone(),
     });
-    let timeout = chrono::Duration::from_std(settings.order_timeout)
-        .map_err(|e| es_core::Error::InvalidInput(format!("order timeout: {e}")))?;
+    // `parse_duration` only accepts what fits; a `Settings` built in code saturates.
+    let timeout =
+        chrono::Duration::from_std(settings.order_timeout).unwrap_or(chrono::Duration::MAX);
     let saga = SagaRunner::<OrderFulfillment>::new(backends.sagas.clone(), dispatcher, timeout);
     background
         .consume(
@@ -1172,6 +1173,27 @@ mod tests {
             at: Utc::now(),
         };
         assert_eq!(order.handle(confirm), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_timeout_past_the_end_of_time_saturates_instead_of_panicking() {
+        let placed = es_core::testing::envelope(
+            "order-1",
+            1,
+            FlowEvent::OrderPlaced(FlowRef {
+                order_id: Uuid::nil(),
+                reason: None,
+                payment_id: None,
+            }),
+            Metadata::default(),
+        );
+        // `--order-timeout 100000000d`: past the last representable time.
+        let timeout = chrono::Duration::from_std(
+            crate::config::parse_duration("100000000d").expect("a long but valid timeout"),
+        )
+        .expect("fits a chrono duration");
+        let decision = OrderFulfillment::default().handle(&timeout, &placed);
+        assert_eq!(decision.schedule[0].1, chrono::DateTime::<Utc>::MAX_UTC);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use futures_util::FutureExt;
 use tokio::sync::{watch, Notify};
 
 use crate::bus::{
@@ -215,21 +217,30 @@ async fn worker(
             continue;
         };
         let attempts = attempts + 1;
-        let failure = match handler.handle(&event).await {
-            Ok(()) => continue,
-            Err(HandlerError::Reject(error)) => error.to_string(),
-            Err(HandlerError::Retry(error)) if attempts < subscription.retry.max_attempts => {
-                tracing::debug!(consumer = %subscription.consumer, event_id = %event.event_id, attempts, %error, "handler failed; retrying");
-                let delay = subscription.retry.backoff(attempts);
-                let queue = queue.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    queue.push(event, attempts);
-                });
-                continue;
-            }
-            Err(HandlerError::Retry(error)) => error.to_string(),
+        // A panicking handler is a failed attempt, as on the RabbitMQ bus: the message is
+        // retried, then dead-lettered, and this worker goes on consuming.
+        let outcome = AssertUnwindSafe(handler.handle(&event))
+            .catch_unwind()
+            .await;
+        let (failure, retry) = match outcome {
+            Ok(Ok(())) => continue,
+            Ok(Err(HandlerError::Reject(error))) => (error.to_string(), false),
+            Ok(Err(HandlerError::Retry(error))) => (error.to_string(), true),
+            Err(panic) => (
+                format!("the handler panicked: {}", panic_message(&*panic)),
+                true,
+            ),
         };
+        if retry && attempts < subscription.retry.max_attempts {
+            tracing::debug!(consumer = %subscription.consumer, event_id = %event.event_id, attempts, error = %failure, "handler failed; retrying");
+            let delay = subscription.retry.backoff(attempts);
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                queue.push(event, attempts);
+            });
+            continue;
+        }
         tracing::warn!(consumer = %subscription.consumer, event_id = %event.event_id, attempts, error = %failure, "message dead-lettered");
         queue
             .dead
@@ -242,4 +253,13 @@ async fn worker(
                 attempts,
             });
     }
+}
+
+/// The message a panic was raised with, when it is text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
+use crate::housekeeping::{Housekeeping, PruneReport};
 use crate::projection::InlineProjection;
 use crate::saga::{DeadlineRecord, SagaChange, SagaSaved, SagaState, SagaStore};
 use crate::snapshot::{Snapshot, SnapshotStore};
@@ -66,11 +67,13 @@ struct State {
     categories: HashMap<String, Vec<usize>>,
     event_ids: HashSet<Uuid>,
     commits: u64,
-    inbox: HashSet<(String, Uuid)>,
+    /// Inbox entries and when they were recorded (for pruning).
+    inbox: HashMap<(String, Uuid), DateTime<Utc>>,
     checkpoints: HashMap<String, Position>,
     snapshots: HashMap<StreamId, Snapshot>,
-    sagas: HashMap<(String, String), SagaState>,
-    saga_inbox: HashSet<(String, Uuid)>,
+    /// Saga states and when they last changed (for pruning).
+    sagas: HashMap<(String, String), (SagaState, DateTime<Utc>)>,
+    saga_inbox: HashMap<(String, Uuid), DateTime<Utc>>,
     deadlines: HashMap<Uuid, DeadlineRecord>,
 }
 
@@ -134,7 +137,7 @@ impl EventStore for MemoryEventStore {
         if let Some(entry) = &unit.inbox {
             if state
                 .inbox
-                .contains(&(entry.consumer.clone(), entry.event_id))
+                .contains_key(&(entry.consumer.clone(), entry.event_id))
             {
                 return Ok(CommitOutcome::AlreadyHandled);
             }
@@ -200,7 +203,7 @@ impl EventStore for MemoryEventStore {
             }
         }
         if let Some(entry) = unit.inbox {
-            state.inbox.insert((entry.consumer, entry.event_id));
+            state.inbox.insert((entry.consumer, entry.event_id), now);
         }
         if let Some((name, position)) = unit.checkpoint {
             state.checkpoints.insert(name, position);
@@ -309,11 +312,15 @@ impl Inbox for MemoryEventStore {
         Ok(self
             .state()
             .inbox
-            .contains(&(consumer.to_owned(), event_id)))
+            .contains_key(&(consumer.to_owned(), event_id)))
     }
 
     async fn record(&self, consumer: &str, event_id: Uuid) -> Result<bool> {
-        Ok(self.state().inbox.insert((consumer.to_owned(), event_id)))
+        Ok(self
+            .state()
+            .inbox
+            .insert((consumer.to_owned(), event_id), Utc::now())
+            .is_none())
     }
 }
 
@@ -359,14 +366,17 @@ impl SagaStore for MemoryEventStore {
             .state()
             .sagas
             .get(&(saga.to_owned(), instance.to_owned()))
-            .cloned())
+            .map(|(state, _)| state.clone()))
     }
 
     async fn save(&self, change: SagaChange) -> Result<SagaSaved> {
         let mut state = self.state();
         let key = (change.saga.clone(), change.instance.clone());
         if let Some(event_id) = change.handled_event {
-            if state.saga_inbox.contains(&(change.saga.clone(), event_id)) {
+            if state
+                .saga_inbox
+                .contains_key(&(change.saga.clone(), event_id))
+            {
                 return Ok(SagaSaved::AlreadyHandled);
             }
         }
@@ -375,7 +385,7 @@ impl SagaStore for MemoryEventStore {
                 return Ok(SagaSaved::AlreadyHandled);
             }
         }
-        let actual = state.sagas.get(&key).map_or(0, |s| s.version);
+        let actual = state.sagas.get(&key).map_or(0, |(s, _)| s.version);
         if actual != change.expected_version {
             return Err(Error::Conflict {
                 stream: format!("saga {}/{}", change.saga, change.instance),
@@ -384,7 +394,9 @@ impl SagaStore for MemoryEventStore {
             });
         }
         if let Some(event_id) = change.handled_event {
-            state.saga_inbox.insert((change.saga.clone(), event_id));
+            state
+                .saga_inbox
+                .insert((change.saga.clone(), event_id), Utc::now());
         }
         if let Some(id) = change.fired_deadline {
             state.deadlines.remove(&id);
@@ -400,21 +412,29 @@ impl SagaStore for MemoryEventStore {
         }
         state.sagas.insert(
             key,
-            SagaState {
-                data: change.state,
-                version: actual + 1,
-                completed: change.completed,
-            },
+            (
+                SagaState {
+                    data: change.state,
+                    version: actual + 1,
+                    completed: change.completed,
+                },
+                Utc::now(),
+            ),
         );
         Ok(SagaSaved::Saved)
     }
 
-    async fn due_deadlines(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DeadlineRecord>> {
+    async fn due_deadlines(
+        &self,
+        saga: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DeadlineRecord>> {
         let state = self.state();
         let mut due: Vec<_> = state
             .deadlines
             .values()
-            .filter(|d| d.due_at <= now)
+            .filter(|d| d.saga == saga && d.due_at <= now && d.retry_at.is_none_or(|r| r <= now))
             .cloned()
             .collect();
         due.sort_by_key(|d| (d.due_at, d.id));
@@ -422,11 +442,33 @@ impl SagaStore for MemoryEventStore {
         Ok(due)
     }
 
+    async fn defer_deadline(&self, id: Uuid, retry_at: DateTime<Utc>, error: &str) -> Result<()> {
+        if let Some(deadline) = self.state().deadlines.get_mut(&id) {
+            deadline.attempts = deadline.attempts.saturating_add(1);
+            deadline.retry_at = Some(retry_at);
+            deadline.last_error = Some(error.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn parked_deadlines(&self, saga: &str, limit: usize) -> Result<Vec<DeadlineRecord>> {
+        let state = self.state();
+        let mut parked: Vec<_> = state
+            .deadlines
+            .values()
+            .filter(|d| d.saga == saga && d.attempts > 0)
+            .cloned()
+            .collect();
+        parked.sort_by_key(|d| (d.due_at, d.id));
+        parked.truncate(limit);
+        Ok(parked)
+    }
+
     async fn has_handled(&self, saga: &str, event_id: Uuid) -> Result<bool> {
         Ok(self
             .state()
             .saga_inbox
-            .contains(&(saga.to_owned(), event_id)))
+            .contains_key(&(saga.to_owned(), event_id)))
     }
 
     async fn deadlines_of(&self, saga: &str, instance: &str) -> Result<Vec<DeadlineRecord>> {
@@ -439,5 +481,41 @@ impl SagaStore for MemoryEventStore {
             .collect();
         found.sort_by_key(|d| (d.due_at, d.id));
         Ok(found)
+    }
+}
+
+#[async_trait]
+impl Housekeeping for MemoryEventStore {
+    /// Prunes the inbox, the saga inbox and finished saga instances. Idempotency keys live in
+    /// [`MemoryIdempotencyStore`](crate::memory::MemoryIdempotencyStore), not here: the report
+    /// counts none.
+    async fn prune(&self, retention: Duration) -> Result<PruneReport> {
+        let mut report = PruneReport::default();
+        let Some(cutoff) = chrono::Duration::from_std(retention)
+            .ok()
+            .and_then(|retention| Utc::now().checked_sub_signed(retention))
+        else {
+            // A retention longer than the clock reaches back: nothing is that old.
+            return Ok(report);
+        };
+        let mut state = self.state();
+        let before = state.inbox.len();
+        state.inbox.retain(|_, at| *at >= cutoff);
+        report.inbox = (before - state.inbox.len()) as u64;
+        let before = state.saga_inbox.len();
+        state.saga_inbox.retain(|_, at| *at >= cutoff);
+        report.saga_inbox = (before - state.saga_inbox.len()) as u64;
+        let finished: HashSet<(String, String)> = state
+            .sagas
+            .iter()
+            .filter(|(_, (saga, at))| saga.completed && *at < cutoff)
+            .map(|(key, _)| key.clone())
+            .collect();
+        state.sagas.retain(|key, _| !finished.contains(key));
+        state
+            .deadlines
+            .retain(|_, d| !finished.contains(&(d.saga.clone(), d.instance.clone())));
+        report.saga_states = finished.len() as u64;
+        Ok(report)
     }
 }

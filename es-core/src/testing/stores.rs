@@ -105,15 +105,14 @@ pub async fn inbox_conformance(inbox: Arc<dyn Inbox>) {
 }
 
 fn deadline(saga: &str, instance: &str, key: &str, in_secs: i64) -> DeadlineRecord {
-    DeadlineRecord {
-        id: Uuid::now_v7(),
-        saga: saga.to_owned(),
-        instance: instance.to_owned(),
-        key: key.to_owned(),
-        due_at: Utc::now() + ChronoDuration::seconds(in_secs),
-        payload: Bytes::from_static(br#"{"kind":"timeout"}"#),
-        metadata: Metadata::new_correlation(),
-    }
+    DeadlineRecord::new(
+        saga,
+        instance,
+        key,
+        Utc::now() + ChronoDuration::seconds(in_secs),
+        Bytes::from_static(br#"{"kind":"timeout"}"#),
+        Metadata::new_correlation(),
+    )
 }
 
 fn change(saga: &str, instance: &str, expected_version: u64, state: &'static str) -> SagaChange {
@@ -130,8 +129,14 @@ fn change(saga: &str, instance: &str, expected_version: u64, state: &'static str
     }
 }
 
-/// Checks [`SagaStore`]: versioned state, the saga's inbox, and deadlines that fire once.
+/// Checks [`SagaStore`]: versioned state, the saga's inbox, deadlines that fire once, parked
+/// deadlines, and a due query that one saga's backlog cannot starve another's through.
 pub async fn saga_store_conformance(store: Arc<dyn SagaStore>) {
+    saga_state_and_deadlines(store.clone()).await;
+    deadlines_park_and_stay_per_saga(store).await;
+}
+
+async fn saga_state_and_deadlines(store: Arc<dyn SagaStore>) {
     let saga = unique_category("saga");
     let i1 = "instance-1";
     assert_eq!(store.load(&saga, i1).await.unwrap(), None);
@@ -176,14 +181,9 @@ pub async fn saga_store_conformance(store: Arc<dyn SagaStore>) {
         "a key is replaced, not doubled: {pending:?}"
     );
 
-    let due: Vec<_> = store
-        .due_deadlines(Utc::now(), 1000)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|d| d.saga == saga)
-        .collect();
+    let due = store.due_deadlines(&saga, Utc::now(), 1000).await.unwrap();
     assert_eq!(due.len(), 1, "only the past deadline is due");
+    assert_eq!((due[0].attempts, due[0].retry_at), (0, None));
     assert_eq!(due[0].key, "timeout");
     assert_eq!(due[0].payload, Bytes::from_static(br#"{"kind":"timeout"}"#));
 
@@ -198,11 +198,10 @@ pub async fn saga_store_conformance(store: Arc<dyn SagaStore>) {
         "a deadline fires once"
     );
     assert!(store
-        .due_deadlines(Utc::now(), 1000)
+        .due_deadlines(&saga, Utc::now(), 1000)
         .await
         .unwrap()
-        .iter()
-        .all(|d| d.saga != saga));
+        .is_empty());
 
     // Cancel and complete.
     let mut done = change(&saga, i1, 3, r#"{"step":4}"#);
@@ -218,4 +217,124 @@ pub async fn saga_store_conformance(store: Arc<dyn SagaStore>) {
 
     // Instances are independent.
     assert_eq!(store.load(&saga, "instance-2").await.unwrap(), None);
+}
+
+/// The deadline side of [`SagaStore`] under faults and load: a failing deadline is parked
+/// (counted, kept with its error, left out until its next attempt) and the due query is per saga,
+/// so one saga's backlog never hides another's deadlines.
+async fn deadlines_park_and_stay_per_saga(store: Arc<dyn SagaStore>) {
+    let (busy, quiet) = (unique_category("busy"), unique_category("quiet"));
+    let now = Utc::now();
+
+    // 150 due deadlines of one saga, due before the other saga's single one.
+    let mut backlog = change(&busy, "i", 0, "{}");
+    for n in 0..150 {
+        backlog
+            .schedule
+            .push(deadline(&busy, "i", &format!("k{n}"), -120));
+    }
+    store.save(backlog).await.unwrap();
+    let mut lone = change(&quiet, "i", 0, "{}");
+    lone.schedule.push(deadline(&quiet, "i", "timeout", -60));
+    store.save(lone).await.unwrap();
+
+    let due = store.due_deadlines(&quiet, now, 100).await.unwrap();
+    assert_eq!(
+        due.len(),
+        1,
+        "another saga's backlog hides nothing: {due:?}"
+    );
+    assert_eq!(
+        (due[0].saga.as_str(), due[0].key.as_str()),
+        (quiet.as_str(), "timeout")
+    );
+    let busy_due = store.due_deadlines(&busy, now, 100).await.unwrap();
+    assert_eq!(busy_due.len(), 100, "the limit holds");
+    assert!(busy_due.iter().all(|d| d.saga == busy));
+    assert!(
+        busy_due
+            .windows(2)
+            .all(|w| (w[0].due_at, w[0].id) <= (w[1].due_at, w[1].id)),
+        "oldest first"
+    );
+
+    // Parking: counted, kept with its error, left out until its next attempt.
+    let failing = due[0].clone();
+    assert!(store.parked_deadlines(&quiet, 10).await.unwrap().is_empty());
+    let retry_at = now + ChronoDuration::seconds(30);
+    store
+        .defer_deadline(failing.id, retry_at, "order service said no")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .due_deadlines(&quiet, now, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a parked deadline waits for its next attempt"
+    );
+    let parked = store.parked_deadlines(&quiet, 10).await.unwrap();
+    assert_eq!(parked.len(), 1, "a parked deadline is kept and visible");
+    assert_eq!(parked[0].id, failing.id);
+    assert_eq!(parked[0].attempts, 1);
+    assert_eq!(
+        parked[0].last_error.as_deref(),
+        Some("order service said no")
+    );
+    let stored_retry = parked[0]
+        .retry_at
+        .expect("a parked deadline has its next attempt");
+    assert!(
+        (stored_retry - retry_at).num_milliseconds().abs() <= 1,
+        "{stored_retry} vs {retry_at}"
+    );
+    assert_eq!(
+        parked[0].payload, failing.payload,
+        "the deadline itself is unchanged"
+    );
+    let again = store
+        .due_deadlines(&quiet, retry_at + ChronoDuration::seconds(1), 100)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "due again once its next attempt comes");
+    assert_eq!(again[0].attempts, 1);
+
+    store
+        .defer_deadline(
+            failing.id,
+            retry_at + ChronoDuration::seconds(60),
+            "still no",
+        )
+        .await
+        .unwrap();
+    let parked = store.parked_deadlines(&quiet, 10).await.unwrap();
+    assert_eq!(parked[0].attempts, 2, "every failure counts");
+    assert_eq!(parked[0].last_error.as_deref(), Some("still no"));
+
+    // Deferring a deadline that is gone is no error and brings nothing back.
+    store
+        .defer_deadline(Uuid::now_v7(), retry_at, "gone")
+        .await
+        .expect("deferring a missing deadline is fine");
+
+    // A parked deadline still fires once, and then it is no longer listed.
+    let mut fired = change(&quiet, "i", 1, "{}");
+    fired.fired_deadline = Some(failing.id);
+    assert_eq!(store.save(fired).await.unwrap(), SagaSaved::Saved);
+    assert!(store.parked_deadlines(&quiet, 10).await.unwrap().is_empty());
+
+    // The far future and the far past are stored, not refused.
+    let mut extremes = change(&quiet, "far", 0, "{}");
+    let mut far = deadline(&quiet, "far", "never", 0);
+    far.due_at = chrono::DateTime::<Utc>::MAX_UTC;
+    extremes.schedule.push(far);
+    store.save(extremes).await.unwrap();
+    let pending = store.deadlines_of(&quiet, "far").await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert!(store
+        .due_deadlines(&quiet, now, 100)
+        .await
+        .unwrap()
+        .is_empty());
 }

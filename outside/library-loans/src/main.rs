@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use es_core::memory::MemoryEventStore;
 use es_core::{
-    Aggregate, BoxError, CheckpointStore, CommandDispatcher, CommandError, DomainEvent, Envelope,
-    EventStore, Metadata, Projection, ProjectionRunner, RecordedEvent, Repository, Saga,
-    SagaDecision, SagaRunner, SagaStore, StreamFilter,
+    Aggregate, BoxError, CheckpointStore, CommandDispatcher, CommandError, DispatchError,
+    DomainEvent, Envelope, EventStore, Metadata, Projection, ProjectionRunner, RecordedEvent,
+    Repository, Saga, SagaDecision, SagaRunner, SagaStore, StreamFilter,
 };
 use es_postgres::{PgConfig, PgEventStore};
 use serde::{Deserialize, Serialize};
@@ -184,7 +184,7 @@ impl CommandDispatcher<(String, BookCommand)> for Librarian {
         &self,
         (book, command): (String, BookCommand),
         metadata: Metadata,
-    ) -> Result<(), BoxError> {
+    ) -> Result<(), DispatchError> {
         self.0.execute(&book, command, metadata).await?;
         Ok(())
     }
