@@ -31,7 +31,7 @@ pub use event::{
 pub use idempotency::{Claim, IdempotencyStore};
 pub use lease::LeaseStore;
 pub use projection::{InlineProjection, Projection, ProjectionRunner};
-pub use relay::Relay;
+pub use relay::{ParkedEvent, ParkedEventStore, Relay};
 pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, Repository};
 pub use saga::{CommandDispatcher, Saga, SagaDecision, SagaRunner, SagaStore};
 pub use snapshot::{Snapshot, SnapshotStore};
