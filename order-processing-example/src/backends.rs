@@ -216,7 +216,7 @@ fn store_probe(store: Arc<dyn EventStore>) -> HealthProbe {
 
 /// The RabbitMQ settings: the contract's exchange, every service's queue declared up front (so
 /// no event waits on a consumer to start), and the contract's routing keys.
-fn amqp_config(url: &str, settings: &Settings) -> es_rabbitmq::AmqpConfig {
+pub(crate) fn amqp_config(url: &str, settings: &Settings) -> es_rabbitmq::AmqpConfig {
     let mut topology = es_rabbitmq::Topology::new(settings.exchange.clone());
     for service in crate::service::ServiceKind::ALL {
         let name = service.name();

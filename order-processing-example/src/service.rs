@@ -382,6 +382,10 @@ pub async fn run(
             println!("{}", report.render());
             return Ok(());
         }
+        Command::Dlq(command) => {
+            print!("{}", crate::dlq::run(&command, &cli.settings).await?);
+            return Ok(());
+        }
     };
     if kinds.len() == 1 && cli.settings.amqp_url.is_none() {
         return Err(StartError::NeedsBroker(kinds[0].name()));

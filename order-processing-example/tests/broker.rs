@@ -1,7 +1,11 @@
-//! A service started while RabbitMQ cannot be reached stays up, answers `/health` 503, names
-//! the broker in its log, and starts consuming by itself once the broker answers. The broker
-//! "appears" through a small TCP proxy in front of the shared one: it refuses connections at
-//! first, then forwards them.
+//! RabbitMQ as an operator meets it.
+//!
+//! - A service started while the broker cannot be reached stays up, answers `/health` 503,
+//!   names the broker in its log, and starts consuming by itself once the broker answers. The
+//!   broker "appears" through a small TCP proxy in front of the shared one: it refuses
+//!   connections at first, then forwards them.
+//! - `order-processing dlq list|requeue|purge` shows dead letters, hands them back to their
+//!   service (which then handles them once), and drops them.
 
 mod common;
 
@@ -12,6 +16,8 @@ use std::time::Duration;
 
 use common::processes::*;
 use common::*;
+use es_core::testing::{HandlerBehaviour, RecordingHandler};
+use es_core::{RecordedEvent, StreamId, Subscription};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
@@ -174,4 +180,124 @@ async fn a_service_started_without_its_broker_waits_for_it_and_then_consumes() {
         log.contains(&format!("127.0.0.1:{}", proxy.port)),
         "the log names the broker it cannot reach: {log}"
     );
+}
+
+/// Runs `order-processing dlq ARGS` against the test broker with the names of `suffix`;
+/// returns its output, failing the test when it fails.
+async fn dlq(args: &[&str], suffix: &str) -> String {
+    let output = Command::new(BINARY)
+        .arg("dlq")
+        .args(args)
+        .args(["--amqp-url", &amqp_url()])
+        .args(["--exchange", &format!("op-test-{suffix}")])
+        .args(["--queue-prefix", &format!("op-test-{suffix}-")])
+        .args(["--amqp-queue-expires", "120s"])
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("AMQP_URL")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("run the dlq command");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "dlq {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// An `OrderPlaced` event as the order service publishes it.
+fn order_placed(customer: &str) -> RecordedEvent {
+    let order_id = uuid::Uuid::new_v4();
+    RecordedEvent {
+        event_id: uuid::Uuid::now_v7(),
+        stream_id: StreamId::for_aggregate("order", &order_id.to_string()).unwrap(),
+        stream_version: 1,
+        position: Default::default(),
+        recorded_at: chrono::Utc::now(),
+        event_type: "OrderPlaced".into(),
+        schema_version: 1,
+        payload: serde_json::to_vec(&serde_json::json!({
+            "orderId": order_id, "customerId": customer, "totalAmount": 25.0,
+            "items": [], "placedAt": chrono::Utc::now(),
+        }))
+        .unwrap()
+        .into(),
+        metadata: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_requeued_by_the_dlq_command_is_handled_once() {
+    let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let mut settings = order_processing_example::Settings::default();
+    settings.amqp_url = Some(amqp_url());
+    settings.exchange = format!("op-test-{suffix}");
+    settings.queue_prefix = format!("op-test-{suffix}-");
+    settings.queue_expires = Some(Duration::from_secs(120));
+    let backends = order_processing_example::Backends::from_settings(&settings)
+        .await
+        .expect("backends");
+    let bus = backends.bus.clone();
+    let queue = format!("op-test-{suffix}-notification-service");
+
+    // Dead-letter two events for real: a consumer on the notification queue rejects them.
+    let customer = customer();
+    let (kept, dropped) = (order_placed(&customer), order_placed(&customer));
+    let rejecting = RecordingHandler::new();
+    rejecting.set(kept.event_id, HandlerBehaviour::Reject);
+    rejecting.set(dropped.event_id, HandlerBehaviour::Reject);
+    let consumer = bus
+        .subscribe(
+            Subscription::new(queue.clone(), ["order.placed"]),
+            rejecting.clone(),
+        )
+        .await
+        .expect("the broker answers (start RabbitMQ or set AMQP_URL)");
+    bus.publish(&[kept.clone(), dropped.clone()]).await.unwrap();
+    let listed = eventually("two dead letters", || async {
+        let out = dlq(&["list", "--service", "notification"], &suffix).await;
+        out.contains(&format!("{queue}.dlq: 2 listed")).then_some(out)
+    })
+    .await;
+    consumer.stop().await;
+    for event in [&kept, &dropped] {
+        assert!(listed.contains(&event.event_id.to_string()), "{listed}");
+    }
+    assert!(listed.contains("type=OrderPlaced"), "{listed}");
+    assert!(listed.contains("attempts=1"), "{listed}");
+    assert!(listed.contains("error=induced rejection"), "{listed}");
+    // Without --service: all five queues, the other four empty.
+    let everywhere = dlq(&["list"], &suffix).await;
+    assert_eq!(everywhere.matches(" 0 listed").count(), 4, "{everywhere}");
+    assert_eq!(everywhere.matches(" 2 listed").count(), 1, "{everywhere}");
+
+    // Requeue one while the service is down, then start it: it handles that one, once.
+    let out = dlq(&["requeue", "--service", "notification", "--limit", "1"], &suffix).await;
+    assert!(out.contains("1 requeued"), "{out}");
+    let out = dlq(&["list", "--service", "notification"], &suffix).await;
+    assert!(out.contains(&dropped.event_id.to_string()) && out.contains("1 listed"), "{out}");
+    let out = dlq(&["purge", "--service", "notification"], &suffix).await;
+    assert!(out.contains("1 purged"), "{out}");
+
+    let port = free_port();
+    let mut notification = service("notification", &amqp_url(), port, &suffix);
+    wait_healthy(port, "the notification service").await;
+    let url = format!("http://127.0.0.1:{port}/api/notifications/customer/{customer}");
+    let list = eventually("the requeued event handled", || async {
+        let list: serde_json::Value = client().get(&url).send().await.ok()?.json().await.ok()?;
+        (!list.as_array()?.is_empty()).then_some(list)
+    })
+    .await;
+    assert_eq!(list[0]["orderId"], kept.stream_id.entity_id(), "{list}");
+    // Once: nothing more arrives, and nothing is left in the dead-letter queue.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let list: serde_json::Value = client().get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    let out = dlq(&["list"], &suffix).await;
+    assert_eq!(out.matches(" 0 listed").count(), 5, "{out}");
+    assert!(sigterm(&notification).success());
+    notification.wait().await.expect("it exits");
 }
