@@ -305,8 +305,14 @@ mod tests {
         );
         assert_eq!(default_routing_key(&event("order-1", "🎉")), "order.🎉");
         assert_eq!(default_routing_key(&event("order-1", "")), "order.");
-        assert_eq!(default_routing_key(&event("order-1", "OrderPlaced")), "order.placed");
-        assert_eq!(default_routing_key(&event("order-1", "Order")), "order.order");
+        assert_eq!(
+            default_routing_key(&event("order-1", "OrderPlaced")),
+            "order.placed"
+        );
+        assert_eq!(
+            default_routing_key(&event("order-1", "Order")),
+            "order.order"
+        );
     }
 
     #[test]

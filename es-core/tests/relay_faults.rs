@@ -90,8 +90,16 @@ async fn a_poison_event_is_parked_and_the_events_after_it_still_go_out() {
     .with_parked_events(Arc::new(parking.clone()));
     let (stop, task) = spawn(relay.clone());
 
-    assert_eq!(consumer.wait_for(20, WITHIN).await, 20, "every good event arrives");
-    assert_eq!(ids_of(&consumer), good_ids, "in log order, the poison one left out");
+    assert_eq!(
+        consumer.wait_for(20, WITHIN).await,
+        20,
+        "every good event arrives"
+    );
+    assert_eq!(
+        ids_of(&consumer),
+        good_ids,
+        "in log order, the poison one left out"
+    );
     let parked = relay.parked(10).await.unwrap();
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert_eq!(parked[0].event_id, poison_id);
@@ -104,7 +112,11 @@ async fn a_poison_event_is_parked_and_the_events_after_it_still_go_out() {
     assert_eq!(consumer.wait_for(25, WITHIN).await, 25);
     assert_eq!(ids_of(&consumer)[20..], later[..]);
     let head = store.head().await.unwrap();
-    assert_eq!(relay.checkpoint().await.unwrap(), head, "the checkpoint moved past it");
+    assert_eq!(
+        relay.checkpoint().await.unwrap(),
+        head,
+        "the checkpoint moved past it"
+    );
     stop.send(()).unwrap();
     task.await.unwrap();
     assert_eq!(consumer.handled_count(), 25, "nothing twice");
@@ -155,7 +167,10 @@ async fn a_bus_that_is_down_is_waited_for_and_then_gets_everything() {
     let attempts = bus.publish_attempts();
     assert!((2..200).contains(&attempts), "{attempts} attempts");
     assert_eq!(consumer.handled_count(), 0);
-    assert!(relay.parked(10).await.unwrap().is_empty(), "an outage parks nothing");
+    assert!(
+        relay.parked(10).await.unwrap().is_empty(),
+        "an outage parks nothing"
+    );
     let more = append(&store, &category, good(30, 5)).await;
 
     bus.set_down(false);

@@ -86,16 +86,7 @@ impl ParkedEventStore for PgEventStore {
     }
 
     async fn parked(&self, relay: &str, limit: usize) -> Result<Vec<ParkedEvent>> {
-        type Row = (
-            Uuid,
-            String,
-            i64,
-            String,
-            i64,
-            i64,
-            String,
-            DateTime<Utc>,
-        );
+        type Row = (Uuid, String, i64, String, i64, i64, String, DateTime<Utc>);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT event_id, stream_id, stream_version, event_type, tx_id, seq, error, parked_at \
              FROM parked_events WHERE relay = $1 ORDER BY tx_id, seq LIMIT $2",

@@ -50,7 +50,10 @@ async fn append_large(store: &PgEventStore, category: &str, count: usize, size: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_waiting_for_the_bus_holds_no_query_open_and_publishes_everything_after() {
-    let app = format!("relay-outage-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let app = format!(
+        "relay-outage-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let mut config = PgConfig::new(common::schema_name("relay_outage"));
     config.application_name = app.clone();
     let store = common::store_with(config).await;
@@ -92,7 +95,10 @@ async fn a_relay_waiting_for_the_bus_holds_no_query_open_and_publishes_everythin
     // A few failed publishes in, with backoff between them.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while bus.publish_attempts() < 4 {
-        assert!(tokio::time::Instant::now() < deadline, "the relay never tried to publish");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never tried to publish"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Let a connection that was dropped mid-query drain back to idle, then look several times
@@ -117,7 +123,10 @@ async fn a_relay_waiting_for_the_bus_holds_no_query_open_and_publishes_everythin
     let head = store.head().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while relay.checkpoint().await.unwrap() != head {
-        assert!(tokio::time::Instant::now() < deadline, "the checkpoint reaches the head");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the checkpoint reaches the head"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.send(()).unwrap();
@@ -170,8 +179,13 @@ async fn a_poison_event_is_parked_in_postgres_and_the_relay_goes_on() {
     );
     // Durable: a fresh store on the same schema lists it too.
     let again = common::store_with(PgConfig::new(store.config().schema.clone())).await;
-    let relay = Relay::new("outbox", Arc::new(again.clone()), bus, Arc::new(again.clone()))
-        .with_parked_events(Arc::new(again.clone()));
+    let relay = Relay::new(
+        "outbox",
+        Arc::new(again.clone()),
+        bus,
+        Arc::new(again.clone()),
+    )
+    .with_parked_events(Arc::new(again.clone()));
     assert_eq!(relay.parked(10).await.unwrap().len(), 1);
     again.close().await;
     common::drop_schema(&store).await;

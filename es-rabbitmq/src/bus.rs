@@ -210,7 +210,11 @@ impl EventBus for AmqpEventBus {
             .map(|event| {
                 let routing_key = (config.router)(event);
                 wire::check_fits(event, &routing_key)?;
-                Ok((routing_key, wire::encode_body(event)?, wire::properties(event)))
+                Ok((
+                    routing_key,
+                    wire::encode_body(event)?,
+                    wire::properties(event),
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
         let channel = self.inner.connector.publisher().await?;

@@ -431,7 +431,10 @@ mod tests {
         assert!(check_fits(&event, "order.placed").is_ok());
         assert!(check_fits(&event, &"k".repeat(MAX_SHORT_STRING)).is_ok());
         let long_key = check_fits(&event, &"k".repeat(MAX_SHORT_STRING + 1));
-        assert!(matches!(long_key, Err(Error::InvalidInput(_))), "{long_key:?}");
+        assert!(
+            matches!(long_key, Err(Error::InvalidInput(_))),
+            "{long_key:?}"
+        );
         event.event_type = "é".repeat(200);
         let long_type = check_fits(&event, "order.placed");
         assert!(

@@ -145,7 +145,9 @@ mod tests {
                 limit: Some(5),
             })))
         );
-        assert!(Cli::try_parse_from(["order-processing", "dlq", "purge", "--service", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["order-processing", "dlq", "purge", "--service", "x"]).is_err()
+        );
     }
 
     #[tokio::test]

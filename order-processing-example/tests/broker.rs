@@ -31,7 +31,9 @@ struct Proxy {
 
 impl Proxy {
     async fn start(target: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
         let port = listener.local_addr().expect("its address").port();
         let forward = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn({
@@ -45,7 +47,8 @@ impl Proxy {
                     let target = target.clone();
                     tokio::spawn(async move {
                         if let Ok(mut outbound) = TcpStream::connect(&target).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
                     });
                 }
@@ -151,7 +154,11 @@ async fn a_service_started_without_its_broker_waits_for_it_and_then_consumes() {
     assert_eq!(health["status"], "Unhealthy", "{health}");
 
     proxy.open();
-    wait_healthy(notification_port, "/health to answer 200 once the broker is there").await;
+    wait_healthy(
+        notification_port,
+        "/health to answer 200 once the broker is there",
+    )
+    .await;
 
     // An order placed now (by an order service on the broker itself) reaches it.
     let order_port = free_port();
@@ -232,11 +239,13 @@ fn order_placed(customer: &str) -> RecordedEvent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_requeued_by_the_dlq_command_is_handled_once() {
     let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let mut settings = order_processing_example::Settings::default();
-    settings.amqp_url = Some(amqp_url());
-    settings.exchange = format!("op-test-{suffix}");
-    settings.queue_prefix = format!("op-test-{suffix}-");
-    settings.queue_expires = Some(Duration::from_secs(120));
+    let settings = order_processing_example::Settings {
+        amqp_url: Some(amqp_url()),
+        exchange: format!("op-test-{suffix}"),
+        queue_prefix: format!("op-test-{suffix}-"),
+        queue_expires: Some(Duration::from_secs(120)),
+        ..Default::default()
+    };
     let backends = order_processing_example::Backends::from_settings(&settings)
         .await
         .expect("backends");
@@ -259,7 +268,8 @@ async fn a_dead_letter_requeued_by_the_dlq_command_is_handled_once() {
     bus.publish(&[kept.clone(), dropped.clone()]).await.unwrap();
     let listed = eventually("two dead letters", || async {
         let out = dlq(&["list", "--service", "notification"], &suffix).await;
-        out.contains(&format!("{queue}.dlq: 2 listed")).then_some(out)
+        out.contains(&format!("{queue}.dlq: 2 listed"))
+            .then_some(out)
     })
     .await;
     consumer.stop().await;
@@ -275,10 +285,17 @@ async fn a_dead_letter_requeued_by_the_dlq_command_is_handled_once() {
     assert_eq!(everywhere.matches(" 2 listed").count(), 1, "{everywhere}");
 
     // Requeue one while the service is down, then start it: it handles that one, once.
-    let out = dlq(&["requeue", "--service", "notification", "--limit", "1"], &suffix).await;
+    let out = dlq(
+        &["requeue", "--service", "notification", "--limit", "1"],
+        &suffix,
+    )
+    .await;
     assert!(out.contains("1 requeued"), "{out}");
     let out = dlq(&["list", "--service", "notification"], &suffix).await;
-    assert!(out.contains(&dropped.event_id.to_string()) && out.contains("1 listed"), "{out}");
+    assert!(
+        out.contains(&dropped.event_id.to_string()) && out.contains("1 listed"),
+        "{out}"
+    );
     let out = dlq(&["purge", "--service", "notification"], &suffix).await;
     assert!(out.contains("1 purged"), "{out}");
 
@@ -294,7 +311,14 @@ async fn a_dead_letter_requeued_by_the_dlq_command_is_handled_once() {
     assert_eq!(list[0]["orderId"], kept.stream_id.entity_id(), "{list}");
     // Once: nothing more arrives, and nothing is left in the dead-letter queue.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let list: serde_json::Value = client().get(&url).send().await.unwrap().json().await.unwrap();
+    let list: serde_json::Value = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     let out = dlq(&["list"], &suffix).await;
     assert_eq!(out.matches(" 0 listed").count(), 5, "{out}");

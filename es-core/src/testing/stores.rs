@@ -106,7 +106,11 @@ pub async fn parked_event_store_conformance(store: Arc<dyn ParkedEventStore>) {
         (relay.as_str(), &early.stream_id, 4)
     );
     assert_eq!(
-        (first.event_type.as_str(), first.position, first.error.as_str()),
+        (
+            first.event_type.as_str(),
+            first.position,
+            first.error.as_str()
+        ),
         ("Poisoned", Position::new(4, 4), "name too long")
     );
     assert!((Utc::now() - first.parked_at).num_seconds().abs() < 60);
