@@ -185,7 +185,7 @@ fn subscribe_later(
                 Ok(handle) => break handle,
                 Err(error) => {
                     tracing::warn!(%consumer, %error, retry_in = ?backoff, "cannot subscribe yet; retrying");
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         };
