@@ -517,10 +517,16 @@ impl Relay {
                             _ = shutdown.as_mut() => return Stopped::Shutdown,
                             _ = tokio::time::sleep(wait) => {}
                         }
-                        match self.deliver(&mut batch).await {
+                        // A publish to an unreachable broker can take its connect timeout:
+                        // shutdown does not wait for it (the batch goes out again later).
+                        let delivered = tokio::select! {
+                            _ = shutdown.as_mut() => return Stopped::Shutdown,
+                            delivered = self.deliver(&mut batch) => delivered,
+                        };
+                        match delivered {
                             Ok(()) => break,
                             Err(error) => {
-                                tracing::warn!(relay = %self.name, %error, events = batch.len(), retry_in = ?wait, "publishing failed; retrying");
+                                tracing::warn!(relay = %self.name, %error, events = batch.len(), waited = ?wait, "publishing failed; retrying");
                             }
                         }
                     }
