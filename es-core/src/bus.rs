@@ -153,10 +153,11 @@ pub type Router = Arc<dyn Fn(&RecordedEvent) -> String + Send + Sync>;
 pub fn default_routing_key(event: &RecordedEvent) -> String {
     let category = event.stream_id.category();
     let ty = event.event_type.as_str();
-    let rest = if ty.len() > category.len() && ty[..category.len()].eq_ignore_ascii_case(category) {
-        &ty[category.len()..]
-    } else {
-        ty
+    // `get` rather than slicing: the category's length may fall inside a multi-byte character
+    // of the event type, and any event type must route without a panic.
+    let rest = match (ty.get(..category.len()), ty.get(category.len()..)) {
+        (Some(head), Some(rest)) if !rest.is_empty() && head.eq_ignore_ascii_case(category) => rest,
+        _ => ty,
     };
     format!("{}.{}", category.to_ascii_lowercase(), snake_case(rest))
 }
@@ -304,6 +305,42 @@ mod tests {
                 assert!(wait >= full / 2 && wait <= full, "{wait:?} for {full:?}");
             }
         }
+    }
+
+    #[test]
+    fn any_event_type_routes_without_a_panic() {
+        let event = |stream: &str, ty: &str| RecordedEvent {
+            event_id: uuid::Uuid::new_v4(),
+            stream_id: crate::StreamId::new(stream).unwrap(),
+            stream_version: 1,
+            position: crate::Position::default(),
+            recorded_at: chrono::Utc::now(),
+            event_type: ty.to_owned(),
+            schema_version: 1,
+            payload: bytes::Bytes::from_static(b"{}"),
+            metadata: crate::Metadata::default(),
+        };
+        // The category's length ends inside `é` (bytes 1..3) and inside the emoji.
+        assert_eq!(default_routing_key(&event("ab-1", "aé")), "ab.aé");
+        assert_eq!(default_routing_key(&event("ab-1", "a🎉x")), "ab.a🎉x");
+        assert_eq!(
+            default_routing_key(&event("bestellung-1", "BestellunéAufgegeben")),
+            "bestellung.bestelluné_aufgegeben"
+        );
+        assert_eq!(
+            default_routing_key(&event("bestellung-1", "BestellungéAufgegeben")),
+            "bestellung.é_aufgegeben"
+        );
+        assert_eq!(default_routing_key(&event("order-1", "🎉")), "order.🎉");
+        assert_eq!(default_routing_key(&event("order-1", "")), "order.");
+        assert_eq!(
+            default_routing_key(&event("order-1", "OrderPlaced")),
+            "order.placed"
+        );
+        assert_eq!(
+            default_routing_key(&event("order-1", "Order")),
+            "order.order"
+        );
     }
 
     #[test]

@@ -119,6 +119,17 @@ impl Error {
         matches!(self, Error::Conflict { .. })
     }
 
+    /// `true` when the input itself can never work, however often it is tried: an
+    /// [`InvalidInput`](Error::InvalidInput), a [`Serialization`](Error::Serialization) failure or
+    /// an [`UnknownEventType`](Error::UnknownEventType). A bus answers so for an event it can
+    /// never carry, and the [`Relay`](crate::Relay) then parks that event instead of retrying it.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidInput(_) | Error::Serialization { .. } | Error::UnknownEventType { .. }
+        )
+    }
+
     /// `true` when retrying later may succeed (a conflict or an unavailable backend).
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Conflict { .. } | Error::Unavailable { .. })

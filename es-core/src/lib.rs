@@ -33,7 +33,7 @@ pub use housekeeping::{Housekeeping, PruneReport};
 pub use idempotency::{Claim, ClaimGuard, ClaimToken, IdempotencyStore, Ownership};
 pub use lease::LeaseStore;
 pub use projection::{InlineProjection, Projection, ProjectionRunner};
-pub use relay::Relay;
+pub use relay::{ParkedEvent, ParkedEventStore, Relay};
 pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, Repository};
 pub use saga::{CommandDispatcher, DispatchError, Saga, SagaDecision, SagaRunner, SagaStore};
 pub use snapshot::{Snapshot, SnapshotStore};

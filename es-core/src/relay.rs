@@ -8,6 +8,18 @@
 //!
 //! Every instance of a service may run the same relay: [`Relay::with_lease`] makes only the
 //! holder of a [`LeaseStore`] lease publish, and a standby take over when the holder stops.
+//!
+//! Two kinds of failure are told apart:
+//!
+//! - **An event the bus can never carry** (the bus answers with an error for which
+//!   [`Error::is_bad_input`] holds: a payload its wire format cannot encode, a name too long for
+//!   it): the relay publishes the batch event by event to find it, parks it in a
+//!   [`ParkedEventStore`] (logged at error level, listed by [`Relay::parked`]) and goes on. One
+//!   poison event never holds back the events after it.
+//! - **A bus that is down or refuses** (anything else): the relay drops its subscription to the
+//!   log, so that no query, snapshot or pool connection stays open while it waits, retries the
+//!   batch with exponential backoff and jitter, and once the bus took it, subscribes again from
+//!   the checkpoint.
 
 use std::fmt;
 use std::future::Future;
@@ -15,14 +27,106 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::bus::EventBus;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::event::RecordedEvent;
 use crate::lease::{unique_holder, LeaseStore};
+use crate::memory::MemoryEventStore;
 use crate::store::{CheckpointStore, EventStore};
-use crate::stream::{Position, StreamFilter};
+use crate::stream::{Position, StreamFilter, StreamId};
+
+/// An event a relay could never publish, set aside so that the rest of the log goes on.
+///
+/// The event itself stays in the store untouched; this record says where it is and why the
+/// bus refused it, for an operator to look at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkedEvent {
+    /// The relay (its checkpoint name) that parked it.
+    pub relay: String,
+    /// The event's id.
+    pub event_id: Uuid,
+    /// Its stream.
+    pub stream_id: StreamId,
+    /// Its version in the stream.
+    pub stream_version: u64,
+    /// Its type.
+    pub event_type: String,
+    /// Its place in the global log.
+    pub position: Position,
+    /// What the bus said.
+    pub error: String,
+    /// When it was parked.
+    pub parked_at: DateTime<Utc>,
+}
+
+impl ParkedEvent {
+    /// The record of `relay` parking `event` because of `error`, now.
+    pub fn new(relay: impl Into<String>, event: &RecordedEvent, error: impl fmt::Display) -> Self {
+        ParkedEvent {
+            relay: relay.into(),
+            event_id: event.event_id,
+            stream_id: event.stream_id.clone(),
+            stream_version: event.stream_version,
+            event_type: event.event_type.clone(),
+            position: event.position,
+            error: error.to_string(),
+            parked_at: Utc::now(),
+        }
+    }
+}
+
+/// Where relays park the events they can never publish, for an operator to see.
+///
+/// Backends: [`MemoryEventStore`] here, `PgEventStore` in `es-postgres` (the table
+/// `parked_events`).
+#[async_trait]
+pub trait ParkedEventStore: Send + Sync + fmt::Debug {
+    /// Records `parked`. Parking the same event for the same relay again replaces its error and
+    /// time: a relay that restarts before moving its checkpoint parks it once more.
+    async fn park(&self, parked: ParkedEvent) -> Result<()>;
+
+    /// The events `relay` parked, in log order, at most `limit`.
+    async fn parked(&self, relay: &str, limit: usize) -> Result<Vec<ParkedEvent>>;
+}
+
+/// Exponential backoff with full jitter: each wait is drawn at random below a ceiling that
+/// doubles after each failure, so that relays which lost the same broker do not all come back
+/// at the same instant.
+#[derive(Debug)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    ceiling: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            ceiling: min,
+        }
+    }
+
+    /// The next wait: at least `min`, at most the current ceiling, which then doubles.
+    fn next(&mut self) -> Duration {
+        // A v4 uuid is 122 random bits: enough randomness for a jitter, without a crate for it.
+        let random = (Uuid::new_v4().as_u128() as u64) as f64 / u64::MAX as f64;
+        let wait = self.ceiling.mul_f64(random).max(self.min);
+        self.ceiling = self.ceiling.saturating_mul(2).min(self.max);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.ceiling = self.min;
+    }
+}
 
 /// Publishes committed events from an [`EventStore`] to an [`EventBus`], at least once.
 #[derive(Clone)]
@@ -34,6 +138,7 @@ pub struct Relay {
     filter: StreamFilter,
     batch_size: usize,
     lease: Option<Lease>,
+    parked: Arc<dyn ParkedEventStore>,
 }
 
 /// The lease a relay holds while it runs, and who it is to the lease store.
@@ -91,7 +196,21 @@ impl Relay {
             filter: StreamFilter::All,
             batch_size: 500,
             lease: None,
+            parked: Arc::new(MemoryEventStore::new()),
         }
+    }
+
+    /// Parks the events the bus can never carry in `parked` (by default they are kept in
+    /// memory, and so forgotten at a restart, beside the error the relay logs for each).
+    /// Give the relay a durable store, typically the one that keeps its checkpoint.
+    pub fn with_parked_events(mut self, parked: Arc<dyn ParkedEventStore>) -> Self {
+        self.parked = parked;
+        self
+    }
+
+    /// The events this relay parked (see [`ParkedEventStore`]), in log order, at most `limit`.
+    pub async fn parked(&self, limit: usize) -> Result<Vec<ParkedEvent>> {
+        self.parked.parked(&self.name, limit).await
     }
 
     /// Runs only while this relay holds the lease named after it (its checkpoint name) in
@@ -139,24 +258,84 @@ impl Relay {
         Ok(self.checkpoints.load(&self.name).await?.unwrap_or_default())
     }
 
-    /// Relays everything readable now, batch by batch; returns how many events it published.
+    /// Relays everything readable now, batch by batch; returns how many events it published
+    /// or parked. An event the bus can never carry is parked; any other failure of the bus is
+    /// returned (what was published so far stays published, from the saved checkpoint on it
+    /// goes out again next time).
     pub async fn relay_available(&self) -> Result<usize> {
         let mut position = self.checkpoint().await?;
-        let mut published = 0;
+        let mut relayed = 0;
         loop {
-            let batch = self
+            let mut batch = self
                 .store
                 .read_all(&self.filter, position, self.batch_size)
                 .await?;
             let Some(last) = batch.last() else {
-                return Ok(published);
+                return Ok(relayed);
             };
             let last = last.position;
-            self.bus.publish(&batch).await?;
+            let count = batch.len();
+            self.deliver(&mut batch).await?;
             self.checkpoints.save(&self.name, last).await?;
-            published += batch.len();
+            relayed += count;
             position = last;
         }
+    }
+
+    /// Publishes `batch`, parking the events the bus can never carry. `Ok` once every event
+    /// went out or was parked. On an error (of the bus, or of the parking store), `batch` keeps
+    /// the events from the one that failed on, for the caller to deliver again later.
+    async fn deliver(&self, batch: &mut Vec<RecordedEvent>) -> Result<()> {
+        let error = match self.bus.publish(batch).await {
+            Ok(()) => {
+                batch.clear();
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+        if !error.is_bad_input() {
+            return Err(error);
+        }
+        // Some event of the batch can never go out: find it (or them) one by one. Rare, so
+        // the extra round trips do not matter.
+        tracing::warn!(relay = %self.name, %error, events = batch.len(), "the bus refused an event of the batch; publishing it event by event");
+        let mut done = 0;
+        let mut outcome = Ok(());
+        for event in batch.iter() {
+            match self.bus.publish(std::slice::from_ref(event)).await {
+                Ok(()) => done += 1,
+                Err(error) if error.is_bad_input() => {
+                    if let Err(parking) = self.park(event, &error).await {
+                        outcome = Err(parking);
+                        break;
+                    }
+                    done += 1;
+                }
+                Err(error) => {
+                    outcome = Err(error);
+                    break;
+                }
+            }
+        }
+        batch.drain(..done);
+        outcome
+    }
+
+    /// Sets `event` aside for good: recorded in the parking store, logged at error level.
+    async fn park(&self, event: &RecordedEvent, error: &Error) -> Result<()> {
+        self.parked
+            .park(ParkedEvent::new(&self.name, event, error))
+            .await?;
+        tracing::error!(
+            relay = %self.name,
+            event_id = %event.event_id,
+            stream = %event.stream_id,
+            event_type = %event.event_type,
+            position = ?event.position,
+            %error,
+            "the bus can never carry this event; parked it and went on"
+        );
+        Ok(())
     }
 
     /// Relays until `shutdown` completes: follows the log live, publishes what is ready as one
@@ -287,22 +466,21 @@ impl Relay {
         S: Future<Output = ()> + Send,
     {
         let min_backoff = Duration::from_millis(50);
-        let max_backoff = Duration::from_secs(5);
-        let mut backoff = min_backoff;
+        let mut backoff = Backoff::new(min_backoff, Duration::from_secs(5));
         'restart: loop {
             let start = match self.checkpoint().await {
                 Ok(position) => position,
                 Err(error) => {
-                    tracing::warn!(relay = %self.name, %error, "cannot load the relay checkpoint; retrying");
+                    let wait = backoff.next();
+                    tracing::warn!(relay = %self.name, %error, retry_in = ?wait, "cannot load the relay checkpoint; retrying");
                     tokio::select! {
                         _ = shutdown.as_mut() => return Stopped::Shutdown,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(max_backoff);
                     continue;
                 }
             };
-            backoff = min_backoff;
+            backoff.reset();
             let mut events = self.store.subscribe(self.filter.clone(), start);
             loop {
                 let first = tokio::select! {
@@ -326,15 +504,44 @@ impl Relay {
                     }
                 }
                 let last = batch.last().map(|e| e.position).unwrap_or_default();
-                let mut backoff = min_backoff;
-                while let Err(error) = self.bus.publish(&batch).await {
-                    tracing::warn!(relay = %self.name, %error, events = batch.len(), "publishing failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.as_mut() => return Stopped::Shutdown,
-                        _ = tokio::time::sleep(backoff) => {}
+                if let Err(error) = self.deliver(&mut batch).await {
+                    // The bus is down or refuses. Waiting for it with the subscription open
+                    // would hold its query (and with it a snapshot that holds back VACUUM, and
+                    // a pool connection) for the whole outage: let go of it, and read again
+                    // from the checkpoint once the bus is back.
+                    drop(events);
+                    tracing::warn!(relay = %self.name, %error, events = batch.len(), "publishing failed; waiting for the bus without holding the log open");
+                    loop {
+                        let wait = backoff.next();
+                        tokio::select! {
+                            _ = shutdown.as_mut() => return Stopped::Shutdown,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        // A publish to an unreachable broker can take its connect timeout:
+                        // shutdown does not wait for it (the batch goes out again later).
+                        let delivered = tokio::select! {
+                            _ = shutdown.as_mut() => return Stopped::Shutdown,
+                            delivered = self.deliver(&mut batch) => delivered,
+                        };
+                        match delivered {
+                            Ok(()) => break,
+                            Err(error) => {
+                                tracing::warn!(relay = %self.name, %error, events = batch.len(), waited = ?wait, "publishing failed; retrying");
+                            }
+                        }
                     }
-                    backoff = (backoff * 2).min(max_backoff);
+                    tracing::info!(relay = %self.name, "the bus took the batch again; resuming from the log");
+                    backoff.reset();
+                    if let Err(error) = self.checkpoints.save(&self.name, last).await {
+                        tracing::warn!(relay = %self.name, %error, "cannot save the relay checkpoint; restarting from the last one");
+                        tokio::select! {
+                            _ = shutdown.as_mut() => return Stopped::Shutdown,
+                            _ = tokio::time::sleep(min_backoff) => {}
+                        }
+                    }
+                    continue 'restart;
                 }
+                backoff.reset();
                 if let Err(error) = self.checkpoints.save(&self.name, last).await {
                     // The batch went out; restarting from the saved checkpoint republishes it,
                     // which the consumers' inboxes absorb.

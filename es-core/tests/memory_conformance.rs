@@ -13,11 +13,12 @@ async fn memory_event_store_passes_the_event_store_suite() {
 }
 
 #[tokio::test]
-async fn memory_event_store_passes_the_snapshot_checkpoint_inbox_and_saga_suites() {
+async fn memory_event_store_passes_the_snapshot_checkpoint_inbox_parking_and_saga_suites() {
     let store = MemoryEventStore::new();
     testing::snapshot_store_conformance(Arc::new(store.clone())).await;
     testing::checkpoint_store_conformance(Arc::new(store.clone())).await;
     testing::inbox_conformance(Arc::new(store.clone())).await;
+    testing::parked_event_store_conformance(Arc::new(store.clone())).await;
     testing::saga_store_conformance(Arc::new(store)).await;
 }
 

@@ -15,11 +15,12 @@ async fn pg_event_store_passes_the_event_store_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_event_store_passes_the_snapshot_checkpoint_inbox_and_saga_suites() {
+async fn pg_event_store_passes_the_snapshot_checkpoint_inbox_parking_and_saga_suites() {
     let store = common::store("conf_small").await;
     testing::snapshot_store_conformance(Arc::new(store.clone())).await;
     testing::checkpoint_store_conformance(Arc::new(store.clone())).await;
     testing::inbox_conformance(Arc::new(store.clone())).await;
+    testing::parked_event_store_conformance(Arc::new(store.clone())).await;
     testing::saga_store_conformance(Arc::new(store.clone())).await;
     common::drop_schema(&store).await;
 }

@@ -188,17 +188,30 @@ impl EventBus for AmqpEventBus {
     /// awaits the rest; `Ok` only when the broker confirmed them all. An unroutable event fails the call under
     /// [`Unroutable::Fail`]. On an error, some events may have gone out: publish the batch
     /// again (consumers drop the duplicates with their inbox).
+    ///
+    /// The errors say what to do:
+    /// - an event the wire can never carry (a payload that is not JSON:
+    ///   [`Error::Serialization`]; a routing key or event type over 255 bytes:
+    ///   [`Error::InvalidInput`]) fails the batch before anything is sent, and will fail every
+    ///   time ([`Error::is_bad_input`]): the [`Relay`] parks such an event and goes on;
+    /// - a broker that cannot be reached, or a confirm that does not come in time:
+    ///   [`Error::Unavailable`];
+    /// - a broker that refuses (a nack, an unroutable event under [`Unroutable::Fail`], a
+    ///   refused channel operation): [`Error::Backend`].
     async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
         let config = &self.inner.config;
-        // Encode everything first: a bad event fails the batch before anything is sent.
+        // Encode everything first: an event the wire cannot carry fails the batch, with an
+        // error for which `is_bad_input` holds, before anything is sent.
         let messages = events
             .iter()
             .map(|event| {
+                let routing_key = (config.router)(event);
+                wire::check_fits(event, &routing_key)?;
                 Ok((
-                    (config.router)(event),
+                    routing_key,
                     wire::encode_body(event)?,
                     wire::properties(event),
                 ))

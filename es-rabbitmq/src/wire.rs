@@ -110,6 +110,29 @@ pub fn encode_body(event: &RecordedEvent) -> Result<Vec<u8>> {
     serde_json::to_vec(&envelope).map_err(|e| Error::serialization(event.event_type.clone(), e))
 }
 
+/// The longest AMQP short string (routing keys, the `type` property): 255 bytes.
+pub const MAX_SHORT_STRING: usize = 255;
+
+/// Checks that `event`, routed with `routing_key`, fits the AMQP frame: its routing key and its
+/// type travel as short strings of at most [`MAX_SHORT_STRING`] bytes. Fails with
+/// [`Error::InvalidInput`] naming the event: such an event can never be published (lapin would
+/// write a corrupt frame and the broker would close the whole connection).
+pub fn check_fits(event: &RecordedEvent, routing_key: &str) -> Result<()> {
+    for (what, value) in [
+        ("routing key", routing_key),
+        ("event type", event.event_type.as_str()),
+    ] {
+        if value.len() > MAX_SHORT_STRING {
+            return Err(Error::InvalidInput(format!(
+                "event {} cannot travel over AMQP: its {what} is {} bytes, at most {MAX_SHORT_STRING} fit",
+                event.event_id,
+                value.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The AMQP properties of `event`.
 pub fn properties(event: &RecordedEvent) -> BasicProperties {
     let mut headers = FieldTable::default();
@@ -400,6 +423,24 @@ mod tests {
             encode_body(&event),
             Err(Error::Serialization { .. })
         ));
+    }
+
+    #[test]
+    fn names_longer_than_a_short_string_do_not_fit() {
+        let mut event = sample();
+        assert!(check_fits(&event, "order.placed").is_ok());
+        assert!(check_fits(&event, &"k".repeat(MAX_SHORT_STRING)).is_ok());
+        let long_key = check_fits(&event, &"k".repeat(MAX_SHORT_STRING + 1));
+        assert!(
+            matches!(long_key, Err(Error::InvalidInput(_))),
+            "{long_key:?}"
+        );
+        event.event_type = "é".repeat(200);
+        let long_type = check_fits(&event, "order.placed");
+        assert!(
+            matches!(&long_type, Err(e) if e.is_bad_input() && e.to_string().contains("event type")),
+            "{long_type:?}"
+        );
     }
 
     #[test]

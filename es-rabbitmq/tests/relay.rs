@@ -212,3 +212,63 @@ async fn a_running_relay_aborted_again_and_again_delivers_every_event() {
     handle.stop().await;
     common::cleanup(&bus, &[&consumer_name]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_wire_cannot_carry_are_parked_and_the_relay_goes_on() {
+    let bus = common::connect(common::config("poison")).await;
+    let category = common::category();
+    let consumer_name = common::unique("poison");
+    let consumer = es_core::testing::RecordingHandler::new();
+    let handle = bus
+        .subscribe(
+            Subscription::new(&consumer_name, [format!("{category}.#")]),
+            consumer.clone(),
+        )
+        .await
+        .unwrap();
+    let store = Arc::new(MemoryEventStore::new());
+    let mut good = append_events(&store, &category, 10).await;
+    // A payload that is not JSON (the envelope cannot embed it), and an event type longer
+    // than an AMQP short string (it would corrupt the frame and close the connection).
+    let stream = StreamId::for_aggregate(&category, "poison").unwrap();
+    let not_json = es_core::NewEvent::raw("Placed", b"not json".to_vec());
+    let too_long = es_core::NewEvent::raw("P".repeat(300), br#"{"n":0}"#.to_vec());
+    let poison = [not_json.event_id, too_long.event_id];
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![not_json, too_long])
+        .await
+        .unwrap();
+    good.extend(append_events(&store, &category, 10).await);
+
+    let relay = bus.relay("outbox", store.clone(), store.clone());
+    let running = {
+        let relay = relay.clone();
+        tokio::spawn(async move { relay.run(std::future::pending()).await })
+    };
+    assert_eq!(
+        consumer.wait_for(20, Duration::from_secs(20)).await,
+        20,
+        "every good event arrives"
+    );
+    let parked = relay.parked(10).await.unwrap();
+    assert_eq!(
+        parked.iter().map(|p| p.event_id).collect::<Vec<_>>(),
+        poison,
+        "{parked:?}"
+    );
+    assert!(parked[0].error.contains("serialize"), "{}", parked[0].error);
+    assert!(
+        parked[1].error.contains("cannot travel over AMQP"),
+        "{}",
+        parked[1].error
+    );
+
+    // The relay goes on, on the same connection.
+    good.extend(append_events(&store, &category, 5).await);
+    assert_eq!(consumer.wait_for(25, Duration::from_secs(20)).await, 25);
+    let handled: HashSet<Uuid> = consumer.handled().iter().map(|e| e.event_id).collect();
+    assert_eq!(handled, good.iter().copied().collect::<HashSet<_>>());
+    running.abort();
+    handle.stop().await;
+    common::cleanup(&bus, &[&consumer_name]).await;
+}

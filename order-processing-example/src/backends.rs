@@ -6,8 +6,8 @@ use es_core::memory::{
     MemoryCache, MemoryEventBus, MemoryEventStore, MemoryIdempotencyStore, MemoryLeaseStore,
 };
 use es_core::{
-    Cache, CheckpointStore, EventBus, EventStore, IdempotencyStore, LeaseStore, SagaStore,
-    SnapshotStore,
+    Cache, CheckpointStore, EventBus, EventStore, IdempotencyStore, LeaseStore, ParkedEventStore,
+    SagaStore, SnapshotStore,
 };
 
 use crate::config::Settings;
@@ -53,6 +53,8 @@ pub struct Backends {
     pub store: Arc<dyn EventStore>,
     /// Durable checkpoints (the relays').
     pub checkpoints: Arc<dyn CheckpointStore>,
+    /// Where the relays park events the bus can never carry (beside their checkpoints).
+    pub parked: Arc<dyn ParkedEventStore>,
     /// Leases beside the store, so that of the instances of a service only one relays.
     pub leases: Arc<dyn LeaseStore>,
     /// Saga state and deadlines.
@@ -101,6 +103,7 @@ impl Backends {
         Backends {
             store: Arc::new(store.clone()),
             checkpoints: Arc::new(store.clone()),
+            parked: Arc::new(store.clone()),
             leases: Arc::new(MemoryLeaseStore::new()),
             snapshots: Arc::new(store.clone()),
             housekeeping: Arc::new(store.clone()),
@@ -148,6 +151,7 @@ impl Backends {
             backends.idempotency = Arc::new(es_postgres::PgIdempotencyStore::new(&store));
             backends.store = pg;
             backends.checkpoints = Arc::new(store.clone());
+            backends.parked = Arc::new(store.clone());
             backends.leases = Arc::new(es_postgres::PgLeaseStore::new(&store));
             backends.snapshots = Arc::new(store.clone());
             backends.housekeeping = Arc::new(store.clone());
@@ -216,7 +220,7 @@ fn store_probe(store: Arc<dyn EventStore>) -> HealthProbe {
 
 /// The RabbitMQ settings: the contract's exchange, every service's queue declared up front (so
 /// no event waits on a consumer to start), and the contract's routing keys.
-fn amqp_config(url: &str, settings: &Settings) -> es_rabbitmq::AmqpConfig {
+pub(crate) fn amqp_config(url: &str, settings: &Settings) -> es_rabbitmq::AmqpConfig {
     let mut topology = es_rabbitmq::Topology::new(settings.exchange.clone());
     for service in crate::service::ServiceKind::ALL {
         let name = service.name();

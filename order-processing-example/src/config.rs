@@ -34,6 +34,9 @@ pub enum Command {
     Analytics,
     /// Places orders against a running system and reports orders/s and latency.
     Loadtest(crate::loadtest::LoadTestArgs),
+    /// Dead letters of the services' queues: `list`, `requeue` or `purge` (needs `--amqp-url`).
+    #[command(subcommand)]
+    Dlq(crate::dlq::DlqCommand),
 }
 
 /// Every option; each is a flag with an environment fallback, accepted before or after the

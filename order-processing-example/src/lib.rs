@@ -3,6 +3,7 @@
 pub mod analytics;
 pub mod backends;
 pub mod config;
+pub mod dlq;
 pub mod events;
 pub mod http;
 pub mod inventory;

@@ -3,13 +3,22 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use order_processing_example::{run, shutdown::os_signal, Cli};
+use order_processing_example::{run, shutdown::os_signal, Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // An operator command prints its answer on stdout; its log goes beside, to stderr.
+    let log_to_stderr = matches!(cli.command, Some(Command::Dlq(_)));
     tracing_subscriber::fmt()
+        .with_writer(move || -> Box<dyn std::io::Write> {
+            if log_to_stderr {
+                Box::new(std::io::stderr())
+            } else {
+                Box::new(std::io::stdout())
+            }
+        })
         // Colours only for a person at a terminal, never in collected logs.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(

@@ -94,9 +94,19 @@ impl Background {
         handler: Arc<dyn MessageHandler>,
     ) -> es_core::Result<()> {
         let subscription = es_core::Subscription::new(consumer.clone(), routing_keys);
-        let handler = crate::events::Traced::new(consumer, handler);
-        self.consumers
-            .push(bus.subscribe(subscription, handler).await?);
+        let handler = crate::events::Traced::new(consumer.clone(), handler);
+        match bus.subscribe(subscription.clone(), handler.clone()).await {
+            Ok(handle) => self.consumers.push(handle),
+            // The broker is away: start anyway (`/health` says 503 meanwhile) and subscribe
+            // once it answers. Its queue is declared with the topology, so nothing sent to the
+            // service meanwhile is lost.
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%consumer, %error, "cannot subscribe yet; retrying in the background");
+                self.consumers
+                    .push(subscribe_later(bus.clone(), subscription, handler));
+            }
+            Err(error) => return Err(error),
+        }
         Ok(())
     }
 
@@ -110,6 +120,7 @@ impl Background {
             backends.checkpoints.clone(),
         )
         .with_filter(StreamFilter::category(category))
+        .with_parked_events(backends.parked.clone())
         .with_lease(backends.leases.clone(), RELAY_LEASE_TTL);
         let stop = self.stop.wait();
         self.relays
@@ -151,6 +162,41 @@ impl Background {
             let _ = relay.await;
         }
     }
+}
+
+/// Subscribes in the background, retrying with backoff until the bus answers. The handle stops
+/// the retries, or the consumer once it runs.
+fn subscribe_later(
+    bus: Arc<dyn EventBus>,
+    subscription: es_core::Subscription,
+    handler: Arc<dyn MessageHandler>,
+) -> ConsumerHandle {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let consumer = subscription.consumer.clone();
+        let mut backoff = Duration::from_millis(200);
+        let handle = loop {
+            let wait = backoff + crate::events::jitter(backoff.as_millis() as u64 / 2 + 1);
+            let subscribed = tokio::select! {
+                _ = stopped.wait_for(|stop| *stop) => return,
+                subscribed = async {
+                    tokio::time::sleep(wait).await;
+                    bus.subscribe(subscription.clone(), handler.clone()).await
+                } => subscribed,
+            };
+            match subscribed {
+                Ok(handle) => break handle,
+                Err(error) => {
+                    tracing::warn!(%consumer, %error, retry_in = ?backoff, "cannot subscribe yet; retrying");
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        tracing::info!(%consumer, "subscribed");
+        let _ = stopped.wait_for(|stop| *stop).await;
+        handle.stop().await;
+    });
+    ConsumerHandle::new(stop, task)
 }
 
 /// One started service: serve its router, then stop it.
@@ -347,6 +393,10 @@ pub async fn run(
         Command::Loadtest(args) => {
             let report = crate::loadtest::run(&args).await?;
             println!("{}", report.render());
+            return Ok(());
+        }
+        Command::Dlq(command) => {
+            print!("{}", crate::dlq::run(&command, &cli.settings).await?);
             return Ok(());
         }
     };

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use crate::housekeeping::{Housekeeping, PruneReport};
 use crate::projection::InlineProjection;
+use crate::relay::{ParkedEvent, ParkedEventStore};
 use crate::saga::{DeadlineRecord, SagaChange, SagaSaved, SagaState, SagaStore};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::store::{
@@ -70,6 +71,7 @@ struct State {
     /// Inbox entries and when they were recorded (for pruning).
     inbox: HashMap<(String, Uuid), DateTime<Utc>>,
     checkpoints: HashMap<String, Position>,
+    parked: Vec<ParkedEvent>,
     snapshots: HashMap<StreamId, Snapshot>,
     /// Saga states and when they last changed (for pruning).
     sagas: HashMap<(String, String), (SagaState, DateTime<Utc>)>,
@@ -333,6 +335,35 @@ impl CheckpointStore for MemoryEventStore {
     async fn save(&self, name: &str, position: Position) -> Result<()> {
         self.state().checkpoints.insert(name.to_owned(), position);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl ParkedEventStore for MemoryEventStore {
+    async fn park(&self, parked: ParkedEvent) -> Result<()> {
+        let mut state = self.state();
+        let same = |p: &ParkedEvent| p.relay == parked.relay && p.event_id == parked.event_id;
+        match state.parked.iter_mut().find(|p| same(p)) {
+            Some(existing) => {
+                existing.error = parked.error;
+                existing.parked_at = parked.parked_at;
+            }
+            None => state.parked.push(parked),
+        }
+        Ok(())
+    }
+
+    async fn parked(&self, relay: &str, limit: usize) -> Result<Vec<ParkedEvent>> {
+        let state = self.state();
+        let mut parked: Vec<ParkedEvent> = state
+            .parked
+            .iter()
+            .filter(|p| p.relay == relay)
+            .cloned()
+            .collect();
+        parked.sort_by_key(|p| p.position);
+        parked.truncate(limit);
+        Ok(parked)
     }
 }
 

@@ -21,6 +21,7 @@
 
 mod bus;
 mod event_store;
+mod faulty_bus;
 pub mod golden;
 mod handler;
 mod housekeeping;
@@ -31,14 +32,15 @@ mod stores;
 
 pub use bus::bus_conformance;
 pub use event_store::event_store_conformance;
+pub use faulty_bus::FaultyBus;
 pub use handler::{HandlerBehaviour, RecordingHandler};
 pub use housekeeping::housekeeping_conformance;
 pub use kit::{envelope, AggregateTest, SagaTest};
 pub use kv::{cache_conformance, idempotency_conformance};
 pub use lease::lease_conformance;
 pub use stores::{
-    checkpoint_store_conformance, inbox_conformance, saga_store_conformance,
-    snapshot_store_conformance,
+    checkpoint_store_conformance, inbox_conformance, parked_event_store_conformance,
+    saga_store_conformance, snapshot_store_conformance,
 };
 
 use crate::event::{Metadata, NewEvent};

@@ -5,7 +5,8 @@ use chrono::{Duration as ChronoDuration, Utc};
 use uuid::Uuid;
 
 use super::unique_category;
-use crate::event::Metadata;
+use crate::event::{Metadata, RecordedEvent};
+use crate::relay::{ParkedEvent, ParkedEventStore};
 use crate::saga::{DeadlineRecord, SagaChange, SagaSaved, SagaStore};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::store::{CheckpointStore, Inbox};
@@ -63,6 +64,72 @@ pub async fn checkpoint_store_conformance(store: Arc<dyn CheckpointStore>) {
         store.load(&format!("{name}x")).await.unwrap(),
         None,
         "names are independent"
+    );
+}
+
+/// Checks [`ParkedEventStore`]: nothing at first; listed in log order whatever the order of
+/// parking, up to the limit; parking an event again replaces its error without a second entry;
+/// relays are independent.
+pub async fn parked_event_store_conformance(store: Arc<dyn ParkedEventStore>) {
+    let relay = unique_category("relay");
+    let category = unique_category("parked");
+    let event = |n: u64| RecordedEvent {
+        event_id: Uuid::new_v4(),
+        stream_id: StreamId::for_aggregate(&category, &n.to_string()).unwrap(),
+        stream_version: n,
+        position: Position::new(n, n),
+        recorded_at: Utc::now(),
+        event_type: "Poisoned".to_owned(),
+        schema_version: 1,
+        payload: Bytes::from_static(b"not json"),
+        metadata: Metadata::default(),
+    };
+    assert!(store.parked(&relay, 10).await.unwrap().is_empty());
+    let (late, early) = (event(9), event(4));
+    store
+        .park(ParkedEvent::new(&relay, &late, "cannot encode"))
+        .await
+        .unwrap();
+    store
+        .park(ParkedEvent::new(&relay, &early, "name too long"))
+        .await
+        .unwrap();
+    let parked = store.parked(&relay, 10).await.unwrap();
+    assert_eq!(
+        parked.iter().map(|p| p.event_id).collect::<Vec<_>>(),
+        [early.event_id, late.event_id],
+        "listed in log order"
+    );
+    let first = &parked[0];
+    assert_eq!(
+        (first.relay.as_str(), &first.stream_id, first.stream_version),
+        (relay.as_str(), &early.stream_id, 4)
+    );
+    assert_eq!(
+        (
+            first.event_type.as_str(),
+            first.position,
+            first.error.as_str()
+        ),
+        ("Poisoned", Position::new(4, 4), "name too long")
+    );
+    assert!((Utc::now() - first.parked_at).num_seconds().abs() < 60);
+    assert_eq!(store.parked(&relay, 1).await.unwrap().len(), 1, "limit");
+
+    store
+        .park(ParkedEvent::new(&relay, &late, "still cannot encode"))
+        .await
+        .unwrap();
+    let parked = store.parked(&relay, 10).await.unwrap();
+    assert_eq!(parked.len(), 2, "parking again keeps one entry per event");
+    assert_eq!(parked[1].error, "still cannot encode");
+    assert!(
+        store
+            .parked(&format!("{relay}x"), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "relays are independent"
     );
 }
 
