@@ -161,9 +161,18 @@ impl LoadTestReport {
             summary(&self.latency.placed_to_confirmed),
         );
         if !self.stages.is_empty() {
-            out.push_str("stages (from the order's events)\n");
+            out.push_str(
+                "stages (from the order's events; an order paid before it recorded its \
+                 reservation has only the last)\n",
+            );
             for stage in &self.stages {
-                let _ = writeln!(out, "  {:<24} {}", stage.name, stage.summary.render());
+                let _ = writeln!(
+                    out,
+                    "  {:<24} {} ({} orders)",
+                    stage.name,
+                    stage.summary.render(),
+                    stage.summary.count
+                );
             }
             if let Some(slowest) = &self.slowest_stage {
                 let _ = writeln!(out, "  slowest stage (by median): {slowest}");

@@ -92,12 +92,16 @@ pub const STAGES: [(&str, &str, &str); 3] = [
 ];
 
 /// When the order reached each step of its happy path: placed, reserved, paid, confirmed.
+///
+/// Under load the payment can reach the order before the reservation does (the two travel
+/// separately from the inventory service): the order then goes from placed straight to paid
+/// and never records the reservation, and its first two stages are unknown.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Steps {
     /// `OrderPlaced`.
     pub placed: DateTime<Utc>,
-    /// `OrderInventoryReserved`.
-    pub reserved: DateTime<Utc>,
+    /// `OrderInventoryReserved`, when the order recorded it.
+    pub reserved: Option<DateTime<Utc>>,
     /// `OrderPaymentProcessed`.
     pub paid: DateTime<Utc>,
     /// `OrderConfirmed`.
@@ -105,8 +109,7 @@ pub struct Steps {
 }
 
 impl Steps {
-    /// The steps of a confirmed order's stream; `None` when one is missing (a cancelled
-    /// order).
+    /// The steps of a confirmed order's stream; `None` for an order that was not confirmed.
     pub fn from_stream(events: &[StreamEvent]) -> Option<Steps> {
         let at = |kind: &str| {
             events
@@ -116,19 +119,20 @@ impl Steps {
         };
         Some(Steps {
             placed: at("OrderPlaced")?,
-            reserved: at("OrderInventoryReserved")?,
+            reserved: at("OrderInventoryReserved"),
             paid: at("OrderPaymentProcessed")?,
             confirmed: at("OrderConfirmed")?,
         })
     }
 
-    /// The time each of the [`STAGES`] took, in order (zero where clocks disagree by a hair).
-    pub fn stage_durations(&self) -> [Duration; 3] {
+    /// The time each of the [`STAGES`] took, in order (zero where clocks disagree by a hair,
+    /// `None` where the order did not record the reservation).
+    pub fn stage_durations(&self) -> [Option<Duration>; 3] {
         let between = |a: DateTime<Utc>, b: DateTime<Utc>| (b - a).to_std().unwrap_or_default();
         [
-            between(self.placed, self.reserved),
-            between(self.reserved, self.paid),
-            between(self.paid, self.confirmed),
+            self.reserved.map(|r| between(self.placed, r)),
+            self.reserved.map(|r| between(r, self.paid)),
+            Some(between(self.paid, self.confirmed)),
         ]
     }
 }
@@ -148,7 +152,7 @@ pub struct StageSummary {
     pub summary: Summary,
 }
 
-/// Summaries of the stages over many orders; empty when no order went through them all.
+/// Summaries of the stages over many orders; a stage no order recorded is left out.
 pub fn stages(steps: &[Steps]) -> Vec<StageSummary> {
     if steps.is_empty() {
         return Vec::new();
@@ -157,7 +161,10 @@ pub fn stages(steps: &[Steps]) -> Vec<StageSummary> {
         .iter()
         .enumerate()
         .filter_map(|(i, (name, from, to))| {
-            let latencies: Vec<Duration> = steps.iter().map(|s| s.stage_durations()[i]).collect();
+            let latencies: Vec<Duration> = steps
+                .iter()
+                .filter_map(|s| s.stage_durations()[i])
+                .collect();
             Some(StageSummary {
                 name: (*name).into(),
                 from: (*from).into(),
@@ -228,9 +235,9 @@ mod tests {
         assert_eq!(
             steps.stage_durations(),
             [
-                Duration::from_millis(40),
-                Duration::from_millis(60),
-                Duration::from_millis(1)
+                Some(Duration::from_millis(40)),
+                Some(Duration::from_millis(60)),
+                Some(Duration::from_millis(1))
             ]
         );
         let slower = Steps::from_stream(&[
@@ -240,13 +247,26 @@ mod tests {
             event("OrderConfirmed", 300),
         ])
         .expect("a confirmed order");
-        let summaries = stages(&[steps, slower]);
+        // Paid before the order heard of the reservation: only its last stage is known.
+        let reordered = Steps::from_stream(&[
+            event("OrderPlaced", 0),
+            event("OrderPaymentProcessed", 50),
+            event("OrderConfirmed", 52),
+        ])
+        .expect("a confirmed order");
+        assert_eq!(
+            reordered.stage_durations(),
+            [None, None, Some(Duration::from_millis(2))]
+        );
+        let summaries = stages(&[steps, slower, reordered]);
         assert_eq!(summaries.len(), 3);
         assert_eq!(summaries[0].name, "placed → reserved");
         assert_eq!(summaries[0].summary.max_ms, 40.0);
         assert_eq!(summaries[1].summary.p50_ms, 60.0);
         assert_eq!(summaries[1].summary.max_ms, 290.0);
-        assert_eq!(summaries[2].summary.p50_ms, 0.0);
+        assert_eq!(summaries[0].summary.count, 2);
+        assert_eq!(summaries[2].summary.count, 3);
+        assert_eq!(summaries[2].summary.p50_ms, 1.0);
         assert_eq!(slowest(&summaries).as_deref(), Some("reserved → paid"));
     }
 
@@ -260,10 +280,10 @@ mod tests {
     fn a_clock_step_backwards_counts_as_zero() {
         let steps = Steps {
             placed: at(10),
-            reserved: at(5),
+            reserved: Some(at(5)),
             paid: at(20),
             confirmed: at(20),
         };
-        assert_eq!(steps.stage_durations()[0], Duration::ZERO);
+        assert_eq!(steps.stage_durations()[0], Some(Duration::ZERO));
     }
 }
