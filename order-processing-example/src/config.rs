@@ -33,7 +33,7 @@ pub enum Command {
     /// The analytics service alone (needs `--amqp-url`).
     Analytics,
     /// Places orders against a running system and reports orders/s and latency.
-    Loadtest(crate::loadtest::LoadTestArgs),
+    Loadtest(Box<crate::loadtest::LoadTestArgs>),
 }
 
 /// Every option; each is a flag with an environment fallback, accepted before or after the
