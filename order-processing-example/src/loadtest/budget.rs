@@ -542,8 +542,11 @@ impl Budget {
             );
         }
         line(
-            "CPU, all but the load generator",
-            format!("{:.2} ms", self.cpu_ms_per_order()),
+            "CPU total",
+            format!(
+                "{:.2} ms (all but the load generator)",
+                self.cpu_ms_per_order()
+            ),
         );
         match self.ceiling() {
             Some(ceiling) => out.push_str(&format!(
