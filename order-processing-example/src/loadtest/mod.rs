@@ -683,3 +683,45 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::config::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<LoadTestArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["order-processing", "loadtest"].iter().chain(args))?;
+        match cli.command {
+            Some(Command::Loadtest(args)) => Ok(*args),
+            other => panic!("not a load test: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn open_loop_needs_a_rate_and_a_duration() {
+        let args = parse(&["--rate", "60", "--duration", "30s"]).expect("open loop");
+        assert_eq!(args.rate, Rate::new(60.0));
+        assert_eq!(args.duration, Some(Duration::from_secs(30)));
+        assert!(parse(&["--rate", "60"]).is_err(), "a rate alone");
+        assert!(parse(&["--duration", "30s"]).is_err(), "a duration alone");
+        assert!(parse(&["--rate", "0", "--duration", "1s"]).is_err());
+        assert!(parse(&["--rate", "NaN", "--duration", "1s"]).is_err());
+    }
+
+    #[test]
+    fn the_product_mix_is_spread_unless_hot() {
+        assert_eq!(
+            parse(&[]).expect("defaults").mix(),
+            ProductMix::Spread { products: 50 }
+        );
+        assert_eq!(
+            parse(&["--products", "7"]).expect("spread").mix(),
+            ProductMix::Spread { products: 7 }
+        );
+        assert_eq!(parse(&["--hot"]).expect("hot").mix(), ProductMix::Hot);
+        assert!(parse(&["--hot", "--products", "7"]).is_err());
+        assert_eq!(parse(&[]).expect("defaults"), LoadTestArgs::default());
+    }
+}
