@@ -269,6 +269,19 @@ pub struct Snapshot {
 }
 
 impl Sources {
+    /// The processes to count: the system's, this one's, and those of the engines the system
+    /// uses (on the embedded backends, a PostgreSQL serving others is none of its cost).
+    fn processes(&self) -> Vec<ProcSample> {
+        let mut samples = sample_processes(&self.system_pids);
+        samples.retain(|s| match s.group {
+            Group::Postgres => self.database_url.is_some(),
+            Group::Rabbitmq => self.broker,
+            Group::Redis => self.redis_url.is_some(),
+            Group::System | Group::LoadGenerator => true,
+        });
+        samples
+    }
+
     /// Reads every counter; the processes last, after `rabbitmqctl` (an Erlang VM of its own,
     /// also called `beam.smp`) has ended.
     pub async fn before(&self) -> Snapshot {
@@ -276,7 +289,7 @@ impl Sources {
         self.read_postgres(&mut snapshot).await;
         self.read_redis(&mut snapshot).await;
         self.read_broker(&mut snapshot).await;
-        snapshot.processes = sample_processes(&self.system_pids);
+        snapshot.processes = self.processes();
         snapshot
     }
 
@@ -284,7 +297,7 @@ impl Sources {
     /// after `settle`: a backend that went idle reports its counts only some seconds later.
     pub async fn after(&self, settle: Duration) -> Snapshot {
         let mut snapshot = Snapshot {
-            processes: sample_processes(&self.system_pids),
+            processes: self.processes(),
             ..Snapshot::default()
         };
         self.read_redis(&mut snapshot).await;

@@ -425,8 +425,14 @@ pub async fn run(
     )
     .await;
     let elapsed = start.elapsed();
-    let after = sources.after(args.stats_settle).await;
     progress.finish();
+    if sources.database_url.is_some() {
+        eprintln!(
+            "reading PostgreSQL's counters in {} s (an idle backend reports late)",
+            args.stats_settle.as_secs_f64()
+        );
+    }
+    let after = sources.after(args.stats_settle).await;
 
     let confirmed: Vec<&OrderView> = finals.iter().filter(|v| v.status == "Confirmed").collect();
     let cancelled = finals.len() - confirmed.len();

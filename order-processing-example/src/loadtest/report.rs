@@ -315,7 +315,7 @@ struct Chart {
 
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 320.0;
-const LEFT: f64 = 60.0;
+const LEFT: f64 = 80.0;
 const BOTTOM: f64 = 30.0;
 const TOP: f64 = 10.0;
 const RIGHT: f64 = 10.0;
@@ -351,8 +351,9 @@ impl Chart {
             "<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"#888\"/>\
              <line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{y1}\" stroke=\"#888\"/>"
         );
-        for i in 0..=5 {
-            let value = self.y_max / 1.05 * i as f64 / 5.0;
+        let y_step = nice_step(self.y_max / 1.05);
+        for i in 0..=((self.y_max / y_step) as usize).min(20) {
+            let value = y_step * i as f64;
             let (_, y) = self.at(0.0, value);
             let _ = write!(
                 svg,
@@ -363,7 +364,10 @@ impl Chart {
                 tick(value),
                 self.y_unit
             );
-            let x_value = self.x_max * i as f64 / 5.0;
+        }
+        let x_step = nice_step(self.x_max);
+        for i in 0..=((self.x_max / x_step) as usize).min(20) {
+            let x_value = x_step * i as f64;
             let (x, _) = self.at(x_value, 0.0);
             let _ = write!(
                 svg,
@@ -406,6 +410,25 @@ impl Chart {
             );
         }
         svg
+    }
+}
+
+/// A round step (1, 2 or 5 times a power of ten) that cuts `span` into three to six parts.
+fn nice_step(span: f64) -> f64 {
+    if !span.is_finite() || span <= 0.0 {
+        return 1.0;
+    }
+    let rough = span / 6.0;
+    let power = 10f64.powf(rough.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * power)
+        .find(|&step| step >= rough)
+        .unwrap_or(10.0 * power);
+    if step.is_finite() && step > 0.0 {
+        step
+    } else {
+        1.0
     }
 }
 
@@ -538,6 +561,15 @@ mod tests {
         );
         // Figures in the <pre> are escaped.
         assert!(html.contains("placed → confirmed:      –"));
+    }
+
+    #[test]
+    fn axes_are_cut_at_round_numbers() {
+        assert_eq!(nice_step(10_071.0), 2000.0);
+        assert_eq!(nice_step(36.0), 10.0);
+        assert_eq!(nice_step(3.0), 0.5);
+        assert_eq!(nice_step(0.0), 1.0);
+        assert_eq!(nice_step(f64::NAN), 1.0);
     }
 
     #[test]
