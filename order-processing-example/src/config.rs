@@ -33,7 +33,7 @@ pub enum Command {
     /// The analytics service alone (needs `--amqp-url`).
     Analytics,
     /// Places orders against a running system and reports orders/s and latency.
-    Loadtest(crate::loadtest::LoadTestArgs),
+    Loadtest(Box<crate::loadtest::LoadTestArgs>),
     /// Dead letters of the services' queues: `list`, `requeue` or `purge` (needs `--amqp-url`).
     #[command(subcommand)]
     Dlq(crate::dlq::DlqCommand),

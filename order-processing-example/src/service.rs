@@ -391,8 +391,7 @@ pub async fn run(
         Command::Notification => vec![ServiceKind::Notification],
         Command::Analytics => vec![ServiceKind::Analytics],
         Command::Loadtest(args) => {
-            let report = crate::loadtest::run(&args).await?;
-            println!("{}", report.render());
+            crate::loadtest::main(&args, &cli.settings).await?;
             return Ok(());
         }
         Command::Dlq(command) => {
