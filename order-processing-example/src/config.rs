@@ -34,6 +34,8 @@ pub enum Command {
     Analytics,
     /// Places orders against a running system and reports orders/s and latency.
     Loadtest(crate::loadtest::LoadTestArgs),
+    /// Runs the five services under load and injected faults, then checks the outcome.
+    Chaos(crate::chaos::ChaosArgs),
 }
 
 /// Every option; each is a flag with an environment fallback, accepted before or after the
