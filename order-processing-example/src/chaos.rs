@@ -85,11 +85,27 @@ impl FaultKind {
     }
 }
 
+/// The faults a run injects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultSet(pub Vec<FaultKind>);
+
+impl FaultSet {
+    /// Every kind of fault.
+    pub fn all() -> Self {
+        FaultSet(FaultKind::ALL.to_vec())
+    }
+
+    /// No fault: the run checks the system under load alone.
+    pub fn none() -> Self {
+        FaultSet(Vec::new())
+    }
+}
+
 /// Parses `all`, `none` or a comma-separated list of fault kinds (`kill,pg,dup`).
-pub fn parse_faults(text: &str) -> Result<Vec<FaultKind>, String> {
+pub fn parse_faults(text: &str) -> Result<FaultSet, String> {
     match text.trim() {
-        "all" => return Ok(FaultKind::ALL.to_vec()),
-        "none" | "" => return Ok(Vec::new()),
+        "all" => return Ok(FaultSet::all()),
+        "none" | "" => return Ok(FaultSet::none()),
         _ => {}
     }
     let mut kinds = Vec::new();
@@ -104,7 +120,7 @@ pub fn parse_faults(text: &str) -> Result<Vec<FaultKind>, String> {
             kinds.push(kind);
         }
     }
-    Ok(kinds)
+    Ok(FaultSet(kinds))
 }
 
 /// Options of `order-processing chaos`. The backends are the usual `--database-url` and
@@ -126,7 +142,7 @@ pub struct ChaosArgs {
     pub fault_interval: Duration,
     /// Which faults: `all`, `none`, or a list of kill,amqp,pg,redis,dup.
     #[arg(long, default_value = "all", value_parser = parse_faults)]
-    pub faults: Vec<FaultKind>,
+    pub faults: FaultSet,
     /// Give up waiting for quiet after the run after this long (and check anyway).
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub quiet_timeout: Duration,
@@ -145,7 +161,7 @@ impl Default for ChaosArgs {
             rate: 5,
             seed: None,
             fault_interval: Duration::from_secs(3),
-            faults: FaultKind::ALL.to_vec(),
+            faults: FaultSet::all(),
             quiet_timeout: Duration::from_secs(120),
             log_dir: None,
             binary: None,
@@ -273,26 +289,72 @@ impl ChaosReport {
         text
     }
 
-    /// The last `lines` lines of each log the run wrote, for a look at what went wrong.
+    /// The last `lines` warnings and errors of each log the run wrote, with the run's own notes
+    /// (faults) among them: a first look at what went wrong.
     pub fn log_tails(&self, lines: usize) -> String {
         let mut text = String::new();
-        let Ok(entries) = std::fs::read_dir(&self.log_dir) else {
-            return text;
-        };
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for path in paths {
-            let Ok(content) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            let all: Vec<&str> = content.lines().collect();
+        for (path, content) in self.logs() {
+            let notable: Vec<&str> = content
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains(" chaos: "))
+                .collect();
             text.push_str(&format!("==> {} <==\n", path.display()));
-            for line in &all[all.len().saturating_sub(lines)..] {
+            for line in &notable[notable.len().saturating_sub(lines)..] {
                 text.push_str(line);
                 text.push('\n');
             }
         }
         text
+    }
+
+    /// Every line of every log that names `id` (an order's id is its saga's correlation id, so
+    /// this is the order's path through the services), oldest first.
+    pub fn trail(&self, id: &str) -> String {
+        let mut lines: Vec<String> = Vec::new();
+        for (path, content) in self.logs() {
+            let service = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            lines.extend(content.lines().filter(|l| l.contains(id)).map(|l| {
+                format!(
+                    "{} [{service}]{}",
+                    &l[..l.len().min(27)],
+                    &l[l.len().min(27)..]
+                )
+            }));
+        }
+        lines.sort();
+        lines.join("\n")
+    }
+
+    /// The order ids the problems name, in the order found.
+    pub fn problem_orders(&self) -> Vec<String> {
+        let mut ids: Vec<String> = Vec::new();
+        for problem in self.lost.iter().chain(&self.doubled).chain(&self.other) {
+            for word in problem.split(|c: char| !(c.is_ascii_hexdigit() || c == '-')) {
+                if word.parse::<Uuid>().is_ok() && !ids.iter().any(|id| id == word) {
+                    ids.push(word.to_owned());
+                }
+            }
+        }
+        ids
+    }
+
+    fn logs(&self) -> Vec<(PathBuf, String)> {
+        let Ok(entries) = std::fs::read_dir(&self.log_dir) else {
+            return Vec::new();
+        };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        paths
+            .into_iter()
+            .filter_map(|path| {
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|content| (path, content))
+            })
+            .collect()
     }
 }
 
@@ -326,6 +388,7 @@ impl Rng {
     }
 
     fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        // Callers pass a non-empty constant list.
         items[self.below(items.len() as u64) as usize]
     }
 }
@@ -858,14 +921,22 @@ async fn drive(
     let mut pool: Vec<RecordedEvent> = Vec::new();
     let mut seen = Position::START;
     let began = Instant::now();
-    if !args.faults.is_empty() {
+    let mut deck: Vec<FaultKind> = Vec::new();
+    if !args.faults.0.is_empty() {
         loop {
             let wait = rng.between(args.fault_interval / 2, args.fault_interval * 3 / 2);
             if began.elapsed() + wait >= args.duration {
                 break;
             }
             tokio::time::sleep(wait).await;
-            let kind = rng.pick(&args.faults);
+            // Each kind in turn, in a shuffled order per round: every kind comes up as often.
+            if deck.is_empty() {
+                deck = args.faults.0.clone();
+                for i in (1..deck.len()).rev() {
+                    deck.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+            }
+            let kind = deck.pop().expect("refilled above");
             let at = began.elapsed().as_secs_f64();
             match inject(
                 kind,
@@ -1524,13 +1595,41 @@ mod tests {
 
     #[test]
     fn fault_lists_parse() {
-        assert_eq!(parse_faults("all"), Ok(FaultKind::ALL.to_vec()));
-        assert_eq!(parse_faults("none"), Ok(vec![]));
+        assert_eq!(parse_faults("all"), Ok(FaultSet::all()));
+        assert_eq!(parse_faults("none"), Ok(FaultSet::none()));
         assert_eq!(
             parse_faults("kill, dup,kill"),
-            Ok(vec![FaultKind::Kill, FaultKind::Dup])
+            Ok(FaultSet(vec![FaultKind::Kill, FaultKind::Dup]))
         );
         assert!(parse_faults("meteor").is_err());
+    }
+
+    #[test]
+    fn the_subcommand_takes_its_flags_and_the_global_ones() {
+        use clap::Parser;
+        let cli = crate::Cli::try_parse_from([
+            "order-processing",
+            "chaos",
+            "--duration",
+            "45s",
+            "--rate",
+            "5",
+            "--faults",
+            "kill,pg",
+            "--order-timeout",
+            "1s",
+            "--seed",
+            "7",
+        ])
+        .expect("chaos flags parse");
+        let Some(crate::Command::Chaos(args)) = cli.command else {
+            panic!("not the chaos subcommand: {:?}", cli.command);
+        };
+        assert_eq!(args.duration, Duration::from_secs(45));
+        assert_eq!(args.faults, FaultSet(vec![FaultKind::Kill, FaultKind::Pg]));
+        assert_eq!(args.seed, Some(7));
+        assert_eq!(cli.settings.order_timeout, Duration::from_secs(1));
+        assert!(crate::Cli::try_parse_from(["order-processing", "chaos", "--rate", "0"]).is_err());
     }
 
     #[test]
