@@ -657,7 +657,11 @@ fn append_log(dir: &Path, name: &str) -> std::io::Result<std::fs::File> {
 fn note(dir: &Path, name: &str, text: &str) {
     use std::io::Write;
     if let Ok(mut file) = append_log(dir, name) {
-        let _ = writeln!(file, "{} chaos: {text}", chrono::Utc::now().to_rfc3339());
+        let _ = writeln!(
+            file,
+            "{} chaos: {text}",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        );
     }
 }
 
