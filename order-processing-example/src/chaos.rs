@@ -989,6 +989,12 @@ async fn drive(
     );
     report.quiet =
         wait_for_quiet(args.quiet_timeout, env, cluster, &*backends.store, &placed).await;
+    if !report.quiet {
+        report.other.push(format!(
+            "no quiet within {:?}: orders pending, a service unhealthy, or messages still moving",
+            args.quiet_timeout
+        ));
+    }
     check(
         &mut report,
         cluster,
@@ -1032,6 +1038,12 @@ async fn inject(
                 .pid(service)
                 .ok_or_else(|| setup("no such process"))?;
             let closed = close_connections(&env.vhost, pid).await?;
+            if closed == 0 {
+                return Err(setup(format!(
+                    "no broker connection of the {} service",
+                    service.name()
+                )));
+            }
             note(
                 &cluster.log_dir,
                 service.name(),
@@ -1440,7 +1452,7 @@ async fn check(
                 }
             }
             "Cancelled" => {
-                if r_status == 200 && reservation_status != "Released" {
+                if r_status == 200 && matches!(reservation_status, "Reserved" | "Committed") {
                     report.other.push(format!(
                         "Cancelled order {id}: reservation {reservation_status}, not Released"
                     ));
