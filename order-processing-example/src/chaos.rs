@@ -880,19 +880,23 @@ async fn drive(
     let start_stock = products(cluster).await?;
     let first_day = chrono::Utc::now().date_naive();
 
-    // A store and a bus of the run's own, to read the log and to publish duplicates.
-    let controller_settings = Settings {
-        database_url: Some(env.database_url.clone()),
+    // A store and a bus of the run's own, to read the log and to publish duplicates. The
+    // services made the tables; the run only reads them (so it never migrates a database
+    // that the services' binary laid out).
+    let mut config = es_postgres::PgConfig::new(Settings::default().database_schema);
+    config.application_name = "order-processing-chaos".into();
+    config.max_connections = 2;
+    let store = es_postgres::PgEventStore::connect(&env.database_url, config)
+        .await
+        .map_err(|e| setup(format!("the run's database: {e}")))?;
+    let bus_only = Settings {
         amqp_url: Some(env.amqp_url.clone()),
-        database_max_connections: 2,
         ..Settings::default()
     };
-    let backends = crate::Backends::from_settings_until(
-        &controller_settings,
-        tokio::time::sleep(Duration::from_secs(30)),
-    )
-    .await
-    .map_err(setup)?;
+    let bus = crate::Backends::from_settings(&bus_only)
+        .await
+        .map_err(setup)?
+        .bus;
 
     // Orders: one task per order, at a steady rate.
     let attempts: Arc<Mutex<Vec<tokio::task::JoinHandle<Attempt>>>> = Arc::default();
@@ -943,14 +947,7 @@ async fn drive(
             let kind = deck.pop().expect("refilled above");
             let at = began.elapsed().as_secs_f64();
             match inject(
-                kind,
-                &mut rng,
-                env,
-                cluster,
-                &*backends.store,
-                &*backends.bus,
-                &mut pool,
-                &mut seen,
+                kind, &mut rng, env, cluster, &store, &*bus, &mut pool, &mut seen,
             )
             .await
             {
@@ -987,8 +984,7 @@ async fn drive(
         "chaos: {} orders attempted; waiting for quiet",
         placed.len()
     );
-    report.quiet =
-        wait_for_quiet(args.quiet_timeout, env, cluster, &*backends.store, &placed).await;
+    report.quiet = wait_for_quiet(args.quiet_timeout, env, cluster, &store, &placed).await;
     if !report.quiet {
         report.other.push(format!(
             "no quiet within {:?}: orders pending, a service unhealthy, or messages still moving",
@@ -998,7 +994,7 @@ async fn drive(
     check(
         &mut report,
         cluster,
-        &*backends.store,
+        &store,
         env,
         &placed,
         &start_stock,
