@@ -35,6 +35,9 @@ pub enum StartError {
     /// The load test could not run against the system.
     #[error("load test: {0}")]
     LoadTest(#[from] crate::loadtest::LoadTestError),
+    /// A chaos run could not run, or found failures.
+    #[error(transparent)]
+    Chaos(#[from] crate::chaos::ChaosError),
     /// A backend failed while starting a service.
     #[error("cannot start the {service} service: {source}")]
     Service {

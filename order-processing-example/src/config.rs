@@ -37,6 +37,8 @@ pub enum Command {
     /// Dead letters of the services' queues: `list`, `requeue` or `purge` (needs `--amqp-url`).
     #[command(subcommand)]
     Dlq(crate::dlq::DlqCommand),
+    /// Runs the five services under load and injected faults, then checks the outcome.
+    Chaos(crate::chaos::ChaosArgs),
 }
 
 /// Every option; each is a flag with an environment fallback, accepted before or after the

@@ -9,8 +9,15 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // An operator command prints its answer on stdout; its log goes beside, to stderr.
-    let log_to_stderr = matches!(cli.command, Some(Command::Dlq(_)));
+    // An operator command prints its answer on stdout, and a chaos run's stdout is its one-line
+    // verdict: their own log goes beside, to stderr (a chaos run's, warnings only).
+    let chaos = matches!(cli.command, Some(Command::Chaos(_)));
+    let log_to_stderr = chaos || matches!(cli.command, Some(Command::Dlq(_)));
+    let default_filter = if chaos {
+        "warn"
+    } else {
+        "info,tower_http=info"
+    };
     tracing_subscriber::fmt()
         .with_writer(move || -> Box<dyn std::io::Write> {
             if log_to_stderr {
@@ -20,10 +27,9 @@ async fn main() -> ExitCode {
             }
         })
         // Colours only for a person at a terminal, never in collected logs.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_ansi(!log_to_stderr && std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .init();
     match run(cli, os_signal()).await {

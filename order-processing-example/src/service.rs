@@ -398,6 +398,15 @@ pub async fn run(
             print!("{}", crate::dlq::run(&command, &cli.settings).await?);
             return Ok(());
         }
+        Command::Chaos(args) => {
+            let report = crate::chaos::run(&args, &cli.settings).await?;
+            eprint!("{}", report.render());
+            println!("{}", report.line());
+            if !report.is_clean() {
+                return Err(crate::chaos::ChaosError::Broken(report.line()).into());
+            }
+            return Ok(());
+        }
     };
     if kinds.len() == 1 && cli.settings.amqp_url.is_none() {
         return Err(StartError::NeedsBroker(kinds[0].name()));

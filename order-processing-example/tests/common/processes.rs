@@ -12,38 +12,17 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_order-processing");
 
 /// A port nothing listens on at the moment.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
+    order_processing_example::chaos::free_port().expect("a free port")
 }
 
 /// Spawns one `kind` service on `port` with the backends and names of `settings`.
 pub fn spawn_service(kind: ServiceKind, settings: &Settings, port: u16) -> Child {
-    let s = settings;
-    let port_flag = format!("--{}-port", kind.name());
-    Command::new(BINARY)
-        .arg(kind.name())
-        .args([
-            "--database-url",
-            s.database_url.as_deref().unwrap_or_default(),
-        ])
-        .args(["--amqp-url", s.amqp_url.as_deref().unwrap_or_default()])
-        .args(["--redis-url", s.redis_url.as_deref().unwrap_or_default()])
-        .args(["--database-schema", &s.database_schema])
-        .args(["--exchange", &s.exchange])
-        .args(["--queue-prefix", &s.queue_prefix])
-        .args(["--redis-prefix", &s.redis_prefix])
-        .args(["--amqp-queue-expires", "120s"])
-        .args([
-            "--database-max-connections",
-            &s.database_max_connections.to_string(),
-        ])
-        .args([
-            "--order-timeout",
-            &format!("{}ms", s.order_timeout.as_millis()),
-        ])
-        .args([port_flag.as_str(), &port.to_string()])
+    let mut command =
+        order_processing_example::chaos::service_command(BINARY.as_ref(), kind, settings, port);
+    if settings.queue_expires.is_none() {
+        command.args(["--amqp-queue-expires", "120s"]);
+    }
+    command
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
