@@ -329,6 +329,8 @@ pub fn group(value: f64) -> String {
 /// Every Rust sample of the guide in `docs/`, compiled and run as doc tests.
 #[cfg(doctest)]
 mod guide {
+    #[doc = include_str!("../../README.md")]
+    struct Readme;
     #[doc = include_str!("../../docs/getting-started.md")]
     struct GettingStarted;
     #[doc = include_str!("../../docs/concepts/aggregates.md")]

@@ -51,7 +51,44 @@ impl From<crate::Error> for HandlerError {
 /// The bus acknowledges a message only after `handle` returned `Ok`, so commit the handler's
 /// effects before returning. A message can arrive more than once (redelivery after a crash,
 /// the relay's at-least-once publishing): record it in an inbox with the effects
-/// ([`CommandContext::caused_by`](crate::CommandContext::caused_by)) to handle it once.
+/// ([`CommandContext::caused_by`](crate::CommandContext::caused_by)) to handle it once. The
+/// guide's messaging page (`docs/concepts/messaging.md`) has the whole pattern: decode, skip
+/// unknown types, execute with an inbox entry, answer retry or reject.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Mutex;
+/// use es_core::bus::{HandlerError, MessageHandler};
+/// use es_core::memory::MemoryEventStore;
+/// use es_core::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, StreamId};
+///
+/// /// Counts the orders it hears of; a real handler commits its effect with an inbox entry.
+/// #[derive(Default)]
+/// struct OrderCounter(Mutex<u32>);
+///
+/// #[es_core::async_trait]
+/// impl MessageHandler for OrderCounter {
+///     async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
+///         match message.event_type.as_str() {
+///             "OrderPlaced" => *self.0.lock().map_err(|_| HandlerError::retry("poisoned"))? += 1,
+///             _ => {} // a type this consumer does not read: ack and move on
+///         }
+///         Ok(()) // acked only now
+///     }
+/// }
+///
+/// // Any handler can be called directly, as a test would:
+/// let store = MemoryEventStore::new();
+/// store
+///     .append(&StreamId::new("order-1")?, ExpectedVersion::NoStream, vec![NewEvent::raw("OrderPlaced", "{}")])
+///     .await?;
+/// let message = store.read_all(&es_core::StreamFilter::All, es_core::Position::START, 1).await?.remove(0);
+/// let counter = OrderCounter::default();
+/// counter.handle(&message).await?;
+/// assert_eq!(*counter.0.lock().unwrap(), 1);
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait MessageHandler: Send + Sync {
     /// Handles one message.
@@ -250,6 +287,43 @@ pub trait DeadLetterQueue: Send + Sync + fmt::Debug {
 /// Backends: [`MemoryEventBus`](crate::memory::MemoryEventBus) here, `AmqpEventBus` in
 /// `es-rabbitmq`. Publish events from the store's log through the relay (the log is the outbox),
 /// not straight after an append.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> es_core::Result<()> {
+/// use std::sync::Arc;
+/// use es_core::bus::{HandlerError, MessageHandler, RetryPolicy, Subscription};
+/// use es_core::memory::{MemoryEventBus, MemoryEventStore};
+/// use es_core::{EventBus, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamFilter, StreamId};
+/// use tokio::sync::mpsc;
+///
+/// struct Forward(mpsc::UnboundedSender<String>);
+/// #[es_core::async_trait]
+/// impl MessageHandler for Forward {
+///     async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
+///         self.0.send(message.event_type.clone()).map_err(HandlerError::retry)
+///     }
+/// }
+///
+/// let bus = MemoryEventBus::new(); // es_rabbitmq::AmqpEventBus on RabbitMQ
+/// let (tx, mut rx) = mpsc::unbounded_channel();
+/// // Routing keys are `{category}.{event}`: `OrderPlaced` in `order-1` routes as `order.placed`.
+/// // Instances subscribing the same consumer name share its queue (competing consumers).
+/// let subscription = Subscription::new("shipping", ["order.placed"])
+///     .with_retry(RetryPolicy { max_attempts: 5, ..RetryPolicy::default() });
+/// let consumer = bus.subscribe(subscription, Arc::new(Forward(tx))).await?;
+///
+/// // Events come from the store's log (in a service, the `Relay` publishes them).
+/// let store = MemoryEventStore::new();
+/// let events = vec![NewEvent::raw("OrderNoted", "{}"), NewEvent::raw("OrderPlaced", "{}")];
+/// store.append(&StreamId::new("order-1")?, ExpectedVersion::NoStream, events).await?;
+/// bus.publish(&store.read_all(&StreamFilter::All, Position::START, 10).await?).await?;
+///
+/// // The first message is the second event: `order.noted` is bound by no queue.
+/// assert_eq!(rx.recv().await.as_deref(), Some("OrderPlaced"));
+/// consumer.stop().await;
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait EventBus: Send + Sync + fmt::Debug {
     /// Publishes events; `Ok` means the bus has them (a broker confirmed them).

@@ -95,6 +95,31 @@ impl Ownership {
 /// A key is in one of three states: free; *in progress*, held by one [`ClaimToken`] until its
 /// lease runs out; *completed*, with a response kept for the TTL given to `complete`. Leases and
 /// TTLs are measured by the backend's clock.
+///
+/// A request handler claims the key, does its work, and completes the key with its response;
+/// [`ClaimGuard`] renews the lease meanwhile and releases it when the request is cut off.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> es_core::Result<()> {
+/// use std::time::Duration;
+/// use es_core::memory::MemoryIdempotencyStore;
+/// use es_core::{Claim, IdempotencyStore};
+///
+/// let store = MemoryIdempotencyStore::new(); // es_redis::RedisIdempotencyStore, es_postgres::PgIdempotencyStore
+/// let (lease, ttl) = (Duration::from_secs(15), Duration::from_secs(24 * 3600));
+/// let Claim::Acquired(token) = store.claim("key-1", "sha256-of-body-a", lease).await? else {
+///     unreachable!("a new key is free")
+/// };
+/// // While the first request runs, a retry of it waits (or answers 409):
+/// assert_eq!(store.claim("key-1", "sha256-of-body-a", lease).await?, Claim::InProgress);
+/// assert!(store.complete("key-1", &token, "order 42 created".into(), ttl).await?.is_held());
+///
+/// // Afterwards a retry gets the stored response, and another request with the key is refused.
+/// assert_eq!(store.claim("key-1", "sha256-of-body-a", lease).await?, Claim::Completed("order 42 created".into()));
+/// assert_eq!(store.claim("key-1", "sha256-of-body-b", lease).await?, Claim::Mismatch);
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + fmt::Debug {
     /// Claims `key` for a request with `fingerprint` (a hash of what makes requests equal),

@@ -129,6 +129,40 @@ impl Backoff {
 }
 
 /// Publishes committed events from an [`EventStore`] to an [`EventBus`], at least once.
+///
+/// The store's log is the outbox: the relay tails it from a checkpoint, publishes a batch, and
+/// saves the checkpoint only once the bus confirmed it. Run one per service with
+/// [`run`](Relay::run) (on every instance, under [`with_lease`](Relay::with_lease)):
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> es_core::Result<()> {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use es_core::memory::{MemoryEventBus, MemoryEventStore, MemoryLeaseStore};
+/// use es_core::{EventStore, ExpectedVersion, NewEvent, Relay, StreamFilter, StreamId};
+///
+/// let store = MemoryEventStore::new(); // es_postgres::PgEventStore: also checkpoints, parked events, leases
+/// let bus = MemoryEventBus::new(); // es_rabbitmq::AmqpEventBus
+/// let relay = Relay::new("order-relay", Arc::new(store.clone()), Arc::new(bus.clone()), Arc::new(store.clone()))
+///     .with_filter(StreamFilter::category("order"))
+///     .with_parked_events(Arc::new(store.clone()))
+///     .with_lease(Arc::new(MemoryLeaseStore::new()), Duration::from_secs(5));
+///
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let running = tokio::spawn({
+///     let relay = relay.clone();
+///     async move { relay.run(async { let _ = stopped.await; }).await }
+/// });
+/// let order = StreamId::new("order-1")?;
+/// let head = store.append(&order, ExpectedVersion::NoStream, vec![NewEvent::raw("OrderPlaced", "{}")]).await?;
+/// while relay.checkpoint().await? < head.positions[0] {
+///     tokio::time::sleep(Duration::from_millis(5)).await; // published and confirmed
+/// }
+/// let _ = stop.send(());
+/// running.await.expect("the relay ran");
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Relay {
     name: String,

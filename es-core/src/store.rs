@@ -254,6 +254,40 @@ impl From<RecordedEvent> for ReplayedEvent {
 /// - the appends of a [`UnitOfWork`] are atomic across streams;
 /// - [`read_all`](EventStore::read_all) and [`subscribe`](EventStore::subscribe) deliver each
 ///   committed event once, in [`Position`] order, and never skip one that commits later.
+///
+/// Most code reaches the store through a [`Repository`](crate::Repository); called directly
+/// it speaks serialized events:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> es_core::Result<()> {
+/// use futures_util::StreamExt;
+/// use es_core::memory::MemoryEventStore;
+/// use es_core::{EventStore, ExpectedVersion, NewEvent, Position, StreamFilter, StreamId};
+///
+/// let store = MemoryEventStore::new(); // es_postgres::PgEventStore on PostgreSQL
+/// let order = StreamId::new("order-1")?;
+/// let placed = store
+///     .append(&order, ExpectedVersion::NoStream, vec![NewEvent::raw("OrderPlaced", "{}")])
+///     .await?;
+/// assert_eq!(placed.next_expected_version, 1);
+///
+/// // A second writer that read the stream before that append is refused, and writes nothing.
+/// let late = store.append(&order, ExpectedVersion::NoStream, vec![NewEvent::raw("OrderPlaced", "{}")]);
+/// assert!(late.await.unwrap_err().is_conflict());
+///
+/// store
+///     .append(&order, ExpectedVersion::Exact(1), vec![NewEvent::raw("OrderShipped", "{}")])
+///     .await?;
+/// let stream = store.read_stream(&order, 1, 100).await?;
+/// assert_eq!(stream.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["OrderPlaced", "OrderShipped"]);
+///
+/// // The global log, from the start, then live: what projections and the relay read.
+/// let mut log = store.subscribe(StreamFilter::category("order"), Position::START);
+/// assert_eq!(log.next().await.transpose()?.map(|e| e.stream_version), Some(1));
+/// assert_eq!(log.next().await.transpose()?.map(|e| e.stream_version), Some(2));
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait EventStore: Send + Sync + fmt::Debug {
     /// Commits a unit of work atomically.
