@@ -30,7 +30,9 @@ pub use event::{
 };
 pub use idempotency::{Claim, IdempotencyStore};
 pub use lease::LeaseStore;
-pub use projection::{InlineProjection, Projection, ProjectionRunner};
+pub use projection::{
+    InlineProjection, Projection, ProjectionRunner, Typed, TypedDecoder, TypedProjection,
+};
 pub use relay::Relay;
 pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, Repository};
 pub use saga::{CommandDispatcher, Saga, SagaDecision, SagaRunner, SagaStore};
