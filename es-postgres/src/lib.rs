@@ -16,5 +16,5 @@ pub use config::{PgConfig, MAX_SCHEMA_LEN};
 pub use health::{CheckpointLag, PgHealth};
 pub use idempotency::PgIdempotencyStore;
 pub use lease::PgLeaseStore;
-pub use projection::{PgProjection, PgProjectionRunner};
+pub use projection::{PgProjection, PgProjectionRunner, PgTyped, PgTypedProjection};
 pub use store::PgEventStore;
