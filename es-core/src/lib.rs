@@ -31,7 +31,8 @@ pub use event::{
 pub use idempotency::{Claim, IdempotencyStore};
 pub use lease::LeaseStore;
 pub use projection::{
-    InlineProjection, Projection, ProjectionRunner, Typed, TypedDecoder, TypedProjection,
+    InlineProjection, Projection, ProjectionAdmin, ProjectionInfo, ProjectionPhase,
+    ProjectionRunner, Typed, TypedDecoder, TypedProjection,
 };
 pub use relay::Relay;
 pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, Repository};

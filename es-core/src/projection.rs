@@ -258,6 +258,82 @@ impl<P: TypedProjection> InlineProjection for Typed<P> {
     }
 }
 
+/// Whether a generation of a read model serves reads or is being built beside the one that does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProjectionPhase {
+    /// Readers see this generation.
+    Active,
+    /// Being rebuilt from the log beside the active generation; readers switch to it at once
+    /// when it has caught up.
+    Building,
+}
+
+/// One generation of a read model: its code version, checkpoint and lag.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ProjectionInfo {
+    /// The projection's name.
+    pub name: String,
+    /// The version of the projection's code that builds this generation.
+    pub version: u32,
+    /// Counts up with every rebuild of the projection.
+    pub generation: u64,
+    /// Whether readers see it.
+    pub phase: ProjectionPhase,
+    /// The position of the last event it handled.
+    pub position: Position,
+    /// Events it has still to read (of the streams its filter reads).
+    pub events_behind: u64,
+    /// How long ago the oldest event it has still to read was recorded (zero when none).
+    pub time_behind: Duration,
+}
+
+impl ProjectionInfo {
+    /// A generation's status (for backends implementing [`ProjectionAdmin`]).
+    pub fn new(
+        name: impl Into<String>,
+        version: u32,
+        generation: u64,
+        phase: ProjectionPhase,
+        position: Position,
+    ) -> Self {
+        ProjectionInfo {
+            name: name.into(),
+            version,
+            generation,
+            phase,
+            position,
+            events_behind: 0,
+            time_behind: Duration::ZERO,
+        }
+    }
+
+    /// With its lag.
+    pub fn with_lag(mut self, events_behind: u64, time_behind: Duration) -> Self {
+        self.events_behind = events_behind;
+        self.time_behind = time_behind;
+        self
+    }
+}
+
+/// What operators ask of a backend's versioned read models: where each stands, and a rebuild.
+///
+/// A rebuild builds a new generation from the start of the log beside the active one, which
+/// keeps serving; readers switch to the new one at once when it has caught up, and the old one
+/// is dropped. A projection whose code version changed rebuilds itself the same way when its
+/// runner starts.
+#[async_trait]
+pub trait ProjectionAdmin: Send + Sync + fmt::Debug {
+    /// Every generation of every versioned projection, by name, the active one first.
+    async fn status(&self) -> Result<Vec<ProjectionInfo>>;
+
+    /// Starts rebuilding projection `name` into a new generation; its runner does the work.
+    /// Asking again while a rebuild runs changes nothing. An unknown name is
+    /// [`Error::InvalidInput`].
+    async fn rebuild(&self, name: &str) -> Result<()>;
+}
+
 /// Where a running projection is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProjectionStatus {

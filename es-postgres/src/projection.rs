@@ -56,6 +56,27 @@ pub trait PgProjection: Send + Sync {
     /// Applies one event inside the batch's transaction. An error rolls back the whole batch
     /// (and its checkpoint), so the batch is retried from where it began.
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError>;
+
+    /// The version of this projection's code, for [`PgReadModelRunner`](crate::PgReadModelRunner):
+    /// raise it when the tables or what `apply` writes change, and the read model is rebuilt
+    /// into new tables while the old ones keep serving.
+    fn version(&self) -> u32 {
+        1
+    }
+
+    /// The tables readers query, for [`PgReadModelRunner`](crate::PgReadModelRunner): each is
+    /// seen through a view of the same name in the store's schema.
+    fn tables(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Creates the tables of a new generation, for
+    /// [`PgReadModelRunner`](crate::PgReadModelRunner). It runs with the generation's own schema
+    /// first in the `search_path`, so unqualified names (as `apply` uses them too) land there.
+    async fn create(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        let _ = conn;
+        Ok(())
+    }
 }
 
 /// A [`PgProjection`] written against one domain event type: wrap it in [`PgTyped`], which
@@ -114,6 +135,21 @@ pub trait PgTypedProjection: Send + Sync + 'static {
         conn: &mut PgConnection,
         event: Envelope<Self::Event>,
     ) -> Result<(), BoxError>;
+    /// See [`PgProjection::version`].
+    fn version(&self) -> u32 {
+        1
+    }
+
+    /// See [`PgProjection::tables`].
+    fn tables(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// See [`PgProjection::create`].
+    async fn create(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        let _ = conn;
+        Ok(())
+    }
 }
 
 /// The adaptor that runs a [`PgTypedProjection`] as a [`PgProjection`].
@@ -151,6 +187,18 @@ impl<P: PgTypedProjection> PgProjection for PgTyped<P> {
 
     fn filter(&self) -> StreamFilter {
         self.projection.filter()
+    }
+
+    fn version(&self) -> u32 {
+        self.projection.version()
+    }
+
+    fn tables(&self) -> Vec<String> {
+        self.projection.tables()
+    }
+
+    async fn create(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        self.projection.create(conn).await
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError> {

@@ -167,7 +167,7 @@ const EVENT_COLUMNS: &str = "event_id, stream_id, stream_version, tx_id, seq, re
 
 /// The transaction horizon: every transaction with a smaller id has ended. Evaluated once per
 /// statement (an uncorrelated scalar subquery).
-const HORIZON: &str = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)";
+pub(crate) const HORIZON: &str = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)";
 
 pub(crate) type EventRow = (
     Uuid,
