@@ -133,6 +133,11 @@ pub trait TypedProjection: Send + Sync + 'static {
     /// The checkpoint name; renaming it rebuilds the projection from the start.
     const NAME: &'static str;
 
+    /// The version of this code: raise it when what `apply` makes of the events changes, and a
+    /// versioned runner ([`MemoryReadModels`](crate::memory::MemoryReadModels)) rebuilds the
+    /// state from the log beside the one that serves, then swaps them.
+    const VERSION: u32 = 1;
+
     /// Which streams it reads.
     fn filter(&self) -> StreamFilter {
         StreamFilter::All
@@ -213,6 +218,11 @@ impl<P: TypedProjection> Typed<P> {
         // `apply` takes `&mut P` and returns before the guard drops; a panic inside it leaves
         // the state as far as it got, which a reader may still see.
         self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state, unwrapped.
+    pub fn into_inner(self) -> P {
+        self.state.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Replaces the state at once (a rebuilt copy taking over), returning the old one.

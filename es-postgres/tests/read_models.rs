@@ -462,3 +462,15 @@ async fn an_operator_rebuild_makes_a_new_generation_and_an_unknown_name_is_refus
     ));
     drop_all(&store).await;
 }
+
+#[tokio::test]
+async fn postgres_read_models_pass_the_projection_admin_suite() {
+    let store = common::store("admin").await;
+    let runner = PgReadModelRunner::new(store.clone());
+    es_core::testing::projection_admin_conformance(&store, &store, "numbers", "num", || async {
+        runner.catch_up(&Numbers::version(1)).await.expect("catch up");
+    })
+    .await;
+    assert_eq!(read_totals(&store).await, (3, 6, 1));
+    drop_all(&store).await;
+}

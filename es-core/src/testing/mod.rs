@@ -26,6 +26,7 @@ mod handler;
 mod kit;
 mod kv;
 mod lease;
+mod projection_admin;
 mod stores;
 
 pub use bus::bus_conformance;
@@ -34,6 +35,7 @@ pub use handler::{HandlerBehaviour, RecordingHandler};
 pub use kit::{envelope, AggregateTest, SagaTest};
 pub use kv::{cache_conformance, idempotency_conformance};
 pub use lease::lease_conformance;
+pub use projection_admin::projection_admin_conformance;
 pub use stores::{
     checkpoint_store_conformance, inbox_conformance, saga_store_conformance,
     snapshot_store_conformance,
