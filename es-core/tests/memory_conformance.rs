@@ -56,10 +56,7 @@ impl es_core::TypedProjection for Counted {
     fn filter(&self) -> es_core::StreamFilter {
         es_core::StreamFilter::category("admin")
     }
-    fn apply(
-        &mut self,
-        _: es_core::Envelope<CountedEvent>,
-    ) -> Result<(), es_core::BoxError> {
+    fn apply(&mut self, _: es_core::Envelope<CountedEvent>) -> Result<(), es_core::BoxError> {
         self.0 += 1;
         Ok(())
     }

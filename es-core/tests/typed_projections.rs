@@ -96,7 +96,11 @@ async fn a_typed_projection_skips_an_unknown_event_type_and_keeps_going() {
         .await
         .expect("the unknown type does not halt the runner");
     assert_eq!(totals.read().cents, 250);
-    assert_eq!(totals.read().events, 2, "unknown types and other categories are skipped");
+    assert_eq!(
+        totals.read().events,
+        2,
+        "unknown types and other categories are skipped"
+    );
     assert_eq!(handle.status().last_error, None);
     handle.stop().await;
 }

@@ -164,7 +164,11 @@ impl PgReadModelRunner {
     /// Runs `model` until `shutdown` completes: steps while there is work, then waits for
     /// appends (notifications, with the store's poll interval as fallback; a requested rebuild
     /// is noticed at the next wake-up or poll). Failures are logged and retried with backoff.
-    pub async fn run(&self, model: Arc<dyn PgProjection>, shutdown: impl Future<Output = ()> + Send) {
+    pub async fn run(
+        &self,
+        model: Arc<dyn PgProjection>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
         tokio::pin!(shutdown);
         let mut wake = self.store.wake_receiver_for(&model.filter());
         let poll = self.store.config().poll_interval;
@@ -260,9 +264,9 @@ impl PgReadModelRunner {
         let mut building = find("building");
         // A rebuild for other code than this (an older version, or an operator's rebuild of
         // the version this code replaces) gives way to one of this code's version.
-        if let Some(stale) = building.filter(|b| b.version != version && active.version < version)
-        {
-            self.drop_generation(&mut tx, name, stale.generation).await?;
+        if let Some(stale) = building.filter(|b| b.version != version && active.version < version) {
+            self.drop_generation(&mut tx, name, stale.generation)
+                .await?;
             building = None;
             changed = true;
         }
@@ -277,7 +281,10 @@ impl PgReadModelRunner {
             building = Some(new);
             changed = true;
         }
-        if let Some(b) = building.as_mut().filter(|b| !b.ready && b.version == version) {
+        if let Some(b) = building
+            .as_mut()
+            .filter(|b| !b.ready && b.version == version)
+        {
             // Leftovers of a generation whose row is gone would be in the way.
             let schema = generation_schema(&self.store.config().schema, name, b.generation)?;
             sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
@@ -297,7 +304,13 @@ impl PgReadModelRunner {
             .map_err(from_sqlx)?;
             b.ready = true;
             changed = true;
-            tracing::info!(projection = name, generation = b.generation, version, backend = BACKEND, "rebuilding the read model beside the active one");
+            tracing::info!(
+                projection = name,
+                generation = b.generation,
+                version,
+                backend = BACKEND,
+                "rebuilding the read model beside the active one"
+            );
         }
         if changed {
             tx.commit().await.map_err(from_sqlx)?;
@@ -529,7 +542,8 @@ impl PgReadModelRunner {
             tx.commit().await.map_err(from_sqlx)?;
             return Ok((applied, false));
         }
-        self.drop_generation(&mut tx, name, active.generation).await?;
+        self.drop_generation(&mut tx, name, active.generation)
+            .await?;
         sqlx::query(
             "UPDATE projection_versions SET state = 'active', updated_at = now() \
              WHERE name = $1 AND generation = $2",
@@ -542,7 +556,13 @@ impl PgReadModelRunner {
         self.point_views(&mut tx, model, building.generation)
             .await?;
         tx.commit().await.map_err(from_sqlx)?;
-        tracing::info!(projection = name, generation = building.generation, version = building.version, backend = BACKEND, "readers switched to the rebuilt read model");
+        tracing::info!(
+            projection = name,
+            generation = building.generation,
+            version = building.version,
+            backend = BACKEND,
+            "readers switched to the rebuilt read model"
+        );
         Ok((applied, true))
     }
 }
@@ -623,25 +643,27 @@ impl ProjectionAdmin for PgEventStore {
             .map_err(from_sqlx)?;
         Ok(rows
             .into_iter()
-            .map(|(name, version, generation, state, tx_id, seq, behind, age)| {
-                let phase = if state == "active" {
-                    ProjectionPhase::Active
-                } else {
-                    ProjectionPhase::Building
-                };
-                ProjectionInfo::new(
-                    name,
-                    u32::try_from(version).unwrap_or_default(),
-                    to_u64(generation),
-                    phase,
-                    Position::new(to_u64(tx_id), to_u64(seq)),
-                )
-                .with_lag(
-                    to_u64(behind),
-                    age.filter(|s| s.is_finite() && *s > 0.0)
-                        .map_or(Duration::ZERO, Duration::from_secs_f64),
-                )
-            })
+            .map(
+                |(name, version, generation, state, tx_id, seq, behind, age)| {
+                    let phase = if state == "active" {
+                        ProjectionPhase::Active
+                    } else {
+                        ProjectionPhase::Building
+                    };
+                    ProjectionInfo::new(
+                        name,
+                        u32::try_from(version).unwrap_or_default(),
+                        to_u64(generation),
+                        phase,
+                        Position::new(to_u64(tx_id), to_u64(seq)),
+                    )
+                    .with_lag(
+                        to_u64(behind),
+                        age.filter(|s| s.is_finite() && *s > 0.0)
+                            .map_or(Duration::ZERO, Duration::from_secs_f64),
+                    )
+                },
+            )
             .collect())
     }
 
@@ -676,7 +698,12 @@ impl ProjectionAdmin for PgEventStore {
         .await
         .map_err(from_sqlx)?;
         tx.commit().await.map_err(from_sqlx)?;
-        tracing::info!(projection = name, generation = next, backend = BACKEND, "rebuild requested");
+        tracing::info!(
+            projection = name,
+            generation = next,
+            backend = BACKEND,
+            "rebuild requested"
+        );
         Ok(())
     }
 }

@@ -110,10 +110,7 @@ async fn an_inline_projection_is_read_right_after_the_command_and_fails_it_when_
             .unwrap();
         expected += cents;
         // Read on another connection, with no waiting: the row committed with the events.
-        assert_eq!(
-            tab_total(&store, "7").await,
-            Some((expected, i as i64 + 2))
-        );
+        assert_eq!(tab_total(&store, "7").await, Some((expected, i as i64 + 2)));
     }
 
     // An event of a type the projection does not know is skipped, not a failure.
@@ -303,12 +300,19 @@ async fn a_new_version_rebuilds_beside_the_old_while_events_flow_and_readers_swi
             let (mut last, mut reads, mut saw_v2) = (0, 0, false);
             while !stop.is_cancelled() {
                 let (events, sum, version) = read_totals(&store).await;
-                assert_eq!(sum, triangle(events), "a read saw a model that is not a prefix");
+                assert_eq!(
+                    sum,
+                    triangle(events),
+                    "a read saw a model that is not a prefix"
+                );
                 assert!(
                     events >= last,
                     "a read saw {events} events after one saw {last}: a half-built model"
                 );
-                assert!(version == 2 || !saw_v2, "readers went back to the old version");
+                assert!(
+                    version == 2 || !saw_v2,
+                    "readers went back to the old version"
+                );
                 saw_v2 |= version == 2;
                 last = events;
                 reads += 1;
@@ -341,7 +345,10 @@ async fn a_new_version_rebuilds_beside_the_old_while_events_flow_and_readers_swi
     v2.catch_up(&Numbers::version(2)).await.unwrap();
     stop.cancel();
     let reads = reader.await.unwrap();
-    assert!(reads > 10, "the readers read during the rebuild ({reads} reads)");
+    assert!(
+        reads > 10,
+        "the readers read during the rebuild ({reads} reads)"
+    );
     old.await.unwrap();
     new.await.unwrap();
     assert_eq!(
@@ -410,7 +417,10 @@ async fn a_read_model_killed_mid_batch_resumes_after_its_checkpoint_without_doub
         let runner = runner.clone();
         async move { runner.catch_up(&hanging).await }
     });
-    reached_rx.recv().await.expect("the batch reached event 230");
+    reached_rx
+        .recv()
+        .await
+        .expect("the batch reached event 230");
     task.abort();
     let _ = task.await;
     // Two batches (1..=200) committed; the third died with its transaction.
@@ -451,7 +461,11 @@ async fn an_operator_rebuild_makes_a_new_generation_and_an_unknown_name_is_refus
     );
     let rebuilt = Numbers::version(1);
     runner.catch_up(&rebuilt).await.unwrap();
-    assert_eq!(rebuilt.applied.load(Ordering::SeqCst), 40, "rebuilt from the start");
+    assert_eq!(
+        rebuilt.applied.load(Ordering::SeqCst),
+        40,
+        "rebuilt from the start"
+    );
     let status = store.status().await.unwrap();
     assert_eq!(status.len(), 1);
     assert_eq!(status[0].generation, 2);
@@ -468,7 +482,10 @@ async fn postgres_read_models_pass_the_projection_admin_suite() {
     let store = common::store("admin").await;
     let runner = PgReadModelRunner::new(store.clone());
     es_core::testing::projection_admin_conformance(&store, &store, "numbers", "num", || async {
-        runner.catch_up(&Numbers::version(1)).await.expect("catch up");
+        runner
+            .catch_up(&Numbers::version(1))
+            .await
+            .expect("catch up");
     })
     .await;
     assert_eq!(read_totals(&store).await, (3, 6, 1));

@@ -7,9 +7,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 
 use crate::error::{Error, Result};
-use crate::projection::{
-    ProjectionAdmin, ProjectionInfo, ProjectionPhase, Typed, TypedProjection,
-};
+use crate::projection::{ProjectionAdmin, ProjectionInfo, ProjectionPhase, Typed, TypedProjection};
 use crate::store::EventStore;
 use crate::stream::{Position, StreamFilter};
 
@@ -111,14 +109,23 @@ impl MemoryReadModels {
             })
             .clone();
         if entry.active.version > P::VERSION {
-            tracing::warn!(projection = name, "a newer version of this projection is registered; leaving it alone");
+            tracing::warn!(
+                projection = name,
+                "a newer version of this projection is registered; leaving it alone"
+            );
             return Ok(());
         }
         let rebuild = entry.active.version < P::VERSION || entry.building.is_some();
         let mut active = entry.active;
         if rebuild {
-            let generation = entry.building.map_or(active.generation + 1, |b| b.generation);
-            tracing::info!(projection = name, generation, "rebuilding the read model beside the active one");
+            let generation = entry
+                .building
+                .map_or(active.generation + 1, |b| b.generation);
+            tracing::info!(
+                projection = name,
+                generation,
+                "rebuilding the read model beside the active one"
+            );
             let fresh = Typed::new(P::default());
             let position = self.apply(&fresh, &filter, Position::START).await?;
             model.replace(fresh.into_inner());

@@ -30,7 +30,11 @@ pub async fn projection_admin_conformance<F, Fut>(
 
     catch_up().await;
     let first = generations(admin, name).await;
-    assert_eq!(first.len(), 1, "a caught-up read model has one generation: {first:?}");
+    assert_eq!(
+        first.len(),
+        1,
+        "a caught-up read model has one generation: {first:?}"
+    );
     assert_eq!(first[0].phase, ProjectionPhase::Active);
     assert_eq!(first[0].events_behind, 0, "nothing to read yet");
     assert_eq!(first[0].time_behind, Duration::ZERO);
@@ -55,7 +59,10 @@ pub async fn projection_admin_conformance<F, Fut>(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(lagging[0].events_behind, 3, "lag counts the events still to read");
+    assert_eq!(
+        lagging[0].events_behind, 3,
+        "lag counts the events still to read"
+    );
     assert!(
         lagging[0].time_behind >= Duration::from_millis(5),
         "lag in time is the age of the oldest event still to read: {:?}",
@@ -74,7 +81,11 @@ pub async fn projection_admin_conformance<F, Fut>(
     admin.rebuild(name).await.expect("rebuild");
     admin.rebuild(name).await.expect("asking again is harmless");
     let rebuilding = generations(admin, name).await;
-    assert_eq!(rebuilding.len(), 2, "one active, one building: {rebuilding:?}");
+    assert_eq!(
+        rebuilding.len(),
+        2,
+        "one active, one building: {rebuilding:?}"
+    );
     let building = rebuilding
         .iter()
         .find(|g| g.phase == ProjectionPhase::Building)
@@ -83,7 +94,11 @@ pub async fn projection_admin_conformance<F, Fut>(
 
     catch_up().await;
     let rebuilt = generations(admin, name).await;
-    assert_eq!(rebuilt.len(), 1, "the rebuilt generation replaced the old: {rebuilt:?}");
+    assert_eq!(
+        rebuilt.len(),
+        1,
+        "the rebuilt generation replaced the old: {rebuilt:?}"
+    );
     assert_eq!(rebuilt[0].phase, ProjectionPhase::Active);
     assert_eq!(rebuilt[0].generation, building.generation);
     assert_eq!(rebuilt[0].events_behind, 0);
@@ -91,7 +106,10 @@ pub async fn projection_admin_conformance<F, Fut>(
 
     let unknown = format!("unknown{}", uuid::Uuid::new_v4().simple());
     assert!(
-        matches!(admin.rebuild(&unknown).await, Err(crate::Error::InvalidInput(_))),
+        matches!(
+            admin.rebuild(&unknown).await,
+            Err(crate::Error::InvalidInput(_))
+        ),
         "rebuilding an unknown projection is invalid input"
     );
 }
