@@ -357,7 +357,7 @@ impl PgReadModelRunner {
             .await
             .map_err(from_sqlx)?;
         self.use_schema(tx, &schema).await?;
-        model.create(&mut **tx).await.map_err(|e| {
+        model.create(tx).await.map_err(|e| {
             Error::backend(
                 "projection",
                 format!("{} cannot create its tables: {e}", model.name()),
@@ -476,21 +476,21 @@ impl PgReadModelRunner {
         let after = Position::new(to_u64(tx_id), to_u64(seq));
         // Read before this transaction writes (and takes a transaction id), so that it does
         // not hold back its own read.
-        let events = read_visible(&mut **tx, &model.filter(), after, self.batch_size).await?;
+        let events = read_visible(tx, &model.filter(), after, self.batch_size).await?;
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(0);
         };
         let schema = generation_schema(&self.store.config().schema, name, generation)?;
-        self.use_schema(&mut **tx, &schema).await?;
+        self.use_schema(tx, &schema).await?;
         for event in &events {
-            model.apply(&mut **tx, event).await.map_err(|e| {
+            model.apply(tx, event).await.map_err(|e| {
                 Error::backend(
                     "projection",
                     format!("{name} failed at {}: {e}", event.position),
                 )
             })?;
         }
-        self.reset_schema(&mut **tx).await?;
+        self.reset_schema(tx).await?;
         sqlx::query(
             "UPDATE projection_versions SET tx_id = $3, seq = $4, updated_at = now() \
              WHERE name = $1 AND generation = $2",
