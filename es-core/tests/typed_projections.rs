@@ -131,3 +131,70 @@ async fn an_inline_typed_projection_is_read_right_after_the_command() {
     assert_eq!(totals.read().cents, 123);
     assert_eq!(totals.read().events, 4);
 }
+
+#[derive(Default)]
+struct TotalsV2(Totals);
+
+impl TypedProjection for TotalsV2 {
+    type Event = TabEvent;
+    const NAME: &'static str = "tab-totals";
+    const VERSION: u32 = 2;
+    fn filter(&self) -> StreamFilter {
+        StreamFilter::category("tab")
+    }
+    fn apply(&mut self, event: Envelope<TabEvent>) -> Result<(), BoxError> {
+        // Version 2 counts in tenths of a cent.
+        if let TabEvent::Charged { cents } = event.event {
+            self.0.cents += cents * 10;
+        }
+        self.0.events += 1;
+        Ok(())
+    }
+}
+
+async fn eventually(mut check: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("reached in time");
+}
+
+#[tokio::test]
+async fn memory_read_models_follow_the_log_and_a_new_version_takes_over_whole() {
+    use es_core::memory::MemoryReadModels;
+    use es_core::ProjectionAdmin;
+
+    let store = MemoryEventStore::new();
+    append(&store, "tab-1", "Charged", r#"{"cents":5}"#).await;
+    let models = MemoryReadModels::new(Arc::new(store.clone()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let v1 = Arc::new(Typed::new(Totals::default()));
+    let running = tokio::spawn({
+        let (models, v1) = (models.clone(), v1.clone());
+        async move {
+            models
+                .run(v1, async {
+                    let _ = stopped.await;
+                })
+                .await
+        }
+    });
+    eventually(|| v1.read().cents == 5).await;
+    append(&store, "tab-1", "Charged", r#"{"cents":7}"#).await;
+    eventually(|| v1.read().cents == 12).await;
+    let _ = stop.send(());
+    running.await.unwrap();
+
+    // The new code's state is built whole from the log before it serves.
+    let v2 = Typed::new(TotalsV2::default());
+    models.catch_up(&v2).await.unwrap();
+    assert_eq!(v2.read().0.cents, 120);
+    let status = models.status().await.unwrap();
+    assert_eq!((status[0].version, status[0].generation), (2, 2));
+    // The old code leaves the newer model alone.
+    models.catch_up(&v1).await.unwrap();
+    assert_eq!(models.status().await.unwrap()[0].version, 2);
+}

@@ -1,10 +1,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use futures_util::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::projection::{ProjectionAdmin, ProjectionInfo, ProjectionPhase, Typed, TypedProjection};
@@ -145,6 +147,42 @@ impl MemoryReadModels {
             }
         }
         Ok(())
+    }
+
+    /// Keeps `model` caught up until `shutdown` completes: catches up, then again after every
+    /// append its filter lets through, and at least every second (so a requested rebuild
+    /// starts without waiting for an event). Failures are logged and retried on the next turn.
+    pub async fn run<P: TypedProjection + Default>(
+        &self,
+        model: Arc<Typed<P>>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        tokio::pin!(shutdown);
+        let filter = model.read().filter();
+        let head = loop {
+            match self.store.head().await {
+                Ok(head) => break head,
+                Err(error) => {
+                    tracing::warn!(projection = P::NAME, %error, "cannot read the head; retrying");
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        // Only a wake-up call: `catch_up` reads what is new itself.
+        let mut appends = self.store.subscribe(filter, head);
+        loop {
+            if let Err(error) = self.catch_up(&model).await {
+                tracing::warn!(projection = P::NAME, %error, "read model catch-up failed; retrying");
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = appends.next() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     async fn apply<P: TypedProjection>(
