@@ -32,7 +32,10 @@ pub use event::{
 pub use housekeeping::{Housekeeping, PruneReport};
 pub use idempotency::{Claim, ClaimGuard, ClaimToken, IdempotencyStore, Ownership};
 pub use lease::LeaseStore;
-pub use projection::{InlineProjection, Projection, ProjectionRunner};
+pub use projection::{
+    InlineProjection, Projection, ProjectionAdmin, ProjectionInfo, ProjectionPhase,
+    ProjectionRunner, Typed, TypedDecoder, TypedProjection,
+};
 pub use relay::{ParkedEvent, ParkedEventStore, Relay};
 pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, Repository};
 pub use saga::{CommandDispatcher, DispatchError, Saga, SagaDecision, SagaRunner, SagaStore};

@@ -1,16 +1,17 @@
 //! Projections: read models fed from the global log, with a checkpoint.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::error::{BoxError, Result};
-use crate::event::RecordedEvent;
+use crate::error::{BoxError, Error, Result};
+use crate::event::{DomainEvent, Envelope, RecordedEvent};
 use crate::store::{CheckpointStore, EventStore};
 use crate::stream::{Position, StreamFilter};
 
@@ -79,6 +80,268 @@ pub trait InlineProjection: Send + Sync {
 
     /// Applies one just-appended event. Runs while the store holds its commit, so keep it quick.
     fn apply(&self, event: &RecordedEvent) -> Result<(), BoxError>;
+}
+
+/// A projection written against one domain event type, with its state owned by the adaptor
+/// [`Typed`]: user code folds typed events into plain fields, with no lock and no decoding.
+///
+/// Events of a type that [`Event`](TypedProjection::Event) does not know (added later by
+/// another service) are skipped and logged once per type, so an unknown event never halts the
+/// runner. A payload of a known type that fails to decode is an error, retried like any other.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), es_core::BoxError> {
+/// use std::sync::Arc;
+/// use es_core::memory::MemoryEventStore;
+/// use es_core::projection::{Typed, TypedProjection};
+/// use es_core::{BoxError, DomainEvent, Envelope, EventStore, ExpectedVersion, NewEvent, ProjectionRunner, StreamFilter, StreamId};
+///
+/// #[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// enum OrderEvent { Placed { total: u64 }, Cancelled }
+/// impl DomainEvent for OrderEvent {}
+///
+/// #[derive(Default)]
+/// struct Revenue { total: u64 }
+///
+/// impl TypedProjection for Revenue {
+///     type Event = OrderEvent;
+///     const NAME: &'static str = "revenue";
+///     fn filter(&self) -> StreamFilter { StreamFilter::category("order") }
+///     fn apply(&mut self, event: Envelope<OrderEvent>) -> Result<(), BoxError> {
+///         if let OrderEvent::Placed { total } = event.event { self.total += total }
+///         Ok(())
+///     }
+/// }
+///
+/// let store = MemoryEventStore::new();
+/// let stream = StreamId::new("order-1")?;
+/// store.append(&stream, ExpectedVersion::Any, vec![
+///     NewEvent::raw("Placed", r#"{"total":5}"#),
+///     NewEvent::raw("Refunded", "{}"), // a type this code does not know: skipped
+/// ]).await?;
+///
+/// let revenue = Arc::new(Typed::new(Revenue::default()));
+/// ProjectionRunner::new(Arc::new(store.clone()), Arc::new(store)).catch_up(&*revenue).await?;
+/// assert_eq!(revenue.read().total, 5);
+/// # Ok(()) }
+/// ```
+pub trait TypedProjection: Send + Sync + 'static {
+    /// The events it reads.
+    type Event: DomainEvent;
+
+    /// The checkpoint name; renaming it rebuilds the projection from the start.
+    const NAME: &'static str;
+
+    /// The version of this code: raise it when what `apply` makes of the events changes, and a
+    /// versioned runner ([`MemoryReadModels`](crate::memory::MemoryReadModels)) rebuilds the
+    /// state from the log beside the one that serves, then swaps them.
+    const VERSION: u32 = 1;
+
+    /// Which streams it reads.
+    fn filter(&self) -> StreamFilter {
+        StreamFilter::All
+    }
+
+    /// Folds one event into the state. An error leaves the event unhandled: the runner retries
+    /// it (asynchronous projections) or the append fails (inline ones).
+    fn apply(&mut self, event: Envelope<Self::Event>) -> Result<(), BoxError>;
+}
+
+/// Decodes stored events into one domain event type, skipping (and logging once per type) the
+/// types it does not know. The decoding half of [`Typed`], for adaptors of other backends
+/// (e.g. a PostgreSQL projection that writes rows).
+#[derive(Debug, Default)]
+pub struct TypedDecoder {
+    unknown: Mutex<HashSet<String>>,
+}
+
+impl TypedDecoder {
+    /// A decoder that has logged nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The event as `E`; `Ok(None)` when `E` does not know its type (logged at `warn` the first
+    /// time this decoder meets the type, so a busy unknown type does not flood the log).
+    pub fn decode<E: DomainEvent>(
+        &self,
+        projection: &str,
+        event: &RecordedEvent,
+    ) -> Result<Option<Envelope<E>>> {
+        match event.to_envelope::<E>() {
+            Ok(envelope) => Ok(Some(envelope)),
+            Err(Error::UnknownEventType {
+                event_type,
+                schema_version,
+            }) => {
+                let first = self
+                    .unknown
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(event_type.clone());
+                if first {
+                    tracing::warn!(projection, %event_type, schema_version, position = %event.position, "skipping events of a type this projection does not know");
+                }
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// The adaptor that runs a [`TypedProjection`] as a [`Projection`] (with a
+/// [`ProjectionRunner`]) or as an [`InlineProjection`]: it decodes, skips unknown types, and
+/// keeps the state behind a lock of its own. Read the state with [`read`](Typed::read).
+pub struct Typed<P> {
+    state: RwLock<P>,
+    decoder: TypedDecoder,
+}
+
+impl<P: TypedProjection> fmt::Debug for Typed<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Typed").field("name", &P::NAME).finish()
+    }
+}
+
+impl<P: TypedProjection> Typed<P> {
+    /// Wraps `projection` (its initial state).
+    pub fn new(projection: P) -> Self {
+        Typed {
+            state: RwLock::new(projection),
+            decoder: TypedDecoder::new(),
+        }
+    }
+
+    /// The state, for reading. Hold the guard briefly: `apply` waits for it.
+    pub fn read(&self) -> RwLockReadGuard<'_, P> {
+        // `apply` takes `&mut P` and returns before the guard drops; a panic inside it leaves
+        // the state as far as it got, which a reader may still see.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state, unwrapped.
+    pub fn into_inner(self) -> P {
+        self.state.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the state at once (a rebuilt copy taking over), returning the old one.
+    pub fn replace(&self, state: P) -> P {
+        let mut guard = self.state.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *guard, state)
+    }
+
+    fn apply_recorded(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if !state.filter().matches(&event.stream_id) {
+            return Ok(());
+        }
+        match self.decoder.decode::<P::Event>(P::NAME, event)? {
+            Some(envelope) => state.apply(envelope),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl<P: TypedProjection> Projection for Typed<P> {
+    fn name(&self) -> &str {
+        P::NAME
+    }
+
+    fn filter(&self) -> StreamFilter {
+        self.read().filter()
+    }
+
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+        self.apply_recorded(event)
+    }
+}
+
+impl<P: TypedProjection> InlineProjection for Typed<P> {
+    fn name(&self) -> &str {
+        P::NAME
+    }
+
+    fn apply(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+        self.apply_recorded(event)
+    }
+}
+
+/// Whether a generation of a read model serves reads or is being built beside the one that does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProjectionPhase {
+    /// Readers see this generation.
+    Active,
+    /// Being rebuilt from the log beside the active generation; readers switch to it at once
+    /// when it has caught up.
+    Building,
+}
+
+/// One generation of a read model: its code version, checkpoint and lag.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ProjectionInfo {
+    /// The projection's name.
+    pub name: String,
+    /// The version of the projection's code that builds this generation.
+    pub version: u32,
+    /// Counts up with every rebuild of the projection.
+    pub generation: u64,
+    /// Whether readers see it.
+    pub phase: ProjectionPhase,
+    /// The position of the last event it handled.
+    pub position: Position,
+    /// Events it has still to read (of the streams its filter reads).
+    pub events_behind: u64,
+    /// How long ago the oldest event it has still to read was recorded (zero when none).
+    pub time_behind: Duration,
+}
+
+impl ProjectionInfo {
+    /// A generation's status (for backends implementing [`ProjectionAdmin`]).
+    pub fn new(
+        name: impl Into<String>,
+        version: u32,
+        generation: u64,
+        phase: ProjectionPhase,
+        position: Position,
+    ) -> Self {
+        ProjectionInfo {
+            name: name.into(),
+            version,
+            generation,
+            phase,
+            position,
+            events_behind: 0,
+            time_behind: Duration::ZERO,
+        }
+    }
+
+    /// With its lag.
+    pub fn with_lag(mut self, events_behind: u64, time_behind: Duration) -> Self {
+        self.events_behind = events_behind;
+        self.time_behind = time_behind;
+        self
+    }
+}
+
+/// What operators ask of a backend's versioned read models: where each stands, and a rebuild.
+///
+/// A rebuild builds a new generation from the start of the log beside the active one, which
+/// keeps serving; readers switch to the new one at once when it has caught up, and the old one
+/// is dropped. A projection whose code version changed rebuilds itself the same way when its
+/// runner starts.
+#[async_trait]
+pub trait ProjectionAdmin: Send + Sync + fmt::Debug {
+    /// Every generation of every versioned projection, by name, the active one first.
+    async fn status(&self) -> Result<Vec<ProjectionInfo>>;
+
+    /// Starts rebuilding projection `name` into a new generation; its runner does the work.
+    /// Asking again while a rebuild runs changes nothing. An unknown name is
+    /// [`Error::InvalidInput`].
+    async fn rebuild(&self, name: &str) -> Result<()>;
 }
 
 /// Where a running projection is.

@@ -46,3 +46,36 @@ async fn memory_idempotency_store_passes_the_idempotency_suite() {
 async fn memory_lease_store_passes_the_lease_suite() {
     testing::lease_conformance(Arc::new(MemoryLeaseStore::new())).await;
 }
+
+#[derive(Default)]
+struct Counted(u64);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum CountedEvent {
+    Counted { n: u64 },
+}
+impl es_core::DomainEvent for CountedEvent {}
+
+impl es_core::TypedProjection for Counted {
+    type Event = CountedEvent;
+    const NAME: &'static str = "counted";
+    fn filter(&self) -> es_core::StreamFilter {
+        es_core::StreamFilter::category("admin")
+    }
+    fn apply(&mut self, _: es_core::Envelope<CountedEvent>) -> Result<(), es_core::BoxError> {
+        self.0 += 1;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn memory_read_models_pass_the_projection_admin_suite() {
+    let store = MemoryEventStore::new();
+    let models = es_core::memory::MemoryReadModels::new(Arc::new(store.clone()));
+    let counted = es_core::Typed::new(Counted::default());
+    testing::projection_admin_conformance(&models, &store, "counted", "admin", || async {
+        models.catch_up(&counted).await.expect("catch up");
+    })
+    .await;
+    assert_eq!(counted.read().0, 3, "the rebuilt state took over");
+}

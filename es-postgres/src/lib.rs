@@ -10,6 +10,7 @@ mod idempotency;
 mod lease;
 mod listener;
 mod projection;
+mod read_model;
 mod store;
 mod stores;
 
@@ -17,5 +18,6 @@ pub use config::{PgConfig, MAX_SCHEMA_LEN};
 pub use health::{CheckpointLag, PgHealth};
 pub use idempotency::PgIdempotencyStore;
 pub use lease::PgLeaseStore;
-pub use projection::{PgProjection, PgProjectionRunner};
+pub use projection::{PgProjection, PgProjectionRunner, PgTyped, PgTypedProjection};
+pub use read_model::{PgReadModelRunner, ReadModelStep};
 pub use store::PgEventStore;

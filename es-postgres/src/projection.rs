@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use es_core::{BoxError, Error, Position, RecordedEvent, Result, StreamFilter};
+use es_core::projection::TypedDecoder;
+use es_core::{
+    BoxError, DomainEvent, Envelope, Error, Position, RecordedEvent, Result, StreamFilter,
+};
 use sqlx::PgConnection;
 
 use crate::error::{from_sqlx, to_u64, BACKEND};
@@ -53,6 +56,157 @@ pub trait PgProjection: Send + Sync {
     /// Applies one event inside the batch's transaction. An error rolls back the whole batch
     /// (and its checkpoint), so the batch is retried from where it began.
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError>;
+
+    /// The version of this projection's code, for [`PgReadModelRunner`](crate::PgReadModelRunner):
+    /// raise it when the tables or what `apply` writes change, and the read model is rebuilt
+    /// into new tables while the old ones keep serving.
+    fn version(&self) -> u32 {
+        1
+    }
+
+    /// The tables readers query, for [`PgReadModelRunner`](crate::PgReadModelRunner): each is
+    /// seen through a view of the same name in the store's schema.
+    fn tables(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Creates the tables of a new generation, for
+    /// [`PgReadModelRunner`](crate::PgReadModelRunner). It runs with the generation's own schema
+    /// first in the `search_path`, so unqualified names (as `apply` uses them too) land there.
+    async fn create(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        let _ = conn;
+        Ok(())
+    }
+}
+
+/// A [`PgProjection`] written against one domain event type: wrap it in [`PgTyped`], which
+/// decodes the events and skips (logging once per type) those of a type
+/// [`Event`](PgTypedProjection::Event) does not know, such as a type another service added
+/// later. Run it with a [`PgProjectionRunner`], or inline with
+/// [`PgEventStore::with_inline_projection`].
+///
+/// ```
+/// use es_core::{BoxError, DomainEvent, Envelope, StreamFilter};
+/// use es_postgres::{PgTyped, PgTypedProjection};
+/// use sqlx::PgConnection;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// enum OrderEvent { Placed { total: i64 }, Cancelled }
+/// impl DomainEvent for OrderEvent {}
+///
+/// struct OrderTotals;
+///
+/// #[es_core::async_trait]
+/// impl PgTypedProjection for OrderTotals {
+///     type Event = OrderEvent;
+///     const NAME: &'static str = "order-totals";
+///     fn filter(&self) -> StreamFilter { StreamFilter::category("order") }
+///     async fn apply(&self, conn: &mut PgConnection, event: Envelope<OrderEvent>) -> Result<(), BoxError> {
+///         if let OrderEvent::Placed { total } = event.event {
+///             sqlx::query("INSERT INTO order_totals (order_id, total) VALUES ($1, $2)")
+///                 .bind(event.stream_id.entity_id())
+///                 .bind(total)
+///                 .execute(&mut *conn)
+///                 .await?;
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// let projection = std::sync::Arc::new(PgTyped::new(OrderTotals));
+/// # let _ = projection;
+/// ```
+#[async_trait]
+pub trait PgTypedProjection: Send + Sync + 'static {
+    /// The events it reads.
+    type Event: DomainEvent;
+
+    /// The checkpoint name; renaming it rebuilds the projection from the start.
+    const NAME: &'static str;
+
+    /// Which streams it reads.
+    fn filter(&self) -> StreamFilter {
+        StreamFilter::All
+    }
+
+    /// Applies one event inside the batch's (or the append's) transaction.
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: Envelope<Self::Event>,
+    ) -> Result<(), BoxError>;
+    /// See [`PgProjection::version`].
+    fn version(&self) -> u32 {
+        1
+    }
+
+    /// See [`PgProjection::tables`].
+    fn tables(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// See [`PgProjection::create`].
+    async fn create(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        let _ = conn;
+        Ok(())
+    }
+}
+
+/// The adaptor that runs a [`PgTypedProjection`] as a [`PgProjection`].
+pub struct PgTyped<P> {
+    projection: P,
+    decoder: TypedDecoder,
+}
+
+impl<P: PgTypedProjection> fmt::Debug for PgTyped<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgTyped").field("name", &P::NAME).finish()
+    }
+}
+
+impl<P: PgTypedProjection> PgTyped<P> {
+    /// Wraps `projection`.
+    pub fn new(projection: P) -> Self {
+        PgTyped {
+            projection,
+            decoder: TypedDecoder::new(),
+        }
+    }
+
+    /// The wrapped projection.
+    pub fn inner(&self) -> &P {
+        &self.projection
+    }
+}
+
+#[async_trait]
+impl<P: PgTypedProjection> PgProjection for PgTyped<P> {
+    fn name(&self) -> &str {
+        P::NAME
+    }
+
+    fn filter(&self) -> StreamFilter {
+        self.projection.filter()
+    }
+
+    fn version(&self) -> u32 {
+        self.projection.version()
+    }
+
+    fn tables(&self) -> Vec<String> {
+        self.projection.tables()
+    }
+
+    async fn create(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        self.projection.create(conn).await
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError> {
+        match self.decoder.decode::<P::Event>(P::NAME, event)? {
+            Some(envelope) => self.projection.apply(conn, envelope).await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// Runs [`PgProjection`]s: reads a batch after the checkpoint, applies it and saves the new

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::config::PgConfig;
 use crate::error::{from_sqlx, from_user, to_i64, to_u64, unique_violation, BACKEND};
 use crate::listener::{Announcer, Listener, Wakes};
+use crate::projection::PgProjection;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -55,6 +56,8 @@ pub(crate) struct Inner {
     /// consumer works, and consumers (a relay saving its checkpoint, a projection writing) need
     /// connections of the same pool. Half the pool beside the listener's connection.
     catch_up_permits: Arc<Semaphore>,
+    /// Projections applied in every commit's transaction (read-your-writes).
+    inline: RwLock<Vec<Arc<dyn PgProjection>>>,
 }
 
 impl fmt::Debug for PgEventStore {
@@ -164,7 +167,7 @@ const EVENT_COLUMNS: &str = "event_id, stream_id, stream_version, tx_id, seq, re
 
 /// The transaction horizon: every transaction with a smaller id has ended. Evaluated once per
 /// statement (an uncorrelated scalar subquery).
-const HORIZON: &str = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)";
+pub(crate) const HORIZON: &str = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)";
 
 pub(crate) type EventRow = (
     Uuid,
@@ -340,6 +343,7 @@ impl PgEventStore {
                 listener: Mutex::new(None),
                 announcer: Mutex::new(announcer),
                 catch_up_permits,
+                inline: RwLock::default(),
             }),
         })
     }
@@ -413,6 +417,33 @@ impl PgEventStore {
             announcer.take();
         }
         self.inner.pool.close().await;
+    }
+
+    /// Registers `projection` as inline: every commit of this store (and of its clones) applies
+    /// the appended events that pass the projection's filter in its own transaction, after the
+    /// appends, so a read right after the commit returns sees them (read-your-writes), and a
+    /// failing `apply` fails the commit. Commits then always run in an explicit transaction.
+    ///
+    /// ```no_run
+    /// # async fn example(store: es_postgres::PgEventStore, counts: std::sync::Arc<dyn es_postgres::PgProjection>) {
+    /// let store = store.with_inline_projection(counts);
+    /// # }
+    /// ```
+    pub fn with_inline_projection(self, projection: Arc<dyn PgProjection>) -> Self {
+        self.inner
+            .inline
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(projection);
+        self
+    }
+
+    fn inline_projections(&self) -> Vec<Arc<dyn PgProjection>> {
+        self.inner
+            .inline
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A receiver that changes whenever an append to this schema is announced (and after the
@@ -576,9 +607,19 @@ impl PgEventStore {
             .await
             .map_err(from_sqlx)?;
         }
+        let inline = self.inline_projections();
+        // The inline projections need the events as recorded; keep them (cheap: `Bytes`).
+        let written: Vec<Vec<NewEvent>> = if inline.is_empty() {
+            Vec::new()
+        } else {
+            unit.appends.iter().map(|a| a.events.clone()).collect()
+        };
         let mut results = Vec::with_capacity(unit.appends.len());
         for append in unit.appends {
             results.push(self.append_on(&mut *conn, append, true).await?);
+        }
+        if !inline.is_empty() {
+            apply_inline(&mut *conn, &inline, &results, written).await?;
         }
         if let Some((name, position)) = unit.checkpoint {
             save_checkpoint(&mut *conn, &name, position).await?;
@@ -846,6 +887,57 @@ async fn held_back(
 }
 
 /// Upserts checkpoint `name`.
+/// Applies the events just appended (in the open transaction on `conn`) to the inline
+/// projections.
+async fn apply_inline(
+    conn: &mut PgConnection,
+    inline: &[Arc<dyn PgProjection>],
+    results: &[AppendResult],
+    written: Vec<Vec<NewEvent>>,
+) -> Result<()> {
+    if results.iter().all(|r| r.positions.is_empty()) {
+        return Ok(());
+    }
+    // The events' `recorded_at` is the transaction's start, `now()`.
+    let recorded_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(from_sqlx)?;
+    let mut recorded = Vec::new();
+    for (result, events) in results.iter().zip(written) {
+        let first_version = result.next_expected_version + 1 - result.positions.len() as u64;
+        for ((event, &position), version) in events
+            .into_iter()
+            .zip(&result.positions)
+            .zip(first_version..)
+        {
+            recorded.push(RecordedEvent {
+                event_id: event.event_id,
+                stream_id: result.stream_id.clone(),
+                stream_version: version,
+                position,
+                recorded_at,
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+                payload: event.payload,
+                metadata: event.metadata,
+            });
+        }
+    }
+    for projection in inline {
+        let filter = projection.filter();
+        for event in recorded.iter().filter(|e| filter.matches(&e.stream_id)) {
+            projection.apply(&mut *conn, event).await.map_err(|e| {
+                Error::backend(
+                    "inline projection",
+                    format!("{} failed at {}: {e}", projection.name(), event.position),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn save_checkpoint(
     conn: &mut PgConnection,
     name: &str,
@@ -872,7 +964,11 @@ impl EventStore for PgEventStore {
         if unit.inbox.is_none() && unit.checkpoint.is_none() && unit.appends.is_empty() {
             return Ok(CommitOutcome::Committed(Vec::new()));
         }
-        if unit.inbox.is_none() && unit.checkpoint.is_none() && unit.appends.len() == 1 {
+        if unit.inbox.is_none()
+            && unit.checkpoint.is_none()
+            && unit.appends.len() == 1
+            && self.inline_projections().is_empty()
+        {
             // The common case needs no explicit transaction: one statement, one round trip.
             let mut appends = unit.appends;
             let append = appends.remove(0);

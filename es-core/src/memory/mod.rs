@@ -8,10 +8,12 @@ mod bus;
 mod cache;
 mod idempotency;
 mod lease;
+mod read_models;
 mod store;
 
 pub use bus::MemoryEventBus;
 pub use cache::MemoryCache;
 pub use idempotency::MemoryIdempotencyStore;
 pub use lease::MemoryLeaseStore;
+pub use read_models::MemoryReadModels;
 pub use store::MemoryEventStore;

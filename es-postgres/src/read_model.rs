@@ -1,0 +1,709 @@
+//! Versioned read models: tables per generation, views that readers query, blue/green rebuilds.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use es_core::{
+    Error, Position, ProjectionAdmin, ProjectionInfo, ProjectionPhase, Result, StreamFilter,
+};
+use sqlx::{PgConnection, Postgres, Transaction};
+
+use crate::error::{from_sqlx, to_i64, to_u64, BACKEND};
+use crate::projection::PgProjection;
+use crate::store::{read_visible, PgEventStore, HORIZON};
+
+/// Runs versioned read models: a [`PgProjection`] whose tables live in a schema per
+/// generation, seen by readers through views in the store's schema that always point at a
+/// complete generation.
+///
+/// - The first run creates generation 1 (its schema, [`create`](PgProjection::create), the
+///   views of its [`tables`](PgProjection::tables)) and makes it active.
+/// - Each batch reads events after the generation's checkpoint, applies them and moves the
+///   checkpoint in one transaction, so a crash mid-batch neither loses nor doubles an effect.
+///   Runners of one generation (several instances of a service) take turns on a
+///   transaction-scoped advisory lock of that generation and read the checkpoint after taking
+///   it, so they never apply an event twice.
+/// - When the code's [`version`](PgProjection::version) is newer than the active generation's,
+///   or an operator asks for a rebuild ([`ProjectionAdmin::rebuild`]), a new generation is
+///   built from the start of the log beside the active one, which keeps serving (and keeps
+///   being updated by the runners that still run the old code). Once the new generation has
+///   caught up, one transaction holding both generations' locks applies what is left, points
+///   the views at the new tables, makes it active and drops the old schema: readers never see
+///   a half-built model, and nothing is lost at the switch.
+/// - A runner whose code is older than the active generation's does nothing (it logs why):
+///   newer code has taken over.
+///
+/// ```no_run
+/// # async fn example(store: es_postgres::PgEventStore, model: std::sync::Arc<dyn es_postgres::PgProjection>) -> es_core::Result<()> {
+/// use es_core::ProjectionAdmin;
+/// use es_postgres::PgReadModelRunner;
+///
+/// let runner = PgReadModelRunner::new(store.clone());
+/// runner.catch_up(&*model).await?; // or `runner.run(model, shutdown)` to follow live
+/// for generation in store.status().await? {
+///     println!("{} v{}: {} events behind", generation.name, generation.version, generation.events_behind);
+/// }
+/// store.rebuild("order-summaries").await?; // the runner rebuilds it beside the active one
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PgReadModelRunner {
+    store: PgEventStore,
+    batch_size: usize,
+    min_backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl fmt::Debug for PgReadModelRunner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgReadModelRunner")
+            .field("store", &self.store)
+            .field("batch_size", &self.batch_size)
+            .finish()
+    }
+}
+
+/// What one [`PgReadModelRunner::step`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadModelStep {
+    /// Events applied, to every generation this runner builds.
+    pub applied: usize,
+    /// Whether a full batch was applied (more may be waiting).
+    pub more: bool,
+    /// Whether a rebuilt generation became active.
+    pub switched: bool,
+    /// Whether a rebuild is still under way.
+    pub building: bool,
+    /// Whether newer code has taken the read model over, so this runner does nothing.
+    pub superseded: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Generation {
+    generation: i64,
+    version: i32,
+    ready: bool,
+}
+
+impl PgReadModelRunner {
+    /// A runner on `store`, applying batches of up to 500 events.
+    pub fn new(store: PgEventStore) -> Self {
+        PgReadModelRunner {
+            store,
+            batch_size: 500,
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+
+    /// Applies at most `batch_size` events per transaction (at least 1).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// The schema of generation `generation` of projection `name`.
+    pub fn schema_of(&self, name: &str, generation: u64) -> Result<String> {
+        generation_schema(&self.store.config().schema, name, generation as i64)
+    }
+
+    /// One step: sets up a generation when one is due (the first, or a rebuild), applies a
+    /// batch to each generation this code builds, and switches readers to a rebuilt generation
+    /// that has caught up.
+    pub async fn step(&self, model: &dyn PgProjection) -> Result<ReadModelStep> {
+        let name = model.name();
+        let version = i32::try_from(model.version())
+            .map_err(|_| Error::InvalidInput(format!("projection `{name}`: version too large")))?;
+        generation_schema(&self.store.config().schema, name, 1)?;
+        let (active, building) = match self.plan(model, version).await? {
+            Some(plan) => plan,
+            None => {
+                return Ok(ReadModelStep {
+                    superseded: true,
+                    ..ReadModelStep::default()
+                })
+            }
+        };
+        let mut step = ReadModelStep::default();
+        if active.version == version {
+            let applied = self.run_batch(model, active.generation).await?;
+            step.applied += applied;
+            step.more |= applied == self.batch_size;
+        }
+        if let Some(building) = building.filter(|b| b.version == version && b.ready) {
+            step.building = true;
+            let applied = self.run_batch(model, building.generation).await?;
+            step.applied += applied;
+            if applied == self.batch_size {
+                step.more = true;
+            } else {
+                let (applied, switched) = self.switch(model, active, building).await?;
+                step.applied += applied;
+                step.switched = switched;
+                step.building = !switched;
+                step.more |= !switched;
+            }
+        }
+        Ok(step)
+    }
+
+    /// Steps until the read model has caught up and no rebuild is under way.
+    pub async fn catch_up(&self, model: &dyn PgProjection) -> Result<()> {
+        loop {
+            let step = self.step(model).await?;
+            if step.superseded || (!step.more && !step.building) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Runs `model` until `shutdown` completes: steps while there is work, then waits for
+    /// appends (notifications, with the store's poll interval as fallback; a requested rebuild
+    /// is noticed at the next wake-up or poll). Failures are logged and retried with backoff.
+    pub async fn run(
+        &self,
+        model: Arc<dyn PgProjection>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        tokio::pin!(shutdown);
+        let mut wake = self.store.wake_receiver_for(&model.filter());
+        let poll = self.store.config().poll_interval;
+        let mut backoff = self.min_backoff;
+        let mut told_superseded = false;
+        loop {
+            wake.borrow_and_update();
+            let pause = match self.step(&*model).await {
+                Ok(step) if step.more => {
+                    backoff = self.min_backoff;
+                    continue;
+                }
+                Ok(step) => {
+                    backoff = self.min_backoff;
+                    if step.superseded && !told_superseded {
+                        told_superseded = true;
+                        tracing::warn!(projection = model.name(), version = model.version(), backend = BACKEND, "a newer version of this projection is active; this runner leaves it alone");
+                    }
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = wake.changed() => {}
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(projection = model.name(), %error, backend = BACKEND, "read model step failed; retrying");
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(self.max_backoff);
+                    pause
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Under the projection's lock: creates the first generation, or a building one when the
+    /// code is newer than the active one, or the tables of a requested rebuild. `None` when
+    /// the active generation is newer than this code.
+    async fn plan(
+        &self,
+        model: &dyn PgProjection,
+        version: i32,
+    ) -> Result<Option<(Generation, Option<Generation>)>> {
+        let name = model.name();
+        let mut tx = self.store.pool().begin().await.map_err(from_sqlx)?;
+        lock(&mut tx, name, None).await?;
+        let rows: Vec<(i64, i32, String, bool)> = sqlx::query_as(
+            "SELECT generation, version, state, ready FROM projection_versions WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(from_sqlx)?;
+        let find = |state: &str| {
+            rows.iter()
+                .find(|r| r.2 == state)
+                .map(|&(generation, version, _, ready)| Generation {
+                    generation,
+                    version,
+                    ready,
+                })
+        };
+        let next = rows.iter().map(|r| r.0).max().unwrap_or(0) + 1;
+        let category = match model.filter() {
+            StreamFilter::Category(category) => Some(category),
+            _ => None,
+        };
+        let mut changed = false;
+        let active = match find("active") {
+            Some(active) => active,
+            None => {
+                let active = Generation {
+                    generation: next,
+                    version,
+                    ready: true,
+                };
+                self.insert(&mut tx, name, active, "active", category.as_deref())
+                    .await?;
+                self.create(&mut tx, model, next).await?;
+                self.point_views(&mut tx, model, next).await?;
+                tx.commit().await.map_err(from_sqlx)?;
+                return Ok(Some((active, None)));
+            }
+        };
+        if active.version > version {
+            tx.rollback().await.map_err(from_sqlx)?;
+            return Ok(None);
+        }
+        let mut building = find("building");
+        // A rebuild for other code than this (an older version, or an operator's rebuild of
+        // the version this code replaces) gives way to one of this code's version.
+        if let Some(stale) = building.filter(|b| b.version != version && active.version < version) {
+            self.drop_generation(&mut tx, name, stale.generation)
+                .await?;
+            building = None;
+            changed = true;
+        }
+        if building.is_none() && active.version < version {
+            let new = Generation {
+                generation: next,
+                version,
+                ready: false,
+            };
+            self.insert(&mut tx, name, new, "building", category.as_deref())
+                .await?;
+            building = Some(new);
+            changed = true;
+        }
+        if let Some(b) = building
+            .as_mut()
+            .filter(|b| !b.ready && b.version == version)
+        {
+            // Leftovers of a generation whose row is gone would be in the way.
+            let schema = generation_schema(&self.store.config().schema, name, b.generation)?;
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .execute(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+            self.create(&mut tx, model, b.generation).await?;
+            sqlx::query(
+                "UPDATE projection_versions SET ready = true, category = $3, updated_at = now() \
+                 WHERE name = $1 AND generation = $2",
+            )
+            .bind(name)
+            .bind(b.generation)
+            .bind(category.as_deref())
+            .execute(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+            b.ready = true;
+            changed = true;
+            tracing::info!(
+                projection = name,
+                generation = b.generation,
+                version,
+                backend = BACKEND,
+                "rebuilding the read model beside the active one"
+            );
+        }
+        if changed {
+            tx.commit().await.map_err(from_sqlx)?;
+        } else {
+            tx.rollback().await.map_err(from_sqlx)?;
+        }
+        Ok(Some((active, building)))
+    }
+
+    async fn insert(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        name: &str,
+        generation: Generation,
+        state: &str,
+        category: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO projection_versions (name, generation, version, state, ready, category) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(name)
+        .bind(generation.generation)
+        .bind(generation.version)
+        .bind(state)
+        .bind(generation.ready)
+        .bind(category)
+        .execute(&mut **tx)
+        .await
+        .map_err(from_sqlx)?;
+        Ok(())
+    }
+
+    /// Creates generation `generation`'s schema and the model's tables in it.
+    async fn create(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        model: &dyn PgProjection,
+        generation: i64,
+    ) -> Result<()> {
+        let schema = generation_schema(&self.store.config().schema, model.name(), generation)?;
+        sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
+            .execute(&mut **tx)
+            .await
+            .map_err(from_sqlx)?;
+        self.use_schema(tx, &schema).await?;
+        model.create(tx).await.map_err(|e| {
+            Error::backend(
+                "projection",
+                format!("{} cannot create its tables: {e}", model.name()),
+            )
+        })?;
+        self.reset_schema(tx).await
+    }
+
+    /// Puts `schema` first in the transaction's search path (ended by its end).
+    async fn use_schema(&self, conn: &mut PgConnection, schema: &str) -> Result<()> {
+        sqlx::query(&format!(
+            "SET LOCAL search_path TO \"{schema}\", \"{}\", public",
+            self.store.config().schema
+        ))
+        .execute(&mut *conn)
+        .await
+        .map_err(from_sqlx)?;
+        Ok(())
+    }
+
+    async fn reset_schema(&self, conn: &mut PgConnection) -> Result<()> {
+        sqlx::query(&format!(
+            "SET LOCAL search_path TO \"{}\", public",
+            self.store.config().schema
+        ))
+        .execute(&mut *conn)
+        .await
+        .map_err(from_sqlx)?;
+        Ok(())
+    }
+
+    /// Points the views of the model's tables at generation `generation`.
+    async fn point_views(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        model: &dyn PgProjection,
+        generation: i64,
+    ) -> Result<()> {
+        let store_schema = &self.store.config().schema;
+        let schema = generation_schema(store_schema, model.name(), generation)?;
+        for table in model.tables() {
+            check_identifier(&table)?;
+            sqlx::query(&format!(
+                "DROP VIEW IF EXISTS \"{store_schema}\".\"{table}\""
+            ))
+            .execute(&mut **tx)
+            .await
+            .map_err(from_sqlx)?;
+            sqlx::query(&format!(
+                "CREATE VIEW \"{store_schema}\".\"{table}\" AS SELECT * FROM \"{schema}\".\"{table}\""
+            ))
+            .execute(&mut **tx)
+            .await
+            .map_err(from_sqlx)?;
+        }
+        Ok(())
+    }
+
+    async fn drop_generation(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        name: &str,
+        generation: i64,
+    ) -> Result<()> {
+        let schema = generation_schema(&self.store.config().schema, name, generation)?;
+        // CASCADE drops the views that point into it as well.
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .execute(&mut **tx)
+            .await
+            .map_err(from_sqlx)?;
+        sqlx::query("DELETE FROM projection_versions WHERE name = $1 AND generation = $2")
+            .bind(name)
+            .bind(generation)
+            .execute(&mut **tx)
+            .await
+            .map_err(from_sqlx)?;
+        Ok(())
+    }
+
+    /// One batch for `generation` in its own transaction, under that generation's lock.
+    async fn run_batch(&self, model: &dyn PgProjection, generation: i64) -> Result<usize> {
+        let mut tx = self.store.pool().begin().await.map_err(from_sqlx)?;
+        lock(&mut tx, model.name(), Some(generation)).await?;
+        let applied = self.batch_in(&mut tx, model, generation).await?;
+        if applied == 0 {
+            tx.rollback().await.map_err(from_sqlx)?;
+        } else {
+            tx.commit().await.map_err(from_sqlx)?;
+        }
+        Ok(applied)
+    }
+
+    /// One batch for `generation` in `tx`, whose caller holds the generation's lock: reads
+    /// after its checkpoint, applies, moves the checkpoint. Returns how many events it applied;
+    /// 0 as well when the generation is gone (dropped by a switch).
+    async fn batch_in(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        model: &dyn PgProjection,
+        generation: i64,
+    ) -> Result<usize> {
+        let name = model.name();
+        // After the lock: a runner that waited for another sees the checkpoint it left.
+        let Some((tx_id, seq)) = sqlx::query_as::<_, (i64, i64)>(
+            "SELECT tx_id, seq FROM projection_versions \
+             WHERE name = $1 AND generation = $2 AND ready",
+        )
+        .bind(name)
+        .bind(generation)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(from_sqlx)?
+        else {
+            return Ok(0);
+        };
+        let after = Position::new(to_u64(tx_id), to_u64(seq));
+        // Read before this transaction writes (and takes a transaction id), so that it does
+        // not hold back its own read.
+        let events = read_visible(tx, &model.filter(), after, self.batch_size).await?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(0);
+        };
+        let schema = generation_schema(&self.store.config().schema, name, generation)?;
+        self.use_schema(tx, &schema).await?;
+        for event in &events {
+            model.apply(tx, event).await.map_err(|e| {
+                Error::backend(
+                    "projection",
+                    format!("{name} failed at {}: {e}", event.position),
+                )
+            })?;
+        }
+        self.reset_schema(tx).await?;
+        sqlx::query(
+            "UPDATE projection_versions SET tx_id = $3, seq = $4, updated_at = now() \
+             WHERE name = $1 AND generation = $2",
+        )
+        .bind(name)
+        .bind(generation)
+        .bind(to_i64(last.commit, "position")?)
+        .bind(to_i64(last.sequence, "position")?)
+        .execute(&mut **tx)
+        .await
+        .map_err(from_sqlx)?;
+        Ok(events.len())
+    }
+
+    /// Makes `building` active if it can catch up in one last batch, in one transaction that
+    /// holds the projection's lock and both generations' locks (so the old generation's
+    /// runners are between batches, and the new one has read everything they have): the
+    /// views move, the old generation is dropped. Returns what the last batch applied and
+    /// whether it switched (not when the last batch was full: events keep coming faster).
+    async fn switch(
+        &self,
+        model: &dyn PgProjection,
+        active: Generation,
+        building: Generation,
+    ) -> Result<(usize, bool)> {
+        let name = model.name();
+        let mut tx = self.store.pool().begin().await.map_err(from_sqlx)?;
+        lock(&mut tx, name, None).await?;
+        lock(&mut tx, name, Some(building.generation)).await?;
+        lock(&mut tx, name, Some(active.generation)).await?;
+        // Still the same pair? (Another instance may have switched meanwhile.)
+        let states: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT generation, state FROM projection_versions WHERE name = $1 ORDER BY generation",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(from_sqlx)?;
+        let expected = vec![
+            (active.generation, "active".to_owned()),
+            (building.generation, "building".to_owned()),
+        ];
+        if states != expected {
+            tx.rollback().await.map_err(from_sqlx)?;
+            return Ok((0, false));
+        }
+        let applied = self.batch_in(&mut tx, model, building.generation).await?;
+        if applied == self.batch_size {
+            tx.commit().await.map_err(from_sqlx)?;
+            return Ok((applied, false));
+        }
+        self.drop_generation(&mut tx, name, active.generation)
+            .await?;
+        sqlx::query(
+            "UPDATE projection_versions SET state = 'active', updated_at = now() \
+             WHERE name = $1 AND generation = $2",
+        )
+        .bind(name)
+        .bind(building.generation)
+        .execute(&mut *tx)
+        .await
+        .map_err(from_sqlx)?;
+        self.point_views(&mut tx, model, building.generation)
+            .await?;
+        tx.commit().await.map_err(from_sqlx)?;
+        tracing::info!(
+            projection = name,
+            generation = building.generation,
+            version = building.version,
+            backend = BACKEND,
+            "readers switched to the rebuilt read model"
+        );
+        Ok((applied, true))
+    }
+}
+
+/// Takes the transaction-scoped advisory lock of projection `name` (setting up and switching
+/// generations) or of one of its generations (applying batches to it). Taking one takes no
+/// transaction id, so the log reads that follow are not held back by it.
+async fn lock(
+    tx: &mut Transaction<'static, Postgres>,
+    name: &str,
+    generation: Option<i64>,
+) -> Result<()> {
+    let key = match generation {
+        None => format!("es-read-model:{name}"),
+        Some(generation) => format!("es-read-model:{name}:{generation}"),
+    };
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(key)
+        .execute(&mut **tx)
+        .await
+        .map_err(from_sqlx)?;
+    Ok(())
+}
+
+/// The schema of one generation: `<store schema>_rm_<name>_<generation>`, with `-` in the
+/// name as `_`. Names are checked, since they become identifiers.
+fn generation_schema(store_schema: &str, name: &str, generation: i64) -> Result<String> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(Error::InvalidInput(format!(
+            "projection name `{name}`: a versioned read model's name takes a-z, 0-9, `_` and `-`"
+        )));
+    }
+    let schema = format!("{store_schema}_rm_{}_{generation}", name.replace('-', "_"));
+    // PostgreSQL cuts identifiers at 63 bytes; two generations must not meet there.
+    if schema.len() > 63 {
+        return Err(Error::InvalidInput(format!(
+            "projection name `{name}`: the schema `{schema}` of its tables would be longer than \
+             63 bytes; shorten the name or the store's schema"
+        )));
+    }
+    Ok(schema)
+}
+
+fn check_identifier(table: &str) -> Result<()> {
+    if table.is_empty()
+        || table.len() > 63
+        || !table
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(Error::InvalidInput(format!(
+            "read model table `{table}`: a table name takes a-z, 0-9 and `_`, at most 63 bytes"
+        )));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ProjectionAdmin for PgEventStore {
+    async fn status(&self) -> Result<Vec<ProjectionInfo>> {
+        let rows: Vec<(String, i32, i64, String, i64, i64, i64, Option<f64>)> =
+            sqlx::query_as(&format!(
+                "SELECT p.name, p.version, p.generation, p.state, p.tx_id, p.seq, \
+                   (SELECT count(*) FROM events e WHERE (e.tx_id, e.seq) > (p.tx_id, p.seq) \
+                      AND e.tx_id < {HORIZON} AND (p.category IS NULL OR e.category = p.category)), \
+                   (SELECT EXTRACT(EPOCH FROM clock_timestamp() - e.recorded_at)::float8 \
+                      FROM events e WHERE (e.tx_id, e.seq) > (p.tx_id, p.seq) \
+                      AND e.tx_id < {HORIZON} AND (p.category IS NULL OR e.category = p.category) \
+                      ORDER BY e.tx_id, e.seq LIMIT 1) \
+                 FROM projection_versions p ORDER BY p.name, p.state, p.generation"
+            ))
+            .fetch_all(self.pool())
+            .await
+            .map_err(from_sqlx)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(name, version, generation, state, tx_id, seq, behind, age)| {
+                    let phase = if state == "active" {
+                        ProjectionPhase::Active
+                    } else {
+                        ProjectionPhase::Building
+                    };
+                    ProjectionInfo::new(
+                        name,
+                        u32::try_from(version).unwrap_or_default(),
+                        to_u64(generation),
+                        phase,
+                        Position::new(to_u64(tx_id), to_u64(seq)),
+                    )
+                    .with_lag(
+                        to_u64(behind),
+                        age.filter(|s| s.is_finite() && *s > 0.0)
+                            .map_or(Duration::ZERO, Duration::from_secs_f64),
+                    )
+                },
+            )
+            .collect())
+    }
+
+    async fn rebuild(&self, name: &str) -> Result<()> {
+        let mut tx = self.pool().begin().await.map_err(from_sqlx)?;
+        lock(&mut tx, name, None).await?;
+        let rows: Vec<(i64, i32, String)> = sqlx::query_as(
+            "SELECT generation, version, state FROM projection_versions WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(from_sqlx)?;
+        let Some(&(_, version, _)) = rows.iter().find(|r| r.2 == "active") else {
+            return Err(Error::InvalidInput(format!(
+                "no versioned read model is named `{name}`"
+            )));
+        };
+        if rows.iter().any(|r| r.2 == "building") {
+            return Ok(());
+        }
+        let next = rows.iter().map(|r| r.0).max().unwrap_or(0) + 1;
+        // Its runner creates the tables (it has the code) and builds it.
+        sqlx::query(
+            "INSERT INTO projection_versions (name, generation, version, state, ready) \
+             VALUES ($1, $2, $3, 'building', false)",
+        )
+        .bind(name)
+        .bind(next)
+        .bind(version)
+        .execute(&mut *tx)
+        .await
+        .map_err(from_sqlx)?;
+        tx.commit().await.map_err(from_sqlx)?;
+        tracing::info!(
+            projection = name,
+            generation = next,
+            backend = BACKEND,
+            "rebuild requested"
+        );
+        Ok(())
+    }
+}

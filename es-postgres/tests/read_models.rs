@@ -1,0 +1,493 @@
+//! Read models in tables: typed projections, inline projections (read-your-writes through the
+//! `Repository`), and versioned read models rebuilt blue/green while events flow.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use es_core::testing::sample_event;
+use es_core::{
+    Aggregate, BoxError, DomainEvent, Envelope, EventStore, ExpectedVersion, Metadata, NewEvent,
+    ProjectionAdmin, ProjectionPhase, RecordedEvent, Repository, StreamFilter, StreamId,
+};
+use es_postgres::{PgEventStore, PgProjection, PgReadModelRunner, PgTyped, PgTypedProjection};
+use sqlx::PgConnection;
+use tokio::sync::mpsc;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+enum TabEvent {
+    Opened,
+    Charged { cents: i64 },
+}
+impl DomainEvent for TabEvent {}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Tab {
+    open: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the tab is not open")]
+struct NotOpen;
+
+impl Aggregate for Tab {
+    const TYPE: &'static str = "tab";
+    type Command = Option<i64>;
+    type Event = TabEvent;
+    type Error = NotOpen;
+    fn handle(&self, command: Option<i64>) -> Result<Vec<TabEvent>, NotOpen> {
+        match command {
+            None => Ok(vec![TabEvent::Opened]),
+            Some(cents) if self.open => Ok(vec![TabEvent::Charged { cents }]),
+            Some(_) => Err(NotOpen),
+        }
+    }
+    fn apply(&mut self, event: &TabEvent) {
+        if let TabEvent::Opened = event {
+            self.open = true;
+        }
+    }
+}
+
+/// One row per tab: its total and how many events made it. A charge of 13 cents is refused.
+struct TabTotals;
+
+#[es_core::async_trait]
+impl PgTypedProjection for TabTotals {
+    type Event = TabEvent;
+    const NAME: &'static str = "tab-totals";
+    fn filter(&self) -> StreamFilter {
+        StreamFilter::category("tab")
+    }
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: Envelope<TabEvent>,
+    ) -> Result<(), BoxError> {
+        let cents = match event.event {
+            TabEvent::Opened => 0,
+            TabEvent::Charged { cents: 13 } => return Err("unlucky".into()),
+            TabEvent::Charged { cents } => cents,
+        };
+        sqlx::query(
+            "INSERT INTO tab_totals (tab, cents, events) VALUES ($1, $2, 1) \
+             ON CONFLICT (tab) DO UPDATE SET cents = tab_totals.cents + $2, \
+             events = tab_totals.events + 1",
+        )
+        .bind(event.stream_id.entity_id())
+        .bind(cents)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn tab_total(store: &PgEventStore, tab: &str) -> Option<(i64, i64)> {
+    sqlx::query_as("SELECT cents, events FROM tab_totals WHERE tab = $1")
+        .bind(tab)
+        .fetch_optional(store.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_inline_projection_is_read_right_after_the_command_and_fails_it_when_it_fails() {
+    let store = common::store("inline").await;
+    sqlx::query("CREATE TABLE tab_totals (tab text PRIMARY KEY, cents bigint, events bigint)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let store = store.with_inline_projection(Arc::new(PgTyped::new(TabTotals)));
+    let tabs = Repository::<Tab>::new(Arc::new(store.clone()));
+    tabs.execute("7", None, Metadata::default()).await.unwrap();
+    let mut expected = 0;
+    for (i, cents) in [100, 20, 3].into_iter().enumerate() {
+        tabs.execute("7", Some(cents), Metadata::default())
+            .await
+            .unwrap();
+        expected += cents;
+        // Read on another connection, with no waiting: the row committed with the events.
+        assert_eq!(tab_total(&store, "7").await, Some((expected, i as i64 + 2)));
+    }
+
+    // An event of a type the projection does not know is skipped, not a failure.
+    store
+        .append(
+            &StreamId::new("tab-8").unwrap(),
+            ExpectedVersion::Any,
+            vec![NewEvent::raw("Disputed", "{}")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(tab_total(&store, "8").await, None);
+
+    // A failing inline projection fails the command: neither the events nor the rows stay.
+    let error = tabs
+        .execute("7", Some(13), Metadata::default())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("unlucky"), "{error}");
+    let stream = StreamId::new("tab-7").unwrap();
+    assert_eq!(store.stream_version(&stream).await.unwrap(), Some(4));
+    assert_eq!(tab_total(&store, "7").await, Some((123, 4)));
+    common::drop_schema(&store).await;
+}
+
+// ---- Versioned read models ----
+
+/// Sums the `n` of every `num` event into one row, counts them, and keeps the largest `n` per
+/// stream; `version` is the code version. Counting and summing are not idempotent, so a doubled
+/// or lost event shows in the totals. Reaching `hang_at` reports it and hangs (to be killed).
+struct Numbers {
+    version: u32,
+    applied: AtomicU64,
+    hang_at: Option<(u64, mpsc::UnboundedSender<()>)>,
+}
+
+impl Numbers {
+    fn version(version: u32) -> Self {
+        Numbers {
+            version,
+            applied: AtomicU64::new(0),
+            hang_at: None,
+        }
+    }
+}
+
+#[es_core::async_trait]
+impl PgProjection for Numbers {
+    fn name(&self) -> &str {
+        "numbers"
+    }
+    fn filter(&self) -> StreamFilter {
+        StreamFilter::category("num")
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn tables(&self) -> Vec<String> {
+        vec!["totals".into()]
+    }
+    async fn create(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        sqlx::query(
+            "CREATE TABLE totals (id int PRIMARY KEY, events bigint NOT NULL, sum bigint NOT NULL, \
+               version int NOT NULL)",
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("INSERT INTO totals VALUES (1, 0, 0, $1)")
+            .bind(self.version as i32)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+    async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError> {
+        let n = event.payload_json()?["n"].as_i64().ok_or("no n")?;
+        self.applied.fetch_add(1, Ordering::SeqCst);
+        sqlx::query("UPDATE totals SET events = events + 1, sum = sum + $1")
+            .bind(n)
+            .execute(&mut *conn)
+            .await?;
+        if let Some((at, reached)) = &self.hang_at {
+            if n as u64 == *at {
+                let _ = reached.send(());
+                std::future::pending::<()>().await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends `num` events carrying `from..=to` in order, `chunk` per append.
+async fn append_numbers(store: &PgEventStore, from: u64, to: u64, chunk: u64) {
+    let mut n = from;
+    while n <= to {
+        let end = (n + chunk - 1).min(to);
+        let stream = StreamId::new(format!("num-{}", n % 5)).unwrap();
+        let events = (n..=end).map(|k| sample_event("Counted", k)).collect();
+        store
+            .append(&stream, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+        n = end + 1;
+    }
+}
+
+/// A stop signal for the runners and readers of a test.
+#[derive(Clone)]
+struct Stop(watch::Sender<bool>);
+
+impl Stop {
+    fn new() -> Self {
+        Stop(watch::channel(false).0)
+    }
+    fn cancel(&self) {
+        self.0.send_replace(true);
+    }
+    fn is_cancelled(&self) -> bool {
+        *self.0.borrow()
+    }
+    fn cancelled_owned(self) -> impl std::future::Future<Output = ()> + Send {
+        let mut rx = self.0.subscribe();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+/// What readers see through the view: (events, sum, version of the generation).
+async fn read_totals(store: &PgEventStore) -> (i64, i64, i32) {
+    sqlx::query_as("SELECT events, sum, version FROM totals")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+fn triangle(n: i64) -> i64 {
+    n * (n + 1) / 2
+}
+
+async fn drop_all(store: &PgEventStore) {
+    let schemas: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1 || '\\_rm\\_%'",
+    )
+    .bind(&store.config().schema)
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    for schema in schemas {
+        sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    common::drop_schema(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_rebuilds_beside_the_old_while_events_flow_and_readers_switch_at_once() {
+    let store = common::store("rebuild").await;
+    append_numbers(&store, 1, 1500, 100).await;
+    let stop = Stop::new();
+    let v1 = PgReadModelRunner::new(store.clone()).with_batch_size(50);
+    let old = tokio::spawn({
+        let (v1, stop) = (v1.clone(), stop.clone());
+        async move {
+            v1.run(Arc::new(Numbers::version(1)), stop.cancelled_owned())
+                .await
+        }
+    });
+    v1.catch_up(&Numbers::version(1)).await.unwrap();
+    assert_eq!(read_totals(&store).await, (1500, triangle(1500), 1));
+
+    // Events keep flowing, one writer, so every consistent read is a prefix 1..=k.
+    let writer = tokio::spawn({
+        let store = store.clone();
+        async move {
+            for k in 0..60 {
+                append_numbers(&store, 1501 + k * 10, 1510 + k * 10, 5).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    // Readers watch the view the whole time.
+    let reader = tokio::spawn({
+        let (store, stop) = (store.clone(), stop.clone());
+        async move {
+            let (mut last, mut reads, mut saw_v2) = (0, 0, false);
+            while !stop.is_cancelled() {
+                let (events, sum, version) = read_totals(&store).await;
+                assert_eq!(
+                    sum,
+                    triangle(events),
+                    "a read saw a model that is not a prefix"
+                );
+                assert!(
+                    events >= last,
+                    "a read saw {events} events after one saw {last}: a half-built model"
+                );
+                assert!(
+                    version == 2 || !saw_v2,
+                    "readers went back to the old version"
+                );
+                saw_v2 |= version == 2;
+                last = events;
+                reads += 1;
+            }
+            reads
+        }
+    });
+    // The new code starts: it rebuilds generation 2 from the start while generation 1 serves.
+    let v2 = PgReadModelRunner::new(store.clone()).with_batch_size(50);
+    let new = tokio::spawn({
+        let (v2, stop) = (v2.clone(), stop.clone());
+        async move {
+            v2.run(Arc::new(Numbers::version(2)), stop.cancelled_owned())
+                .await
+        }
+    });
+    let mut saw_building = false;
+    loop {
+        let status = store.status().await.unwrap();
+        saw_building |= status
+            .iter()
+            .any(|g| g.phase == ProjectionPhase::Building && g.version == 2);
+        if status.len() == 1 && status[0].version == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(saw_building, "the rebuild ran beside the active generation");
+    writer.await.unwrap();
+    v2.catch_up(&Numbers::version(2)).await.unwrap();
+    stop.cancel();
+    let reads = reader.await.unwrap();
+    assert!(
+        reads > 10,
+        "the readers read during the rebuild ({reads} reads)"
+    );
+    old.await.unwrap();
+    new.await.unwrap();
+    assert_eq!(
+        read_totals(&store).await,
+        (2100, triangle(2100), 2),
+        "the switch lost nothing and doubled nothing"
+    );
+    let old_schema = v1.schema_of("numbers", 1).unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+        .bind(&old_schema)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the old generation's tables are dropped");
+    // The old code, should it still run somewhere, leaves the newer model alone.
+    assert!(v1.step(&Numbers::version(1)).await.unwrap().superseded);
+    drop_all(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_of_one_read_model_share_its_tables_without_double_counting() {
+    let store = common::store("tworunners").await;
+    let stop = Stop::new();
+    let runners: Vec<_> = (0..2)
+        .map(|_| {
+            let (runner, stop) = (
+                PgReadModelRunner::new(store.clone()).with_batch_size(7),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                runner
+                    .run(Arc::new(Numbers::version(1)), stop.cancelled_owned())
+                    .await
+            })
+        })
+        .collect();
+    append_numbers(&store, 1, 600, 3).await;
+    let runner = PgReadModelRunner::new(store.clone());
+    loop {
+        let status = store.status().await.unwrap();
+        if status.len() == 1 && status[0].events_behind == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    for r in runners {
+        r.await.unwrap();
+    }
+    runner.catch_up(&Numbers::version(1)).await.unwrap();
+    assert_eq!(read_totals(&store).await, (600, triangle(600), 1));
+    drop_all(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_model_killed_mid_batch_resumes_after_its_checkpoint_without_double_counting() {
+    let store = common::store("killed").await;
+    append_numbers(&store, 1, 300, 10).await;
+    let (reached, mut reached_rx) = mpsc::unbounded_channel();
+    let hanging = Numbers {
+        hang_at: Some((230, reached)),
+        ..Numbers::version(1)
+    };
+    let runner = PgReadModelRunner::new(store.clone()).with_batch_size(100);
+    let task = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.catch_up(&hanging).await }
+    });
+    reached_rx
+        .recv()
+        .await
+        .expect("the batch reached event 230");
+    task.abort();
+    let _ = task.await;
+    // Two batches (1..=200) committed; the third died with its transaction.
+    let status = store.status().await.unwrap();
+    assert_eq!(status[0].events_behind, 100);
+    assert!(status[0].time_behind > Duration::ZERO);
+    assert_eq!(read_totals(&store).await, (200, triangle(200), 1));
+
+    let restarted = Numbers::version(1);
+    runner.catch_up(&restarted).await.unwrap();
+    assert_eq!(read_totals(&store).await, (300, triangle(300), 1));
+    assert_eq!(
+        restarted.applied.load(Ordering::SeqCst),
+        100,
+        "the restart read only what came after the checkpoint"
+    );
+    assert_eq!(store.status().await.unwrap()[0].events_behind, 0);
+    drop_all(&store).await;
+}
+
+#[tokio::test]
+async fn an_operator_rebuild_makes_a_new_generation_and_an_unknown_name_is_refused() {
+    let store = common::store("oprebuild").await;
+    append_numbers(&store, 1, 40, 10).await;
+    let runner = PgReadModelRunner::new(store.clone()).with_batch_size(15);
+    runner.catch_up(&Numbers::version(1)).await.unwrap();
+    store.rebuild("numbers").await.unwrap();
+    store.rebuild("numbers").await.unwrap();
+    let status = store.status().await.unwrap();
+    assert_eq!(status.len(), 2, "{status:?}");
+    assert_eq!(
+        (status[0].generation, status[0].phase),
+        (1, ProjectionPhase::Active)
+    );
+    assert_eq!(
+        (status[1].generation, status[1].phase, status[1].version),
+        (2, ProjectionPhase::Building, 1)
+    );
+    let rebuilt = Numbers::version(1);
+    runner.catch_up(&rebuilt).await.unwrap();
+    assert_eq!(
+        rebuilt.applied.load(Ordering::SeqCst),
+        40,
+        "rebuilt from the start"
+    );
+    let status = store.status().await.unwrap();
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].generation, 2);
+    assert_eq!(read_totals(&store).await, (40, triangle(40), 1));
+    assert!(matches!(
+        store.rebuild("nope").await,
+        Err(es_core::Error::InvalidInput(_))
+    ));
+    drop_all(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_read_models_pass_the_projection_admin_suite() {
+    let store = common::store("admin").await;
+    let runner = PgReadModelRunner::new(store.clone());
+    es_core::testing::projection_admin_conformance(&store, &store, "numbers", "num", || async {
+        runner
+            .catch_up(&Numbers::version(1))
+            .await
+            .expect("catch up");
+    })
+    .await;
+    assert_eq!(read_totals(&store).await, (3, 6, 1));
+    drop_all(&store).await;
+}
