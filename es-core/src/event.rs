@@ -263,8 +263,58 @@ impl Metadata {
         if bytes.is_empty() {
             return Ok(Metadata::default());
         }
+        if let Some(metadata) = Self::from_compact_json(bytes) {
+            return Ok(metadata);
+        }
         serde_json::from_slice(bytes).map_err(|e| Error::serialization("Metadata", e))
     }
+
+    /// Reads the shape [`to_json`](Self::to_json) writes when there are no headers
+    /// (`{"correlationId":"…","causationId":"…","traceparent":"…"}`, any of them left out,
+    /// nothing escaped), or `None` for anything else, which serde then reads.
+    ///
+    /// A scan of the log decodes the metadata of every event it hands out, and through serde
+    /// that took a fifth of a scan's client time; this reads the same bytes into the same value
+    /// without serde's machinery.
+    fn from_compact_json(bytes: &[u8]) -> Option<Self> {
+        let mut rest = bytes.strip_prefix(b"{")?.strip_suffix(b"}")?;
+        let mut metadata = Metadata::default();
+        let (mut correlation, mut causation, mut trace) = (false, false, false);
+        while !rest.is_empty() {
+            let (key, after) = compact_string(rest)?;
+            let (value, after) = compact_string(after.strip_prefix(b":")?)?;
+            rest = match after {
+                [] => after,
+                [b',', more @ ..] if !more.is_empty() => more,
+                _ => return None,
+            };
+            // A repeated key is an error to serde: leave it to serde to report.
+            match key {
+                b"correlationId" if !correlation => {
+                    correlation = true;
+                    metadata.correlation_id = Some(Uuid::try_parse_ascii(value).ok()?);
+                }
+                b"causationId" if !causation => {
+                    causation = true;
+                    metadata.causation_id = Some(Uuid::try_parse_ascii(value).ok()?);
+                }
+                b"traceparent" if !trace => {
+                    trace = true;
+                    metadata.traceparent = Some(std::str::from_utf8(value).ok()?.to_owned());
+                }
+                _ => return None,
+            }
+        }
+        Some(metadata)
+    }
+}
+
+/// The content of the JSON string at the start of `bytes` and what follows it, when it has no
+/// escape and no control character (which JSON forbids raw); `None` otherwise.
+fn compact_string(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let bytes = bytes.strip_prefix(b"\"")?;
+    let end = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    (bytes[end] == b'"').then(|| (&bytes[..end], &bytes[end + 1..]))
 }
 
 /// An event about to be appended: serialized, not yet in a stream.
@@ -492,5 +542,73 @@ mod tests {
         let json = m.to_json();
         assert_eq!(Metadata::from_json(&json).unwrap(), m);
         assert_eq!(Metadata::from_json(b"").unwrap(), Metadata::default());
+    }
+
+    #[test]
+    fn the_compact_reading_of_metadata_agrees_with_serde() {
+        let id = "0190e5a4-5b6e-7c3d-9f00-0123456789ab";
+        let written = [
+            Metadata::default(),
+            Metadata::new_correlation(),
+            Metadata {
+                correlation_id: Some(Uuid::now_v7()),
+                causation_id: Some(Uuid::now_v7()),
+                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+                headers: BTreeMap::new(),
+            },
+            Metadata {
+                traceparent: Some("é ünïcode".into()),
+                ..Metadata::default()
+            },
+            Metadata::new_correlation().with_header("tenant", "a"),
+        ];
+        let mut inputs: Vec<Vec<u8>> = written.iter().map(|m| m.to_json().to_vec()).collect();
+        for odd in [
+            format!(r#"{{"causationId":"{id}","correlationId":"{id}"}}"#),
+            r#"{"correlationId":null}"#.to_owned(),
+            format!(r#"{{"correlationId":"{id}","correlationId":"{id}"}}"#),
+            format!(r#"{{"correlationId":"{id}",}}"#),
+            format!(r#"{{"correlationId":"{id}","other":"x"}}"#),
+            format!(r#"{{ "correlationId": "{id}" }}"#),
+            format!(r#"{{"correlationId":"not a uuid"}}"#),
+            format!(r#"{{"correlationId":"{}"}}"#, id.replace('-', "")),
+            r#"{"traceparent":"a"b"}"#.to_owned(),
+            r#"{"traceparent":"a\"b"}"#.to_owned(),
+            r#"{"traceparent":"a\u0041"}"#.to_owned(),
+            "{\"traceparent\":\"a\tb\"}".to_owned(),
+            r#"{"traceparent":""}"#.to_owned(),
+            r#"{"traceparent":"x"} "#.to_owned(),
+            r#"{"traceparent":"x""#.to_owned(),
+            r#"{"traceparent""#.to_owned(),
+            r#"{"""#.to_owned(),
+            "{}".to_owned(),
+            "{".to_owned(),
+            "}".to_owned(),
+            "null".to_owned(),
+        ] {
+            inputs.push(odd.into_bytes());
+        }
+        inputs.push(b"{\"traceparent\":\"\xff\"}".to_vec());
+        for input in inputs {
+            let serde: std::result::Result<Metadata, _> = serde_json::from_slice(&input);
+            match (Metadata::from_compact_json(&input), serde) {
+                (Some(compact), Ok(serde)) => assert_eq!(compact, serde, "{input:?}"),
+                (Some(compact), Err(e)) => panic!("{input:?}: read as {compact:?}, serde: {e}"),
+                (None, _) => {}
+            }
+            // Whichever way, the public reading is serde's.
+            assert_eq!(
+                Metadata::from_json(&input).ok(),
+                serde_json::from_slice::<Metadata>(&input).ok(),
+                "{input:?}"
+            );
+        }
+        // What the store writes is read the compact way.
+        for metadata in &written[..4] {
+            assert_eq!(
+                Metadata::from_compact_json(&metadata.to_json()).as_ref(),
+                Some(metadata)
+            );
+        }
     }
 }
