@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use es_core::subscription::{poll_subscription, PollConfig};
+use futures_util::TryStreamExt;
 use es_core::{
     AppendResult, BoxError, CommitOutcome, Error, EventStore, EventSubscription, ExpectedVersion,
     Metadata, NewEvent, Position, RecordedEvent, ReplayedEvent, Result, StreamAppend, StreamFilter,
@@ -764,12 +765,17 @@ pub(crate) async fn read_visible(
     limit: usize,
 ) -> Result<Vec<RecordedEvent>> {
     let sql = visible_sql(filter);
-    let rows = visible_query(&sql, filter, after, limit)?
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(from_sqlx)?;
-    rows.into_iter().map(recorded).collect()
+    // Each row becomes an event as it arrives: no second vector of rows to fill and walk.
+    let mut rows = visible_query(&sql, filter, after, limit)?.fetch(&mut *conn);
+    let mut events = Vec::with_capacity(limit.min(PAGE_CAPACITY));
+    while let Some(row) = rows.try_next().await.map_err(from_sqlx)? {
+        events.push(recorded(row)?);
+    }
+    Ok(events)
 }
+
+/// The most events a page reserves room for before its rows arrive.
+const PAGE_CAPACITY: usize = 1024;
 
 /// The statement that reads the safe events after `($1, $2)`, at most `$3` of them (in
 /// category `$4` when the filter names one), in the global order.
