@@ -421,42 +421,43 @@ impl Metadata {
     fn from_compact_json(bytes: &[u8]) -> Option<Self> {
         let mut rest = bytes.strip_prefix(b"{")?.strip_suffix(b"}")?;
         let mut metadata = Metadata::default();
-        let (mut correlation, mut causation, mut trace) = (false, false, false);
-        while !rest.is_empty() {
-            let (key, after) = compact_string(rest)?;
-            let (value, after) = compact_string(after.strip_prefix(b":")?)?;
-            rest = match after {
-                [] => after,
-                [b',', more @ ..] if !more.is_empty() => more,
-                _ => return None,
-            };
-            // A repeated key is an error to serde: leave it to serde to report.
-            match key {
-                b"correlationId" if !correlation => {
-                    correlation = true;
-                    metadata.correlation_id = Some(Uuid::try_parse_ascii(value).ok()?);
-                }
-                b"causationId" if !causation => {
-                    causation = true;
-                    metadata.causation_id = Some(Uuid::try_parse_ascii(value).ok()?);
-                }
-                b"traceparent" if !trace => {
-                    trace = true;
-                    metadata.traceparent = Some(std::str::from_utf8(value).ok()?.to_owned());
-                }
-                _ => return None,
-            }
+        if rest.is_empty() {
+            return Some(metadata);
         }
-        Some(metadata)
+        loop {
+            // A repeated key is an error to serde: leave it to serde to report.
+            if let Some(after) = rest.strip_prefix(br#""correlationId":""#) {
+                let (id, after) = compact_uuid(after)?;
+                metadata.correlation_id.replace(id).is_none().then_some(())?;
+                rest = after;
+            } else if let Some(after) = rest.strip_prefix(br#""causationId":""#) {
+                let (id, after) = compact_uuid(after)?;
+                metadata.causation_id.replace(id).is_none().then_some(())?;
+                rest = after;
+            } else if let Some(after) = rest.strip_prefix(br#""traceparent":""#) {
+                let end = after
+                    .iter()
+                    .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+                (after[end] == b'"').then_some(())?;
+                let value = std::str::from_utf8(&after[..end]).ok()?.to_owned();
+                metadata.traceparent.replace(value).is_none().then_some(())?;
+                rest = &after[end + 1..];
+            } else {
+                return None;
+            }
+            if rest.is_empty() {
+                return Some(metadata);
+            }
+            rest = rest.strip_prefix(b",")?;
+        }
     }
 }
 
-/// The content of the JSON string at the start of `bytes` and what follows it, when it has no
-/// escape and no control character (which JSON forbids raw); `None` otherwise.
-fn compact_string(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let bytes = bytes.strip_prefix(b"\"")?;
-    let end = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-    (bytes[end] == b'"').then(|| (&bytes[..end], &bytes[end + 1..]))
+/// The hyphenated uuid at the start of `bytes`, closed by its quote, and what follows; `None`
+/// for any other form (serde reads those).
+fn compact_uuid(bytes: &[u8]) -> Option<(Uuid, &[u8])> {
+    let rest = bytes.get(36..)?.strip_prefix(b"\"")?;
+    Some((Uuid::try_parse_ascii(&bytes[..36]).ok()?, rest))
 }
 
 /// An event about to be appended: serialized, not yet in a stream.
@@ -788,6 +789,15 @@ mod tests {
             format!(r#"{{ "correlationId": "{id}" }}"#),
             r#"{"correlationId":"not a uuid"}"#.to_owned(),
             format!(r#"{{"correlationId":"{}"}}"#, id.replace('-', "")),
+            format!(r#"{{"correlationId":"{{{id}}}"}}"#),
+            format!(r#"{{"correlationId":"urn:uuid:{id}"}}"#),
+            format!(r#"{{"correlationId":"{}"}}"#, id.to_uppercase()),
+            format!(r#"{{"correlationId":"{id}"x}}"#),
+            format!(r#"{{"correlationId":"{id}"}}"#).replace("9f00", "9g00"),
+            format!(r#"{{"causationId":"{id}","causationId":"{id}"}}"#),
+            r#"{"traceparent":"a","traceparent":"b"}"#.to_owned(),
+            r#"{,}"#.to_owned(),
+            r#"{"traceparent":"a",,"causationId":"x"}"#.to_owned(),
             r#"{"traceparent":"a"b"}"#.to_owned(),
             r#"{"traceparent":"a\"b"}"#.to_owned(),
             r#"{"traceparent":"a\u0041"}"#.to_owned(),
