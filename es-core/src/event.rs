@@ -428,7 +428,11 @@ impl Metadata {
             // A repeated key is an error to serde: leave it to serde to report.
             if let Some(after) = rest.strip_prefix(br#""correlationId":""#) {
                 let (id, after) = compact_uuid(after)?;
-                metadata.correlation_id.replace(id).is_none().then_some(())?;
+                metadata
+                    .correlation_id
+                    .replace(id)
+                    .is_none()
+                    .then_some(())?;
                 rest = after;
             } else if let Some(after) = rest.strip_prefix(br#""causationId":""#) {
                 let (id, after) = compact_uuid(after)?;
@@ -440,7 +444,11 @@ impl Metadata {
                     .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
                 (after[end] == b'"').then_some(())?;
                 let value = std::str::from_utf8(&after[..end]).ok()?.to_owned();
-                metadata.traceparent.replace(value).is_none().then_some(())?;
+                metadata
+                    .traceparent
+                    .replace(value)
+                    .is_none()
+                    .then_some(())?;
                 rest = &after[end + 1..];
             } else {
                 return None;
@@ -651,7 +659,10 @@ mod tests {
     fn the_tagged_reading_agrees_with_serde_on_the_wrapped_object() {
         let cases: &[(&str, &str)] = &[
             ("Opened", r#"{"owner":"a"}"#),
-            ("Opened", r#" { "owner" : "a" , "extra": [1, {"x": null}] } "#),
+            (
+                "Opened",
+                r#" { "owner" : "a" , "extra": [1, {"x": null}] } "#,
+            ),
             ("Opened", r#"{"owner":1}"#),
             ("Opened", r#"{"owner":"a"} x"#),
             ("Opened", r#"{"owner":"a""#),
@@ -676,7 +687,11 @@ mod tests {
                 _ => panic!("{tag} {payload:?}: {ours:?} against {theirs:?}"),
             }
             let value = tagged::from_slice::<Value>(tag, payload).ok();
-            assert_eq!(value, wrapped::<Value>(tag, payload).ok(), "{tag} {payload:?}");
+            assert_eq!(
+                value,
+                wrapped::<Value>(tag, payload).ok(),
+                "{tag} {payload:?}"
+            );
             let map = tagged::from_slice::<BTreeMap<String, Value>>(tag, payload).ok();
             assert_eq!(map, wrapped(tag, payload).ok(), "{tag} {payload:?}");
             assert_eq!(

@@ -313,7 +313,12 @@ pub trait EventStore: Send + Sync + fmt::Debug {
     /// whose events become readable in position order. A store that holds newer committed
     /// events back while older transactions run (PostgreSQL's gap-safe reads) overrides it: a
     /// short page with events held back behind it has not reached the head.
-    async fn read_page(&self, filter: &StreamFilter, after: Position, limit: usize) -> Result<Page> {
+    async fn read_page(
+        &self,
+        filter: &StreamFilter,
+        after: Position,
+        limit: usize,
+    ) -> Result<Page> {
         let events = self.read_all(filter, after, limit).await?;
         let at_head = events.len() < limit;
         Ok(Page { events, at_head })

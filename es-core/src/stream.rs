@@ -211,7 +211,10 @@ mod tests {
     #[test]
     fn the_byte_check_finds_exactly_the_control_characters() {
         // Every character up to U+00FF and a few beyond, alone and between other text.
-        for c in (0u32..=0x2ff).chain([0x2028, 0xfeff, 0x1f600]).filter_map(char::from_u32) {
+        for c in (0u32..=0x2ff)
+            .chain([0x2028, 0xfeff, 0x1f600])
+            .filter_map(char::from_u32)
+        {
             for id in [c.to_string(), format!("a{c}b"), format!("é{c}")] {
                 assert_eq!(
                     has_control_character(&id),

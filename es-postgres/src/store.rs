@@ -10,12 +10,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use es_core::subscription::{poll_subscription, PollConfig};
-use futures_util::TryStreamExt;
 use es_core::{
     AppendResult, BoxError, CommitOutcome, Error, EventStore, EventSubscription, ExpectedVersion,
-    Metadata, NewEvent, Page, Position, RecordedEvent, ReplayedEvent, Result, StreamAppend, StreamFilter,
-    StreamId, UnitOfWork,
+    Metadata, NewEvent, Page, Position, RecordedEvent, ReplayedEvent, Result, StreamAppend,
+    StreamFilter, StreamId, UnitOfWork,
 };
+use futures_util::TryStreamExt;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::query::QueryAs;
 use sqlx::{PgConnection, Postgres};
@@ -898,11 +898,11 @@ struct Hold {
 /// Whether committed events after `($1, $2)` (of the category the clause `category` names) lie
 /// beyond the horizon: the first one in the index from the horizon on, if any.
 ///
-/// Not `EXISTS (…)`: the planner drops an `ORDER BY … LIMIT 1` inside `EXISTS` and, with the
-/// horizon unknown at planning time, may scan the whole table (17 ms at 100,000 events, every
-/// time a subscription checked). `tx_id + 0` keeps the position out of the index condition, so
-/// the scan starts at the horizon rather than at the reader's position, however far behind that
-/// is; past the horizon there are only the few events of recent transactions.
+/// Not `EXISTS (…)`: the planner drops an `ORDER BY … LIMIT 1` inside `EXISTS`, and planned
+/// with a position far behind (a reader of a rare category) it scanned the whole table (17 ms
+/// at 100,000 events). `tx_id + 0` keeps the position out of the index condition, so the scan
+/// starts at the horizon rather than at the reader's position, however far behind that is; past
+/// the horizon there are only the few events of recent transactions.
 fn beyond_horizon_sql(category: &str) -> String {
     format!(
         "(SELECT tx_id FROM events \
@@ -1081,7 +1081,12 @@ impl EventStore for PgEventStore {
     /// The page a subscription reads: what is safe now, and whether it reached the head, in
     /// one statement. An empty page with committed events held back behind an older running
     /// transaction waits for that transaction (polling: its end may announce nothing).
-    async fn read_page(&self, filter: &StreamFilter, after: Position, limit: usize) -> Result<Page> {
+    async fn read_page(
+        &self,
+        filter: &StreamFilter,
+        after: Position,
+        limit: usize,
+    ) -> Result<Page> {
         self.read_page_settled(filter, after, limit, HELD_BACK_POLL_LIMIT)
             .await
     }
@@ -1138,13 +1143,7 @@ impl PgEventStore {
             ..PollConfig::default()
         };
         // The store itself: its `read_page` is the subscription's read.
-        poll_subscription(
-            Arc::new(self.clone()),
-            filter,
-            after,
-            Some(wake),
-            config,
-        )
+        poll_subscription(Arc::new(self.clone()), filter, after, Some(wake), config)
     }
 }
 

@@ -177,7 +177,11 @@ async fn a_subscription_reads_one_page_per_wake_up() {
     // before): let that happen before the subscription starts counting.
     let _listening = store.wake_receiver_for(&StreamFilter::All);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let batch = |n: u64| (0..3).map(|i| sample_event("Woken", n * 3 + i)).collect::<Vec<_>>();
+    let batch = |n: u64| {
+        (0..3)
+            .map(|i| sample_event("Woken", n * 3 + i))
+            .collect::<Vec<_>>()
+    };
     store
         .append(&stream, ExpectedVersion::NoStream, batch(0))
         .await
@@ -191,7 +195,10 @@ async fn a_subscription_reads_one_page_per_wake_up() {
             .await
             .unwrap();
         if page.events.len() == 3 {
-            assert!(page.at_head, "a short page with nothing held back is the head");
+            assert!(
+                page.at_head,
+                "a short page with nothing held back is the head"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "the first events became safe");
