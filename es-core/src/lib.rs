@@ -42,7 +42,7 @@ pub use saga::{CommandDispatcher, DispatchError, Saga, SagaDecision, SagaRunner,
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{
     AppendResult, CheckpointStore, CommitOutcome, EventStore, EventSubscription, ExpectedVersion,
-    Inbox, InboxEntry, ReplayedEvent, StreamAppend, UnitOfWork,
+    Inbox, InboxEntry, Page, ReplayedEvent, StreamAppend, UnitOfWork,
 };
 pub use stream::{Position, StreamFilter, StreamId, MAX_STREAM_ID_LEN};
 

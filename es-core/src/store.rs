@@ -243,6 +243,24 @@ impl From<RecordedEvent> for ReplayedEvent {
     }
 }
 
+/// A page of the global log as a subscription reads it ([`EventStore::read_page`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Page {
+    /// The events, in position order.
+    pub events: Vec<RecordedEvent>,
+    /// Whether the page reached the head: no event after it can be read now, so a reader waits
+    /// for new commits before it reads again.
+    pub at_head: bool,
+}
+
+impl Page {
+    /// A page of `events`; `at_head` when no event after them can be read now.
+    pub fn new(events: Vec<RecordedEvent>, at_head: bool) -> Self {
+        Page { events, at_head }
+    }
+}
+
 /// An append-only store of event streams, speaking serialized events.
 ///
 /// Object-safe (use it as `Arc<dyn EventStore>`), so the typed layer
@@ -319,6 +337,26 @@ pub trait EventStore: Send + Sync + fmt::Debug {
     /// Subscribes to the global log after `after`: every event that passes `filter`, once, in
     /// order; first those already stored, then new ones as they commit.
     fn subscribe(&self, filter: StreamFilter, after: Position) -> EventSubscription;
+
+    /// Reads a page of the global log as a subscription does: what [`read_all`](Self::read_all)
+    /// hands out, and whether the page reached the head, i.e. no event after it could be read
+    /// now. A subscription whose page reached the head waits for a wake-up (or its poll
+    /// interval) before it reads again.
+    ///
+    /// The default says a page that came back short reached the head, which holds for a store
+    /// whose events become readable in position order. A store that holds newer committed
+    /// events back while older transactions run (PostgreSQL's gap-safe reads) overrides it: a
+    /// short page with events held back behind it has not reached the head.
+    async fn read_page(
+        &self,
+        filter: &StreamFilter,
+        after: Position,
+        limit: usize,
+    ) -> Result<Page> {
+        let events = self.read_all(filter, after, limit).await?;
+        let at_head = events.len() < limit;
+        Ok(Page { events, at_head })
+    }
 
     /// Appends events to one stream.
     async fn append(

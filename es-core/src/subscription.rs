@@ -6,6 +6,10 @@
 //! read starts after the last *delivered* position and the store's `read_all` never skips a
 //! late commit, the subscription has no gap and no duplicate.
 //!
+//! A page that reached the head ([`EventStore::read_page`]: for most stores, a page that came
+//! back short) is the last read until a wake-up or the poll interval: reading again at once
+//! would only find nothing, so each wake-up costs one read, not two.
+//!
 //! While it catches up, it reads one page ahead: as soon as a full page arrives, the read of the
 //! next one starts in a task of its own, so the store produces page N+1 while the consumer works
 //! through page N. At most two pages are held at once.
@@ -20,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
-use crate::store::{EventStore, EventSubscription};
+use crate::store::{EventStore, EventSubscription, Page};
 use crate::stream::{Position, StreamFilter};
 
 /// How a polling subscription reads.
@@ -57,10 +61,12 @@ struct State {
     wake: Option<watch::Receiver<()>>,
     config: PollConfig,
     backoff: Option<Duration>,
+    /// The buffer's page reached the head: once it is delivered, wait before reading again.
+    at_head: bool,
 }
 
 /// A page read running in its own task; aborted when the subscription is dropped.
-struct ReadAhead(JoinHandle<Result<Vec<RecordedEvent>>>);
+struct ReadAhead(JoinHandle<Result<Page>>);
 
 impl Drop for ReadAhead {
     fn drop(&mut self) {
@@ -86,12 +92,12 @@ impl State {
         );
         self.ahead =
             Some(ReadAhead(runtime.spawn(async move {
-                store.read_all(&filter, after, limit).await
+                store.read_page(&filter, after, limit).await
             })));
     }
 
     /// The next page: the one read ahead when there is one, else a read now.
-    async fn next_page(&mut self) -> Result<Vec<RecordedEvent>> {
+    async fn next_page(&mut self) -> Result<Page> {
         if let Some(mut ahead) = self.ahead.take() {
             return match (&mut ahead.0).await {
                 Ok(read) => read,
@@ -106,7 +112,7 @@ impl State {
             wake.borrow_and_update();
         }
         self.store
-            .read_all(&self.filter, self.after, self.config.page_size)
+            .read_page(&self.filter, self.after, self.config.page_size)
             .await
     }
 }
@@ -128,6 +134,7 @@ pub fn poll_subscription(
         wake,
         config,
         backoff: None,
+        at_head: false,
     };
     Box::pin(stream::unfold(state, |mut state| async move {
         loop {
@@ -138,15 +145,21 @@ pub fn poll_subscription(
             if let Some(delay) = state.backoff {
                 tokio::time::sleep(delay).await;
             }
+            if std::mem::take(&mut state.at_head) {
+                // Everything up to the head is delivered; the wake-up was marked as seen before
+                // the read that reached it, so a commit since then ends the wait at once.
+                wait_for_wake(&mut state).await;
+            }
             match state.next_page().await {
-                Ok(events) if !events.is_empty() => {
+                Ok(page) if !page.events.is_empty() => {
                     state.backoff = None;
-                    if events.len() >= state.config.page_size {
-                        if let Some(last) = events.last() {
+                    if page.events.len() >= state.config.page_size && !page.at_head {
+                        if let Some(last) = page.events.last() {
                             state.read_ahead(last.position);
                         }
                     }
-                    state.buffer.extend(events);
+                    state.at_head = page.at_head;
+                    state.buffer.extend(page.events);
                 }
                 Ok(_) => {
                     state.backoff = None;
@@ -284,5 +297,66 @@ mod tests {
         assert_eq!(rest, (2..=25).collect::<Vec<_>>(), "in order, none twice");
         // Pages of 10, 10, 5: the short last page starts no read ahead.
         assert_eq!(store.reads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_short_page_is_the_last_read_until_a_wake_up() {
+        let store = Arc::new(Counting {
+            inner: MemoryEventStore::new(),
+            reads: AtomicUsize::new(0),
+        });
+        let stream = StreamId::new("counted-1").unwrap();
+        store
+            .inner
+            .append(&stream, ExpectedVersion::NoStream, events(3))
+            .await
+            .unwrap();
+        let (wake, woken) = watch::channel(());
+        let config = PollConfig {
+            page_size: 10,
+            // Far longer than the test: only wake-ups end a wait.
+            poll_interval: Duration::from_secs(60),
+            ..PollConfig::default()
+        };
+        let mut subscription = poll_subscription(
+            store.clone(),
+            StreamFilter::All,
+            Position::START,
+            Some(woken),
+            config,
+        );
+
+        let mut version = 0;
+        for wake_up in 1..=3 {
+            let page: Vec<u64> = subscription
+                .by_ref()
+                .take(3)
+                .map(|e| e.unwrap().stream_version)
+                .collect()
+                .await;
+            assert_eq!(page, vec![version + 1, version + 2, version + 3]);
+            version += 3;
+            // Asked for more, the subscription waits for a wake-up without reading again.
+            let idle = tokio::time::timeout(Duration::from_millis(100), subscription.next()).await;
+            assert!(idle.is_err(), "nothing new yet: {idle:?}");
+            assert_eq!(
+                store.reads.load(Ordering::SeqCst),
+                wake_up,
+                "one read per wake-up, none after the short page that reached the head"
+            );
+            store
+                .inner
+                .append(&stream, ExpectedVersion::Exact(version), events(3))
+                .await
+                .unwrap();
+            wake.send_replace(());
+        }
+        let next = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+            .await
+            .expect("woken")
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.stream_version, version + 1);
+        assert_eq!(store.reads.load(Ordering::SeqCst), 4);
     }
 }

@@ -29,9 +29,16 @@ use crate::error::from_sqlx;
 use crate::store::{recorded, visible_query, visible_sql};
 
 /// Rows handed to the consumer at once.
-const BATCH: usize = 256;
+///
+/// Small on purpose. The query runs only while the consumer polls, and while the consumer
+/// works through what was handed over, nobody reads the socket. With 1,280 rows handed over
+/// at once (256 a batch, 4 ahead), the server could fill the socket buffer long before the
+/// consumer came back, sit idle, and leave the consumer waiting for rows not yet sent. With at
+/// most 128 rows in hand the socket drains every few dozen events and the server keeps
+/// producing while the consumer works, as it does for a plain streaming query.
+const BATCH: usize = 64;
 /// Batches read ahead of the consumer.
-const BATCHES_AHEAD: usize = 4;
+const BATCHES_AHEAD: usize = 1;
 
 /// A subscription that streams what is safe after `after`, then continues with `live` from the
 /// last event it delivered.

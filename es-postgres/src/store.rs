@@ -12,9 +12,10 @@ use chrono::{DateTime, Utc};
 use es_core::subscription::{poll_subscription, PollConfig};
 use es_core::{
     AppendResult, BoxError, CommitOutcome, Error, EventStore, EventSubscription, ExpectedVersion,
-    Metadata, NewEvent, Position, RecordedEvent, ReplayedEvent, Result, StreamAppend, StreamFilter,
-    StreamId, UnitOfWork,
+    Metadata, NewEvent, Page, Position, RecordedEvent, ReplayedEvent, Result, StreamAppend,
+    StreamFilter, StreamId, UnitOfWork,
 };
+use futures_util::TryStreamExt;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::query::QueryAs;
 use sqlx::{PgConnection, Postgres};
@@ -283,16 +284,6 @@ impl From<Error> for Failure {
     fn from(error: Error) -> Self {
         Failure::Error(error)
     }
-}
-
-/// What a read of the global log does when newer events are held back by a write transaction
-/// that began before them and is still running.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Settle {
-    /// Wait for the transaction, at most this long, when the page came back short.
-    UpTo(Duration),
-    /// Wait only when nothing at all is safe yet, at most this long (subscriptions).
-    WhileEmpty(Duration),
 }
 
 impl PgEventStore {
@@ -744,23 +735,21 @@ impl PgEventStore {
         })
     }
 
-    /// Reads the global log under the horizon rule, settling as asked.
+    /// Reads the global log under the horizon rule; a page that comes back short waits, at
+    /// most `max_wait`, for the transactions that were running when the read began and hold
+    /// newer events back.
     pub(crate) async fn read_all_settled(
         &self,
         filter: &StreamFilter,
         after: Position,
         limit: usize,
-        settle: Settle,
+        max_wait: Duration,
     ) -> Result<Vec<RecordedEvent>> {
         if limit == 0 {
             return Err(Error::InvalidInput(
                 "a read limit must be at least 1".into(),
             ));
         }
-        let (max_wait, only_when_empty) = match settle {
-            Settle::UpTo(wait) => (wait, false),
-            Settle::WhileEmpty(wait) => (wait, true),
-        };
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut pause = Duration::from_millis(2);
         // The transactions worth waiting for are those running when the read began; one that
@@ -769,15 +758,68 @@ impl PgEventStore {
         loop {
             let mut conn = self.inner.pool.acquire().await.map_err(from_sqlx)?;
             let events = read_visible(&mut conn, filter, after, limit).await?;
-            let short = events.len() < limit && (events.is_empty() || !only_when_empty);
+            let short = events.len() < limit;
             if !short || max_wait.is_zero() || tokio::time::Instant::now() >= deadline {
                 return Ok(events);
             }
             let hold = held_back(&mut conn, filter, after).await?;
             let target = *began_before.get_or_insert(hold.xmax);
-            let worth_waiting = only_when_empty || hold.xmin < target;
+            let worth_waiting = hold.xmin < target;
             if !hold.events_beyond || !worth_waiting {
                 return Ok(events);
+            }
+            drop(conn);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+impl PgEventStore {
+    /// A subscription's page: the safe events after `after`, and whether they reach the head.
+    /// A page that comes back short reaches the head unless committed events are held back
+    /// behind it (then the subscription reads again at once, and that read waits them out);
+    /// an empty page with events held back waits, up to `max_wait`, for the transactions
+    /// holding them, as their end may announce nothing.
+    pub(crate) async fn read_page_settled(
+        &self,
+        filter: &StreamFilter,
+        after: Position,
+        limit: usize,
+        max_wait: Duration,
+    ) -> Result<Page> {
+        if limit == 0 {
+            return Err(Error::InvalidInput(
+                "a read limit must be at least 1".into(),
+            ));
+        }
+        let sql = page_sql(filter);
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let mut conn = self.inner.pool.acquire().await.map_err(from_sqlx)?;
+            let mut rows = visible_query::<PageRow>(&sql, filter, after, limit)?.fetch(&mut *conn);
+            let mut events = Vec::with_capacity(limit.min(PAGE_CAPACITY));
+            let mut beyond = false;
+            while let Some(row) = rows.try_next().await.map_err(from_sqlx)? {
+                let (id, stream, version, tx_id, seq, at, event_type, schema, payload, meta, held) =
+                    row;
+                beyond = held;
+                events.push(recorded((
+                    id, stream, version, tx_id, seq, at, event_type, schema, payload, meta,
+                ))?);
+            }
+            drop(rows);
+            if !events.is_empty() {
+                let at_head = events.len() < limit && !beyond;
+                return Ok(Page::new(events, at_head));
+            }
+            // No row carried the answer: ask on its own.
+            if max_wait.is_zero() || tokio::time::Instant::now() >= deadline {
+                return Ok(Page::new(events, false));
+            }
+            if !held_back(&mut conn, filter, after).await?.events_beyond {
+                return Ok(Page::new(events, true));
             }
             drop(conn);
             tokio::time::sleep(pause).await;
@@ -805,12 +847,17 @@ pub(crate) async fn read_visible(
     limit: usize,
 ) -> Result<Vec<RecordedEvent>> {
     let sql = visible_sql(filter);
-    let rows = visible_query(&sql, filter, after, limit)?
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(from_sqlx)?;
-    rows.into_iter().map(recorded).collect()
+    // Each row becomes an event as it arrives: no second vector of rows to fill and walk.
+    let mut rows = visible_query(&sql, filter, after, limit)?.fetch(&mut *conn);
+    let mut events = Vec::with_capacity(limit.min(PAGE_CAPACITY));
+    while let Some(row) = rows.try_next().await.map_err(from_sqlx)? {
+        events.push(recorded(row)?);
+    }
+    Ok(events)
 }
+
+/// The most events a page reserves room for before its rows arrive.
+const PAGE_CAPACITY: usize = 1024;
 
 /// The statement that reads the safe events after `($1, $2)`, at most `$3` of them (in
 /// category `$4` when the filter names one), in the global order.
@@ -826,13 +873,48 @@ pub(crate) fn visible_sql(filter: &StreamFilter) -> String {
     )
 }
 
+/// [`visible_sql`] with one more column on every row: whether committed events after `($1, $2)`
+/// lie beyond the horizon, held back by an older transaction still running. Read in the same
+/// statement (and snapshot) as the page, so a subscription learns whether a short page reached
+/// the head without a statement of its own.
+fn page_sql(filter: &StreamFilter) -> String {
+    let category = match filter {
+        StreamFilter::Category(_) => "category = $4 AND ",
+        _ => "",
+    };
+    format!(
+        "SELECT {EVENT_COLUMNS}, {beyond} FROM events \
+         WHERE {category}(tx_id, seq) > ($1, $2) AND tx_id < {HORIZON} \
+         ORDER BY tx_id, seq LIMIT $3",
+        beyond = beyond_horizon_sql(category)
+    )
+}
+
+/// A row of [`page_sql`]: an event and whether events are held back beyond the horizon.
+type PageRow = (
+    Uuid,
+    String,
+    i64,
+    i64,
+    i64,
+    DateTime<Utc>,
+    String,
+    i32,
+    Vec<u8>,
+    Vec<u8>,
+    bool,
+);
+
 /// [`visible_sql`] with its parameters bound: the events after `after`, at most `limit`.
-pub(crate) fn visible_query<'q>(
+pub(crate) fn visible_query<'q, R>(
     sql: &'q str,
     filter: &'q StreamFilter,
     after: Position,
     limit: usize,
-) -> Result<QueryAs<'q, Postgres, EventRow, PgArguments>> {
+) -> Result<QueryAs<'q, Postgres, R, PgArguments>>
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
     let query = sqlx::query_as(sql)
         .bind(to_i64(after.commit, "position")?)
         .bind(to_i64(after.sequence, "position")?)
@@ -854,6 +936,22 @@ struct Hold {
     xmax: i64,
 }
 
+/// Whether committed events after `($1, $2)` (of the category the clause `category` names) lie
+/// beyond the horizon: the first one in the index from the horizon on, if any.
+///
+/// Not `EXISTS (…)`: the planner drops an `ORDER BY … LIMIT 1` inside `EXISTS`, and planned
+/// with a position far behind (a reader of a rare category) it scanned the whole table (17 ms
+/// at 100,000 events). `tx_id + 0` keeps the position out of the index condition, so the scan
+/// starts at the horizon rather than at the reader's position, however far behind that is; past
+/// the horizon there are only the few events of recent transactions.
+fn beyond_horizon_sql(category: &str) -> String {
+    format!(
+        "(SELECT tx_id FROM events \
+          WHERE {category}tx_id >= {HORIZON} AND (tx_id + 0, seq) > ($1, $2) \
+          ORDER BY tx_id, seq LIMIT 1) IS NOT NULL"
+    )
+}
+
 async fn held_back(
     conn: &mut PgConnection,
     filter: &StreamFilter,
@@ -866,10 +964,10 @@ async fn held_back(
         _ => "",
     };
     let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM events \
-                        WHERE {category}(tx_id, seq) > ($1, $2) AND tx_id >= {HORIZON}), \
+        "SELECT {}, \
                 pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
-                pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+                pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+        beyond_horizon_sql(category)
     );
     let query = sqlx::query_as::<_, (bool, i64, i64)>(&sql)
         .bind(commit)
@@ -1072,13 +1170,21 @@ impl EventStore for PgEventStore {
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        self.read_all_settled(
-            filter,
-            after,
-            limit,
-            Settle::UpTo(self.inner.config.read_settle),
-        )
-        .await
+        self.read_all_settled(filter, after, limit, self.inner.config.read_settle)
+            .await
+    }
+
+    /// The page a subscription reads: what is safe now, and whether it reached the head, in
+    /// one statement. An empty page with committed events held back behind an older running
+    /// transaction waits for that transaction (polling: its end may announce nothing).
+    async fn read_page(
+        &self,
+        filter: &StreamFilter,
+        after: Position,
+        limit: usize,
+    ) -> Result<Page> {
+        self.read_page_settled(filter, after, limit, HELD_BACK_POLL_LIMIT)
+            .await
     }
 
     async fn head(&self) -> Result<Position> {
@@ -1132,71 +1238,12 @@ impl PgEventStore {
             poll_interval: self.inner.config.poll_interval,
             ..PollConfig::default()
         };
-        poll_subscription(
-            Arc::new(SubscriptionReader {
-                store: self.clone(),
-            }),
-            filter,
-            after,
-            Some(wake),
-            config,
-        )
+        // The store itself: its `read_page` is the subscription's read.
+        poll_subscription(Arc::new(self.clone()), filter, after, Some(wake), config)
     }
 }
 
-/// How long one subscription read keeps polling while newer events are held back.
+/// How long one subscription read keeps polling while newer events are held back: the end of
+/// the holding transaction may announce nothing (it may have written no event). The bound only
+/// keeps one read finite.
 const HELD_BACK_POLL_LIMIT: Duration = Duration::from_secs(30);
-
-/// The store as a subscription reads it: `read_all` hands out what is safe at once, and when
-/// nothing is yet but newer events are held back by an older running transaction, polls briefly
-/// until that transaction ends (its commit may not notify, e.g. when it wrote no event).
-#[derive(Debug)]
-struct SubscriptionReader {
-    store: PgEventStore,
-}
-
-#[async_trait]
-impl EventStore for SubscriptionReader {
-    async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome> {
-        self.store.commit(unit).await
-    }
-
-    async fn read_stream(
-        &self,
-        stream_id: &StreamId,
-        from_version: u64,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>> {
-        self.store.read_stream(stream_id, from_version, limit).await
-    }
-
-    async fn stream_version(&self, stream_id: &StreamId) -> Result<Option<u64>> {
-        self.store.stream_version(stream_id).await
-    }
-
-    async fn read_all(
-        &self,
-        filter: &StreamFilter,
-        after: Position,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>> {
-        // Polls (every 50 ms at most) for as long as something is held back: the end of the
-        // holding transaction may announce nothing. The bound only keeps one read finite.
-        self.store
-            .read_all_settled(
-                filter,
-                after,
-                limit,
-                Settle::WhileEmpty(HELD_BACK_POLL_LIMIT),
-            )
-            .await
-    }
-
-    async fn head(&self) -> Result<Position> {
-        self.store.head().await
-    }
-
-    fn subscribe(&self, filter: StreamFilter, after: Position) -> EventSubscription {
-        self.store.subscribe(filter, after)
-    }
-}

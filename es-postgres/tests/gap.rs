@@ -269,3 +269,73 @@ async fn read_all_waits_for_transactions_older_than_the_read_but_not_for_newer_o
     );
     common::drop_schema(&store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_page_with_newer_events_held_back_behind_it_has_not_reached_the_head() {
+    let mut config = PgConfig::new(common::schema_name("behind"));
+    config.read_settle = Duration::ZERO;
+    let store = common::store_with(config).await;
+    let stream = StreamId::new("behind-1").unwrap();
+    let first = sample_event("Early", 1);
+    let first_id = first.event_id;
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![first])
+        .await
+        .unwrap();
+    // A write transaction that began after the first append and before the second, still open:
+    // the second event is committed but held back behind it.
+    let mut blocker = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let second = sample_event("Late", 2);
+    let second_id = second.event_id;
+    store
+        .append(&stream, ExpectedVersion::Exact(1), vec![second])
+        .await
+        .unwrap();
+
+    let page = store
+        .read_page(&StreamFilter::All, Position::START, 10)
+        .await
+        .unwrap();
+    let ids: Vec<_> = page.events.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, vec![first_id], "only the event older than the blocker");
+    assert!(
+        !page.at_head,
+        "a short page with an event held back behind it has not reached the head"
+    );
+
+    // A subscription that took that page for the head would wait for a wake-up that the
+    // blocker's end never sends (it wrote no event): the poll interval, far beyond this test.
+    let subscription_config = es_core::subscription::PollConfig {
+        page_size: 10,
+        poll_interval: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let mut subscription = es_core::subscription::poll_subscription(
+        Arc::new(store.clone()),
+        StreamFilter::All,
+        Position::START,
+        Some(store.wake_receiver_for(&StreamFilter::All)),
+        subscription_config,
+    );
+    let delivered = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the first event is safe")
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivered.event_id, first_id);
+    blocker.rollback().await.unwrap();
+    let delivered = match tokio::time::timeout(Duration::from_secs(10), subscription.next()).await {
+        Ok(next) => next.unwrap().unwrap(),
+        Err(_) => panic!(
+            "delivered once the blocker ends; transactions holding the horizon back: {:?}",
+            common::open_write_transactions(&store).await
+        ),
+    };
+    assert_eq!(delivered.event_id, second_id);
+    drop(subscription);
+    common::drop_schema(&store).await;
+}

@@ -434,6 +434,23 @@ async fn reads_all_in_order_by_category(store: &dyn EventStore) {
         "after is exclusive; limit holds"
     );
 
+    // A subscription's page holds what read_all reads, and says whether it reached the head:
+    // not while events follow it, and once it came back short with nothing held back behind
+    // it (everything of the category is safe to read now: read_all has just read it all).
+    let first = store.read_page(&filter, Position::START, 4).await.unwrap();
+    assert_eq!(
+        first.events,
+        read[..4].to_vec(),
+        "a page reads what read_all does"
+    );
+    assert!(!first.at_head, "events follow the page: not the head");
+    let last = store.read_page(&filter, read[3].position, 4).await.unwrap();
+    assert_eq!(last.events, read[4..].to_vec());
+    assert!(
+        last.at_head,
+        "a short page with nothing behind it reached the head"
+    );
+
     let all = store
         .read_all(&StreamFilter::All, read[0].position, 1_000_000)
         .await
