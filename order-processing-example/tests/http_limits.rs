@@ -162,3 +162,24 @@ async fn shutdown_closes_idle_connections_and_returns() {
         .expect("join")
         .expect("serve");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
+    let served = inventory_within(ServeLimits {
+        header_read_timeout: Duration::from_millis(500),
+        ..ServeLimits::default()
+    })
+    .await;
+    let mut idle = TcpStream::connect(served.address).await.expect("connect");
+    idle.write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let started = Instant::now();
+    let answer = read_until_closed(&mut idle, Duration::from_secs(5))
+        .await
+        .expect("the idle connection to be closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    served.shutdown.trigger();
+    served.server.await.expect("join").expect("serve");
+}
