@@ -282,23 +282,66 @@ async fn connect_postgres(
     }
 }
 
-/// The URL with its password hidden, for logs.
+/// What a hidden secret reads as.
+const HIDDEN: &str = "***";
+
+/// Query parameters whose values are secrets, by a part of their name (lowercase):
+/// `password`, `sslpassword`, `auth`, `token`, `access_token`, `secret`, `api_key` and the like.
+const SECRET_PARAMETERS: [&str; 7] = [
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "auth",
+    "key",
+    "credential",
+];
+
+/// The URL with its secrets hidden, for logs and `/health`: the password of its user info and
+/// the value of every query parameter that names a secret. A string that does not parse as a
+/// URL is hidden whole but for its scheme: it may still hold a password.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
+    // A backend URL has an authority (`scheme://host`); anything else, such as `user:pass@host`
+    // without a scheme (which parses as the scheme `user`), is not one.
+    let mut parsed = match url::Url::parse(url) {
+        Ok(parsed) if !parsed.cannot_be_a_base() => parsed,
+        _ => {
+            return match url.split_once("://") {
+                Some((scheme, _))
+                    if !scheme.is_empty()
+                        && scheme
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+                {
+                    format!("{scheme}://{HIDDEN} (not a valid URL)")
+                }
+                _ => format!("{HIDDEN} (not a valid URL)"),
             }
         }
-        _ => url.to_owned(),
+    };
+    if parsed.password().is_some() {
+        // Fails only for URLs that cannot have a password, and those have none to hide.
+        let _ = parsed.set_password(Some(HIDDEN));
     }
+    let secret = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        SECRET_PARAMETERS.iter().any(|part| name.contains(part))
+    };
+    if parsed.query_pairs().any(|(name, _)| secret(&name)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if secret(&name) {
+                    HIDDEN.into()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[cfg(test)]
@@ -312,5 +355,46 @@ mod tests {
             "postgres://postgres:***@127.0.0.1:5432/db"
         );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact("redis://:secret@h"), "redis://:***@h");
+        assert_eq!(
+            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+    }
+
+    #[test]
+    fn secrets_in_query_strings_are_hidden_and_the_rest_kept() {
+        assert_eq!(
+            redact("postgres://u:secret@h/db?password=secret&sslmode=require"),
+            "postgres://u:***@h/db?password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("amqp://h:5672/%2f?auth=secret&heartbeat=10"),
+            "amqp://h:5672/%2f?auth=***&heartbeat=10"
+        );
+        assert_eq!(
+            redact("postgres://h/db?sslmode=require&PassWord=secret&application_name=op"),
+            "postgres://h/db?sslmode=require&PassWord=***&application_name=op"
+        );
+        assert_eq!(redact("redis://h?token=abc%20def"), "redis://h?token=***");
+    }
+
+    #[test]
+    fn an_unparseable_url_is_hidden_whole_without_a_panic() {
+        for url in [
+            "postgres://u:secret@[bad host/db",
+            "postgres://u:secret@h:99999/db",
+            "u:secret@h/db?password=secret",
+            "",
+            "://secret",
+        ] {
+            let shown = redact(url);
+            assert!(!shown.contains("secret"), "{url} shown as {shown}");
+            assert!(shown.contains("not a valid URL"), "{url} shown as {shown}");
+        }
+        assert_eq!(
+            redact("postgres://u:secret@h:99999/db"),
+            "postgres://*** (not a valid URL)"
+        );
     }
 }

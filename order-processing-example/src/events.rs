@@ -23,9 +23,13 @@ pub const INVENTORY_RELEASED: &str = "InventoryReleased";
 pub const PAYMENT_PROCESSED: &str = "PaymentProcessed";
 /// `PaymentFailed`: the charge was declined (payment service).
 pub const PAYMENT_FAILED: &str = "PaymentFailed";
+/// `PaymentRefunded`: an order was cancelled after its charge, and the charge went back
+/// (payment service). Not in the contract's list: this example's extension.
+pub const PAYMENT_REFUNDED: &str = "PaymentRefunded";
 
-/// The events on the wire and their routing keys, as the contract lists them.
-pub const WIRE_EVENTS: [(&str, &str); 8] = [
+/// The events on the wire and their routing keys: the contract's eight, then
+/// `payment.refunded`, which this example adds.
+pub const WIRE_EVENTS: [(&str, &str); 9] = [
     (ORDER_PLACED, "order.placed"),
     (ORDER_CONFIRMED, "order.confirmed"),
     (ORDER_CANCELLED, "order.cancelled"),
@@ -34,6 +38,7 @@ pub const WIRE_EVENTS: [(&str, &str); 8] = [
     (INVENTORY_RELEASED, "inventory.released"),
     (PAYMENT_PROCESSED, "payment.processed"),
     (PAYMENT_FAILED, "payment.failed"),
+    (PAYMENT_REFUNDED, "payment.refunded"),
 ];
 
 /// Every routing key on the wire (what notification and analytics bind).
@@ -60,7 +65,8 @@ pub fn bindings(service: &str) -> Vec<String> {
             "order.cancelled",
             "payment.failed",
         ],
-        "payment" => &["inventory.reserved"],
+        // A cancellation refunds a charge, or refuses the one a late reservation asks for.
+        "payment" => &["inventory.reserved", "order.cancelled"],
         _ => return all_routing_keys(),
     };
     keys.iter().map(|key| (*key).to_owned()).collect()
@@ -146,6 +152,28 @@ impl MessageHandler for Traced {
 pub(crate) fn jitter(max_millis: u64) -> std::time::Duration {
     let bits = uuid::Uuid::new_v4().as_u128() as u64;
     std::time::Duration::from_millis(bits % max_millis.max(1))
+}
+
+/// Messages for the handlers' unit tests, as the bus would deliver them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use es_core::{DomainEvent, RecordedEvent};
+
+    /// `event` of stream `stream` as a delivered message (a fresh event id each call).
+    pub(crate) fn message(stream: &str, event: &impl DomainEvent) -> RecordedEvent {
+        let (event_type, payload) = event.encode().expect("encode");
+        RecordedEvent {
+            event_id: uuid::Uuid::now_v7(),
+            stream_id: es_core::StreamId::new(stream).expect("stream id"),
+            stream_version: 1,
+            position: es_core::Position::new(1, 1),
+            recorded_at: chrono::Utc::now(),
+            event_type,
+            schema_version: 1,
+            payload,
+            metadata: es_core::Metadata::default(),
+        }
+    }
 }
 
 #[cfg(test)]

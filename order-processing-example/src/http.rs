@@ -1,5 +1,7 @@
 //! What every service's HTTP side shares: problem+json errors, extractors that answer them,
-//! the fallback, the middleware stack (request ids, tracing, body limit, timeout) and health.
+//! the fallback, the middleware stack (request ids, tracing, body limit) and health, and the
+//! server that guards itself against slow and many clients ([`serve`]: header-read timeout,
+//! request timeout, connection cap).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,8 +24,14 @@ use tower_http::trace::TraceLayer;
 /// The largest request body a service reads.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// How long one request may take before it is answered 408.
+/// How long one request may take before it is answered 408 (by default; see [`ServeLimits`]).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a client may take to send a request's head (by default; see [`ServeLimits`]).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many connections a service holds open at once (by default; see [`ServeLimits`]).
+pub const MAX_CONNECTIONS: usize = 1024;
 
 /// Field name → messages, as in `"errors": {"items[0].quantity": ["..."]}`.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
@@ -353,10 +361,6 @@ pub fn finish_router(
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
         .layer(axum::middleware::map_response(problem_for_bare_errors))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
@@ -473,4 +477,118 @@ impl Validator {
         }
         None
     }
+}
+
+/// How a service's server guards itself: against clients that send slowly, and against more
+/// connections than it should hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// A connection that has not sent a whole request head this long after it opened (or after
+    /// its previous response) is closed. An idle keep-alive connection goes the same way.
+    pub header_read_timeout: Duration,
+    /// A request not answered this long after its head arrived (a stalled body, say) is
+    /// answered 408 problem+json.
+    pub request_timeout: Duration,
+    /// At most this many connections are open at once; further clients wait in the listen
+    /// backlog until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Serves `router` on `listener` within `limits` until `shutdown` completes; then stops
+/// accepting, lets every connection finish the request in hand, and returns once all closed.
+///
+/// `axum::serve` gives hyper no timer, so a client that sends half a request line holds its
+/// connection forever; here hyper gets a timer and a header-read timeout, and a semaphore
+/// holds one permit per open connection.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tokio::sync::Semaphore;
+
+    let router = router
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(axum::middleware::map_response(problem_for_bare_errors));
+    let max = limits
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let permits = Arc::new(Semaphore::new(max));
+    let closing = crate::shutdown::Shutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // Take a permit before accepting: past the cap, clients wait in the backlog.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    if !is_connection_error(&error) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let closing = closing.wait();
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut connection = std::pin::pin!(connection);
+            let outcome = tokio::select! {
+                outcome = connection.as_mut() => outcome,
+                () = closing => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = outcome {
+                tracing::debug!(%error, timeout = error.is_timeout(), "connection closed");
+            }
+        });
+    }
+    drop(listener);
+    closing.trigger();
+    // Every connection holds a permit until it closed: all of them back means all closed.
+    let _ = permits.acquire_many(max as u32).await;
+    Ok(())
+}
+
+/// Errors of one connection that says nothing about the listener.
+fn is_connection_error(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }

@@ -280,6 +280,14 @@ pub enum ReservationEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The order was cancelled before anything was reserved for it: a tombstone, so that an
+    /// `OrderPlaced` arriving later reserves nothing. It stays inside the service.
+    ReservationCancelled {
+        /// The order.
+        order_id: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for ReservationEvent {}
@@ -312,7 +320,7 @@ pub struct Reservation {
 pub enum ReservationCommand {
     /// Record the outcome of reserving: held lines, or why not.
     Decide(ReservationEvent),
-    /// Give the stock back.
+    /// Give the stock back; before any decision, refuse every later reservation.
     Release,
     /// Sell the stock.
     Commit,
@@ -343,6 +351,11 @@ impl Aggregate for Reservation {
             ReservationCommand::Commit if self.status == ReservationStatus::Reserved => {
                 vec![ReservationEvent::InventoryCommitted { order_id, at }]
             }
+            // The cancellation overtook the order: record it, so the reservation that
+            // `OrderPlaced` would ask for later is refused (see `Decide` above).
+            ReservationCommand::Release if !self.decided => {
+                vec![ReservationEvent::ReservationCancelled { order_id, at }]
+            }
             ReservationCommand::Release | ReservationCommand::Commit => Vec::new(),
         })
     }
@@ -365,6 +378,9 @@ impl Aggregate for Reservation {
             }
             ReservationEvent::InventoryCommitted { .. } => {
                 self.status = ReservationStatus::Committed;
+            }
+            ReservationEvent::ReservationCancelled { .. } => {
+                self.status = ReservationStatus::Released;
             }
         }
     }
@@ -597,6 +613,11 @@ impl InventoryHandler {
                 metadata,
             )
             .await?;
+        // Decided meanwhile (a cancellation's tombstone, say): this reload saw it, so reserve
+        // nothing. The stock decisions above must not commit on their own.
+        if reservation.append.events.is_empty() {
+            return Ok(None);
+        }
         let mut appends = vec![reservation.append];
         appends.extend(product_appends);
         Ok(Some(Plan { appends, products }))
@@ -921,4 +942,179 @@ pub(crate) async fn start(
         )
         .with_state(state);
     Ok(finish_router(api, openapi(), backends.health.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::testing::message;
+    use crate::order::{OrderEvent, OrderItem};
+    use es_core::memory::MemoryEventStore;
+
+    const LAPTOP: &str = "11111111-1111-1111-1111-111111111111";
+
+    fn laptop() -> Uuid {
+        Uuid::parse_str(LAPTOP).unwrap()
+    }
+
+    /// An inventory handler (one per process) on `store`, seeded.
+    async fn handler(store: &Arc<dyn EventStore>) -> InventoryHandler {
+        seed(store).await.unwrap();
+        InventoryHandler {
+            store: store.clone(),
+            products: Repository::new(store.clone()),
+            reservations: Repository::new(store.clone()),
+            consumer: "inventory".into(),
+            stripes: Arc::new(ProductStripes::new()),
+        }
+    }
+
+    fn placed(order_id: Uuid, quantity: u32) -> RecordedEvent {
+        let event = OrderEvent::OrderPlaced {
+            order_id,
+            customer_id: Uuid::nil(),
+            items: vec![OrderItem {
+                product_id: laptop(),
+                product_name: "Laptop".into(),
+                quantity,
+                unit_price: Decimal::ONE,
+            }],
+            total_amount: Decimal::from(quantity),
+            placed_at: Utc::now(),
+        };
+        message(&format!("order-{order_id}"), &event)
+    }
+
+    fn cancelled(order_id: Uuid) -> RecordedEvent {
+        let event = OrderEvent::OrderCancelled {
+            order_id,
+            customer_id: Uuid::nil(),
+            total_amount: Decimal::ONE,
+            reason: "timed out".into(),
+            at: Utc::now(),
+        };
+        message(&format!("order-{order_id}"), &event)
+    }
+
+    async fn stock(handler: &InventoryHandler) -> (u64, u64) {
+        let product = handler.products.load(LAPTOP).await.unwrap().state;
+        (product.available, product.reserved)
+    }
+
+    #[tokio::test]
+    async fn a_cancellation_that_overtakes_the_order_leaves_its_stock_untouched() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        let inventory = handler(&store).await;
+        let order_id = Uuid::now_v7();
+
+        inventory.handle(&cancelled(order_id)).await.unwrap();
+        inventory.handle(&placed(order_id, 5)).await.unwrap();
+
+        assert_eq!(stock(&inventory).await, (100, 0), "nothing may stay held");
+        let reservation = inventory
+            .reservations
+            .load(&order_id.to_string())
+            .await
+            .unwrap()
+            .state;
+        assert_eq!(reservation.status, ReservationStatus::Released);
+        assert!(reservation.items.is_empty(), "nothing was ever reserved");
+        // Nothing went on the wire for the refused reservation.
+        let events = store
+            .read_stream_to_end(
+                &Repository::<Reservation>::stream_id(&order_id.to_string()).unwrap(),
+                0,
+            )
+            .await
+            .unwrap();
+        let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, ["ReservationCancelled"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancellation_racing_the_reservation_never_leaves_stock_held() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        cancellations_race_reservations(store).await;
+    }
+
+    /// The same race on PostgreSQL, where the expected versions are the store's to check
+    /// (`DATABASE_URL`, else the standard local port; a schema of its own, dropped after).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgres_a_cancellation_racing_the_reservation_never_leaves_stock_held() {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+        let schema = format!("op_unit_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let settings = Settings {
+            database_url: Some(url.clone()),
+            database_schema: schema.clone(),
+            database_max_connections: 4,
+            ..Settings::default()
+        };
+        let give_up = tokio::time::sleep(std::time::Duration::from_secs(45));
+        let backends = Backends::from_settings_until(&settings, give_up)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: start PostgreSQL or set DATABASE_URL (now {url})"));
+        let raced = tokio::spawn(cancellations_race_reservations(backends.store.clone())).await;
+        let pool = sqlx::PgPool::connect(&url)
+            .await
+            .expect("connect to drop the schema");
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .execute(&pool)
+            .await
+            .expect("drop the schema");
+        if let Err(panic) = raced {
+            std::panic::resume_unwind(panic.into_panic());
+        }
+    }
+
+    async fn cancellations_race_reservations(store: Arc<dyn EventStore>) {
+        // Two processes' handlers: the stripes of one do not order the other's work.
+        let first = Arc::new(handler(&store).await);
+        let second = Arc::new(handler(&store).await);
+        // A few rounds, as each pair races only once.
+        for _round in 0..3 {
+            let orders: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
+            let mut tasks = Vec::new();
+            for (i, &order_id) in orders.iter().enumerate() {
+                let (a, b) = if i % 2 == 0 {
+                    (first.clone(), second.clone())
+                } else {
+                    (second.clone(), first.clone())
+                };
+                tasks.push(tokio::spawn(async move {
+                    let place = placed(order_id, 2);
+                    a.handle(&place).await
+                }));
+                tasks.push(tokio::spawn(async move {
+                    let cancel = cancelled(order_id);
+                    b.handle(&cancel).await
+                }));
+            }
+            for task in tasks {
+                task.await.unwrap().unwrap();
+            }
+            assert_eq!(
+                stock(&first).await,
+                (100, 0),
+                "every cancelled order's stock is back"
+            );
+            for order_id in orders {
+                let reservation = first
+                    .reservations
+                    .load(&order_id.to_string())
+                    .await
+                    .unwrap()
+                    .state;
+                // Released, or refused for too little stock while others held it: never held.
+                assert!(
+                    matches!(
+                        reservation.status,
+                        ReservationStatus::Released | ReservationStatus::None
+                    ),
+                    "order {order_id}: {:?}",
+                    reservation.status
+                );
+            }
+        }
+    }
 }

@@ -19,7 +19,8 @@ use crate::config::Settings;
 use crate::http::{finish_router, ApiPath, AppError};
 use crate::service::Background;
 
-/// What happens to an order's payment; both travel on the wire.
+/// What happens to an order's payment. `PaymentProcessed`, `PaymentFailed` and
+/// `PaymentRefunded` travel on the wire; `PaymentCancelled` stays inside the service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all_fields = "camelCase")]
 pub enum PaymentEvent {
@@ -53,6 +54,30 @@ pub enum PaymentEvent {
         /// When.
         processed_at: DateTime<Utc>,
     },
+    /// The order was cancelled after it was charged: the charge went back.
+    PaymentRefunded {
+        /// The payment refunded.
+        payment_id: Uuid,
+        /// The order.
+        order_id: Uuid,
+        /// Who is paid back.
+        customer_id: Uuid,
+        /// How much.
+        #[serde(with = "crate::money")]
+        amount: Decimal,
+        /// Why (`order cancelled: {the order's cancellation reason}`).
+        reason: String,
+        /// When.
+        refunded_at: DateTime<Utc>,
+    },
+    /// The order was cancelled before it was charged: a tombstone, so that a charge asked
+    /// for later (a late `InventoryReserved`) is refused.
+    PaymentCancelled {
+        /// The order.
+        order_id: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for PaymentEvent {}
@@ -70,20 +95,43 @@ pub struct Charge {
     pub decline_above: Decimal,
 }
 
-/// An order's payment: at most one charge.
+/// What can be asked of an order's payment.
+#[derive(Debug, Clone)]
+pub enum PaymentCommand {
+    /// Charge the order, unless it was charged or cancelled already.
+    Charge(Charge),
+    /// The order was cancelled: refund its charge, or refuse any charge to come.
+    Cancel {
+        /// The order.
+        order_id: Uuid,
+        /// The order's cancellation reason.
+        reason: String,
+    },
+}
+
+/// An order's payment: at most one charge, and none that outlives the order's cancellation.
 #[derive(Debug, Clone, Default)]
 pub struct Payment {
     outcome: Option<PaymentEvent>,
+    cancelled: bool,
 }
 
 impl Aggregate for Payment {
     const TYPE: &'static str = "payment";
-    type Command = Charge;
+    type Command = PaymentCommand;
     type Event = PaymentEvent;
     type Error = std::convert::Infallible;
 
-    fn handle(&self, charge: Charge) -> Result<Vec<PaymentEvent>, std::convert::Infallible> {
-        if self.outcome.is_some() {
+    fn handle(
+        &self,
+        command: PaymentCommand,
+    ) -> Result<Vec<PaymentEvent>, std::convert::Infallible> {
+        let charge = match command {
+            PaymentCommand::Charge(charge) => charge,
+            PaymentCommand::Cancel { order_id, reason } => return Ok(self.cancel(order_id, reason)),
+        };
+        // Charged (or declined) once already, or the order is cancelled: nothing to do.
+        if self.outcome.is_some() || self.cancelled {
             return Ok(Vec::new());
         }
         let payment_id = Uuid::now_v7();
@@ -109,7 +157,43 @@ impl Aggregate for Payment {
     }
 
     fn apply(&mut self, event: &PaymentEvent) {
-        self.outcome = Some(event.clone());
+        match event {
+            PaymentEvent::PaymentCancelled { .. } => self.cancelled = true,
+            PaymentEvent::PaymentRefunded { .. } => {
+                self.cancelled = true;
+                self.outcome = Some(event.clone());
+            }
+            _ => self.outcome = Some(event.clone()),
+        }
+    }
+}
+
+impl Payment {
+    /// What an order's cancellation means here, decided from what is recorded: a charge is
+    /// refunded; before any charge a tombstone refuses the one to come; a declined or
+    /// refunded payment, or a second cancellation, changes nothing.
+    fn cancel(&self, order_id: Uuid, reason: String) -> Vec<PaymentEvent> {
+        match &self.outcome {
+            Some(PaymentEvent::PaymentProcessed {
+                payment_id,
+                customer_id,
+                amount,
+                ..
+            }) => vec![PaymentEvent::PaymentRefunded {
+                payment_id: *payment_id,
+                order_id,
+                customer_id: *customer_id,
+                amount: *amount,
+                reason: format!("order cancelled: {reason}"),
+                refunded_at: Utc::now(),
+            }],
+            Some(_) => Vec::new(),
+            None if self.cancelled => Vec::new(),
+            None => vec![PaymentEvent::PaymentCancelled {
+                order_id,
+                at: Utc::now(),
+            }],
+        }
     }
 }
 
@@ -125,9 +209,9 @@ pub struct PaymentView {
     #[serde(with = "crate::money")]
     #[schema(value_type = f64)]
     pub amount: Decimal,
-    /// `Succeeded` or `Failed`.
+    /// `Succeeded`, `Failed`, or `Refunded` (the order was cancelled after the charge).
     pub status: String,
-    /// Why it failed (`null` when it succeeded).
+    /// Why it failed or was refunded (`null` when it succeeded).
     pub reason: Option<String>,
     /// When.
     pub processed_at: DateTime<Utc>,
@@ -165,6 +249,23 @@ impl Payment {
                 reason: Some(reason.clone()),
                 processed_at: *processed_at,
             },
+            PaymentEvent::PaymentRefunded {
+                payment_id,
+                order_id,
+                amount,
+                reason,
+                refunded_at,
+                ..
+            } => PaymentView {
+                payment_id: *payment_id,
+                order_id: *order_id,
+                amount: *amount,
+                status: "Refunded".into(),
+                reason: Some(reason.clone()),
+                processed_at: *refunded_at,
+            },
+            // A tombstone is no payment: the order was never charged.
+            PaymentEvent::PaymentCancelled { .. } => return None,
         })
     }
 }
@@ -178,11 +279,18 @@ enum PaymentInput {
         #[serde(with = "crate::money")]
         total_amount: Decimal,
     },
+    OrderCancelled {
+        order_id: Uuid,
+        reason: String,
+    },
 }
 
 impl DomainEvent for PaymentInput {}
 
-/// Charges on `InventoryReserved`; the payment and the inbox entry commit together.
+/// Charges on `InventoryReserved`; on `OrderCancelled` refunds the charge or refuses the one
+/// to come. Each decision and the message's inbox entry commit together, and the payment's
+/// stream version serializes a charge racing a cancellation: exactly one of "charged, then
+/// refunded" and "cancelled, then refused" happens.
 #[derive(Debug, Clone)]
 struct PaymentHandler {
     payments: Repository<Payment>,
@@ -193,30 +301,43 @@ struct PaymentHandler {
 #[async_trait]
 impl MessageHandler for PaymentHandler {
     async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
-        let PaymentInput::InventoryReserved {
-            order_id,
-            customer_id,
-            total_amount,
-        } = match message.decode::<PaymentInput>() {
-            Ok(input) => input,
+        let (order_id, command) = match message.decode::<PaymentInput>() {
+            Ok(PaymentInput::InventoryReserved {
+                order_id,
+                customer_id,
+                total_amount,
+            }) => (
+                order_id,
+                PaymentCommand::Charge(Charge {
+                    order_id,
+                    customer_id,
+                    amount: total_amount,
+                    decline_above: self.decline_above,
+                }),
+            ),
+            Ok(PaymentInput::OrderCancelled { order_id, reason }) => {
+                (order_id, PaymentCommand::Cancel { order_id, reason })
+            }
             Err(es_core::Error::UnknownEventType { .. }) => return Ok(()),
             Err(error) => return Err(HandlerError::reject(error)),
-        };
-        let charge = Charge {
-            order_id,
-            customer_id,
-            amount: total_amount,
-            decline_above: self.decline_above,
         };
         let context = CommandContext::caused_by(message, self.consumer.clone());
         match self
             .payments
-            .execute_with(&order_id.to_string(), charge, context)
+            .execute_with(&order_id.to_string(), command, context)
             .await
         {
             Ok(executed) => {
-                if !executed.events.is_empty() {
-                    tracing::info!(%order_id, amount = %total_amount, "payment decided");
+                for event in &executed.events {
+                    match event {
+                        PaymentEvent::PaymentRefunded { amount, .. } => {
+                            tracing::info!(%order_id, %amount, "payment refunded: the order was cancelled")
+                        }
+                        PaymentEvent::PaymentCancelled { .. } => {
+                            tracing::info!(%order_id, "order cancelled before its charge; none will be made")
+                        }
+                        _ => tracing::info!(%order_id, "payment decided"),
+                    }
                 }
                 Ok(())
             }
@@ -290,4 +411,165 @@ pub(crate) async fn start(
         .route("/api/payments/order/{order_id}", get(payment_of_order))
         .with_state(PaymentState { payments });
     Ok(finish_router(api, openapi(), backends.health.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::testing::message;
+    use crate::inventory::{ReservationEvent, ReservedItem};
+    use crate::order::OrderEvent;
+    use es_core::memory::MemoryEventStore;
+    use es_core::EventStore;
+
+    fn handler() -> PaymentHandler {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        PaymentHandler {
+            payments: Repository::new(store),
+            decline_above: Decimal::from(10_000),
+            consumer: "payment".into(),
+        }
+    }
+
+    fn reserved(order_id: Uuid) -> RecordedEvent {
+        let event = ReservationEvent::InventoryReserved {
+            order_id,
+            customer_id: Uuid::nil(),
+            items: vec![ReservedItem {
+                product_id: Uuid::nil(),
+                quantity: 1,
+            }],
+            total_amount: Decimal::new(99_999, 2),
+            at: Utc::now(),
+        };
+        message(&format!("reservation-{order_id}"), &event)
+    }
+
+    fn cancelled(order_id: Uuid) -> RecordedEvent {
+        let event = OrderEvent::OrderCancelled {
+            order_id,
+            customer_id: Uuid::nil(),
+            total_amount: Decimal::new(99_999, 2),
+            reason: "timed out".into(),
+            at: Utc::now(),
+        };
+        message(&format!("order-{order_id}"), &event)
+    }
+
+    async fn view(handler: &PaymentHandler, order_id: Uuid) -> Option<PaymentView> {
+        handler
+            .payments
+            .find(&order_id.to_string())
+            .await
+            .unwrap()
+            .and_then(|loaded| loaded.state.view())
+    }
+
+    #[tokio::test]
+    async fn a_charge_asked_after_the_cancellation_is_refused() {
+        let payment = handler();
+        let order_id = Uuid::now_v7();
+        payment.handle(&cancelled(order_id)).await.unwrap();
+        payment.handle(&reserved(order_id)).await.unwrap();
+        assert!(
+            view(&payment, order_id).await.is_none(),
+            "a cancelled order is never charged"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_charge_made_before_the_cancellation_is_refunded_once() {
+        let payment = handler();
+        let order_id = Uuid::now_v7();
+        payment.handle(&reserved(order_id)).await.unwrap();
+        assert_eq!(view(&payment, order_id).await.unwrap().status, "Succeeded");
+        payment.handle(&cancelled(order_id)).await.unwrap();
+        // A second cancellation (another message) and a late redelivered charge change nothing.
+        payment.handle(&cancelled(order_id)).await.unwrap();
+        payment.handle(&reserved(order_id)).await.unwrap();
+        let refunded = view(&payment, order_id).await.unwrap();
+        assert_eq!(refunded.status, "Refunded");
+        assert_eq!(
+            refunded.reason.as_deref(),
+            Some("order cancelled: timed out")
+        );
+        assert_eq!(refunded.amount, Decimal::new(99_999, 2));
+        let loaded = payment.payments.load(&order_id.to_string()).await.unwrap();
+        assert_eq!(loaded.version, 2, "one charge, one refund");
+    }
+
+    #[tokio::test]
+    async fn a_declined_payment_is_not_refunded_when_the_order_is_cancelled() {
+        let payment = PaymentHandler {
+            decline_above: Decimal::ONE,
+            ..handler()
+        };
+        let order_id = Uuid::now_v7();
+        payment.handle(&reserved(order_id)).await.unwrap();
+        payment.handle(&cancelled(order_id)).await.unwrap();
+        let view = view(&payment, order_id).await.unwrap();
+        assert_eq!(view.status, "Failed");
+        assert_eq!(view.reason.as_deref(), Some("amount exceeds limit"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancellation_racing_the_charge_leaves_no_charge_standing() {
+        cancellations_race_charges(Arc::new(handler())).await;
+    }
+
+    /// The same race on PostgreSQL (`DATABASE_URL`, else the standard local port; a schema of
+    /// its own, dropped after).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgres_a_cancellation_racing_the_charge_leaves_no_charge_standing() {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+        let schema = format!("op_unit_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let settings = Settings {
+            database_url: Some(url.clone()),
+            database_schema: schema.clone(),
+            database_max_connections: 4,
+            ..Settings::default()
+        };
+        let give_up = tokio::time::sleep(std::time::Duration::from_secs(45));
+        let backends = Backends::from_settings_until(&settings, give_up)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: start PostgreSQL or set DATABASE_URL (now {url})"));
+        let payment = PaymentHandler {
+            payments: Repository::new(backends.store.clone()),
+            ..handler()
+        };
+        let raced = tokio::spawn(cancellations_race_charges(Arc::new(payment))).await;
+        let pool = sqlx::PgPool::connect(&url)
+            .await
+            .expect("connect to drop the schema");
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .execute(&pool)
+            .await
+            .expect("drop the schema");
+        if let Err(panic) = raced {
+            std::panic::resume_unwind(panic.into_panic());
+        }
+    }
+
+    async fn cancellations_race_charges(payment: Arc<PaymentHandler>) {
+        let orders: Vec<Uuid> = (0..40).map(|_| Uuid::now_v7()).collect();
+        let mut tasks = Vec::new();
+        for &order_id in &orders {
+            let (a, b) = (payment.clone(), payment.clone());
+            tasks.push(tokio::spawn(
+                async move { a.handle(&reserved(order_id)).await },
+            ));
+            tasks.push(tokio::spawn(
+                async move { b.handle(&cancelled(order_id)).await },
+            ));
+        }
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        for order_id in orders {
+            if let Some(view) = view(&payment, order_id).await {
+                assert_eq!(view.status, "Refunded", "order {order_id}");
+            }
+        }
+    }
 }

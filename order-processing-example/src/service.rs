@@ -260,9 +260,8 @@ impl Service {
     ) -> std::io::Result<()> {
         let address = listener.local_addr()?;
         tracing::info!(service = self.kind.name(), %address, "listening");
-        let served = axum::serve(listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let limits = crate::http::ServeLimits::default();
+        let served = crate::http::serve(listener, self.router, shutdown, limits).await;
         self.background.stop().await;
         tracing::info!(service = self.kind.name(), "stopped");
         served

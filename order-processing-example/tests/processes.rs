@@ -423,7 +423,7 @@ async fn across_processes_failures_cancel_and_an_unpaid_order_times_out() {
         (laptop["availableQuantity"] == 100 && laptop["reservedQuantity"] == 0).then_some(())
     })
     .await;
-    // The gateway comes back to a message for a cancelled order: the order stays Cancelled.
+    // The gateway comes back to a reservation and a cancellation: the order stays Cancelled.
     cluster.spawn(ServiceKind::Payment);
     cluster.wait_healthy(ServiceKind::Payment).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -431,6 +431,115 @@ async fn across_processes_failures_cancel_and_an_unpaid_order_times_out() {
         .get(ServiceKind::Order, &format!("/api/orders/{unpaid}"))
         .await;
     assert_eq!(order["status"], "Cancelled");
+    // Its late charge is refused, or made and refunded, as the two messages are handled in
+    // one order or the other: it never stands.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, payment) = system
+        .get(
+            ServiceKind::Payment,
+            &format!("/api/payments/order/{unpaid}"),
+        )
+        .await;
+    assert!(
+        status == 404
+            || (payment["status"] == "Refunded"
+                && payment["reason"] == "order cancelled: timed out"),
+        "{status} {payment}"
+    );
+    cluster.stop().await;
+}
+
+/// The order timeout fires while the saga's messages queue up, so cancellations overtake the
+/// reservations and charges they cancel (two inventory processes take the queue in turns).
+/// Once every order is final, no cancelled order holds stock or a charge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellations_that_overtake_the_saga_leave_no_stock_held_and_no_charge() {
+    use futures_util::StreamExt;
+    const ORDERS: usize = 200;
+    const STOCK: u64 = 10_000;
+    let settings = Settings {
+        order_timeout: Duration::from_millis(200),
+        ..Settings::default()
+    };
+    let mut cluster = Cluster::start(settings).await;
+    let inventory = cluster.spawn_extra(ServiceKind::Inventory);
+    wait_healthy(inventory, "the second inventory to be healthy").await;
+    let system = cluster.system();
+    let product = uuid::Uuid::new_v4().to_string();
+    assert_eq!(
+        system.put_product(&product, "Contended", STOCK).await.0,
+        200
+    );
+    // 16 clients place the orders as fast as they are answered; each takes 1 to 3 units.
+    let order_ids: Vec<(String, u64)> = futures_util::stream::iter(0..ORDERS)
+        .map(|i| {
+            let system = &system;
+            let product = product.clone();
+            async move {
+                let quantity = 1 + (i as u64 % 3);
+                let id = system
+                    .place(&customer(), &[(&product, quantity, "10.00")])
+                    .await;
+                (id, quantity)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut sold = 0;
+    let mut cancelled = Vec::new();
+    for (order_id, quantity) in &order_ids {
+        match system.settled(order_id).await["status"].as_str() {
+            Some("Confirmed") => sold += quantity,
+            _ => cancelled.push(order_id.clone()),
+        }
+    }
+    assert!(
+        !cancelled.is_empty(),
+        "the timeout must cancel some orders for this test to mean anything"
+    );
+    // Releases, commits and refunds follow the final statuses by a few messages: give them a
+    // bounded while, then say what stayed wrong.
+    let settle = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (available, reserved) = loop {
+        let p = system.product(&product).await;
+        let now = (
+            p["availableQuantity"].as_u64().expect("available"),
+            p["reservedQuantity"].as_u64().expect("reserved"),
+        );
+        if now == (STOCK - sold, 0) || tokio::time::Instant::now() > settle {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (available, reserved),
+        (STOCK - sold, 0),
+        "{} of {ORDERS} orders cancelled; the confirmed ones took {sold} units",
+        cancelled.len()
+    );
+    let charged = loop {
+        let mut charged = Vec::new();
+        for order_id in &cancelled {
+            let (status, payment) = system
+                .get(
+                    ServiceKind::Payment,
+                    &format!("/api/payments/order/{order_id}"),
+                )
+                .await;
+            if status == 200 && payment["status"] == "Succeeded" {
+                charged.push(order_id.clone());
+            }
+        }
+        if charged.is_empty() || tokio::time::Instant::now() > settle {
+            break charged;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        charged.is_empty(),
+        "cancelled orders left charged: {charged:?}"
+    );
     cluster.stop().await;
 }
 
