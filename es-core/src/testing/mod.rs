@@ -28,6 +28,7 @@ mod housekeeping;
 mod kit;
 mod kv;
 mod lease;
+mod repository_cache;
 mod stores;
 
 pub use bus::bus_conformance;
@@ -38,6 +39,7 @@ pub use housekeeping::housekeeping_conformance;
 pub use kit::{envelope, AggregateTest, SagaTest};
 pub use kv::{cache_conformance, idempotency_conformance};
 pub use lease::lease_conformance;
+pub use repository_cache::repository_cache_conformance;
 pub use stores::{
     checkpoint_store_conformance, inbox_conformance, parked_event_store_conformance,
     saga_store_conformance, snapshot_store_conformance,
