@@ -10,6 +10,7 @@ mod idempotency;
 mod lease;
 mod listener;
 mod projection;
+mod replay_many;
 mod store;
 mod stores;
 
