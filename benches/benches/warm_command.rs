@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use es_benches::{table, timed, timed_pair, OrderBook, OrderPlacedData, Plan, PlaceOrders, Row};
+use es_benches::{table, timed, timed_pair, OrderBook, OrderPlacedData, PlaceOrders, Plan, Row};
 use es_core::{EventStore, Metadata, NewEvent, Repository};
 use es_postgres::{PgConfig, PgEventStore};
 use sqlx::postgres::PgPoolOptions;
@@ -286,10 +286,7 @@ async fn main() {
     let commands = streams as f64;
     let per = |a: [i64; 4], b: [i64; 4]| -> String {
         let d: Vec<f64> = (0..4).map(|i| (b[i] - a[i]) as f64 / commands).collect();
-        format!(
-            "| {:.2} | {:.1} | {:.1} | {:.2} |",
-            d[0], d[1], d[2], d[3]
-        )
+        format!("| {:.2} | {:.1} | {:.1} | {:.2} |", d[0], d[1], d[2], d[3])
     };
     let counters = format!(
         "| per command on `events` | index scans | rows fetched by index | rows read by seq scan | rows inserted |\n\

@@ -162,7 +162,11 @@ mod tests {
         assert_eq!(cache.get(&s("a")), None);
         cache.put(&s("a"), &30, 3);
         cache.put(&s("a"), &20, 2);
-        assert_eq!(cache.get(&s("a")), Some((30, 3)), "an older result is refused");
+        assert_eq!(
+            cache.get(&s("a")),
+            Some((30, 3)),
+            "an older result is refused"
+        );
         cache.put(&s("a"), &40, 4);
         assert_eq!(cache.get(&s("a")), Some((40, 4)));
         let stats = cache.stats();
@@ -181,7 +185,11 @@ mod tests {
         // `b` was passed over (its bit cleared) and not used since; `c` is new: `b` goes.
         cache.put(&s("d"), &4, 1);
         assert_eq!(cache.get(&s("a")), None);
-        assert_eq!(cache.get(&s("b")), None, "the entry not used since the last pass goes");
+        assert_eq!(
+            cache.get(&s("b")),
+            None,
+            "the entry not used since the last pass goes"
+        );
         assert_eq!(cache.get(&s("c")), Some((3, 1)), "the newer entry survives");
         assert_eq!(cache.get(&s("d")), Some((4, 1)));
         assert_eq!(cache.stats().entries, 2);

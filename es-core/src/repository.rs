@@ -13,8 +13,7 @@ use crate::error::{Error, Result};
 use crate::event::{Metadata, NewEvent};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::store::{
-    CommitOutcome, EventStore, ExpectedVersion, InboxEntry, ReplayedEvent, StreamAppend,
-    UnitOfWork,
+    CommitOutcome, EventStore, ExpectedVersion, InboxEntry, ReplayedEvent, StreamAppend, UnitOfWork,
 };
 use crate::stream::StreamId;
 

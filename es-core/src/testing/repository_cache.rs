@@ -50,9 +50,7 @@ impl Aggregate for Tally {
     type Error = Never;
 
     fn handle(&self, (): ()) -> std::result::Result<Vec<TallyEvent>, Never> {
-        Ok(vec![TallyEvent::Counted {
-            to: self.total + 1,
-        }])
+        Ok(vec![TallyEvent::Counted { to: self.total + 1 }])
     }
 
     fn apply(&mut self, event: &TallyEvent) {
