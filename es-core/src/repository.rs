@@ -561,7 +561,71 @@ impl<A: Aggregate> Repository<A> {
         metadata: &Metadata,
     ) -> Result<Decision<A>> {
         let stream_id = Self::stream_id(id)?;
-        let Loaded { state, version } = self.load_stream(&stream_id).await?;
+        let loaded = self.load_stream(&stream_id).await?;
+        Self::decide_on(stream_id, loaded, command, metadata)
+    }
+
+    /// [`decide`](Repository::decide) for several aggregates of one unit of work, loaded
+    /// together by [`load_many`](Repository::load_many) (one store call): one decision per
+    /// `(id, command)`, in order. Commit the appends of those you keep in one [`UnitOfWork`]
+    /// (it refuses a stream twice: give each aggregate once).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::sync::Arc;
+    /// # use es_core::{Aggregate, DomainEvent, EventStore, Metadata, Repository, UnitOfWork};
+    /// # use es_core::memory::MemoryEventStore;
+    /// # #[derive(Debug, Default, Clone, PartialEq)] struct Stock { left: u64 }
+    /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    /// # enum StockEvent { Added(u64), Taken(u64) }
+    /// # impl DomainEvent for StockEvent {}
+    /// # #[derive(Debug, Clone, PartialEq, thiserror::Error)] #[error("too few")] struct TooFew;
+    /// # impl Aggregate for Stock {
+    /// #     const TYPE: &'static str = "stock";
+    /// #     type Command = i64; type Event = StockEvent; type Error = TooFew;
+    /// #     fn handle(&self, n: i64) -> Result<Vec<StockEvent>, TooFew> {
+    /// #         if n >= 0 { return Ok(vec![StockEvent::Added(n as u64)]) }
+    /// #         if self.left < n.unsigned_abs() { Err(TooFew) } else { Ok(vec![StockEvent::Taken(n.unsigned_abs())]) }
+    /// #     }
+    /// #     fn apply(&mut self, e: &StockEvent) { match e { StockEvent::Added(n) => self.left += n, StockEvent::Taken(n) => self.left -= n } }
+    /// # }
+    /// let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    /// let stock = Repository::<Stock>::new(store.clone()).with_cache(1_000);
+    /// stock.execute("a", 5, Metadata::default()).await?;
+    /// stock.execute("b", 3, Metadata::default()).await?;
+    /// let decisions = stock.decide_many(vec![("a", -2), ("b", -2)], &Metadata::default()).await?;
+    /// assert!(decisions.iter().all(|d| !d.is_rejected()));
+    /// let unit = decisions.iter().fold(UnitOfWork::new(), |unit, d| unit.append(d.append.clone()));
+    /// store.commit(unit).await?;
+    /// for decision in decisions {
+    ///     stock.committed(decision).await;
+    /// }
+    /// assert_eq!(stock.load("b").await?.state.left, 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn decide_many<S: AsRef<str>>(
+        &self,
+        commands: Vec<(S, A::Command)>,
+        metadata: &Metadata,
+    ) -> Result<Vec<Decision<A>>> {
+        let ids: Vec<&str> = commands.iter().map(|(id, _)| id.as_ref()).collect();
+        let loaded = self.load_many(&ids).await?;
+        let mut decisions = Vec::with_capacity(loaded.len());
+        for ((id, command), loaded) in commands.into_iter().zip(loaded) {
+            let stream_id = Self::stream_id(id.as_ref())?;
+            decisions.push(Self::decide_on(stream_id, loaded, command, metadata)?);
+        }
+        Ok(decisions)
+    }
+
+    fn decide_on(
+        stream_id: StreamId,
+        loaded: Loaded<A>,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Decision<A>> {
+        let Loaded { state, version } = loaded;
         let outcome = state.handle(command);
         let events = match &outcome {
             Ok(events) => events

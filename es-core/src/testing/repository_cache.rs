@@ -266,6 +266,40 @@ async fn load_many_reads_every_tail_in_one_call(store: Arc<Counting>) {
             vec![1, 2, 3, 0]
         );
     }
+
+    // Deciding on all of them: one replay call, one unit of work, each expecting its version.
+    let cached = plain.clone().with_cache(8);
+    let before = store.reads();
+    let decisions = cached
+        .decide_many(
+            ids.iter().map(|id| (id.as_str(), ())).collect(),
+            &Metadata::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.reads().0 - before.0,
+        1,
+        "decide_many loads in one call"
+    );
+    let mut unit = UnitOfWork::new();
+    for (decision, version) in decisions.iter().zip([1u64, 2, 3, 0]) {
+        assert_eq!(decision.append.expected, ExpectedVersion::Exact(version));
+        assert_eq!(
+            decision.outcome.as_ref().ok(),
+            Some(&vec![TallyEvent::Counted { to: version + 1 }])
+        );
+        unit = unit.append(decision.append.clone());
+    }
+    store.commit(unit).await.unwrap();
+    for decision in decisions {
+        cached.committed(decision).await;
+    }
+    for (id, version) in ids.iter().zip([2u64, 3, 4, 1]) {
+        assert_eq!(stored_totals(&*store, id).await.last(), Some(&version));
+        let loaded = cached.load(id).await.unwrap();
+        assert_eq!((loaded.state.total, loaded.version), (version, version));
+    }
 }
 
 async fn cached_repositories_racing_lose_no_update(store: Arc<Counting>) {
