@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod aggregate;
+mod aggregate_cache;
 pub mod bus;
 pub mod cache;
 mod error;
@@ -23,6 +24,7 @@ pub mod subscription;
 pub mod testing;
 
 pub use aggregate::Aggregate;
+pub use aggregate_cache::AggregateCacheStats;
 pub use bus::{DeadLetter, DeadLetterQueue, EventBus, HandlerError, MessageHandler, Subscription};
 pub use cache::{Cache, CacheExt};
 pub use error::{BoxError, Error, Result};

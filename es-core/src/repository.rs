@@ -8,11 +8,12 @@ use chrono::Utc;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::aggregate::Aggregate;
+use crate::aggregate_cache::{AggregateCache, AggregateCacheStats};
 use crate::error::{Error, Result};
 use crate::event::{Metadata, NewEvent};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::store::{
-    CommitOutcome, EventStore, ExpectedVersion, InboxEntry, StreamAppend, UnitOfWork,
+    CommitOutcome, EventStore, ExpectedVersion, InboxEntry, ReplayedEvent, StreamAppend, UnitOfWork,
 };
 use crate::stream::StreamId;
 
@@ -107,6 +108,9 @@ impl CommandContext {
     }
 }
 
+/// How many events a load reads per query.
+const PAGE: usize = 4096;
+
 type EncodeSnapshot<A> = fn(&A) -> Result<Vec<u8>>;
 type DecodeSnapshot<A> = fn(&[u8]) -> Result<A>;
 
@@ -122,9 +126,14 @@ struct Snapshots<A> {
 /// `execute` loads the aggregate (latest snapshot, then the tail of its stream), lets it decide,
 /// and appends the events expecting the version it loaded. When another writer got there first
 /// it reloads and decides again, up to [`with_max_retries`](Repository::with_max_retries) times.
+///
+/// With [`with_cache`](Repository::with_cache) it keeps the folded state of recently used
+/// aggregates and reads only the events written after it.
 pub struct Repository<A: Aggregate> {
     store: Arc<dyn EventStore>,
     snapshots: Option<Snapshots<A>>,
+    /// Shared by clones: the instances of one service's handlers warm one cache.
+    cache: Option<Arc<AggregateCache<A>>>,
     max_retries: usize,
     _aggregate: PhantomData<fn() -> A>,
 }
@@ -136,6 +145,7 @@ impl<A: Aggregate> fmt::Debug for Repository<A> {
             .field("store", &self.store)
             .field("snapshot_every", &self.snapshots.as_ref().map(|s| s.every))
             .field("max_retries", &self.max_retries)
+            .field("cache", &self.cache_stats())
             .finish()
     }
 }
@@ -150,6 +160,7 @@ impl<A: Aggregate> Clone for Repository<A> {
                 encode: s.encode,
                 decode: s.decode,
             }),
+            cache: self.cache.clone(),
             max_retries: self.max_retries,
             _aggregate: PhantomData,
         }
@@ -165,6 +176,7 @@ impl<A: Aggregate> Repository<A> {
         Repository {
             store,
             snapshots: None,
+            cache: None,
             max_retries: Self::DEFAULT_MAX_RETRIES,
             _aggregate: PhantomData,
         }
@@ -184,6 +196,66 @@ impl<A: Aggregate> Repository<A> {
             },
         });
         self
+    }
+
+    /// Keeps the state of up to `capacity` recently used aggregates in memory (with the
+    /// version it reflects), so that a load reads only the events written after it: on a warm
+    /// aggregate, one query that returns nothing instead of a replay of the stream (or of its
+    /// tail after a snapshot). After this repository's own appends the cache takes the new
+    /// state without reading. Clones of the repository share the cache.
+    ///
+    /// It stays correct beside other writers (other processes, other repositories): the load
+    /// still reads the stream's newer events, and the append still expects the version the
+    /// decision was made on, so a decision on state that went stale meanwhile fails with a
+    /// conflict, and the retry reads the events it missed and decides again. When the
+    /// capacity is reached, entries not used lately make room (CLOCK eviction); a capacity of
+    /// 0 caches nothing.
+    ///
+    /// The cached state is the fold of decoded (upcast) events, as a load without the cache
+    /// builds it; snapshots are still read on a miss and saved when due. Memory: `capacity`
+    /// states of `A` at most.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::sync::Arc;
+    /// # use es_core::{Aggregate, DomainEvent, EventStore, Metadata, Repository};
+    /// # use es_core::memory::MemoryEventStore;
+    /// # #[derive(Debug, Default, Clone, PartialEq)] struct Count { n: u64 }
+    /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    /// # enum Ev { Added }
+    /// # impl DomainEvent for Ev {}
+    /// # #[derive(Debug, thiserror::Error)] #[error("never")] struct Never;
+    /// # impl Aggregate for Count {
+    /// #     const TYPE: &'static str = "count";
+    /// #     type Command = (); type Event = Ev; type Error = Never;
+    /// #     fn handle(&self, _: ()) -> Result<Vec<Ev>, Never> { Ok(vec![Ev::Added]) }
+    /// #     fn apply(&mut self, _: &Ev) { self.n += 1 }
+    /// # }
+    /// let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    /// let counts = Repository::<Count>::new(store.clone()).with_cache(10_000);
+    /// counts.execute("a", (), Metadata::default()).await?; // a miss: reads the stream
+    /// counts.execute("a", (), Metadata::default()).await?; // a hit: reads only newer events
+    ///
+    /// // Another writer (here a repository without the cache) appends meanwhile ...
+    /// Repository::<Count>::new(store).execute("a", (), Metadata::default()).await?;
+    /// // ... and the cached repository reads just that event on top of its state.
+    /// let loaded = counts.load("a").await?;
+    /// assert_eq!((loaded.state.n, loaded.version), (3, 3));
+    /// assert_eq!(counts.cache_stats().map(|s| s.hits), Some(2));
+    /// # Ok(()) }
+    /// ```
+    pub fn with_cache(mut self, capacity: usize) -> Self
+    where
+        A: Clone,
+    {
+        self.cache = Some(Arc::new(AggregateCache::new(capacity, A::clone)));
+        self
+    }
+
+    /// The counters of the aggregate cache, `None` without one.
+    pub fn cache_stats(&self) -> Option<AggregateCacheStats> {
+        self.cache.as_ref().map(|cache| cache.stats())
     }
 
     /// How often a conflicting command is reloaded and decided again before the conflict is
@@ -215,7 +287,77 @@ impl<A: Aggregate> Repository<A> {
         Ok((loaded.version > 0).then_some(loaded))
     }
 
+    /// Loads several aggregates at once, in the order of `ids`: the events of all their
+    /// streams come in one [`EventStore::replay_streams`] call (one query on PostgreSQL),
+    /// each stream read from its cached state or snapshot, if any. For the aggregates one
+    /// unit of work decides on (an order and every product it reserves, say).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::sync::Arc;
+    /// # use es_core::{Aggregate, DomainEvent, EventStore, Metadata, Repository};
+    /// # use es_core::memory::MemoryEventStore;
+    /// # #[derive(Debug, Default, Clone, PartialEq)] struct Count { n: u64 }
+    /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    /// # enum Ev { Added }
+    /// # impl DomainEvent for Ev {}
+    /// # #[derive(Debug, thiserror::Error)] #[error("never")] struct Never;
+    /// # impl Aggregate for Count {
+    /// #     const TYPE: &'static str = "count";
+    /// #     type Command = (); type Event = Ev; type Error = Never;
+    /// #     fn handle(&self, _: ()) -> Result<Vec<Ev>, Never> { Ok(vec![Ev::Added]) }
+    /// #     fn apply(&mut self, _: &Ev) { self.n += 1 }
+    /// # }
+    /// let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    /// let counts = Repository::<Count>::new(store);
+    /// counts.execute("a", (), Metadata::default()).await?;
+    /// let loaded = counts.load_many(&["a", "b"]).await?;
+    /// assert_eq!((loaded[0].version, loaded[1].version), (1, 0));
+    /// # Ok(()) }
+    /// ```
+    pub async fn load_many<S: AsRef<str>>(&self, ids: &[S]) -> Result<Vec<Loaded<A>>> {
+        let stream_ids = ids
+            .iter()
+            .map(|id| Self::stream_id(id.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut starts = Vec::with_capacity(stream_ids.len());
+        for stream_id in &stream_ids {
+            starts.push(self.start(stream_id).await);
+        }
+        let requests: Vec<(StreamId, u64)> = stream_ids
+            .iter()
+            .zip(&starts)
+            .map(|(stream_id, start)| (stream_id.clone(), start.version + 1))
+            .collect();
+        let pages = self.store.replay_streams(&requests, PAGE).await?;
+        if pages.len() != requests.len() {
+            return Err(Error::backend(
+                "event store",
+                format!(
+                    "replay_streams answered {} lists for {} streams",
+                    pages.len(),
+                    requests.len()
+                ),
+            ));
+        }
+        let mut loaded = Vec::with_capacity(stream_ids.len());
+        for ((stream_id, start), page) in stream_ids.iter().zip(starts).zip(pages) {
+            loaded.push(self.fold_tail(stream_id, start, Some(page)).await?);
+        }
+        Ok(loaded)
+    }
+
     async fn load_stream(&self, stream_id: &StreamId) -> Result<Loaded<A>> {
+        let start = self.start(stream_id).await;
+        self.fold_tail(stream_id, start, None).await
+    }
+
+    /// Where a load starts: the cached state, else the latest usable snapshot, else nothing.
+    async fn start(&self, stream_id: &StreamId) -> Loaded<A> {
+        if let Some((state, version)) = self.cache.as_ref().and_then(|c| c.get(stream_id)) {
+            return Loaded { state, version };
+        }
         let mut loaded = Loaded {
             state: A::default(),
             version: 0,
@@ -242,21 +384,48 @@ impl<A: Aggregate> Repository<A> {
                 }
             }
         }
-        const PAGE: usize = 4096;
+        loaded
+    }
+
+    /// Folds the stream's events after `loaded` into it (starting with `first_page` when the
+    /// caller already read it), and caches the result.
+    async fn fold_tail(
+        &self,
+        stream_id: &StreamId,
+        mut loaded: Loaded<A>,
+        first_page: Option<Vec<ReplayedEvent>>,
+    ) -> Result<Loaded<A>> {
+        let mut page = match first_page {
+            Some(page) => page,
+            None => {
+                self.store
+                    .replay_stream(stream_id, loaded.version + 1, PAGE)
+                    .await?
+            }
+        };
         loop {
-            let page = self
-                .store
-                .replay_stream(stream_id, loaded.version + 1, PAGE)
-                .await?;
-            let full = page.len() == PAGE;
+            let full = page.len() >= PAGE;
             for replayed in &page {
                 let event = replayed.decode::<A::Event>()?;
                 loaded.state.apply(&event);
                 loaded.version = replayed.stream_version;
             }
             if !full {
-                return Ok(loaded);
+                break;
             }
+            page = self
+                .store
+                .replay_stream(stream_id, loaded.version + 1, PAGE)
+                .await?;
+        }
+        self.remember(stream_id, &loaded.state, loaded.version);
+        Ok(loaded)
+    }
+
+    /// Caches `state` at `version` (a no-op without a cache, or when it holds newer).
+    fn remember(&self, stream_id: &StreamId, state: &A, version: u64) {
+        if let Some(cache) = &self.cache {
+            cache.put(stream_id, state, version);
         }
     }
 
@@ -318,6 +487,9 @@ impl<A: Aggregate> Repository<A> {
                     for event in &events {
                         state.apply(event);
                     }
+                    // The append expected `version`, so this is the stream's state now: no
+                    // read needed to keep the cache warm.
+                    self.remember(&stream_id, &state, new_version);
                     self.maybe_snapshot(&stream_id, &state, version, new_version)
                         .await;
                     return Ok(Executed {
@@ -389,7 +561,71 @@ impl<A: Aggregate> Repository<A> {
         metadata: &Metadata,
     ) -> Result<Decision<A>> {
         let stream_id = Self::stream_id(id)?;
-        let Loaded { state, version } = self.load_stream(&stream_id).await?;
+        let loaded = self.load_stream(&stream_id).await?;
+        Self::decide_on(stream_id, loaded, command, metadata)
+    }
+
+    /// [`decide`](Repository::decide) for several aggregates of one unit of work, loaded
+    /// together by [`load_many`](Repository::load_many) (one store call): one decision per
+    /// `(id, command)`, in order. Commit the appends of those you keep in one [`UnitOfWork`]
+    /// (it refuses a stream twice: give each aggregate once).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::sync::Arc;
+    /// # use es_core::{Aggregate, DomainEvent, EventStore, Metadata, Repository, UnitOfWork};
+    /// # use es_core::memory::MemoryEventStore;
+    /// # #[derive(Debug, Default, Clone, PartialEq)] struct Stock { left: u64 }
+    /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    /// # enum StockEvent { Added(u64), Taken(u64) }
+    /// # impl DomainEvent for StockEvent {}
+    /// # #[derive(Debug, Clone, PartialEq, thiserror::Error)] #[error("too few")] struct TooFew;
+    /// # impl Aggregate for Stock {
+    /// #     const TYPE: &'static str = "stock";
+    /// #     type Command = i64; type Event = StockEvent; type Error = TooFew;
+    /// #     fn handle(&self, n: i64) -> Result<Vec<StockEvent>, TooFew> {
+    /// #         if n >= 0 { return Ok(vec![StockEvent::Added(n as u64)]) }
+    /// #         if self.left < n.unsigned_abs() { Err(TooFew) } else { Ok(vec![StockEvent::Taken(n.unsigned_abs())]) }
+    /// #     }
+    /// #     fn apply(&mut self, e: &StockEvent) { match e { StockEvent::Added(n) => self.left += n, StockEvent::Taken(n) => self.left -= n } }
+    /// # }
+    /// let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    /// let stock = Repository::<Stock>::new(store.clone()).with_cache(1_000);
+    /// stock.execute("a", 5, Metadata::default()).await?;
+    /// stock.execute("b", 3, Metadata::default()).await?;
+    /// let decisions = stock.decide_many(vec![("a", -2), ("b", -2)], &Metadata::default()).await?;
+    /// assert!(decisions.iter().all(|d| !d.is_rejected()));
+    /// let unit = decisions.iter().fold(UnitOfWork::new(), |unit, d| unit.append(d.append.clone()));
+    /// store.commit(unit).await?;
+    /// for decision in decisions {
+    ///     stock.committed(decision).await;
+    /// }
+    /// assert_eq!(stock.load("b").await?.state.left, 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn decide_many<S: AsRef<str>>(
+        &self,
+        commands: Vec<(S, A::Command)>,
+        metadata: &Metadata,
+    ) -> Result<Vec<Decision<A>>> {
+        let ids: Vec<&str> = commands.iter().map(|(id, _)| id.as_ref()).collect();
+        let loaded = self.load_many(&ids).await?;
+        let mut decisions = Vec::with_capacity(loaded.len());
+        for ((id, command), loaded) in commands.into_iter().zip(loaded) {
+            let stream_id = Self::stream_id(id.as_ref())?;
+            decisions.push(Self::decide_on(stream_id, loaded, command, metadata)?);
+        }
+        Ok(decisions)
+    }
+
+    fn decide_on(
+        stream_id: StreamId,
+        loaded: Loaded<A>,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Decision<A>> {
+        let Loaded { state, version } = loaded;
         let outcome = state.handle(command);
         let events = match &outcome {
             Ok(events) => events
@@ -421,6 +657,7 @@ impl<A: Aggregate> Repository<A> {
             state.apply(event);
         }
         let new_version = version + events.len() as u64;
+        self.remember(&append.stream_id, &state, new_version);
         self.maybe_snapshot(&append.stream_id, &state, version, new_version)
             .await;
         Loaded {

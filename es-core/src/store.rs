@@ -403,6 +403,30 @@ pub trait EventStore: Send + Sync + fmt::Debug {
             .collect())
     }
 
+    /// Replays several streams in one call: for each `(stream, from_version)` request, up to
+    /// `limit` events of that stream from `from_version`, as
+    /// [`replay_stream`](EventStore::replay_stream) reads them. The answer has one list per
+    /// request, in the order of `requests` (an unknown stream answers an empty list; a stream
+    /// asked twice is answered twice).
+    ///
+    /// The [`Repository`](crate::Repository) loads the aggregates of one unit of work this way
+    /// ([`load_many`](crate::Repository::load_many)). The default asks
+    /// [`replay_stream`](EventStore::replay_stream) once per request; backends with a network
+    /// round trip per query override it to read every stream in one query. The streams are not
+    /// read at one instant: like separate loads, the versions a command decides on are checked
+    /// when it appends.
+    async fn replay_streams(
+        &self,
+        requests: &[(StreamId, u64)],
+        limit: usize,
+    ) -> Result<Vec<Vec<ReplayedEvent>>> {
+        let mut answers = Vec::with_capacity(requests.len());
+        for (stream_id, from_version) in requests {
+            answers.push(self.replay_stream(stream_id, *from_version, limit).await?);
+        }
+        Ok(answers)
+    }
+
     /// Reads a whole stream from `from_version` to its end, page by page.
     async fn read_stream_to_end(
         &self,

@@ -508,3 +508,91 @@ async fn a_decision_committed_elsewhere_is_folded_and_snapshotted() {
         "version 2 is due with every = 2"
     );
 }
+
+#[tokio::test]
+async fn a_cached_repository_keeps_snapshots_and_agrees_with_a_cold_load() {
+    let store = MemoryEventStore::new();
+    let accounts = repo(&store)
+        .with_snapshots(Arc::new(store.clone()), 10)
+        .with_cache(4);
+    accounts
+        .execute(
+            "a",
+            AccountCommand::Open { owner: "x".into() },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..24 {
+        accounts
+            .execute("a", AccountCommand::Deposit(2), Metadata::default())
+            .await
+            .unwrap();
+    }
+    let stream = Repository::<Account>::stream_id("a").unwrap();
+    let snapshot = SnapshotStore::load(&store, &stream).await.unwrap();
+    assert_eq!(
+        snapshot.map(|s| s.version),
+        Some(20),
+        "snapshots are still saved when the loads come from the cache"
+    );
+    let cached = accounts.load("a").await.unwrap();
+    assert_eq!((cached.state.balance, cached.version), (48, 25));
+    assert_eq!(cached.state.applied, 25, "every event folded exactly once");
+    let cold = repo(&store)
+        .with_snapshots(Arc::new(store.clone()), 10)
+        .load("a")
+        .await
+        .unwrap();
+    assert_eq!(
+        cold, cached,
+        "a cold load (snapshot and tail) builds the same state"
+    );
+    let stats = accounts.cache_stats().unwrap();
+    assert_eq!(
+        (stats.misses, stats.entries),
+        (1, 1),
+        "only the first load missed"
+    );
+}
+
+#[tokio::test]
+async fn a_cached_decision_reaches_the_cache_only_once_committed() {
+    use es_core::UnitOfWork;
+    let store = MemoryEventStore::new();
+    let accounts = repo(&store).with_cache(4);
+    accounts
+        .execute(
+            "a",
+            AccountCommand::Open { owner: "a".into() },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    // A decision that is never committed leaves the cached state as it was.
+    let abandoned = accounts
+        .decide("a", AccountCommand::Deposit(5), &Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(abandoned.append.expected, ExpectedVersion::Exact(1));
+    let loaded = accounts.load("a").await.unwrap();
+    assert_eq!((loaded.version, loaded.state.balance), (1, 0));
+
+    // One committed in the caller's unit of work is folded into the cache by `committed`.
+    let decision = accounts
+        .decide("a", AccountCommand::Deposit(7), &Metadata::default())
+        .await
+        .unwrap();
+    store
+        .commit(UnitOfWork::new().append(decision.append.clone()))
+        .await
+        .unwrap();
+    accounts.committed(decision).await;
+    let next = accounts
+        .decide("a", AccountCommand::Deposit(1), &Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(next.append.expected, ExpectedVersion::Exact(2));
+    assert_eq!(next.state.balance, 7);
+    assert_eq!(next.state, repo(&store).load("a").await.unwrap().state);
+}

@@ -11,6 +11,7 @@ mod lease;
 mod listener;
 mod projection;
 mod read_model;
+mod replay_many;
 mod store;
 mod stores;
 

@@ -1159,6 +1159,14 @@ impl EventStore for PgEventStore {
             .collect())
     }
 
+    async fn replay_streams(
+        &self,
+        requests: &[(StreamId, u64)],
+        limit: usize,
+    ) -> Result<Vec<Vec<ReplayedEvent>>> {
+        self.replay_many(requests, limit).await
+    }
+
     async fn stream_version(&self, stream_id: &StreamId) -> Result<Option<u64>> {
         let mut conn = self.inner.pool.acquire().await.map_err(from_sqlx)?;
         current_version(&mut conn, stream_id).await

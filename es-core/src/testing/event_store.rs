@@ -18,6 +18,7 @@ use crate::stream::{Position, StreamFilter, StreamId};
 /// [`checkpoint_store_conformance`](super::checkpoint_store_conformance) suite reads them.
 pub async fn event_store_conformance(store: Arc<dyn EventStore>) {
     appends_and_reads_a_stream(&*store).await;
+    replays_several_streams_in_one_call(&*store).await;
     expected_versions_are_enforced(&*store).await;
     a_conflict_writes_nothing(&*store).await;
     empty_appends_only_check_the_expectation(&*store).await;
@@ -115,6 +116,54 @@ async fn appends_and_reads_a_stream(store: &dyn EventStore) {
     assert!(
         store.head().await.unwrap() >= result.positions[4],
         "head is at or past the newest event"
+    );
+}
+
+async fn replays_several_streams_in_one_call(store: &dyn EventStore) {
+    let category = unique_category("many");
+    let (a, b, c, none) = (
+        stream(&category, "a"),
+        stream(&category, "b"),
+        stream(&category, "c"),
+        stream(&category, "none"),
+    );
+    for (s, n) in [(&a, 5u64), (&b, 3), (&c, 1)] {
+        let events = (1..=n).map(|i| sample_event("Happened", i)).collect();
+        store
+            .append(s, ExpectedVersion::NoStream, events)
+            .await
+            .unwrap();
+    }
+    // Streams out of order, one asked twice from different versions, one unknown, one read
+    // past its end, and a limit that cuts the longest.
+    let requests = vec![
+        (b.clone(), 2),
+        (a.clone(), 1),
+        (none.clone(), 1),
+        (c.clone(), 2),
+        (a.clone(), 4),
+    ];
+    let answers = store.replay_streams(&requests, 3).await.unwrap();
+    let mut expected = Vec::new();
+    for (s, from) in &requests {
+        expected.push(store.replay_stream(s, *from, 3).await.unwrap());
+    }
+    assert_eq!(
+        answers, expected,
+        "replay_streams answers each request as replay_stream would, in request order"
+    );
+    let versions: Vec<Vec<u64>> = answers
+        .iter()
+        .map(|page| page.iter().map(|e| e.stream_version).collect())
+        .collect();
+    assert_eq!(
+        versions,
+        vec![vec![2, 3], vec![1, 2, 3], vec![], vec![], vec![4, 5]],
+        "each stream from its own version, at most `limit` events each"
+    );
+    assert!(
+        store.replay_streams(&[], 10).await.unwrap().is_empty(),
+        "no requests, no answers"
     );
 }
 

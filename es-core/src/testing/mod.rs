@@ -29,6 +29,7 @@ mod kit;
 mod kv;
 mod lease;
 mod projection_admin;
+mod repository_cache;
 mod stores;
 
 pub use bus::bus_conformance;
@@ -40,6 +41,7 @@ pub use kit::{envelope, AggregateTest, SagaTest};
 pub use kv::{cache_conformance, idempotency_conformance};
 pub use lease::lease_conformance;
 pub use projection_admin::projection_admin_conformance;
+pub use repository_cache::repository_cache_conformance;
 pub use stores::{
     checkpoint_store_conformance, inbox_conformance, parked_event_store_conformance,
     saga_store_conformance, snapshot_store_conformance,

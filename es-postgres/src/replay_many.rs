@@ -1,0 +1,59 @@
+//! [`EventStore::replay_streams`](es_core::EventStore::replay_streams) in one query.
+
+use bytes::Bytes;
+use es_core::{ReplayedEvent, Result, StreamId};
+
+use crate::error::{from_sqlx, to_i64, to_u64};
+use crate::store::PgEventStore;
+
+impl PgEventStore {
+    /// Replays several streams with one round trip: the requests go as two arrays, and a
+    /// lateral join reads each stream from its version with the limit per stream, through
+    /// the same `(stream_id, stream_version)` index a single replay uses.
+    pub(crate) async fn replay_many(
+        &self,
+        requests: &[(StreamId, u64)],
+        limit: usize,
+    ) -> Result<Vec<Vec<ReplayedEvent>>> {
+        let mut answers = vec![Vec::new(); requests.len()];
+        if requests.is_empty() || limit == 0 {
+            return Ok(answers);
+        }
+        let streams: Vec<&str> = requests.iter().map(|(s, _)| s.as_str()).collect();
+        let froms = requests
+            .iter()
+            .map(|(_, from)| to_i64((*from).max(1), "stream version"))
+            .collect::<Result<Vec<_>>>()?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<(i64, i64, String, i32, Vec<u8>)> = sqlx::query_as(
+            "SELECT r.ord, e.stream_version, e.event_type, e.schema_version, e.payload \
+             FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS r(stream_id, from_version, ord) \
+             CROSS JOIN LATERAL (SELECT stream_version, event_type, schema_version, payload \
+               FROM events WHERE stream_id = r.stream_id AND stream_version >= r.from_version \
+               ORDER BY stream_version LIMIT $3) AS e \
+             ORDER BY r.ord, e.stream_version",
+        )
+        .bind(&streams)
+        .bind(&froms)
+        .bind(limit)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(from_sqlx)?;
+        for (ord, version, event_type, schema, payload) in rows {
+            // `WITH ORDINALITY` counts from 1, in the order of the arrays.
+            let Some(answer) = usize::try_from(ord - 1)
+                .ok()
+                .and_then(|i| answers.get_mut(i))
+            else {
+                continue;
+            };
+            answer.push(ReplayedEvent {
+                stream_version: to_u64(version),
+                event_type,
+                schema_version: u32::try_from(schema).unwrap_or_default(),
+                payload: Bytes::from(payload),
+            });
+        }
+        Ok(answers)
+    }
+}
