@@ -32,7 +32,7 @@
 //! the relay's batch size says that it is behind by at least that much.
 
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
@@ -72,8 +72,9 @@ pub const HISTOGRAMS: [&str; 4] = [
 ];
 
 /// How long ago `at` was, in seconds; 0 for a time in the future (clocks of two hosts).
+#[cfg(feature = "metrics")]
 fn age(at: DateTime<Utc>) -> f64 {
-    let now: DateTime<Utc> = SystemTime::now().into();
+    let now: DateTime<Utc> = std::time::SystemTime::now().into();
     (now - at)
         .to_std()
         .map(|age| age.as_secs_f64())

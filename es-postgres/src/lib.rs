@@ -12,6 +12,7 @@ mod listener;
 mod projection;
 mod store;
 mod stores;
+mod telemetry;
 
 pub use config::{PgConfig, MAX_SCHEMA_LEN};
 pub use health::{CheckpointLag, PgHealth};

@@ -868,6 +868,7 @@ pub(crate) async fn save_checkpoint(
 #[async_trait]
 impl EventStore for PgEventStore {
     async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome> {
+        let started = std::time::Instant::now();
         unit.validate()?;
         if unit.inbox.is_none() && unit.checkpoint.is_none() && unit.appends.is_empty() {
             return Ok(CommitOutcome::Committed(Vec::new()));
@@ -885,6 +886,7 @@ impl EventStore for PgEventStore {
                 }
             };
             drop(conn);
+            crate::telemetry::store().append(started.elapsed());
             let results = vec![result];
             self.announce(&results);
             return Ok(CommitOutcome::Committed(results));
@@ -901,6 +903,7 @@ impl EventStore for PgEventStore {
         match outcome {
             Some(results) => {
                 tx.commit().await.map_err(from_sqlx)?;
+                crate::telemetry::store().commit(started.elapsed());
                 self.announce(&results);
                 Ok(CommitOutcome::Committed(results))
             }
