@@ -26,6 +26,8 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info")),
         )
         .init();
+    // Before any backend or service is built: they take their metric handles then.
+    order_processing_example::telemetry::install();
     match run(cli, os_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
