@@ -9,9 +9,8 @@ use es_core::bus::RetryPolicy;
 use es_core::memory::{MemoryEventBus, MemoryEventStore};
 use es_core::telemetry;
 use es_core::{
-    BoxError, DeadLetterQueue, EventBus, EventStore, ExpectedVersion, HandlerError,
-    MessageHandler, NewEvent, Projection, ProjectionRunner, RecordedEvent, Relay, StreamId,
-    Subscription,
+    BoxError, DeadLetterQueue, EventBus, EventStore, ExpectedVersion, HandlerError, MessageHandler,
+    NewEvent, Projection, ProjectionRunner, RecordedEvent, Relay, StreamId, Subscription,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -80,7 +79,11 @@ impl MessageHandler for Mixed {
     async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
         let index = self.ids.iter().position(|id| *id == message.event_id);
         match index {
-            Some(1) if !self.failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) => {
+            Some(1)
+                if !self
+                    .failed_once
+                    .swap(true, std::sync::atomic::Ordering::SeqCst) =>
+            {
                 Err(HandlerError::retry("not yet"))
             }
             Some(2) => Err(HandlerError::reject("never")),
@@ -133,7 +136,11 @@ async fn the_memory_bus_counts_handled_retried_and_dead_lettered_messages_per_co
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while bus.dead_letters("telemetry-mixed", 10).await.unwrap().len() < 2
         || counter(telemetry::MESSAGES_HANDLED, "consumer", "telemetry-mixed") < 2
-        || counter(telemetry::MESSAGES_HANDLED, "consumer", "telemetry-accepting") < 4
+        || counter(
+            telemetry::MESSAGES_HANDLED,
+            "consumer",
+            "telemetry-accepting",
+        ) < 4
     {
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -84,11 +84,7 @@ pub fn on_render(name: &'static str, sample: impl Fn() + Send + Sync + 'static) 
 
 /// The metrics now, in the Prometheus text format.
 pub fn render() -> String {
-    for sample in SAMPLERS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-    {
+    for sample in SAMPLERS.lock().unwrap_or_else(|e| e.into_inner()).values() {
         sample();
     }
     install().render()

@@ -159,7 +159,10 @@ http_requests_total{route=\"/api/orders\",method=\"POST\",status=\"201\"} 4
         after.insert("order-service".into(), (2, 1.0));
         let times = between(&before, &after);
         assert_eq!(
-            times.iter().map(|t| t.consumer.as_str()).collect::<Vec<_>>(),
+            times
+                .iter()
+                .map(|t| t.consumer.as_str())
+                .collect::<Vec<_>>(),
             ["inventory-service", "order-service", "payment-service"]
         );
         assert_eq!(times[0].attempts, 20);

@@ -723,13 +723,19 @@ pub async fn every_service_serves_metrics(backend: Backend) {
             .await
             .unwrap();
         assert_eq!(response.status(), 200, "{kind:?}");
-        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         assert!(
             content_type.starts_with("text/plain; version=0.0.4"),
             "{content_type}"
         );
         let text = response.text().await.unwrap();
-        assert!(text.contains("# TYPE http_requests_total counter"), "{text}");
+        assert!(
+            text.contains("# TYPE http_requests_total counter"),
+            "{text}"
+        );
         texts.push((kind, text));
     }
     let order = &texts
@@ -755,11 +761,7 @@ pub async fn every_service_serves_metrics(backend: Backend) {
         "{order}"
     );
     // The bus consumers' messages, by consumer: the inventory service took the order.
-    let handled = sample(
-        order,
-        "es_messages_handled_total",
-        &["inventory-service\""],
-    );
+    let handled = sample(order, "es_messages_handled_total", &["inventory-service\""]);
     assert!(handled.is_some_and(|n| n >= 1.0), "{order}");
     assert!(
         order.contains("es_message_handling_seconds_bucket{consumer="),
@@ -768,8 +770,12 @@ pub async fn every_service_serves_metrics(backend: Backend) {
     assert!(order.contains("es_relay_lag_seconds{relay="), "{order}");
     if backend == Backend::Real {
         assert!(
-            sample(order, "es_store_append_seconds_count", &["backend=\"postgres\""])
-                .is_some_and(|n| n >= 1.0),
+            sample(
+                order,
+                "es_store_append_seconds_count",
+                &["backend=\"postgres\""]
+            )
+            .is_some_and(|n| n >= 1.0),
             "{order}"
         );
         assert!(
