@@ -349,4 +349,6 @@ mod guide {
     struct Idempotency;
     #[doc = include_str!("../../docs/concepts/snapshots.md")]
     struct Snapshots;
+    #[doc = include_str!("../../docs/metrics.md")]
+    struct Metrics;
 }

@@ -19,6 +19,7 @@ mod snapshot;
 mod store;
 mod stream;
 pub mod subscription;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

@@ -14,6 +14,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::event::{DomainEvent, Envelope, RecordedEvent};
 use crate::store::{CheckpointStore, EventStore};
 use crate::stream::{Position, StreamFilter};
+use crate::telemetry::ProjectionMetrics;
 
 /// A read model that follows the global log.
 ///
@@ -460,6 +461,7 @@ impl ProjectionRunner {
         if let Some(status) = &status {
             status.send_modify(|s| s.position = start);
         }
+        let metrics = ProjectionMetrics::new(&name);
         let mut events = self.store.subscribe(projection.filter(), start);
         loop {
             let next = tokio::select! {
@@ -475,9 +477,10 @@ impl ProjectionRunner {
                 None => return,
             };
             let mut backoff = self.min_backoff;
-            loop {
+            let took = loop {
+                let started = std::time::Instant::now();
                 match projection.handle(&event).await {
-                    Ok(()) => break,
+                    Ok(()) => break started.elapsed(),
                     Err(error) => {
                         tracing::error!(projection = %name, position = %event.position, event_type = %event.event_type, %error, "projection failed; retrying");
                         if let Some(status) = &status {
@@ -490,7 +493,7 @@ impl ProjectionRunner {
                         backoff = (backoff * 2).min(self.max_backoff);
                     }
                 }
-            }
+            };
             let mut backoff = self.min_backoff;
             while let Err(error) = self.checkpoints.save(&name, event.position).await {
                 tracing::warn!(projection = %name, %error, "cannot save the checkpoint; retrying");
@@ -500,6 +503,7 @@ impl ProjectionRunner {
                 }
                 backoff = (backoff * 2).min(self.max_backoff);
             }
+            metrics.handled(took, event.recorded_at);
             if let Some(status) = &status {
                 status.send_modify(|s| {
                     s.position = event.position;

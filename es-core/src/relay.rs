@@ -40,6 +40,7 @@ use crate::lease::{unique_holder, LeaseStore};
 use crate::memory::MemoryEventStore;
 use crate::store::{CheckpointStore, EventStore};
 use crate::stream::{Position, StreamFilter, StreamId};
+use crate::telemetry::RelayMetrics;
 
 /// An event a relay could never publish, set aside so that the rest of the log goes on.
 ///
@@ -173,6 +174,7 @@ pub struct Relay {
     batch_size: usize,
     lease: Option<Lease>,
     parked: Arc<dyn ParkedEventStore>,
+    metrics: RelayMetrics,
 }
 
 /// The lease a relay holds while it runs, and who it is to the lease store.
@@ -222,8 +224,10 @@ impl Relay {
         bus: Arc<dyn EventBus>,
         checkpoints: Arc<dyn CheckpointStore>,
     ) -> Self {
+        let name = name.into();
         Relay {
-            name: name.into(),
+            metrics: RelayMetrics::new(&name),
+            name,
             store,
             bus,
             checkpoints,
@@ -322,6 +326,9 @@ impl Relay {
     async fn deliver(&self, batch: &mut Vec<RecordedEvent>) -> Result<()> {
         let error = match self.bus.publish(batch).await {
             Ok(()) => {
+                if let Some(last) = batch.last() {
+                    self.metrics.published(batch.len(), last.recorded_at);
+                }
                 batch.clear();
                 return Ok(());
             }
@@ -333,7 +340,7 @@ impl Relay {
         // Some event of the batch can never go out: find it (or them) one by one. Rare, so
         // the extra round trips do not matter.
         tracing::warn!(relay = %self.name, %error, events = batch.len(), "the bus refused an event of the batch; publishing it event by event");
-        let mut done = 0;
+        let mut done = 0usize;
         let mut outcome = Ok(());
         for event in batch.iter() {
             match self.bus.publish(std::slice::from_ref(event)).await {
@@ -350,6 +357,9 @@ impl Relay {
                     break;
                 }
             }
+        }
+        if let Some(last) = done.checked_sub(1).map(|i| &batch[i]) {
+            self.metrics.published(done, last.recorded_at);
         }
         batch.drain(..done);
         outcome

@@ -14,6 +14,7 @@ mod read_model;
 mod replay_many;
 mod store;
 mod stores;
+mod telemetry;
 
 pub use config::{PgConfig, MAX_SCHEMA_LEN};
 pub use health::{CheckpointLag, PgHealth};

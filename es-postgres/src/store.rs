@@ -1058,6 +1058,7 @@ pub(crate) async fn save_checkpoint(
 #[async_trait]
 impl EventStore for PgEventStore {
     async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome> {
+        let started = std::time::Instant::now();
         unit.validate()?;
         if unit.inbox.is_none() && unit.checkpoint.is_none() && unit.appends.is_empty() {
             return Ok(CommitOutcome::Committed(Vec::new()));
@@ -1079,6 +1080,7 @@ impl EventStore for PgEventStore {
                 }
             };
             drop(conn);
+            crate::telemetry::store().append(started.elapsed());
             let results = vec![result];
             self.announce(&results);
             return Ok(CommitOutcome::Committed(results));
@@ -1095,6 +1097,7 @@ impl EventStore for PgEventStore {
         match outcome {
             Some(results) => {
                 tx.commit().await.map_err(from_sqlx)?;
+                crate::telemetry::store().commit(started.elapsed());
                 self.announce(&results);
                 Ok(CommitOutcome::Committed(results))
             }

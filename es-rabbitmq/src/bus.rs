@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use es_core::bus::{ConsumerHandle, DeadLetter, HandlerError, MessageHandler, Subscription};
+use es_core::telemetry::ConsumerMetrics;
 use es_core::{
     CheckpointStore, DeadLetterQueue, Error, EventBus, EventStore, RecordedEvent, Relay, Result,
 };
@@ -355,6 +356,7 @@ async fn run_consumer(
     let policy = inner.config.reconnect;
     let mut backoff = policy.initial_backoff;
     let mut current = first;
+    let metrics = ConsumerMetrics::new(&subscription.consumer);
     loop {
         let (channel, consumer) = match current.take() {
             Some(opened) => opened,
@@ -383,6 +385,7 @@ async fn run_consumer(
             subscription: subscription.clone(),
             handler: handler.clone(),
             channel,
+            metrics: metrics.clone(),
         });
         match consume(context, consumer, &mut stop).await {
             Ended::Stopped => return,
@@ -445,6 +448,7 @@ struct DeliveryContext {
     subscription: Subscription,
     handler: Arc<dyn MessageHandler>,
     channel: Channel,
+    metrics: ConsumerMetrics,
 }
 
 enum Failure {
@@ -462,6 +466,7 @@ async fn handle_delivery(context: Arc<DeliveryContext>, delivery: Delivery) {
         Ok(event) => event,
         Err(error) => {
             tracing::warn!(%consumer, %error, "undecodable message; dead-lettering it");
+            context.metrics.dead_lettered(None);
             let reason = format!("undecodable message: {error}");
             let result = context
                 .dead_letter(&delivery, &routing_key, &reason, attempt)
@@ -470,11 +475,14 @@ async fn handle_delivery(context: Arc<DeliveryContext>, delivery: Delivery) {
             return;
         }
     };
+    let started = std::time::Instant::now();
     let outcome = AssertUnwindSafe(context.handler.handle(&event))
         .catch_unwind()
         .await;
+    let took = started.elapsed();
     let failure = match outcome {
         Ok(Ok(())) => {
+            context.metrics.handled(took);
             if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
                 // The channel is gone: the broker redelivers, and the inbox absorbs it.
                 tracing::warn!(%consumer, event_id = %event.event_id, %error, "ack failed");
@@ -489,12 +497,14 @@ async fn handle_delivery(context: Arc<DeliveryContext>, delivery: Delivery) {
     let result = match failure {
         Failure::Transient(reason) if attempt < context.subscription.retry.max_attempts => {
             tracing::debug!(%consumer, event_id = %event.event_id, attempt, %reason, "handler failed; retrying later");
+            context.metrics.retried(took);
             context
                 .retry(&delivery, &routing_key, &reason, attempt)
                 .await
         }
         Failure::Transient(reason) | Failure::Permanent(reason) => {
             tracing::warn!(%consumer, event_id = %event.event_id, attempt, %reason, "message dead-lettered");
+            context.metrics.dead_lettered(Some(took));
             context
                 .dead_letter(&delivery, &routing_key, &reason, attempt)
                 .await

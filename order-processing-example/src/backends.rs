@@ -147,6 +147,8 @@ impl Backends {
                 give_up,
             )
             .await?;
+            let sampled = store.clone();
+            crate::telemetry::on_render("postgres-pool", move || sampled.record_pool_metrics());
             let pg: Arc<dyn EventStore> = Arc::new(store.clone());
             health = health
                 .with("eventStore", store_probe(pg.clone()))

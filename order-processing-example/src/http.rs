@@ -336,7 +336,7 @@ async fn health(axum::extract::State(health): axum::extract::State<Health>) -> R
     (code, Json(json!({"status": status, "entries": entries}))).into_response()
 }
 
-/// Wraps a service's API routes with `/health`, `/openapi.json`, `/scalar`, the problem+json
+/// Wraps a service's API routes with `/health`, `/metrics`, `/openapi.json`, `/scalar`, the problem+json
 /// fallbacks and the middleware stack.
 pub fn finish_router(
     api: Router,
@@ -357,11 +357,14 @@ pub fn finish_router(
         .with_state(health_checks);
     api.merge(openapi_route)
         .merge(health_route)
+        .merge(crate::telemetry::route())
         .merge(Scalar::with_url("/scalar", openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(problem_for_bare_errors))
+        // Outside the timeout and the problem mapping: it sees the status the client gets.
+        .layer(axum::middleware::from_fn(crate::telemetry::track))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {

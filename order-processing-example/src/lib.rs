@@ -15,6 +15,7 @@ pub mod order;
 pub mod payment;
 pub mod service;
 pub mod shutdown;
+pub mod telemetry;
 
 pub use backends::{Backends, StartError};
 pub use config::{Cli, Command, Settings};

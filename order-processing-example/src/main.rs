@@ -32,6 +32,8 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .init();
+    // Before any backend or service is built: they take their metric handles then.
+    order_processing_example::telemetry::install();
     match run(cli, os_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

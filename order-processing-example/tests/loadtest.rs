@@ -60,6 +60,18 @@ fn assert_consistent(report: &LoadTestReport) {
         "{report:?}"
     );
     assert!(report.slowest_stage.is_some());
+    // The services' /metrics name where the handling time went: every order went through
+    // the inventory consumer at least.
+    let inventory = report
+        .consumers
+        .iter()
+        .find(|t| t.consumer.ends_with("inventory-service"))
+        .unwrap_or_else(|| panic!("{:?}", report.consumers));
+    assert!(inventory.attempts >= c.placed as u64, "{inventory:?}");
+    assert_eq!(
+        report.slowest_consumer.as_deref(),
+        Some(report.consumers[0].consumer.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use crate::bus::{
 };
 use crate::error::Result;
 use crate::event::RecordedEvent;
+use crate::telemetry::ConsumerMetrics;
 
 /// An in-memory [`EventBus`] with topic routing, competing consumers, retries with backoff and
 /// a dead-letter queue per consumer. Cloning shares it.
@@ -181,6 +182,7 @@ impl EventBus for MemoryEventBus {
         }
         let (stop, stop_rx) = watch::channel(false);
         let workers = usize::from(subscription.prefetch).clamp(1, 64);
+        let metrics = ConsumerMetrics::new(&subscription.consumer);
         let task = tokio::spawn(async move {
             let mut tasks = tokio::task::JoinSet::new();
             for _ in 0..workers {
@@ -189,6 +191,7 @@ impl EventBus for MemoryEventBus {
                     subscription.clone(),
                     handler.clone(),
                     stop_rx.clone(),
+                    metrics.clone(),
                 ));
             }
             while tasks.join_next().await.is_some() {}
@@ -202,6 +205,7 @@ async fn worker(
     subscription: Subscription,
     handler: Arc<dyn MessageHandler>,
     mut stop: watch::Receiver<bool>,
+    metrics: ConsumerMetrics,
 ) {
     loop {
         if *stop.borrow() {
@@ -219,11 +223,16 @@ async fn worker(
         let attempts = attempts + 1;
         // A panicking handler is a failed attempt, as on the RabbitMQ bus: the message is
         // retried, then dead-lettered, and this worker goes on consuming.
+        let started = std::time::Instant::now();
         let outcome = AssertUnwindSafe(handler.handle(&event))
             .catch_unwind()
             .await;
+        let took = started.elapsed();
         let (failure, retry) = match outcome {
-            Ok(Ok(())) => continue,
+            Ok(Ok(())) => {
+                metrics.handled(took);
+                continue;
+            }
             Ok(Err(HandlerError::Reject(error))) => (error.to_string(), false),
             Ok(Err(HandlerError::Retry(error))) => (error.to_string(), true),
             Err(panic) => (
@@ -233,6 +242,7 @@ async fn worker(
         };
         if retry && attempts < subscription.retry.max_attempts {
             tracing::debug!(consumer = %subscription.consumer, event_id = %event.event_id, attempts, error = %failure, "handler failed; retrying");
+            metrics.retried(took);
             let delay = subscription.retry.backoff(attempts);
             let queue = queue.clone();
             tokio::spawn(async move {
@@ -242,6 +252,7 @@ async fn worker(
             continue;
         }
         tracing::warn!(consumer = %subscription.consumer, event_id = %event.event_id, attempts, error = %failure, "message dead-lettered");
+        metrics.dead_lettered(Some(took));
         queue
             .dead
             .lock()

@@ -14,6 +14,7 @@
 //! the ceiling they imply on this machine (see [`budget`]).
 
 pub mod budget;
+pub mod consumers;
 pub mod mix;
 pub mod report;
 pub mod schedule;
@@ -87,6 +88,10 @@ pub struct LoadTestArgs {
     /// The inventory service (the load test stocks products of its own there).
     #[arg(long, default_value = "http://127.0.0.1:5002")]
     pub inventory_target: String,
+    /// A service whose `GET /metrics` names the consumer that took the most time (repeat for
+    /// each process) [default: the order and inventory targets].
+    #[arg(long = "metrics-target", value_name = "URL")]
+    pub metrics_targets: Vec<String>,
     /// Give up waiting for orders to become final after this long.
     #[arg(long, default_value = "120s", value_parser = crate::config::parse_duration)]
     pub wait: Duration,
@@ -124,6 +129,7 @@ impl Default for LoadTestArgs {
             hot: false,
             target: "http://127.0.0.1:5001".into(),
             inventory_target: "http://127.0.0.1:5002".into(),
+            metrics_targets: Vec::new(),
             wait: Duration::from_secs(120),
             json: false,
             report: None,
@@ -302,6 +308,12 @@ pub async fn run(
         system_pids: args.pids.clone(),
     };
     let before = sources.before().await;
+    let metrics_targets = if args.metrics_targets.is_empty() {
+        vec![args.target.clone(), args.inventory_target.clone()]
+    } else {
+        args.metrics_targets.clone()
+    };
+    let handling_before = consumers::read(&client, &metrics_targets).await;
 
     let orders_url = format!("{}/api/orders", args.target.trim_end_matches('/'));
     let placed_count = Arc::new(AtomicUsize::new(0));
@@ -432,6 +444,10 @@ pub async fn run(
             args.stats_settle.as_secs_f64()
         );
     }
+    let handling = consumers::between(
+        &handling_before,
+        &consumers::read(&client, &metrics_targets).await,
+    );
     let after = sources.after(args.stats_settle).await;
 
     let confirmed: Vec<&OrderView> = finals.iter().filter(|v| v.status == "Confirmed").collect();
@@ -514,6 +530,8 @@ pub async fn run(
         },
         stages,
         slowest_stage,
+        slowest_consumer: consumers::slowest(&handling),
+        consumers: handling,
         timeline,
         throughput,
         vacuumed,

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::budget::Budget;
+use super::consumers::ConsumerTime;
 use super::mix::ProductMix;
 use super::stats::{StageSummary, Summary};
 
@@ -102,6 +103,11 @@ pub struct LoadTestReport {
     pub stages: Vec<StageSummary>,
     /// The stage with the largest median.
     pub slowest_stage: Option<String>,
+    /// Each bus consumer's handling time over the run, the busiest first (from the services'
+    /// `/metrics`; empty when they could not be read).
+    pub consumers: Vec<ConsumerTime>,
+    /// The consumer whose handler took the most time in all.
+    pub slowest_consumer: Option<String>,
     /// The confirmed orders' end-to-end latency against when they were sent.
     pub timeline: Vec<Point>,
     /// Orders placed and confirmed per second.
@@ -176,6 +182,22 @@ impl LoadTestReport {
             }
             if let Some(slowest) = &self.slowest_stage {
                 let _ = writeln!(out, "  slowest stage (by median): {slowest}");
+            }
+        }
+        if !self.consumers.is_empty() {
+            out.push_str("consumers (handling time over the run, from the services' /metrics)\n");
+            for time in &self.consumers {
+                let _ = writeln!(
+                    out,
+                    "  {:<24} {:>9.3} s in {} attempts ({:.2} ms each)",
+                    time.consumer,
+                    time.seconds,
+                    time.attempts,
+                    time.mean_ms()
+                );
+            }
+            if let Some(slowest) = &self.slowest_consumer {
+                let _ = writeln!(out, "  slowest consumer (by total time): {slowest}");
             }
         }
         if self.in_flight_bound_hit > 0 {
@@ -489,6 +511,12 @@ mod tests {
                 summary,
             }],
             slowest_stage: Some("reserved → paid".into()),
+            consumers: vec![ConsumerTime {
+                consumer: "payment-service".into(),
+                attempts: 40,
+                seconds: 1.5,
+            }],
+            slowest_consumer: Some("payment-service".into()),
             timeline: vec![
                 Point {
                     sent_at: 0.0,
@@ -535,6 +563,14 @@ mod tests {
         );
         assert!(
             text.contains("slowest stage (by median): reserved → paid"),
+            "{text}"
+        );
+        assert!(
+            text.contains("slowest consumer (by total time): payment-service"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1.500 s in 40 attempts (37.50 ms each)"),
             "{text}"
         );
         assert!(text.contains("polling: 6 GETs (1.50 an order)"), "{text}");

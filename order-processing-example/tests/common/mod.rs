@@ -175,6 +175,8 @@ impl System {
     }
 
     pub async fn start(backends: Backends, settings: Settings, kinds: &[ServiceKind]) -> System {
+        // As `main` does; the backends' own metric handles were taken when they were built.
+        order_processing_example::telemetry::install();
         let shutdown = Shutdown::new();
         let mut urls = HashMap::new();
         let mut tasks = Vec::new();

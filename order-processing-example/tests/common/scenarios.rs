@@ -702,6 +702,90 @@ pub async fn every_service_serves_health_openapi_and_scalar(backend: Backend) {
     system.stop().await;
 }
 
+/// The value of the first sample of `name` whose labels hold every one of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+pub async fn every_service_serves_metrics(backend: Backend) {
+    let system = System::launch(backend, patient(), &ServiceKind::ALL).await;
+    let order_id = system.place(&customer(), &[(LAPTOP, 1, "999.99")]).await;
+    system.settled(&order_id).await;
+    let mut texts = Vec::new();
+    for kind in ServiceKind::ALL {
+        let response = system
+            .client
+            .get(system.url(kind, "/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{kind:?}");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        let text = response.text().await.unwrap();
+        assert!(
+            text.contains("# TYPE http_requests_total counter"),
+            "{text}"
+        );
+        texts.push((kind, text));
+    }
+    let order = &texts
+        .iter()
+        .find(|(kind, _)| *kind == ServiceKind::Order)
+        .unwrap()
+        .1;
+    // By route template, method and status.
+    let posted = sample(
+        order,
+        "http_requests_total",
+        &["route=\"/api/orders\"", "method=\"POST\"", "status=\"201\""],
+    );
+    assert!(posted.is_some_and(|n| n >= 1.0), "{order}");
+    // The order's own path names its template, not its id.
+    assert!(
+        order.contains("route=\"/api/orders/{order_id}\""),
+        "{order}"
+    );
+    assert!(!order.contains(&order_id), "an id made a series: {order}");
+    assert!(
+        order.contains("http_request_duration_seconds_bucket{"),
+        "{order}"
+    );
+    // The bus consumers' messages, by consumer: the inventory service took the order.
+    let handled = sample(order, "es_messages_handled_total", &["inventory-service\""]);
+    assert!(handled.is_some_and(|n| n >= 1.0), "{order}");
+    assert!(
+        order.contains("es_message_handling_seconds_bucket{consumer="),
+        "{order}"
+    );
+    assert!(order.contains("es_relay_lag_seconds{relay="), "{order}");
+    if backend == Backend::Real {
+        assert!(
+            sample(
+                order,
+                "es_store_append_seconds_count",
+                &["backend=\"postgres\""]
+            )
+            .is_some_and(|n| n >= 1.0),
+            "{order}"
+        );
+        assert!(
+            sample(order, "es_pool_connections", &["state=\"idle\""]).is_some(),
+            "{order}"
+        );
+    }
+    system.stop().await;
+}
+
 pub async fn products_are_seeded_and_can_be_stocked(backend: Backend) {
     let system = System::launch(backend, patient(), &ServiceKind::ALL).await;
     let products = eventually("the four seeded products", || async {
