@@ -894,6 +894,9 @@ async fn seed(store: &Arc<dyn EventStore>) -> es_core::Result<()> {
     }
 }
 
+/// How many products' folded states the inventory keeps in memory.
+const PRODUCT_CACHE: usize = 4096;
+
 /// Starts the inventory service: seeding, its consumer, relay and catalog.
 pub(crate) async fn start(
     backends: &Backends,
@@ -901,9 +904,12 @@ pub(crate) async fn start(
     background: &mut Background,
 ) -> es_core::Result<Router> {
     seed(&backends.store).await?;
-    // Every order adds to its products' streams: load them from a snapshot and a short tail.
+    // Every order adds to its products' streams: keep each product's state in memory and read
+    // only what other processes appended since (the append still checks the version), with a
+    // snapshot and a short tail on a miss.
     let products = Repository::<Product>::new(backends.store.clone())
         .with_snapshots(backends.snapshots.clone(), 64)
+        .with_cache(PRODUCT_CACHE)
         .with_max_retries(64);
     let reservations = Repository::<Reservation>::new(backends.store.clone());
     let catalog = Arc::new(ProductCatalog::default());
