@@ -1,4 +1,11 @@
 #![doc = include_str!("../README.md")]
+// The README links the feature-gated `testing` module: to the module when it is built, else to
+// its page on docs.rs (built with every feature), so the link resolves in every feature set.
+#![cfg_attr(feature = "testing", doc = "\n\n[`testing`]: crate::testing")]
+#![cfg_attr(
+    not(feature = "testing"),
+    doc = "\n\n[`testing`]: https://docs.rs/es-core/latest/es_core/testing/index.html"
+)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod aggregate;
