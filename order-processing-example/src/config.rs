@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use rust_decimal::Decimal;
 
 /// `order-processing`: the five services of the order processing example.
@@ -130,6 +130,19 @@ pub struct Settings {
         global = true
     )]
     pub redis_prefix: String,
+    /// How log lines look: `text` for a person, `json` (one object a line) for machines.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for Settings {
@@ -153,6 +166,7 @@ impl Default for Settings {
             queue_expires: None,
             database_max_connections: 10,
             redis_prefix: "order-processing:".into(),
+            log_format: LogFormat::Text,
             retention: es_core::housekeeping::DEFAULT_RETENTION,
         }
     }
