@@ -239,6 +239,40 @@ mod tests {
     }
 
     #[test]
+    fn env_example_lists_every_setting_and_reads_as_a_dotenv_file() {
+        use clap::CommandFactory;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.env.example");
+        let text = std::fs::read_to_string(path).expect(".env.example at the repository's root");
+        for arg in Cli::command().get_arguments() {
+            if let Some(name) = arg.get_env().and_then(|name| name.to_str()) {
+                // Set, or shown commented out where unset is the default.
+                let listed = text.lines().any(|line| {
+                    line.trim_start_matches("# ")
+                        .starts_with(&format!("{name}="))
+                });
+                assert!(listed, "{name} missing from .env.example");
+            }
+        }
+        let pairs = dotenvy::from_path_iter(path)
+            .expect("readable")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("every line of .env.example parses");
+        assert!(pairs
+            .iter()
+            .any(|(name, value)| name == "LOG_FORMAT" && value == "text"));
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json_is_asked_for() {
+        let default = Cli::try_parse_from(["order-processing"]).unwrap();
+        assert_eq!(default.settings.log_format, LogFormat::Text);
+        let json =
+            Cli::try_parse_from(["order-processing", "all", "--log-format", "json"]).unwrap();
+        assert_eq!(json.settings.log_format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["order-processing", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
     fn flags_are_accepted_before_and_after_the_subcommand() {
         let before = Cli::try_parse_from(["order-processing", "--order-port", "7001", "order"])
             .expect("flag before the subcommand");

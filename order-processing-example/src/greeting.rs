@@ -27,7 +27,11 @@ pub fn greeting(services: &[(ServiceKind, SocketAddr)], settings: &Settings) -> 
     );
     for (kind, address) in services {
         let url = format!("http://{address}");
-        let _ = writeln!(text, "  {:<13} {url:<24} API docs {url}/scalar", kind.name());
+        let _ = writeln!(
+            text,
+            "  {:<13} {url:<24} API docs {url}/scalar",
+            kind.name()
+        );
     }
     text.push_str(&backends(settings));
     let try_line = match services.iter().find(|(kind, _)| *kind == ServiceKind::Order) {
@@ -130,7 +134,10 @@ mod tests {
         for port in 5001..=5005 {
             let url = format!("http://127.0.0.1:{port}");
             assert!(text.contains(&format!("{url} ")), "{url} in\n{text}");
-            assert!(text.contains(&format!("{url}/scalar")), "{url}/scalar in\n{text}");
+            assert!(
+                text.contains(&format!("{url}/scalar")),
+                "{url}/scalar in\n{text}"
+            );
         }
         for kind in ServiceKind::ALL {
             assert!(text.contains(kind.name()), "{} in\n{text}", kind.name());
@@ -195,9 +202,15 @@ mod tests {
             amqp_url: Some("amqp://guest:guest@localhost:5672/%2f".into()),
             ..Settings::default()
         };
-        let payment = [(ServiceKind::Payment, SocketAddr::from(([127, 0, 0, 1], 5003)))];
+        let payment = [(
+            ServiceKind::Payment,
+            SocketAddr::from(([127, 0, 0, 1], 5003)),
+        )];
         let text = greeting(&payment, &settings);
-        assert!(text.contains(": the payment service on 127.0.0.1"), "{text}");
+        assert!(
+            text.contains(": the payment service on 127.0.0.1"),
+            "{text}"
+        );
         assert!(text.contains("http://127.0.0.1:5003/scalar"), "{text}");
         assert!(text.contains("event store   in memory"), "{text}");
         assert!(text.contains("RabbitMQ"), "{text}");
