@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use rust_decimal::Decimal;
 
 /// `order-processing`: the five services of the order processing example.
@@ -130,6 +130,19 @@ pub struct Settings {
         global = true
     )]
     pub redis_prefix: String,
+    /// How log lines look: `text` for a person, `json` (one object a line) for machines.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for Settings {
@@ -153,6 +166,7 @@ impl Default for Settings {
             queue_expires: None,
             database_max_connections: 10,
             redis_prefix: "order-processing:".into(),
+            log_format: LogFormat::Text,
             retention: es_core::housekeeping::DEFAULT_RETENTION,
         }
     }
@@ -222,6 +236,40 @@ mod tests {
             "99999999999999999999999h",
         ]);
         assert!(cli.is_err(), "rejected when the command line is parsed");
+    }
+
+    #[test]
+    fn env_example_lists_every_setting_and_reads_as_a_dotenv_file() {
+        use clap::CommandFactory;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.env.example");
+        let text = std::fs::read_to_string(path).expect(".env.example at the repository's root");
+        for arg in Cli::command().get_arguments() {
+            if let Some(name) = arg.get_env().and_then(|name| name.to_str()) {
+                // Set, or shown commented out where unset is the default.
+                let listed = text.lines().any(|line| {
+                    line.trim_start_matches("# ")
+                        .starts_with(&format!("{name}="))
+                });
+                assert!(listed, "{name} missing from .env.example");
+            }
+        }
+        let pairs = dotenvy::from_path_iter(path)
+            .expect("readable")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("every line of .env.example parses");
+        assert!(pairs
+            .iter()
+            .any(|(name, value)| name == "LOG_FORMAT" && value == "text"));
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json_is_asked_for() {
+        let default = Cli::try_parse_from(["order-processing"]).unwrap();
+        assert_eq!(default.settings.log_format, LogFormat::Text);
+        let json =
+            Cli::try_parse_from(["order-processing", "all", "--log-format", "json"]).unwrap();
+        assert_eq!(json.settings.log_format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["order-processing", "--log-format", "xml"]).is_err());
     }
 
     #[test]

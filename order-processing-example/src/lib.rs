@@ -6,6 +6,7 @@ pub mod chaos;
 pub mod config;
 pub mod dlq;
 pub mod events;
+pub mod greeting;
 pub mod http;
 pub mod inventory;
 pub mod loadtest;

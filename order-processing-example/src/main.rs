@@ -3,11 +3,20 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use order_processing_example::config::LogFormat;
 use order_processing_example::{run, shutdown::os_signal, Cli, Command};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // `.env` of the working directory, if there is one, before the command line is parsed so
+    // its settings serve as the flags' environment fallbacks; a variable already set wins.
+    // Read before the runtime starts its threads: setting the environment is not thread-safe.
+    if let Err(error) = dotenvy::from_path(".env") {
+        if !error.not_found() {
+            eprintln!("error: cannot read .env: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
     let cli = Cli::parse();
     // An operator command prints its answer on stdout, and a chaos run's stdout is its one-line
     // verdict: their own log goes beside, to stderr (a chaos run's, warnings only).
@@ -18,7 +27,7 @@ async fn main() -> ExitCode {
     } else {
         "info,tower_http=info"
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(move || -> Box<dyn std::io::Write> {
             if log_to_stderr {
                 Box::new(std::io::stderr())
@@ -26,12 +35,27 @@ async fn main() -> ExitCode {
                 Box::new(std::io::stdout())
             }
         })
-        // Colours only for a person at a terminal, never in collected logs.
-        .with_ansi(!log_to_stderr && std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
-        )
-        .init();
+        );
+    match cli.settings.log_format {
+        // Colours only for a person at a terminal, never in collected logs.
+        LogFormat::Text => logs
+            .with_ansi(!log_to_stderr && std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(cli))
+}
+
+async fn serve(cli: Cli) -> ExitCode {
     // Before any backend or service is built: they take their metric handles then.
     order_processing_example::telemetry::install();
     match run(cli, os_signal()).await {

@@ -427,7 +427,15 @@ pub async fn run(
         ),
         None => "starting".to_owned(),
     };
-    for listener in bind(&kinds, &settings).await? {
+    let bound = bind(&kinds, &settings).await?;
+    // Before the log starts: where each service answers, which backends hold the data.
+    let addresses: Vec<_> = kinds
+        .iter()
+        .zip(&bound)
+        .filter_map(|(&kind, listener)| Some((kind, listener.local_addr().ok()?)))
+        .collect();
+    crate::greeting::print(&addresses, &settings);
+    for listener in bound {
         let address = listener
             .local_addr()
             .map(|a| a.to_string())
