@@ -873,7 +873,8 @@ fn store_error(error: CommandError<OrderError>) -> AppError {
     request_body = PlaceOrderRequest,
     params(("Idempotency-Key" = Option<String>, Header,
         description = "1 to 200 visible ASCII characters; makes retries safe",
-        min_length = 1, max_length = 200, pattern = "^[!-~]+$", example = "order-7f3a")),
+        min_length = 1, max_length = 200, pattern = "^[!-~]+$", nullable = false,
+        example = "order-7f3a")),
     responses(
         (status = 201, description = "Placed", body = OrderView),
         (status = 200, description = "A retry with the same key and body: the same order", body = OrderView),

@@ -237,6 +237,8 @@ fn the_order_document_states_the_bounds_the_validator_enforces() {
     let key = parameter(&doc, "post", "/api/orders", "Idempotency-Key");
     assert_eq!(key["in"], "header");
     assert_ne!(key["required"], true, "the key is optional");
+    // Optional, yet never null: a header has no null to send.
+    assert_eq!(key["schema"]["type"], "string", "{key}");
 }
 
 #[test]
