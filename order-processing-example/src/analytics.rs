@@ -251,9 +251,24 @@ fn date_param(
 /// The longest range `metrics/range` answers, in days.
 pub const MAX_RANGE_DAYS: i64 = 366;
 
+// The bounds of `events/recent`'s `limit`. Its `#[utoipa::path]` repeats them as literals
+// (utoipa takes no constant there); `tests/openapi_bounds.rs` proves the two agree.
+
+/// Fewest events `events/recent` answers.
+pub const MIN_RECENT_LIMIT: usize = 1;
+/// Most events `events/recent` answers.
+pub const MAX_RECENT_LIMIT: usize = 1000;
+/// How many events `events/recent` answers without a `limit`.
+pub const DEFAULT_RECENT_LIMIT: usize = 50;
+
 /// One object per day from `from` to `to`, inclusive, oldest first.
 #[utoipa::path(get, path = "/api/analytics/metrics/range", tag = "analytics",
-    params(("from" = String, Query, description = "YYYY-MM-DD"), ("to" = String, Query, description = "YYYY-MM-DD, at most 366 days after from")),
+    params(
+        ("from" = String, Query, format = Date, example = "2026-01-01",
+            description = "The first day, YYYY-MM-DD; not after `to`"),
+        ("to" = String, Query, format = Date, example = "2026-01-31",
+            description = "The last day, YYYY-MM-DD; the range holds at most 366 days"),
+    ),
     responses((status = 200, body = [DailyMetrics]), (status = 400)))]
 async fn range(
     State(model): State<Arc<AnalyticsReadModel>>,
@@ -283,19 +298,23 @@ async fn range(
 
 /// The newest events first.
 #[utoipa::path(get, path = "/api/analytics/events/recent", tag = "analytics",
-    params(("limit" = Option<u32>, Query, description = "1 to 1000, default 50")),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, example = 50,
+        description = "How many, 1 to 1000; default 50")),
     responses((status = 200, body = [RecentEvent]), (status = 400)))]
 async fn recent(
     State(model): State<Arc<AnalyticsReadModel>>,
     ApiQuery(query): ApiQuery<HashMap<String, String>>,
 ) -> Result<Json<Vec<RecentEvent>>, AppError> {
     let limit = match query.get("limit") {
-        None => 50,
+        None => DEFAULT_RECENT_LIMIT,
         Some(text) => match text.parse::<usize>() {
-            Ok(limit) if (1..=1000).contains(&limit) => limit,
+            Ok(limit) if (MIN_RECENT_LIMIT..=MAX_RECENT_LIMIT).contains(&limit) => limit,
             _ => {
                 let mut check = crate::http::Validator::default();
-                check.error("limit", "must be a whole number from 1 to 1000");
+                check.error(
+                    "limit",
+                    format!("must be a whole number from {MIN_RECENT_LIMIT} to {MAX_RECENT_LIMIT}"),
+                );
                 return Err(check
                     .finish()
                     .err()

@@ -435,7 +435,8 @@ impl Validator {
         None
     }
 
-    /// A required whole number in `min..=max` at `field`.
+    /// A required whole number in `min..=max` at `field`. `3.0` and `3e0` count as 3, as
+    /// they do for JSON Schema's `integer` (which the OpenAPI documents state).
     pub fn integer(
         &mut self,
         body: &Value,
@@ -446,7 +447,7 @@ impl Validator {
     ) -> Option<u64> {
         match body.get(key) {
             None | Some(Value::Null) => self.error(field, "is required"),
-            Some(Value::Number(number)) => match number.as_u64() {
+            Some(Value::Number(number)) => match whole_number(number) {
                 Some(n) if (min..=max).contains(&n) => return Some(n),
                 _ => self.error(field, format!("must be a whole number from {min} to {max}")),
             },
@@ -480,6 +481,20 @@ impl Validator {
         }
         None
     }
+}
+
+/// A JSON number without a fractional part as a `u64`, however it is written (`3`, `3.0`,
+/// `3e0`); `None` for a fraction, a negative number or one too large.
+fn whole_number(number: &serde_json::Number) -> Option<u64> {
+    use rust_decimal::prelude::ToPrimitive;
+    number.as_u64().or_else(|| {
+        let value = crate::money::from_json_number(number)?;
+        if value.fract().is_zero() {
+            value.to_u64()
+        } else {
+            None
+        }
+    })
 }
 
 /// How a service's server guards itself: against clients that send slowly, and against more

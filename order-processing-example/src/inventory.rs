@@ -756,13 +756,34 @@ async fn get_product(
         .ok_or_else(|| AppError::not_found(format!("no product {product_id}")))
 }
 
-/// The body of `PUT /api/inventory/products/{productId}`.
+// The bounds `PUT /api/inventory/products/{productId}` enforces. The schema attributes of
+// `StockRequest` repeat them as literals (utoipa takes no constant there);
+// `tests/openapi_bounds.rs` proves the two agree.
+
+/// Most characters (Unicode scalar values) of a product name; it is never blank.
+pub const MAX_PRODUCT_NAME_CHARS: usize = 200;
+/// Least stock a product can be given.
+pub const MIN_AVAILABLE_QUANTITY: u64 = 0;
+/// Most stock a product can be given.
+pub const MAX_AVAILABLE_QUANTITY: u64 = 1_000_000_000;
+
+/// The body of `PUT /api/inventory/products/{productId}` (documentation only: the handler
+/// reads the JSON value field by field, so it can name every bad field).
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StockRequest {
-    /// 1 to 200 characters.
+    /// 1 to 200 characters, not blank.
+    // Not blank: some character that is not whitespace. U+0085 is named because ECMA-262's
+    // `\s` (which JSON Schema patterns use) lacks it while `str::trim` strips it.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "[^\\s\\u0085]",
+        example = "Laptop"
+    )]
     pub name: String,
     /// 0 to 1,000,000,000.
+    #[schema(minimum = 0, maximum = 1000000000, example = 100)]
     pub available_quantity: u64,
 }
 
@@ -780,13 +801,13 @@ async fn put_product(
         return Err(AppError::bad_request("the body must be a JSON object"));
     }
     let mut check = Validator::default();
-    let name = check.text(&body, "name", "name", 200);
+    let name = check.text(&body, "name", "name", MAX_PRODUCT_NAME_CHARS);
     let available = check.integer(
         &body,
         "availableQuantity",
         "availableQuantity",
-        0,
-        1_000_000_000,
+        MIN_AVAILABLE_QUANTITY,
+        MAX_AVAILABLE_QUANTITY,
     );
     check.finish()?;
     let (Some(name), Some(available_quantity)) = (name, available) else {

@@ -32,19 +32,52 @@ use crate::events;
 use crate::http::{finish_router, ApiJson, ApiPath, AppError, Validator};
 use crate::service::Background;
 
+// The bounds `POST /api/orders` enforces. The schema attributes below repeat them as literals
+// (utoipa takes no constant there); `tests/openapi_bounds.rs` proves the document and these
+// constants agree, so neither can drift alone.
+
+/// Fewest lines in one order.
+pub const MIN_ITEMS: usize = 1;
+/// Most lines in one order.
+pub const MAX_ITEMS: usize = 100;
+/// Smallest quantity of one line.
+pub const MIN_QUANTITY: u64 = 1;
+/// Largest quantity of one line.
+pub const MAX_QUANTITY: u64 = 10_000;
+/// Smallest unit price.
+pub const MIN_UNIT_PRICE: Decimal = Decimal::ZERO;
+/// Largest unit price.
+pub const MAX_UNIT_PRICE: Decimal = Decimal::from_parts(1_000_000, 0, 0, false, 0);
+/// Most decimals of a unit price (it is a multiple of 0.01).
+pub const UNIT_PRICE_DECIMALS: u32 = 2;
+/// Most characters (Unicode scalar values) of a product name; it is never blank.
+pub const MAX_PRODUCT_NAME_CHARS: usize = 200;
+/// Most characters of an `Idempotency-Key` header (visible ASCII, so also bytes).
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
+
 /// One line of an order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderItem {
     /// The product.
+    #[schema(example = "11111111-1111-1111-1111-111111111111")]
     pub product_id: Uuid,
-    /// Its name as ordered.
+    /// Its name as ordered: 1 to 200 characters, not blank.
+    // Not blank: some character that is not whitespace. U+0085 is named because ECMA-262's
+    // `\s` (which JSON Schema patterns use) lacks it while `str::trim` strips it.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "[^\\s\\u0085]",
+        example = "Laptop"
+    )]
     pub product_name: String,
     /// How many (1 to 10,000).
+    #[schema(minimum = 1, maximum = 10000, example = 1)]
     pub quantity: u32,
     /// Price of one (0 to 1,000,000, at most two decimals).
     #[serde(with = "crate::money")]
-    #[schema(value_type = f64, example = 999.99)]
+    #[schema(value_type = f64, minimum = 0, maximum = 1000000, multiple_of = 0.01, example = 999.99)]
     pub unit_price: Decimal,
 }
 
@@ -693,8 +726,11 @@ const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(10);
 #[serde(rename_all = "camelCase")]
 pub struct PlaceOrderRequest {
     /// Who orders.
+    #[schema(example = "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa")]
     pub customer_id: Uuid,
-    /// 1 to 100 lines, each product at most once.
+    /// 1 to 100 lines. No two lines may have the same `productId` (a 400 names the repeated
+    /// line); JSON Schema's `uniqueItems` cannot say this of objects that differ elsewhere.
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<OrderItem>,
 }
 
@@ -708,9 +744,11 @@ pub fn validate_place_order(body: &Value) -> Result<PlaceOrderRequest, AppError>
     let mut items = Vec::new();
     match body.get("items") {
         None | Some(Value::Null) => check.error("items", "is required"),
-        Some(Value::Array(lines)) if lines.is_empty() || lines.len() > 100 => {
-            check.error("items", "must have 1 to 100 items")
-        }
+        Some(Value::Array(lines)) if !(MIN_ITEMS..=MAX_ITEMS).contains(&lines.len()) => check
+            .error(
+                "items",
+                format!("must have {MIN_ITEMS} to {MAX_ITEMS} items"),
+            ),
         Some(Value::Array(lines)) => {
             let mut seen = std::collections::HashSet::new();
             for (i, line) in lines.iter().enumerate() {
@@ -725,14 +763,25 @@ pub fn validate_place_order(body: &Value) -> Result<PlaceOrderRequest, AppError>
                         check.error(field("productId"), "appears more than once in the order");
                     }
                 }
-                let product_name = check.text(line, "productName", &field("productName"), 200);
-                let quantity = check.integer(line, "quantity", &field("quantity"), 1, 10_000);
+                let product_name = check.text(
+                    line,
+                    "productName",
+                    &field("productName"),
+                    MAX_PRODUCT_NAME_CHARS,
+                );
+                let quantity = check.integer(
+                    line,
+                    "quantity",
+                    &field("quantity"),
+                    MIN_QUANTITY,
+                    MAX_QUANTITY,
+                );
                 let unit_price = check.money(
                     line,
                     "unitPrice",
                     &field("unitPrice"),
-                    Decimal::ZERO,
-                    Decimal::from(1_000_000),
+                    MIN_UNIT_PRICE,
+                    MAX_UNIT_PRICE,
                 );
                 if let (Some(product_id), Some(product_name), Some(quantity), Some(unit_price)) =
                     (product_id, product_name, quantity, unit_price)
@@ -787,12 +836,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
         let mut errors = crate::http::FieldErrors::new();
         errors.insert(
             "Idempotency-Key".into(),
-            vec!["must be 1 to 200 visible ASCII characters".into()],
+            vec![format!(
+                "must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"
+            )],
         );
         AppError::validation(errors)
     };
     let key = value.to_str().map_err(|_| invalid())?;
-    if key.is_empty() || key.len() > 200 {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_CHARS {
         return Err(invalid());
     }
     Ok(Some(key.to_owned()))
@@ -820,7 +871,10 @@ fn store_error(error: CommandError<OrderError>) -> AppError {
 /// Places an order.
 #[utoipa::path(post, path = "/api/orders", tag = "orders",
     request_body = PlaceOrderRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 200 characters; makes retries safe")),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1 to 200 visible ASCII characters; makes retries safe",
+        min_length = 1, max_length = 200, pattern = "^[!-~]+$", nullable = false,
+        example = "order-7f3a")),
     responses(
         (status = 201, description = "Placed", body = OrderView),
         (status = 200, description = "A retry with the same key and body: the same order", body = OrderView),
