@@ -76,6 +76,8 @@ pub struct Backends {
     pub queue_prefix: String,
     /// One probe per dependency, for `/health`.
     pub health: Health,
+    /// The customers' order listing, written in the commit of the order's events.
+    pub order_listing: crate::listing::OrderListing,
 }
 
 impl std::fmt::Debug for Backends {
@@ -95,7 +97,11 @@ impl Backends {
     /// The embedded defaults: one in-memory store (events, inbox, checkpoints, sagas), one
     /// in-memory bus routing by the contract's keys, an in-memory cache and idempotency store.
     pub fn embedded() -> Self {
-        let store = MemoryEventStore::new();
+        let order_listing = crate::listing::OrderListing::memory();
+        let mut store = MemoryEventStore::new();
+        if let Some(listing) = order_listing.memory_projection() {
+            store = store.with_inline_projection(listing);
+        }
         let bus = MemoryEventBus::with_router(crate::events::router());
         let cache = MemoryCache::new();
         let probe_store: Arc<dyn EventStore> = Arc::new(store.clone());
@@ -116,6 +122,7 @@ impl Backends {
             idempotency: Arc::new(MemoryIdempotencyStore::new()),
             queue_prefix: String::new(),
             health,
+            order_listing,
         }
     }
 
@@ -147,6 +154,13 @@ impl Backends {
                 give_up,
             )
             .await?;
+            let (store, order_listing) = crate::listing::OrderListing::install(store)
+                .await
+                .map_err(|source| StartError::Service {
+                    service: "order",
+                    source,
+                })?;
+            backends.order_listing = order_listing;
             let pg: Arc<dyn EventStore> = Arc::new(store.clone());
             health = health
                 .with("eventStore", store_probe(pg.clone()))

@@ -8,6 +8,7 @@ pub mod dlq;
 pub mod events;
 pub mod http;
 pub mod inventory;
+pub mod listing;
 pub mod loadtest;
 pub mod money;
 pub mod notification;
