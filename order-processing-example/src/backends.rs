@@ -259,7 +259,7 @@ pub(crate) fn amqp_config(url: &str, settings: &Settings) -> es_rabbitmq::AmqpCo
 
 /// Connects to PostgreSQL and applies the migrations, retrying with backoff until it works
 /// or `give_up` completes; a URL that can never work fails at once.
-async fn connect_postgres(
+pub(crate) async fn connect_postgres(
     url: &str,
     schema: &str,
     max_connections: u32,

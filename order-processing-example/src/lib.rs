@@ -14,6 +14,7 @@ pub mod money;
 pub mod notification;
 pub mod order;
 pub mod payment;
+pub mod projections;
 pub mod service;
 pub mod shutdown;
 
