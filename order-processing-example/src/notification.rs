@@ -229,7 +229,7 @@ async fn customer_notifications(
                 .collect()
         })
         .unwrap_or_default();
-    list.sort_by(|a, b| b.0.cmp(&a.0));
+    list.sort_by_key(|(key, _)| std::cmp::Reverse(*key));
     let (items, next) = page_of(&page, list.into_iter());
     Ok(page.respond(
         &format!("/api/notifications/customer/{customer_id}"),
