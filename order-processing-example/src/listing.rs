@@ -91,7 +91,7 @@ impl Cursor {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Items per page, 1 to 1000 (100 when absent).
-    #[param(minimum = 1, maximum = 1000, default = 100)]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
     pub limit: Option<String>,
     /// Where the page starts: the `cursor` of the previous answer's `Link: rel="next"`.
     pub cursor: Option<String>,
@@ -464,5 +464,29 @@ mod tests {
             items.into_iter(),
         );
         assert_eq!((got, next), (vec![0], None));
+    }
+
+    #[test]
+    fn the_openapi_documents_the_bounds_of_limit() {
+        let api = serde_json::to_value(crate::order::openapi()).unwrap();
+        let params = &api["paths"]["/api/orders/customer/{customerId}"]["get"]["parameters"];
+        let limit = params
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .expect("limit documented");
+        assert_eq!(limit["in"], "query");
+        assert_eq!(limit["schema"]["minimum"], 1);
+        assert_eq!(limit["schema"]["maximum"], 1000);
+        assert_eq!(limit["schema"]["default"], 100);
+        assert!(params
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "cursor"));
+        let api = serde_json::to_value(crate::notification::openapi()).unwrap();
+        let params = &api["paths"]["/api/notifications/customer/{customerId}"]["get"]["parameters"];
+        assert_eq!(params.as_array().unwrap().len(), 3, "{params}");
     }
 }
