@@ -76,8 +76,8 @@ pub struct Backends {
     pub queue_prefix: String,
     /// One probe per dependency, for `/health`.
     pub health: Health,
-    /// The customers' order listing, written in the commit of the order's events.
-    pub order_listing: crate::listing::OrderListing,
+    /// The customers' listings (orders written in the commit of their events).
+    pub listings: crate::listing::Listings,
 }
 
 impl std::fmt::Debug for Backends {
@@ -97,9 +97,9 @@ impl Backends {
     /// The embedded defaults: one in-memory store (events, inbox, checkpoints, sagas), one
     /// in-memory bus routing by the contract's keys, an in-memory cache and idempotency store.
     pub fn embedded() -> Self {
-        let order_listing = crate::listing::OrderListing::memory();
+        let listings = crate::listing::Listings::memory();
         let mut store = MemoryEventStore::new();
-        if let Some(listing) = order_listing.memory_projection() {
+        if let Some(listing) = listings.memory_projection() {
             store = store.with_inline_projection(listing);
         }
         let bus = MemoryEventBus::with_router(crate::events::router());
@@ -122,7 +122,7 @@ impl Backends {
             idempotency: Arc::new(MemoryIdempotencyStore::new()),
             queue_prefix: String::new(),
             health,
-            order_listing,
+            listings,
         }
     }
 
@@ -154,13 +154,14 @@ impl Backends {
                 give_up,
             )
             .await?;
-            let (store, order_listing) = crate::listing::OrderListing::install(store)
-                .await
-                .map_err(|source| StartError::Service {
-                    service: "order",
-                    source,
-                })?;
-            backends.order_listing = order_listing;
+            let (store, listings) =
+                crate::listing::Listings::install(store)
+                    .await
+                    .map_err(|source| StartError::Service {
+                        service: "order",
+                        source,
+                    })?;
+            backends.listings = listings;
             let pg: Arc<dyn EventStore> = Arc::new(store.clone());
             health = health
                 .with("eventStore", store_probe(pg.clone()))

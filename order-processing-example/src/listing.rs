@@ -26,6 +26,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::http::{AppError, FieldErrors};
+use crate::notification::{NotificationEvent, NotificationView, OrderNotifications};
 use crate::order::{Order, OrderEvent, OrderView};
 
 /// The projection's name: its checkpoint, its read-model schema, and what
@@ -186,51 +187,88 @@ pub fn page_of<T>(
 
 // ---- the order listing ---------------------------------------------------------------------
 
-/// Where the order listing lives.
+/// Where the customers' listings live.
 #[derive(Clone)]
-pub enum OrderListing {
-    /// In the process, beside the in-memory store.
+pub enum Listings {
+    /// In the process: the order listing beside the in-memory store (the notification service
+    /// keeps its own inbox).
     Memory(Arc<Typed<MemoryOrderListing>>),
-    /// In the `order_listing` table (a view of its active generation) of the store's schema.
+    /// In the tables `order_listing` and `notification_listing` (views of their active
+    /// generations) of the store's schema.
     Postgres(PgEventStore),
 }
 
-impl std::fmt::Debug for OrderListing {
+impl std::fmt::Debug for Listings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            OrderListing::Memory(_) => f.write_str("OrderListing::Memory"),
-            OrderListing::Postgres(store) => f
-                .debug_tuple("OrderListing::Postgres")
-                .field(store)
-                .finish(),
+            Listings::Memory(_) => f.write_str("Listings::Memory"),
+            Listings::Postgres(store) => f.debug_tuple("Listings::Postgres").field(store).finish(),
         }
     }
 }
 
-impl OrderListing {
+impl Listings {
     /// An empty in-memory listing; register [`memory_projection`](Self::memory_projection)
     /// with the in-memory store.
     pub fn memory() -> Self {
-        OrderListing::Memory(Arc::new(Typed::new(MemoryOrderListing::default())))
+        Listings::Memory(Arc::new(Typed::new(MemoryOrderListing::default())))
     }
 
     /// The inline projection that fills an in-memory listing (`None` on PostgreSQL).
     pub fn memory_projection(&self) -> Option<Arc<dyn es_core::InlineProjection>> {
         match self {
-            OrderListing::Memory(listing) => Some(listing.clone()),
-            OrderListing::Postgres(_) => None,
+            Listings::Memory(listing) => Some(listing.clone()),
+            Listings::Postgres(_) => None,
         }
     }
 
-    /// Sets the listing up on PostgreSQL: creates (or catches up) its active generation, then
-    /// registers it inline, so every commit of the returned store writes its rows.
-    pub async fn install(store: PgEventStore) -> es_core::Result<(PgEventStore, OrderListing)> {
+    /// Sets the listings up on PostgreSQL: creates (or catches up) their active generations,
+    /// then registers the order listing inline, so every commit of the returned store writes
+    /// its rows. The notification listing is kept by the notification service's runner.
+    pub async fn install(store: PgEventStore) -> es_core::Result<(PgEventStore, Listings)> {
+        let runner = PgReadModelRunner::new(store.clone());
+        runner.catch_up(&PgNotificationListing::default()).await?;
         let model = Arc::new(PgOrderListing::default());
-        PgReadModelRunner::new(store.clone())
-            .catch_up(&*model)
-            .await?;
+        runner.catch_up(&*model).await?;
         let store = store.with_inline_projection(model);
-        Ok((store.clone(), OrderListing::Postgres(store)))
+        Ok((store.clone(), Listings::Postgres(store)))
+    }
+
+    /// One page of the customer's notifications from PostgreSQL, newest first, and the cursor
+    /// of the next page; `None` for in-memory listings (the service's own inbox answers).
+    pub async fn notification_page(
+        &self,
+        customer_id: Uuid,
+        page: &Page,
+    ) -> Option<es_core::Result<(Vec<NotificationView>, Option<Cursor>)>> {
+        let Listings::Postgres(store) = self else {
+            return None;
+        };
+        let after_time = page.after.and_then(|c| c.time());
+        let after_id = page.after.map(|c| c.id);
+        let limit = i64::try_from(page.limit + 1).unwrap_or(i64::MAX);
+        let rows = sqlx::query_as::<_, (DateTime<Utc>, Uuid, serde_json::Value)>(
+            "SELECT created_at, notification_id, view FROM notification_listing \
+             WHERE customer_id = $1 \
+               AND ($2::timestamptz IS NULL OR (created_at, notification_id) < ($2, $3)) \
+             ORDER BY created_at DESC, notification_id DESC LIMIT $4",
+        )
+        .bind(customer_id)
+        .bind(after_time)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(store.pool())
+        .await
+        .map_err(|e| es_core::Error::backend("notification listing", e));
+        Some(rows.and_then(|rows| {
+            let mut items = Vec::with_capacity(rows.len());
+            for (created_at, id, view) in rows {
+                let view: NotificationView = serde_json::from_value(view)
+                    .map_err(|e| es_core::Error::backend("notification listing", e))?;
+                items.push((Cursor::new(created_at, id), view));
+            }
+            Ok(page_of(page, items.into_iter()))
+        }))
     }
 
     /// One page of the customer's orders, newest first, and the cursor of the next page.
@@ -240,7 +278,7 @@ impl OrderListing {
         page: &Page,
     ) -> es_core::Result<(Vec<OrderView>, Option<Cursor>)> {
         match self {
-            OrderListing::Memory(listing) => {
+            Listings::Memory(listing) => {
                 let listing = listing.read();
                 let Some(keys) = listing.by_customer.get(&customer_id) else {
                     return Ok((Vec::new(), None));
@@ -251,7 +289,7 @@ impl OrderListing {
                 });
                 Ok(page_of(page, items))
             }
-            OrderListing::Postgres(store) => {
+            Listings::Postgres(store) => {
                 let after_time = page.after.and_then(|c| c.time());
                 let after_id = page.after.map(|c| c.id);
                 let limit = i64::try_from(page.limit + 1).unwrap_or(i64::MAX);
@@ -411,6 +449,73 @@ impl PgProjection for PgOrderListing {
         .bind(created_at)
         .bind(version)
         .bind(serde_json::to_value(&order)?)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The notification listing's name (checkpoint, schema, `projections rebuild`).
+pub const NOTIFICATION_LISTING: &str = "notification-listing";
+
+/// The customers' notifications on PostgreSQL: one row per notification, indexed for a
+/// customer's newest-first pages, kept by the notification service's [`PgReadModelRunner`].
+#[derive(Debug, Default)]
+pub struct PgNotificationListing {
+    decoder: TypedDecoder,
+}
+
+#[async_trait::async_trait]
+impl PgProjection for PgNotificationListing {
+    fn name(&self) -> &str {
+        NOTIFICATION_LISTING
+    }
+
+    fn filter(&self) -> StreamFilter {
+        StreamFilter::category(OrderNotifications::TYPE)
+    }
+
+    fn tables(&self) -> Vec<String> {
+        vec!["notification_listing".into()]
+    }
+
+    async fn create(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        sqlx::query(
+            "CREATE TABLE notification_listing (\
+               notification_id uuid PRIMARY KEY, \
+               customer_id uuid NOT NULL, \
+               created_at timestamptz NOT NULL, \
+               view jsonb NOT NULL)",
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "CREATE INDEX notification_listing_by_customer \
+             ON notification_listing (customer_id, created_at DESC, notification_id DESC)",
+        )
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError> {
+        let Some(envelope) = self
+            .decoder
+            .decode::<NotificationEvent>(NOTIFICATION_LISTING, event)?
+        else {
+            return Ok(());
+        };
+        let NotificationEvent::NotificationSent(view) = envelope.event;
+        let created_at = DateTime::from_timestamp_micros(view.created_at.timestamp_micros())
+            .unwrap_or(view.created_at);
+        sqlx::query(
+            "INSERT INTO notification_listing (notification_id, customer_id, created_at, view) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (notification_id) DO NOTHING",
+        )
+        .bind(view.notification_id)
+        .bind(view.customer_id)
+        .bind(created_at)
+        .bind(serde_json::to_value(&view)?)
         .execute(&mut *conn)
         .await?;
         Ok(())

@@ -29,7 +29,7 @@ use crate::backends::Backends;
 use crate::config::Settings;
 use crate::events;
 use crate::http::{finish_router, ApiJson, ApiPath, ApiQuery, AppError, Validator};
-use crate::listing::{OrderListing, Page, PageQuery};
+use crate::listing::{Listings, Page, PageQuery};
 use crate::service::Background;
 
 /// One line of an order.
@@ -589,7 +589,7 @@ impl OrderCache {
 }
 
 /// Marks each changed order's cached view in this instance's cache too (another instance may
-/// have changed the order). The customers' listing is [`OrderListing`], written inline.
+/// have changed the order). The customers' listing is [`Listings`], written inline.
 #[derive(Debug, Default)]
 pub struct OrderReadModel {
     cache: Option<OrderCache>,
@@ -627,7 +627,7 @@ impl Projection for OrderReadModel {
 struct OrderState {
     orders: Repository<Order>,
     store: Arc<dyn EventStore>,
-    listing: OrderListing,
+    listing: Listings,
     cache: OrderCache,
     idempotency: Arc<dyn IdempotencyStore>,
     /// How long a claimed key is held without renewal (renewed while the request runs).
@@ -1043,7 +1043,7 @@ pub(crate) async fn start(
             cache: Some(cache.clone()),
         }),
     );
-    if let OrderListing::Postgres(store) = &backends.order_listing {
+    if let Listings::Postgres(store) = &backends.listings {
         // Rows are written inline; the runner takes over events appended by older code and
         // carries out rebuilds (`order-processing projections rebuild order-listing`).
         let runner = es_postgres::PgReadModelRunner::new(store.clone());
@@ -1075,7 +1075,7 @@ pub(crate) async fn start(
     let state = OrderState {
         orders,
         store: backends.store.clone(),
-        listing: backends.order_listing.clone(),
+        listing: backends.listings.clone(),
         cache,
         idempotency: backends.idempotency.clone(),
         idempotency_lease: settings.idempotency_lease,

@@ -64,6 +64,34 @@ async fn status_lists_the_order_listing_and_a_rebuild_keeps_it_serving() {
         status.contains("order-listing v1 generation 1 active: checkpoint "),
         "{status}"
     );
+    assert!(
+        status.contains("notification-listing v1 generation 1 active: checkpoint "),
+        "{status}"
+    );
+    // The notifications are listed from their table.
+    eventually("the orders' notifications listed", || async {
+        let (_, list) = system
+            .get(
+                ServiceKind::Notification,
+                &format!("/api/notifications/customer/{customer}"),
+            )
+            .await;
+        (list.as_array()?.len() >= 3).then_some(())
+    })
+    .await;
+    let schema = &settings.database_schema;
+    let pool = sqlx::PgPool::connect(settings.database_url.as_deref().unwrap())
+        .await
+        .expect("connect");
+    let rows: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM \"{schema}\".notification_listing WHERE customer_id = $1"
+    ))
+    .bind(uuid::Uuid::parse_str(&customer).unwrap())
+    .fetch_one(&pool)
+    .await
+    .expect("count the notification rows");
+    assert!(rows >= 3, "{rows}");
+    pool.close().await;
 
     let out = projections(&["rebuild", "order-listing"], &settings).await;
     assert!(out.contains("order-listing: rebuild requested"), "{out}");
@@ -78,7 +106,7 @@ async fn status_lists_the_order_listing_and_a_rebuild_keeps_it_serving() {
         assert_eq!((status, listed(list)), (200, ids.clone()));
         let status = projections(&["status"], &settings).await;
         (status.contains("order-listing v1 generation 2 active")
-            && !status.contains("generation 1"))
+            && !status.contains("order-listing v1 generation 1"))
         .then_some(())
     })
     .await;
