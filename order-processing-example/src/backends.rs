@@ -165,7 +165,11 @@ impl Backends {
             let pg: Arc<dyn EventStore> = Arc::new(store.clone());
             health = health
                 .with("eventStore", store_probe(pg.clone()))
-                .with_target("eventStore", redact(url));
+                .with_target("eventStore", redact(url))
+                .with_soft(
+                    "readModels",
+                    crate::listing::lag_probe(store.clone(), crate::listing::MAX_LAG),
+                );
             backends.idempotency = Arc::new(es_postgres::PgIdempotencyStore::new(&store));
             backends.store = pg;
             backends.checkpoints = Arc::new(store.clone());

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -186,6 +187,41 @@ pub fn page_of<T>(
 }
 
 // ---- the order listing ---------------------------------------------------------------------
+
+/// How far behind the log a read model's runner may fall before `/health` says `"Degraded"`.
+pub const MAX_LAG: Duration = Duration::from_secs(30);
+
+/// A `/health` check of the store's versioned read models: fails (degrading the service, see
+/// [`Health::with_soft`](crate::http::Health::with_soft)) when an active generation's runner has
+/// events to read of which the oldest was recorded more than `max_lag` ago.
+pub fn lag_probe(store: PgEventStore, max_lag: Duration) -> crate::http::HealthProbe {
+    Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move {
+            let status = es_core::ProjectionAdmin::status(&store)
+                .await
+                .map_err(|e| e.to_string())?;
+            let behind: Vec<String> = status
+                .iter()
+                .filter(|info| info.phase == es_core::ProjectionPhase::Active)
+                .filter(|info| info.events_behind > 0 && info.time_behind >= max_lag)
+                .map(|info| {
+                    format!(
+                        "{} is {} events ({:.0}s) behind",
+                        info.name,
+                        info.events_behind,
+                        info.time_behind.as_secs_f64()
+                    )
+                })
+                .collect();
+            if behind.is_empty() {
+                Ok(())
+            } else {
+                Err(behind.join("; "))
+            }
+        })
+    })
+}
 
 /// Where the customers' listings live.
 #[derive(Clone)]

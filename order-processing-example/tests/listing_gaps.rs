@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use chrono::Utc;
 use common::*;
 use es_core::{EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
@@ -81,4 +83,99 @@ async fn an_event_ahead_of_the_row_waits_for_the_runner() {
     );
     inline.close().await;
     plain.close().await;
+}
+
+/// `/health` names a read model whose runner lags past the limit, answering `"Degraded"` with
+/// 200 (the service still works), and is `"Healthy"` again once the runner has caught up.
+#[tokio::test]
+async fn a_lagging_read_model_degrades_health_without_failing_it() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use order_processing_example::http::{finish_router, Health};
+    use tower::ServiceExt;
+
+    let schema = format!("op_test_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let _guard = SchemaGuard(schema.clone());
+    let mut config = PgConfig::new(&schema);
+    config.max_connections = 2;
+    let store = PgEventStore::connect(&database_url(), config)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let (store, _) = Listings::install(store).await.expect("install");
+    let health = Health::default().with_soft(
+        "readModels",
+        order_processing_example::listing::lag_probe(store.clone(), Duration::from_millis(200)),
+    );
+    let router = finish_router(
+        axum::Router::new(),
+        utoipa::openapi::OpenApi::default(),
+        health,
+    );
+    let get_health = || async {
+        let response = router
+            .clone()
+            .oneshot(Request::get("/health").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+        )
+    };
+    let (status, body) = get_health().await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &serde_json::json!("Healthy")),
+        "{body}"
+    );
+
+    // An order written (inline) with no runner running: its checkpoint falls behind.
+    let order_id = Uuid::now_v7();
+    let stream = StreamId::for_aggregate("order", &order_id.to_string()).unwrap();
+    let placed = OrderEvent::OrderPlaced {
+        order_id,
+        customer_id: Uuid::new_v4(),
+        items: Vec::new(),
+        total_amount: Decimal::ONE,
+        placed_at: Utc::now(),
+    };
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![NewEvent::from_domain(&placed, Metadata::default()).unwrap()],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, body) = get_health().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "Degraded", "{body}");
+    assert_eq!(
+        body["entries"]["readModels"]["status"], "Degraded",
+        "{body}"
+    );
+    assert!(
+        body["entries"]["readModels"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("order-listing is 1 events")),
+        "{body}"
+    );
+
+    PgReadModelRunner::new(store.clone())
+        .catch_up(&PgOrderListing::default())
+        .await
+        .unwrap();
+    let (status, body) = get_health().await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &serde_json::json!("Healthy")),
+        "{body}"
+    );
+    store.close().await;
 }
