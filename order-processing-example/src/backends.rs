@@ -76,6 +76,8 @@ pub struct Backends {
     pub queue_prefix: String,
     /// One probe per dependency, for `/health`.
     pub health: Health,
+    /// The customers' listings (orders written in the commit of their events).
+    pub listings: crate::listing::Listings,
 }
 
 impl std::fmt::Debug for Backends {
@@ -95,7 +97,11 @@ impl Backends {
     /// The embedded defaults: one in-memory store (events, inbox, checkpoints, sagas), one
     /// in-memory bus routing by the contract's keys, an in-memory cache and idempotency store.
     pub fn embedded() -> Self {
-        let store = MemoryEventStore::new();
+        let listings = crate::listing::Listings::memory();
+        let mut store = MemoryEventStore::new();
+        if let Some(listing) = listings.memory_projection() {
+            store = store.with_inline_projection(listing);
+        }
         let bus = MemoryEventBus::with_router(crate::events::router());
         let cache = MemoryCache::new();
         let probe_store: Arc<dyn EventStore> = Arc::new(store.clone());
@@ -116,6 +122,7 @@ impl Backends {
             idempotency: Arc::new(MemoryIdempotencyStore::new()),
             queue_prefix: String::new(),
             health,
+            listings,
         }
     }
 
@@ -147,12 +154,24 @@ impl Backends {
                 give_up,
             )
             .await?;
+            let (store, listings) =
+                crate::listing::Listings::install(store)
+                    .await
+                    .map_err(|source| StartError::Service {
+                        service: "order",
+                        source,
+                    })?;
+            backends.listings = listings;
             let sampled = store.clone();
             crate::telemetry::on_render("postgres-pool", move || sampled.record_pool_metrics());
             let pg: Arc<dyn EventStore> = Arc::new(store.clone());
             health = health
                 .with("eventStore", store_probe(pg.clone()))
-                .with_target("eventStore", redact(url));
+                .with_target("eventStore", redact(url))
+                .with_soft(
+                    "readModels",
+                    crate::listing::lag_probe(store.clone(), crate::listing::MAX_LAG),
+                );
             backends.idempotency = Arc::new(es_postgres::PgIdempotencyStore::new(&store));
             backends.store = pg;
             backends.checkpoints = Arc::new(store.clone());
@@ -247,7 +266,7 @@ pub(crate) fn amqp_config(url: &str, settings: &Settings) -> es_rabbitmq::AmqpCo
 
 /// Connects to PostgreSQL and applies the migrations, retrying with backoff until it works
 /// or `give_up` completes; a URL that can never work fails at once.
-async fn connect_postgres(
+pub(crate) async fn connect_postgres(
     url: &str,
     schema: &str,
     max_connections: u32,

@@ -37,6 +37,9 @@ pub enum Command {
     /// Dead letters of the services' queues: `list`, `requeue` or `purge` (needs `--amqp-url`).
     #[command(subcommand)]
     Dlq(crate::dlq::DlqCommand),
+    /// Read models on PostgreSQL: `status` (checkpoints and lag) or `rebuild [NAME]`.
+    #[command(subcommand)]
+    Projections(crate::projections::ProjectionsCommand),
     /// Runs the five services under load and injected faults, then checks the outcome.
     Chaos(crate::chaos::ChaosArgs),
 }

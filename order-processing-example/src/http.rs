@@ -249,6 +249,8 @@ pub type HealthProbe =
 #[derive(Clone, Default)]
 pub struct Health {
     probes: Vec<(String, HealthProbe)>,
+    /// Checks whose failure degrades the service (still 200) instead of making it unhealthy.
+    soft: Vec<(String, HealthProbe)>,
     /// Where each dependency lives (URLs with passwords hidden), for the logs.
     targets: BTreeMap<String, String>,
 }
@@ -268,6 +270,13 @@ impl Health {
         self
     }
 
+    /// Adds a check whose failure answers `"Degraded"` (still 200: the service works, but
+    /// something lags, such as a read model), not `"Unhealthy"`.
+    pub fn with_soft(mut self, name: impl Into<String>, probe: HealthProbe) -> Self {
+        self.soft.push((name.into(), probe));
+        self
+    }
+
     /// Names where dependency `name` lives (a URL, password hidden), for the logs.
     pub fn with_target(mut self, name: impl Into<String>, target: impl Into<String>) -> Self {
         self.targets.insert(name.into(), target.into());
@@ -283,7 +292,10 @@ impl Health {
             let (_, entries) = self.check().await;
             for (name, entry) in entries.as_object().into_iter().flatten() {
                 let target = self.targets.get(name).map_or("", String::as_str);
-                let problem = entry["description"].as_str();
+                // A degraded entry (a lagging read model) is not a backend out of reach.
+                let problem = (entry["status"] == "Unhealthy")
+                    .then(|| entry["description"].as_str())
+                    .flatten();
                 match (problem, down.contains_key(name)) {
                     (Some(problem), false) => {
                         tracing::error!(dependency = %name, target, error = problem, "a backend cannot be reached; retrying");
@@ -321,13 +333,31 @@ impl Health {
             };
             entries.insert(name.clone(), entry);
         }
+        for (name, probe) in &self.soft {
+            let outcome = match tokio::time::timeout(Duration::from_secs(3), probe()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err("no answer within 3s".to_owned()),
+            };
+            let entry = match outcome {
+                Ok(()) => json!({"status": "Healthy"}),
+                Err(description) => json!({"status": "Degraded", "description": description}),
+            };
+            entries.insert(name.clone(), entry);
+        }
         (healthy, Value::Object(entries))
     }
 }
 
 async fn health(axum::extract::State(health): axum::extract::State<Health>) -> Response {
     let (healthy, entries) = health.check().await;
-    let status = if healthy { "Healthy" } else { "Unhealthy" };
+    let degraded = entries
+        .as_object()
+        .is_some_and(|entries| entries.values().any(|e| e["status"] == "Degraded"));
+    let status = match (healthy, degraded) {
+        (false, _) => "Unhealthy",
+        (true, true) => "Degraded",
+        (true, false) => "Healthy",
+    };
     let code = if healthy {
         StatusCode::OK
     } else {

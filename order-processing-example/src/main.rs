@@ -21,7 +21,8 @@ fn main() -> ExitCode {
     // An operator command prints its answer on stdout, and a chaos run's stdout is its one-line
     // verdict: their own log goes beside, to stderr (a chaos run's, warnings only).
     let chaos = matches!(cli.command, Some(Command::Chaos(_)));
-    let log_to_stderr = chaos || matches!(cli.command, Some(Command::Dlq(_)));
+    let log_to_stderr =
+        chaos || matches!(cli.command, Some(Command::Dlq(_) | Command::Projections(_)));
     let default_filter = if chaos {
         "warn"
     } else {

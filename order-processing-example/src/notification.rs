@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use axum::extract::State;
+use axum::response::Response;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use chrono::{DateTime, Utc};
 use es_core::bus::{HandlerError, MessageHandler};
 use es_core::{
@@ -20,7 +21,8 @@ use uuid::Uuid;
 
 use crate::backends::Backends;
 use crate::config::Settings;
-use crate::http::{finish_router, ApiPath};
+use crate::http::{finish_router, ApiPath, ApiQuery, AppError};
+use crate::listing::{page_of, Cursor, Listings, Page, PageQuery};
 use crate::service::Background;
 
 /// A notification as stored and shown.
@@ -203,27 +205,47 @@ impl Projection for NotificationInbox {
     }
 }
 
-/// A customer's notifications, newest first.
+#[derive(Clone)]
+struct NotificationState {
+    /// The listing in memory (embedded backends).
+    inbox: Arc<NotificationInbox>,
+    /// The listing on PostgreSQL, when there.
+    listings: Listings,
+}
+
+/// A customer's notifications, newest first, in pages.
 #[utoipa::path(get, path = "/api/notifications/customer/{customerId}", tag = "notifications",
-    params(("customerId" = Uuid, Path, description = "The customer")),
-    responses((status = 200, body = [NotificationView]), (status = 400)))]
+    params(("customerId" = Uuid, Path, description = "The customer"), PageQuery),
+    responses(
+        (status = 200, body = [NotificationView], headers(("Link" = String, description = "`<…?limit=N&cursor=C>; rel=\"next\"` when more notifications follow"))),
+        (status = 400, description = "Bad customer id, limit or cursor", content_type = "application/problem+json"),
+    ))]
 async fn customer_notifications(
-    State(inbox): State<Arc<NotificationInbox>>,
+    State(state): State<NotificationState>,
     ApiPath(customer_id): ApiPath<Uuid>,
-) -> Json<Vec<NotificationView>> {
-    let mut list = inbox
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Response, AppError> {
+    let page = Page::from_query(&query)?;
+    let path = format!("/api/notifications/customer/{customer_id}");
+    if let Some(answer) = state.listings.notification_page(customer_id, &page).await {
+        let (items, next) = answer?;
+        return Ok(page.respond(&path, items, next));
+    }
+    let inbox = &state.inbox;
+    let mut list: Vec<(Cursor, NotificationView)> = inbox
         .by_customer
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(&customer_id)
-        .cloned()
+        .map(|list| {
+            list.iter()
+                .map(|n| (Cursor::new(n.created_at, n.notification_id), n.clone()))
+                .collect()
+        })
         .unwrap_or_default();
-    list.sort_by(|a, b| {
-        b.created_at
-            .cmp(&a.created_at)
-            .then(b.notification_id.cmp(&a.notification_id))
-    });
-    Json(list)
+    list.sort_by_key(|(key, _)| std::cmp::Reverse(*key));
+    let (items, next) = page_of(&page, list.into_iter());
+    Ok(page.respond(&path, items, next))
 }
 
 #[derive(OpenApi)]
@@ -250,7 +272,16 @@ pub(crate) async fn start(
 ) -> es_core::Result<Router> {
     let notifications = Repository::<OrderNotifications>::new(backends.store.clone());
     let inbox = Arc::new(NotificationInbox::default());
-    background.project(backends, inbox.clone());
+    match &backends.listings {
+        // On PostgreSQL the listing is the table `notification_listing`, kept by this runner.
+        Listings::Postgres(store) => {
+            let runner = es_postgres::PgReadModelRunner::new(store.clone());
+            let model: Arc<dyn es_postgres::PgProjection> =
+                Arc::new(crate::listing::PgNotificationListing::default());
+            background.spawn(move |stop| async move { runner.run(model, stop).await });
+        }
+        Listings::Memory(_) => background.project(backends, inbox.clone()),
+    }
     let consumer = backends.consumer("notification");
     let handler = Arc::new(NotificationHandler {
         notifications,
@@ -269,6 +300,9 @@ pub(crate) async fn start(
             "/api/notifications/customer/{customer_id}",
             get(customer_notifications),
         )
-        .with_state(inbox);
+        .with_state(NotificationState {
+            inbox,
+            listings: backends.listings.clone(),
+        });
     Ok(finish_router(api, openapi(), backends.health.clone()))
 }

@@ -1,7 +1,6 @@
 //! The order service (5001): places orders, and carries each through the order saga.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,7 +28,8 @@ use uuid::Uuid;
 use crate::backends::Backends;
 use crate::config::Settings;
 use crate::events;
-use crate::http::{finish_router, ApiJson, ApiPath, AppError, Validator};
+use crate::http::{finish_router, ApiJson, ApiPath, ApiQuery, AppError, Validator};
+use crate::listing::{Listings, Page, PageQuery};
 use crate::service::Background;
 
 // The bounds `POST /api/orders` enforces. The schema attributes below repeat them as literals
@@ -621,37 +621,11 @@ impl OrderCache {
     }
 }
 
-/// Every order, by customer, folded from the order streams.
+/// Marks each changed order's cached view in this instance's cache too (another instance may
+/// have changed the order). The customers' listing is [`Listings`], written inline.
 #[derive(Debug, Default)]
 pub struct OrderReadModel {
-    orders: Mutex<HashMap<Uuid, (Order, u64)>>,
-    by_customer: Mutex<HashMap<Uuid, Vec<Uuid>>>,
     cache: Option<OrderCache>,
-}
-
-impl OrderReadModel {
-    /// The customer's orders, newest first.
-    pub fn of_customer(&self, customer_id: Uuid) -> Vec<OrderView> {
-        let ids = self
-            .by_customer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&customer_id)
-            .cloned()
-            .unwrap_or_default();
-        let orders = self.orders.lock().unwrap_or_else(|e| e.into_inner());
-        let mut views: Vec<OrderView> = ids
-            .iter()
-            .filter_map(|id| orders.get(id))
-            .map(|(order, version)| order.view(*version))
-            .collect();
-        views.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then(b.order_id.cmp(&a.order_id))
-        });
-        views
-    }
 }
 
 #[async_trait]
@@ -667,34 +641,12 @@ impl Projection for OrderReadModel {
     async fn handle(&self, recorded: &RecordedEvent) -> Result<(), BoxError> {
         let event: OrderEvent = recorded.decode()?;
         let order_id = match &event {
-            OrderEvent::OrderPlaced {
-                order_id,
-                customer_id,
-                ..
-            } => {
-                self.by_customer
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(*customer_id)
-                    .or_default()
-                    .push(*order_id);
-                *order_id
-            }
-            OrderEvent::OrderInventoryReserved { order_id, .. }
+            OrderEvent::OrderPlaced { order_id, .. }
+            | OrderEvent::OrderInventoryReserved { order_id, .. }
             | OrderEvent::OrderPaymentProcessed { order_id, .. }
             | OrderEvent::OrderConfirmed { order_id, .. }
             | OrderEvent::OrderCancelled { order_id, .. } => *order_id,
         };
-        {
-            let mut orders = self.orders.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = orders.entry(order_id).or_default();
-            // A replayed event (older than what is folded) changes nothing.
-            if recorded.stream_version > entry.1 {
-                entry.0.apply(&event);
-                entry.1 = recorded.stream_version;
-            }
-        }
-        // Another instance may have changed the order: mark the cached view here too.
         if let Some(cache) = &self.cache {
             cache.changed(order_id, recorded.stream_version).await;
         }
@@ -708,7 +660,7 @@ impl Projection for OrderReadModel {
 struct OrderState {
     orders: Repository<Order>,
     store: Arc<dyn EventStore>,
-    read_model: Arc<OrderReadModel>,
+    listing: Listings,
     cache: OrderCache,
     idempotency: Arc<dyn IdempotencyStore>,
     /// How long a claimed key is held without renewal (renewed while the request runs).
@@ -1069,15 +1021,21 @@ async fn get_order(
         .ok_or_else(|| AppError::not_found(format!("no order {order_id}")))
 }
 
-/// A customer's orders, newest first.
+/// A customer's orders, newest first, in pages: an order is listed once its `POST` has answered.
 #[utoipa::path(get, path = "/api/orders/customer/{customerId}", tag = "orders",
-    params(("customerId" = Uuid, Path, description = "The customer")),
-    responses((status = 200, body = [OrderView]), (status = 400)))]
+    params(("customerId" = Uuid, Path, description = "The customer"), PageQuery),
+    responses(
+        (status = 200, body = [OrderView], headers(("Link" = String, description = "`<…?limit=N&cursor=C>; rel=\"next\"` when more orders follow"))),
+        (status = 400, description = "Bad customer id, limit or cursor", content_type = "application/problem+json"),
+    ))]
 async fn customer_orders(
     State(state): State<OrderState>,
     ApiPath(customer_id): ApiPath<Uuid>,
-) -> Json<Vec<OrderView>> {
-    Json(state.read_model.of_customer(customer_id))
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Response, AppError> {
+    let page = Page::from_query(&query)?;
+    let (orders, next) = state.listing.page(customer_id, &page).await?;
+    Ok(page.respond(&format!("/api/orders/customer/{customer_id}"), orders, next))
 }
 
 /// The order's stored events, oldest first.
@@ -1133,11 +1091,20 @@ pub(crate) async fn start(
     let cache = OrderCache {
         cache: backends.cache.clone(),
     };
-    let read_model = Arc::new(OrderReadModel {
-        cache: Some(cache.clone()),
-        ..OrderReadModel::default()
-    });
-    background.project(backends, read_model.clone());
+    background.project(
+        backends,
+        Arc::new(OrderReadModel {
+            cache: Some(cache.clone()),
+        }),
+    );
+    if let Listings::Postgres(store) = &backends.listings {
+        // Rows are written inline; the runner takes over events appended by older code and
+        // carries out rebuilds (`order-processing projections rebuild order-listing`).
+        let runner = es_postgres::PgReadModelRunner::new(store.clone());
+        let model: Arc<dyn es_postgres::PgProjection> =
+            Arc::new(crate::listing::PgOrderListing::default());
+        background.spawn(move |stop| async move { runner.run(model, stop).await });
+    }
     let dispatcher = Arc::new(OrderDispatcher {
         orders: orders.clone(),
         cache: cache.clone(),
@@ -1162,7 +1129,7 @@ pub(crate) async fn start(
     let state = OrderState {
         orders,
         store: backends.store.clone(),
-        read_model,
+        listing: backends.listings.clone(),
         cache,
         idempotency: backends.idempotency.clone(),
         idempotency_lease: settings.idempotency_lease,

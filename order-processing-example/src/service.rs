@@ -397,6 +397,13 @@ pub async fn run(
             print!("{}", crate::dlq::run(&command, &cli.settings).await?);
             return Ok(());
         }
+        Command::Projections(command) => {
+            print!(
+                "{}",
+                crate::projections::run(&command, &cli.settings).await?
+            );
+            return Ok(());
+        }
         Command::Chaos(args) => {
             let report = crate::chaos::run(&args, &cli.settings).await?;
             eprint!("{}", report.render());

@@ -140,9 +140,19 @@ impl Drop for SchemaGuard {
 pub async fn drop_schema(schema: &str) {
     match sqlx::PgPool::connect(&database_url()).await {
         Ok(pool) => {
-            let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-            if let Err(error) = sqlx::query(&drop).execute(&pool).await {
-                eprintln!("cannot drop schema {schema}: {error}");
+            // The read models' generations live in schemas of their own beside it.
+            let generations: Vec<String> = sqlx::query_scalar(
+                "SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)",
+            )
+            .bind(format!("{schema}_rm_"))
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+            for schema in generations.iter().map(String::as_str).chain([schema]) {
+                let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+                if let Err(error) = sqlx::query(&drop).execute(&pool).await {
+                    eprintln!("cannot drop schema {schema}: {error}");
+                }
             }
             pool.close().await;
         }

@@ -812,3 +812,273 @@ pub async fn products_are_seeded_and_can_be_stocked(backend: Backend) {
     assert_eq!(system.product(&new).await["name"], "Webcam HD");
     system.stop().await;
 }
+
+/// The customer's listing, as answered: status, body, and the `Link: rel="next"` target.
+async fn listing_page(
+    system: &System,
+    kind: ServiceKind,
+    path: &str,
+) -> (u16, Value, Option<String>) {
+    let response = system
+        .client
+        .get(system.url(kind, path))
+        .send()
+        .await
+        .expect("GET");
+    let link = response
+        .headers()
+        .get("link")
+        .map(|v| v.to_str().expect("ASCII link").to_owned());
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    let (status, body) = read(response).await;
+    if status >= 400 {
+        assert_eq!(content_type, "application/problem+json", "{body}");
+    }
+    let next = link.map(|link| {
+        assert!(link.ends_with(">; rel=\"next\""), "{link}");
+        link[link.find('<').expect("<") + 1..link.find('>').expect(">")].to_owned()
+    });
+    (status, body, next)
+}
+
+fn ids_of(list: &Value) -> Vec<String> {
+    list.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|o| o["orderId"].as_str().expect("orderId").to_owned())
+        .collect()
+}
+
+/// Read-your-writes: once `POST /api/orders` has answered 201, the customer's listing includes
+/// the order at once (no waiting), also in a burst of writers; and a status the saga records
+/// shows in the listing as soon as it shows on the order.
+pub async fn a_placed_order_is_listed_as_soon_as_it_is_placed(backend: Backend) {
+    let system = std::sync::Arc::new(System::launch(backend, patient(), &ServiceKind::ALL).await);
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let system = system.clone();
+        writers.push(tokio::spawn(async move {
+            let customer = customer();
+            let mut placed = Vec::new();
+            for _ in 0..10 {
+                let id = system.place(&customer, &[(KEYBOARD, 1, "49.99")]).await;
+                placed.push(id.clone());
+                let (status, list, _) = listing_page(
+                    &system,
+                    ServiceKind::Order,
+                    &format!("/api/orders/customer/{customer}"),
+                )
+                .await;
+                assert_eq!(status, 200, "{list}");
+                let mut expected = placed.clone();
+                expected.reverse();
+                assert_eq!(ids_of(&list), expected, "listed right after the 201");
+            }
+            (customer, placed)
+        }));
+    }
+    let mut last = None;
+    for writer in writers {
+        last = Some(writer.await.expect("writer"));
+    }
+    let (customer, placed) = last.expect("a writer");
+    let order = system.settled(&placed[0]).await;
+    let (_, list, _) = listing_page(
+        &system,
+        ServiceKind::Order,
+        &format!("/api/orders/customer/{customer}"),
+    )
+    .await;
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["orderId"] == order["orderId"])
+        .expect("listed")
+        .clone();
+    assert!(
+        listed["version"].as_u64() >= order["version"].as_u64(),
+        "the listing lags the order: {listed} vs {order}"
+    );
+    assert_eq!(listed["status"], order["status"], "{listed} vs {order}");
+    match std::sync::Arc::try_unwrap(system) {
+        Ok(system) => system.stop().await,
+        Err(_) => panic!("the system is still shared"),
+    }
+}
+
+/// Walks `path` from its first page by its `Link`s; returns the ids in order and the page sizes.
+/// `between` runs after each page (to add items while the walk goes on).
+async fn walk(
+    system: &System,
+    kind: ServiceKind,
+    first: &str,
+    id_field: &str,
+    mut between: impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) -> (Vec<String>, Vec<usize>) {
+    let (mut ids, mut sizes) = (Vec::new(), Vec::new());
+    let mut next = Some(first.to_owned());
+    while let Some(path) = next.take() {
+        let (status, list, link) = listing_page(system, kind, &path).await;
+        assert_eq!(status, 200, "{path}: {list}");
+        let page: Vec<String> = list
+            .as_array()
+            .expect("a JSON array")
+            .iter()
+            .map(|o| o[id_field].as_str().expect("id").to_owned())
+            .collect();
+        sizes.push(page.len());
+        ids.extend(page);
+        between().await;
+        next = link;
+        assert!(sizes.len() <= 100, "the walk does not end");
+    }
+    (ids, sizes)
+}
+
+/// Keyset pages: following `Link`s from the first page lists every order exactly once, newest
+/// first, while new orders arrive; the last page has no `Link`; no parameters lists up to 100.
+pub async fn customer_listings_are_paged_newest_first(backend: Backend) {
+    let system = std::sync::Arc::new(System::launch(backend, patient(), &ServiceKind::ALL).await);
+    let customer = customer();
+    let mut originals = Vec::new();
+    for _ in 0..10 {
+        originals.push(system.place(&customer, &[(KEYBOARD, 1, "49.99")]).await);
+    }
+    originals.reverse();
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (walked, sizes) = {
+        let (system2, customer2, arrivals2) = (system.clone(), customer.clone(), arrivals.clone());
+        walk(
+            &system,
+            ServiceKind::Order,
+            &format!("/api/orders/customer/{customer}?limit=3"),
+            "orderId",
+            move || {
+                let (system, customer, arrivals) =
+                    (system2.clone(), customer2.clone(), arrivals2.clone());
+                Box::pin(async move {
+                    for _ in 0..2 {
+                        let id = system.place(&customer, &[(KEYBOARD, 1, "49.99")]).await;
+                        arrivals.lock().unwrap().push(id);
+                    }
+                })
+            },
+        )
+        .await
+    };
+    assert_eq!(walked, originals, "every original once, newest first");
+    assert_eq!(sizes, vec![3, 3, 3, 1]);
+    // Without parameters: everything (under 100), newest first, and no `Link`.
+    let (status, list, link) = listing_page(
+        &system,
+        ServiceKind::Order,
+        &format!("/api/orders/customer/{customer}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(link, None);
+    let mut everything: Vec<String> = arrivals.lock().unwrap().clone();
+    everything.reverse();
+    everything.extend(originals.iter().cloned());
+    assert_eq!(ids_of(&list), everything);
+    // A page exactly as long as what is left has no `Link` either.
+    let (_, list, link) = listing_page(
+        &system,
+        ServiceKind::Order,
+        &format!("/api/orders/customer/{customer}?limit={}", everything.len()),
+    )
+    .await;
+    assert_eq!((ids_of(&list).len(), link), (everything.len(), None));
+
+    // Notifications: one per placed order (and more as they settle); walk one at a time.
+    let total = everything.len();
+    eventually("every order notified", || async {
+        let (_, list) = system
+            .get(
+                ServiceKind::Notification,
+                &format!("/api/notifications/customer/{customer}"),
+            )
+            .await;
+        (list.as_array()?.len() >= total).then_some(())
+    })
+    .await;
+    let (_, all, _) = listing_page(
+        &system,
+        ServiceKind::Notification,
+        &format!("/api/notifications/customer/{customer}?limit=1000"),
+    )
+    .await;
+    let all: Vec<String> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["notificationId"].as_str().unwrap().to_owned())
+        .collect();
+    let (walked, _) = walk(
+        &system,
+        ServiceKind::Notification,
+        &format!("/api/notifications/customer/{customer}?limit=4"),
+        "notificationId",
+        || Box::pin(async {}),
+    )
+    .await;
+    // Notifications keep arriving as orders settle: those the walk saw come in the order of
+    // one listing of them all, each once.
+    let unique: std::collections::HashSet<&String> = walked.iter().collect();
+    assert_eq!(unique.len(), walked.len(), "no notification twice");
+    let positions: Vec<usize> = walked
+        .iter()
+        .filter_map(|id| all.iter().position(|a| a == id))
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "newest first");
+    match std::sync::Arc::try_unwrap(system) {
+        Ok(system) => system.stop().await,
+        Err(_) => panic!("the system is still shared"),
+    }
+}
+
+/// A bad `limit` or `cursor` answers 400 problem+json naming it, on both listings.
+pub async fn bad_page_parameters_answer_400(backend: Backend) {
+    let system = System::launch(
+        backend,
+        patient(),
+        &[ServiceKind::Order, ServiceKind::Notification],
+    )
+    .await;
+    let customer = customer();
+    for (kind, base) in [
+        (
+            ServiceKind::Order,
+            format!("/api/orders/customer/{customer}"),
+        ),
+        (
+            ServiceKind::Notification,
+            format!("/api/notifications/customer/{customer}"),
+        ),
+    ] {
+        for (query, field) in [
+            ("limit=0", "limit"),
+            ("limit=1001", "limit"),
+            ("limit=x", "limit"),
+            ("limit=-1", "limit"),
+            ("cursor=nope", "cursor"),
+            ("limit=5&cursor=00", "cursor"),
+        ] {
+            let (status, body, link) =
+                listing_page(&system, kind, &format!("{base}?{query}")).await;
+            assert_problem(status, &body, 400);
+            assert!(body["errors"][field].is_array(), "{query}: {body}");
+            assert_eq!(link, None);
+        }
+        for query in ["limit=1", "limit=1000", ""] {
+            let (status, body, _) = listing_page(&system, kind, &format!("{base}?{query}")).await;
+            assert_eq!((status, body), (200, json!([])), "{query}");
+        }
+    }
+    system.stop().await;
+}

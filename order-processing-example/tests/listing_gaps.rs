@@ -1,0 +1,181 @@
+//! The PostgreSQL order listing when some of an order's events were appended by code that does
+//! not write the listing inline (a rolling deploy): the inline write must not fold a later
+//! event over a row that misses an earlier one; the runner brings the row up in order.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::*;
+use es_core::{EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
+use es_postgres::{PgConfig, PgEventStore, PgReadModelRunner};
+use order_processing_example::listing::{Listings, Page, PgOrderListing};
+use order_processing_example::order::OrderEvent;
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn an_event_ahead_of_the_row_waits_for_the_runner() {
+    let schema = format!("op_test_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let _guard = SchemaGuard(schema.clone());
+    let mut config = PgConfig::new(&schema);
+    config.max_connections = 2;
+    let plain = PgEventStore::connect(&database_url(), config.clone())
+        .await
+        .expect("connect");
+    plain.migrate().await.expect("migrate");
+    // The listing set up: its table exists and later commits of `inline` (and of its clones,
+    // so a store of its own stands for the older code) write it.
+    let with_listing = PgEventStore::connect(&database_url(), config)
+        .await
+        .expect("connect");
+    let (inline, listings) = Listings::install(with_listing).await.expect("install");
+
+    let (order_id, customer_id) = (Uuid::now_v7(), Uuid::new_v4());
+    let stream = StreamId::for_aggregate("order", &order_id.to_string()).unwrap();
+    let placed = OrderEvent::OrderPlaced {
+        order_id,
+        customer_id,
+        items: Vec::new(),
+        total_amount: Decimal::new(4999, 2),
+        placed_at: Utc::now(),
+    };
+    let reserved = OrderEvent::OrderInventoryReserved {
+        order_id,
+        customer_id,
+        at: Utc::now(),
+    };
+    // Version 1 through a store that does not write the listing (older code) ...
+    plain
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![NewEvent::from_domain(&placed, Metadata::default()).unwrap()],
+        )
+        .await
+        .expect("append version 1");
+    // ... version 2 through one that does.
+    inline
+        .append(
+            &stream,
+            ExpectedVersion::Exact(1),
+            vec![NewEvent::from_domain(&reserved, Metadata::default()).unwrap()],
+        )
+        .await
+        .expect("append version 2");
+
+    PgReadModelRunner::new(plain.clone())
+        .catch_up(&PgOrderListing::default())
+        .await
+        .expect("catch up");
+    let page = Page {
+        limit: 10,
+        after: None,
+    };
+    let (orders, _) = listings.page(customer_id, &page).await.expect("page");
+    assert_eq!(orders.len(), 1, "the order is listed for its customer");
+    assert_eq!(orders[0].order_id, order_id);
+    assert_eq!(orders[0].version, 2);
+    assert_eq!(
+        serde_json::to_value(orders[0].status).unwrap(),
+        "InventoryReserved"
+    );
+    inline.close().await;
+    plain.close().await;
+}
+
+/// `/health` names a read model whose runner lags past the limit, answering `"Degraded"` with
+/// 200 (the service still works), and is `"Healthy"` again once the runner has caught up.
+#[tokio::test]
+async fn a_lagging_read_model_degrades_health_without_failing_it() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use order_processing_example::http::{finish_router, Health};
+    use tower::ServiceExt;
+
+    let schema = format!("op_test_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let _guard = SchemaGuard(schema.clone());
+    let mut config = PgConfig::new(&schema);
+    config.max_connections = 2;
+    let store = PgEventStore::connect(&database_url(), config)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let (store, _) = Listings::install(store).await.expect("install");
+    let health = Health::default().with_soft(
+        "readModels",
+        order_processing_example::listing::lag_probe(store.clone(), Duration::from_millis(200)),
+    );
+    let router = finish_router(
+        axum::Router::new(),
+        utoipa::openapi::OpenApi::default(),
+        health,
+    );
+    let get_health = || async {
+        let response = router
+            .clone()
+            .oneshot(Request::get("/health").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+        )
+    };
+    let (status, body) = get_health().await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &serde_json::json!("Healthy")),
+        "{body}"
+    );
+
+    // An order written (inline) with no runner running: its checkpoint falls behind.
+    let order_id = Uuid::now_v7();
+    let stream = StreamId::for_aggregate("order", &order_id.to_string()).unwrap();
+    let placed = OrderEvent::OrderPlaced {
+        order_id,
+        customer_id: Uuid::new_v4(),
+        items: Vec::new(),
+        total_amount: Decimal::ONE,
+        placed_at: Utc::now(),
+    };
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![NewEvent::from_domain(&placed, Metadata::default()).unwrap()],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, body) = get_health().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "Degraded", "{body}");
+    assert_eq!(
+        body["entries"]["readModels"]["status"], "Degraded",
+        "{body}"
+    );
+    assert!(
+        body["entries"]["readModels"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("order-listing is 1 events")),
+        "{body}"
+    );
+
+    PgReadModelRunner::new(store.clone())
+        .catch_up(&PgOrderListing::default())
+        .await
+        .unwrap();
+    let (status, body) = get_health().await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &serde_json::json!("Healthy")),
+        "{body}"
+    );
+    store.close().await;
+}
