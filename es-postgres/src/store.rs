@@ -429,6 +429,18 @@ impl PgEventStore {
         self
     }
 
+    /// The inline projections whose filter takes a stream of `appends`: a commit that none of
+    /// them reads keeps the single-statement path (an order projection costs a payment append
+    /// nothing).
+    fn inline_projections_for(&self, appends: &[StreamAppend]) -> Vec<Arc<dyn PgProjection>> {
+        let mut inline = self.inline_projections();
+        inline.retain(|projection| {
+            let filter = projection.filter();
+            appends.iter().any(|append| filter.matches(&append.stream_id))
+        });
+        inline
+    }
+
     fn inline_projections(&self) -> Vec<Arc<dyn PgProjection>> {
         self.inner
             .inline
@@ -598,7 +610,7 @@ impl PgEventStore {
             .await
             .map_err(from_sqlx)?;
         }
-        let inline = self.inline_projections();
+        let inline = self.inline_projections_for(&unit.appends);
         // The inline projections need the events as recorded; keep them (cheap: `Bytes`).
         let written: Vec<Vec<NewEvent>> = if inline.is_empty() {
             Vec::new()
@@ -1066,7 +1078,7 @@ impl EventStore for PgEventStore {
         if unit.inbox.is_none()
             && unit.checkpoint.is_none()
             && unit.appends.len() == 1
-            && self.inline_projections().is_empty()
+            && self.inline_projections_for(&unit.appends).is_empty()
         {
             // The common case needs no explicit transaction: one statement, one round trip.
             let mut appends = unit.appends;
