@@ -122,6 +122,9 @@ pub struct Settings {
     /// redelivered after that is handled again.
     #[arg(long, env = "RETENTION", default_value = "7d", value_parser = parse_duration, global = true)]
     pub retention: Duration,
+    /// How often each process prunes what is older than the retention (`1h`, `10m`).
+    #[arg(long, env = "HOUSEKEEPING_INTERVAL", default_value = "1h", value_parser = parse_duration, global = true)]
+    pub housekeeping_interval: Duration,
     /// Prefixed to every Redis key.
     #[arg(
         long,
@@ -154,6 +157,7 @@ impl Default for Settings {
             database_max_connections: 10,
             redis_prefix: "order-processing:".into(),
             retention: es_core::housekeeping::DEFAULT_RETENTION,
+            housekeeping_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -238,5 +242,15 @@ mod tests {
         assert_eq!(none.settings.retention, Settings::default().retention);
         let retention = Cli::try_parse_from(["order-processing", "--retention", "36h"]).unwrap();
         assert_eq!(retention.settings.retention, Duration::from_secs(36 * 3600));
+        assert_eq!(
+            none.settings.housekeeping_interval,
+            Duration::from_secs(3600)
+        );
+        let interval =
+            Cli::try_parse_from(["order-processing", "--housekeeping-interval", "10m"]).unwrap();
+        assert_eq!(
+            interval.settings.housekeeping_interval,
+            Duration::from_secs(600)
+        );
     }
 }
