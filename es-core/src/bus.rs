@@ -276,6 +276,9 @@ pub trait DeadLetterQueue: Send + Sync + fmt::Debug {
     async fn dead_letters(&self, consumer: &str, limit: usize) -> Result<Vec<DeadLetter>>;
 
     /// Moves up to `limit` dead letters of `consumer` back onto its queue; returns how many.
+    ///
+    /// Moves at most the dead letters there when the call starts: one that is dead-lettered
+    /// again while it runs (its handler still fails) waits for the next call.
     async fn requeue_dead_letters(&self, consumer: &str, limit: usize) -> Result<usize>;
 
     /// Deletes every dead letter of `consumer`; returns how many.

@@ -90,3 +90,90 @@ pub async fn prune_every(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::memory::MemoryEventStore;
+    use crate::Inbox;
+
+    /// The memory store, counting its prunes.
+    #[derive(Debug, Default)]
+    struct Counting {
+        store: MemoryEventStore,
+        prunes: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Housekeeping for Counting {
+        async fn prune(&self, retention: Duration) -> Result<PruneReport> {
+            self.prunes.fetch_add(1, Ordering::SeqCst);
+            self.store.prune(retention).await
+        }
+    }
+
+    /// Lets the pruning task run up to its next sleep.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn prune_every_prunes_at_once_and_again_after_each_interval() {
+        const HOUR: Duration = Duration::from_secs(3600);
+        let counting = Arc::new(Counting::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let counting = counting.clone();
+            async move {
+                prune_every(&*counting, Duration::from_millis(1), HOUR, async {
+                    let _ = stopped.await;
+                })
+                .await
+            }
+        });
+        settle().await;
+        assert_eq!(counting.prunes.load(Ordering::SeqCst), 1, "at once");
+
+        // An entry older than the retention (the store's clock is the wall clock).
+        let old = Uuid::new_v4();
+        counting.store.record("payment-service", old).await.unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::advance(HOUR - Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(
+            counting.prunes.load(Ordering::SeqCst),
+            1,
+            "not before the interval"
+        );
+        assert!(counting
+            .store
+            .contains("payment-service", old)
+            .await
+            .unwrap());
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(counting.prunes.load(Ordering::SeqCst), 2);
+        assert!(
+            !counting
+                .store
+                .contains("payment-service", old)
+                .await
+                .unwrap(),
+            "the old entry is pruned after the interval"
+        );
+        tokio::time::advance(HOUR).await;
+        settle().await;
+        assert_eq!(counting.prunes.load(Ordering::SeqCst), 3, "and again");
+
+        stop.send(()).unwrap();
+        task.await.unwrap();
+    }
+}

@@ -89,6 +89,18 @@ impl Ownership {
     }
 }
 
+impl From<bool> for Ownership {
+    /// [`Ownership::Held`] for `true` (the caller still held the claim), else
+    /// [`Ownership::Lost`].
+    fn from(held: bool) -> Self {
+        if held {
+            Ownership::Held
+        } else {
+            Ownership::Lost
+        }
+    }
+}
+
 /// Stores idempotency keys, the fingerprint of the request that used each, its holder and
 /// its response.
 ///
@@ -335,5 +347,16 @@ impl Drop for ClaimGuard {
                 Err(error) => tracing::warn!(%key, %error, "cannot release an idempotency claim; it is free when its lease runs out"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ownership;
+
+    #[test]
+    fn a_bool_says_whether_the_claim_was_held() {
+        assert_eq!(Ownership::from(true), Ownership::Held);
+        assert_eq!(Ownership::from(false), Ownership::Lost);
     }
 }

@@ -373,9 +373,10 @@ pub trait SagaStore: Send + Sync + fmt::Debug {
     /// [`Error::Conflict`].
     async fn save(&self, change: SagaChange) -> Result<SagaSaved>;
 
-    /// The deadlines of `saga` due at or before `now`, oldest first, at most `limit`; a parked
-    /// deadline (one whose firing failed) only once its [`retry_at`](DeadlineRecord::retry_at)
-    /// has come too. Other sagas' deadlines never take a place in the answer.
+    /// The deadlines of `saga` due at or before `now`, at most `limit`; a parked deadline (one
+    /// whose firing failed) only once its [`retry_at`](DeadlineRecord::retry_at) has come too.
+    /// Earliest first, by `retry_at` for a parked deadline and `due_at` for the others. Other
+    /// sagas' deadlines never take a place in the answer.
     async fn due_deadlines(
         &self,
         saga: &str,

@@ -45,14 +45,6 @@ fn seconds(ttl: Duration) -> f64 {
     ttl.as_secs_f64()
 }
 
-fn ownership(held: bool) -> Ownership {
-    if held {
-        Ownership::Held
-    } else {
-        Ownership::Lost
-    }
-}
-
 #[async_trait]
 impl IdempotencyStore for PgIdempotencyStore {
     async fn claim(&self, key: &str, fingerprint: &str, lease: Duration) -> Result<Claim> {
@@ -110,7 +102,7 @@ impl IdempotencyStore for PgIdempotencyStore {
         .await
         .map_err(from_sqlx)?
         .rows_affected();
-        Ok(ownership(renewed == 1))
+        Ok(Ownership::from(renewed == 1))
     }
 
     async fn complete(
@@ -136,7 +128,7 @@ impl IdempotencyStore for PgIdempotencyStore {
         .await
         .map_err(from_sqlx)?
         .rows_affected();
-        Ok(ownership(completed == 1))
+        Ok(Ownership::from(completed == 1))
     }
 
     async fn release(&self, key: &str, token: &ClaimToken) -> Result<Ownership> {
@@ -156,6 +148,6 @@ impl IdempotencyStore for PgIdempotencyStore {
         .fetch_one(&self.pool)
         .await
         .map_err(from_sqlx)?;
-        Ok(ownership(held))
+        Ok(Ownership::from(held))
     }
 }

@@ -359,10 +359,12 @@ impl SagaStore for PgEventStore {
         limit: usize,
     ) -> Result<Vec<DeadlineRecord>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // By when the next attempt is due (the index saga_deadlines_saga_next): ordered by
+        // due_at, each poll would read every parked deadline, due long ago, before a live one.
         let rows: Vec<DeadlineRow> = sqlx::query_as(&format!(
             "SELECT {DEADLINE_COLUMNS} FROM saga_deadlines \
-             WHERE saga = $1 AND due_at <= $2 AND (retry_at IS NULL OR retry_at <= $2) \
-             ORDER BY due_at, id LIMIT $3"
+             WHERE saga = $1 AND coalesce(retry_at, due_at) <= $2 AND due_at <= $2 \
+             ORDER BY coalesce(retry_at, due_at), id LIMIT $3"
         ))
         .bind(saga)
         .bind(now)

@@ -156,3 +156,35 @@ async fn rows_older_than_the_retention_are_pruned_and_newer_ones_stay() {
     );
     common::drop_schema(&store).await;
 }
+
+#[tokio::test]
+async fn more_old_rows_than_one_chunk_are_all_pruned() {
+    let store = common::store("housekeeping_chunks").await;
+    // More than two chunks of 5,000, in each table deleted by chunks, and one recent row each.
+    for table in [
+        "inbox (consumer, event_id, handled_at)",
+        "saga_inbox (saga, event_id, handled_at)",
+    ] {
+        sqlx::query(&format!(
+            "INSERT INTO {table} \
+             SELECT 'payment-service', gen_random_uuid(), now() - interval '8 days' \
+             FROM generate_series(1, 12000)"
+        ))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    let recent = Uuid::new_v4();
+    store.record("payment-service", recent).await.unwrap();
+
+    let report = store.prune(DEFAULT_RETENTION).await.unwrap();
+    assert_eq!(
+        (report.inbox, report.saga_inbox),
+        (12_000, 12_000),
+        "{report:?}"
+    );
+    assert_eq!(count(&store, "inbox").await, 1, "the recent row stays");
+    assert!(store.contains("payment-service", recent).await.unwrap());
+    assert_eq!(count(&store, "saga_inbox").await, 0);
+    common::drop_schema(&store).await;
+}

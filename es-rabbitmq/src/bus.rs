@@ -652,7 +652,12 @@ impl AmqpEventBus {
 
     /// A channel on which `consumer`'s dead-letter queue exists, or `None` when it does not
     /// (the consumer never subscribed).
-    async fn dead_letter_channel(&self, consumer: &str) -> Result<Option<(Channel, String)>> {
+    /// Opens a channel on `consumer`'s dead-letter queue, with the number of messages it holds
+    /// now; `None` when the queue does not exist.
+    async fn dead_letter_channel(
+        &self,
+        consumer: &str,
+    ) -> Result<Option<(Channel, String, usize)>> {
         let channel = self.inner.connector.confirm_channel().await?;
         let queue = self.inner.config.topology.dead_letter_queue(consumer);
         let passive = QueueDeclareOptions {
@@ -663,7 +668,10 @@ impl AmqpEventBus {
             .queue_declare(&queue, passive, FieldTable::default())
             .await
         {
-            Ok(_) => Ok(Some((channel, queue))),
+            Ok(declared) => {
+                let held = usize::try_from(declared.message_count()).unwrap_or(usize::MAX);
+                Ok(Some((channel, queue, held)))
+            }
             // The broker closed the channel with the 404; nothing to clean up.
             Err(error) if is_not_found(&error) => Ok(None),
             Err(error) => Err(amqp_error(error)),
@@ -679,7 +687,7 @@ impl DeadLetterQueue for AmqpEventBus {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let Some((channel, queue)) = self.dead_letter_channel(consumer).await? else {
+        let Some((channel, queue, _)) = self.dead_letter_channel(consumer).await? else {
             return Ok(Vec::new());
         };
         let mut letters = Vec::new();
@@ -704,10 +712,13 @@ impl DeadLetterQueue for AmqpEventBus {
     /// bookkeeping, so it gets a fresh set of attempts), and acks it on the dead-letter queue
     /// only after the broker confirmed the copy.
     async fn requeue_dead_letters(&self, consumer: &str, limit: usize) -> Result<usize> {
-        let Some((channel, queue)) = self.dead_letter_channel(consumer).await? else {
+        let Some((channel, queue, held)) = self.dead_letter_channel(consumer).await? else {
             return Ok(0);
         };
         let work_queue = self.inner.config.topology.queue(consumer);
+        // Only what the queue held when the call started: a handler that still fails sends the
+        // requeued messages straight back, and fetching "until empty" would never end.
+        let limit = limit.min(held);
         let mut moved = 0;
         while moved < limit {
             let Some(message) = channel
@@ -732,7 +743,7 @@ impl DeadLetterQueue for AmqpEventBus {
     }
 
     async fn purge_dead_letters(&self, consumer: &str) -> Result<usize> {
-        let Some((channel, queue)) = self.dead_letter_channel(consumer).await? else {
+        let Some((channel, queue, _)) = self.dead_letter_channel(consumer).await? else {
             return Ok(0);
         };
         let purged = channel

@@ -624,3 +624,57 @@ async fn a_background_consumer_waits_for_the_broker_and_stops_on_request() {
     handle.stop().await;
     common::cleanup(&bus, &[&consumer]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_without_a_limit_stops_at_what_the_dead_letter_queue_held_at_the_start() {
+    // A handler that rejects everything sends each requeued message straight back to the
+    // dead-letter queue, within milliseconds: a requeue that drains "until empty" never ends.
+    struct AlwaysReject(std::sync::atomic::AtomicUsize);
+    #[async_trait::async_trait]
+    impl es_core::MessageHandler for AlwaysReject {
+        async fn handle(
+            &self,
+            _message: &es_core::RecordedEvent,
+        ) -> Result<(), es_core::HandlerError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(es_core::HandlerError::reject("never going to work"))
+        }
+    }
+    let bus = common::connect(common::config("requeue")).await;
+    let category = common::category();
+    let consumer = common::unique("requeue");
+    let handler = Arc::new(AlwaysReject(Default::default()));
+    let handle = bus
+        .subscribe(
+            Subscription::new(&consumer, [format!("{category}.placed")]),
+            handler.clone(),
+        )
+        .await
+        .unwrap();
+    let events: Vec<_> = (0..3)
+        .map(|n| common::event(&category, "Placed", n))
+        .collect();
+    bus.publish(&events).await.unwrap();
+    let all_dead = common::eventually(Duration::from_secs(10), || async {
+        bus.dead_letters(&consumer, 10).await.unwrap().len() == 3
+    })
+    .await;
+    assert!(all_dead, "the rejected messages are dead letters");
+
+    let moved = tokio::time::timeout(
+        Duration::from_secs(10),
+        bus.requeue_dead_letters(&consumer, usize::MAX),
+    )
+    .await
+    .expect("requeue returns: it moves what was there, not what comes back");
+    let moved = moved.unwrap();
+    assert_eq!(moved, 3, "each dead letter is requeued once");
+    handle.stop().await;
+    // Three first deliveries plus one per requeued message; the handler ran no more than that.
+    assert!(
+        handler.0.load(std::sync::atomic::Ordering::SeqCst) <= 6,
+        "handled {} times",
+        handler.0.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    common::cleanup(&bus, &[&consumer]).await;
+}

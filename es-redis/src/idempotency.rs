@@ -76,14 +76,6 @@ return 1
     )
 });
 
-fn ownership(held: i64) -> Ownership {
-    if held == 1 {
-        Ownership::Held
-    } else {
-        Ownership::Lost
-    }
-}
-
 /// An [`IdempotencyStore`] on Redis.
 ///
 /// Each idempotency key is one Redis hash (the claiming request's fingerprint, its holder's
@@ -184,7 +176,7 @@ impl IdempotencyStore for RedisIdempotencyStore {
                     .await
             })
             .await?;
-        Ok(ownership(held))
+        Ok(Ownership::from(held == 1))
     }
 
     async fn complete(
@@ -207,7 +199,7 @@ impl IdempotencyStore for RedisIdempotencyStore {
                     .await
             })
             .await?;
-        Ok(ownership(held))
+        Ok(Ownership::from(held == 1))
     }
 
     async fn release(&self, key: &str, token: &ClaimToken) -> Result<Ownership> {
@@ -222,6 +214,6 @@ impl IdempotencyStore for RedisIdempotencyStore {
                     .await
             })
             .await?;
-        Ok(ownership(held))
+        Ok(Ownership::from(held == 1))
     }
 }

@@ -125,6 +125,9 @@ pub struct Settings {
     /// redelivered after that is handled again.
     #[arg(long, env = "RETENTION", default_value = "7d", value_parser = parse_duration, global = true)]
     pub retention: Duration,
+    /// How often each process prunes what is older than the retention (`1h`, `10m`).
+    #[arg(long, env = "HOUSEKEEPING_INTERVAL", default_value = "1h", value_parser = parse_duration, global = true)]
+    pub housekeeping_interval: Duration,
     /// Prefixed to every Redis key.
     #[arg(
         long,
@@ -171,6 +174,7 @@ impl Default for Settings {
             redis_prefix: "order-processing:".into(),
             log_format: LogFormat::Text,
             retention: es_core::housekeeping::DEFAULT_RETENTION,
+            housekeeping_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -289,5 +293,15 @@ mod tests {
         assert_eq!(none.settings.retention, Settings::default().retention);
         let retention = Cli::try_parse_from(["order-processing", "--retention", "36h"]).unwrap();
         assert_eq!(retention.settings.retention, Duration::from_secs(36 * 3600));
+        assert_eq!(
+            none.settings.housekeeping_interval,
+            Duration::from_secs(3600)
+        );
+        let interval =
+            Cli::try_parse_from(["order-processing", "--housekeeping-interval", "10m"]).unwrap();
+        assert_eq!(
+            interval.settings.housekeeping_interval,
+            Duration::from_secs(600)
+        );
     }
 }

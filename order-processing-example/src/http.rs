@@ -392,9 +392,6 @@ pub fn finish_router(
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::map_response(problem_for_bare_errors))
-        // Outside the timeout and the problem mapping: it sees the status the client gets.
-        .layer(axum::middleware::from_fn(crate::telemetry::track))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
@@ -573,7 +570,10 @@ pub async fn serve(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
-        .layer(axum::middleware::map_response(problem_for_bare_errors));
+        .layer(axum::middleware::map_response(problem_for_bare_errors))
+        // Outside the timeout and the problem mapping, so that it sees the status the client
+        // gets: inside, a timeout drops it unfinished and the 408 is never counted.
+        .layer(axum::middleware::from_fn(crate::telemetry::track));
     let max = limits
         .max_connections
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));

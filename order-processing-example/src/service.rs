@@ -71,9 +71,6 @@ impl ServiceKind {
 /// within about this (at once from one that stopped), and renewals go every third of it.
 const RELAY_LEASE_TTL: Duration = Duration::from_secs(5);
 
-/// How often old inbox entries, finished sagas and expired keys are pruned.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(3600);
-
 /// Background work of one service.
 #[derive(Debug, Default)]
 pub(crate) struct Background {
@@ -311,14 +308,14 @@ async fn serve(
     let stop = Shutdown::new();
     let mut running = Vec::new();
     // One pruning loop per process; running it in several processes at once is harmless.
-    let (housekeeping, retention, wait) = (
+    let (housekeeping, retention, interval, wait) = (
         backends.housekeeping.clone(),
         settings.retention,
+        settings.housekeeping_interval,
         stop.wait(),
     );
     running.push(tokio::spawn(async move {
-        es_core::housekeeping::prune_every(&*housekeeping, retention, HOUSEKEEPING_INTERVAL, wait)
-            .await
+        es_core::housekeeping::prune_every(&*housekeeping, retention, interval, wait).await
     }));
     for (service, listener) in services.into_iter().zip(listeners) {
         let name = service.kind().name();

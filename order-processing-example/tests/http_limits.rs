@@ -87,6 +87,8 @@ async fn a_client_stalling_in_its_request_head_is_disconnected_while_others_are_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_body_stalls_is_answered_408_problem_json() {
+    // As `main` does: the recorder must be in place before the request is counted.
+    order_processing_example::telemetry::install();
     let served = inventory_within(ServeLimits {
         request_timeout: Duration::from_millis(500),
         ..ServeLimits::default()
@@ -104,6 +106,21 @@ async fn a_request_whose_body_stalls_is_answered_408_problem_json() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("application/problem+json"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(3));
+    // The timed-out request is counted like any other answer.
+    let metrics = common::client()
+        .get(format!("http://{}/metrics", served.address))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics");
+    let timed_out = metrics.lines().find(|line| {
+        line.starts_with("http_requests_total{")
+            && line.contains("route=\"/api/inventory/products/{product_id}\"")
+            && line.contains("status=\"408\"")
+    });
+    assert!(timed_out.is_some(), "no 408 in {metrics}");
     served.shutdown.trigger();
     served.server.await.expect("join").expect("serve");
 }

@@ -43,14 +43,6 @@ fn own<'a>(
         .filter(|e| e.expires > now && &e.owner == token)
 }
 
-fn held(held: bool) -> Ownership {
-    if held {
-        Ownership::Held
-    } else {
-        Ownership::Lost
-    }
-}
-
 #[async_trait]
 impl IdempotencyStore for MemoryIdempotencyStore {
     async fn claim(&self, key: &str, fingerprint: &str, lease: Duration) -> Result<Claim> {
@@ -87,7 +79,9 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         // A completed key keeps its response's TTL.
         let entry = own(&mut entries, key, token, now).filter(|e| e.response.is_none());
-        Ok(held(entry.map(|e| e.expires = now + lease).is_some()))
+        Ok(Ownership::from(
+            entry.map(|e| e.expires = now + lease).is_some(),
+        ))
     }
 
     async fn complete(

@@ -468,7 +468,8 @@ impl SagaStore for MemoryEventStore {
             .filter(|d| d.saga == saga && d.due_at <= now && d.retry_at.is_none_or(|r| r <= now))
             .cloned()
             .collect();
-        due.sort_by_key(|d| (d.due_at, d.id));
+        // By when the next attempt is due, as the PostgreSQL store orders them.
+        due.sort_by_key(|d| (d.retry_at.unwrap_or(d.due_at), d.id));
         due.truncate(limit);
         Ok(due)
     }
