@@ -436,7 +436,9 @@ impl PgEventStore {
         let mut inline = self.inline_projections();
         inline.retain(|projection| {
             let filter = projection.filter();
-            appends.iter().any(|append| filter.matches(&append.stream_id))
+            appends
+                .iter()
+                .any(|append| filter.matches(&append.stream_id))
         });
         inline
     }
