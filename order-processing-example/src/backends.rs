@@ -365,6 +365,66 @@ pub fn redact(url: &str) -> String {
     parsed.to_string()
 }
 
+/// Real backends for the handlers' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::future::Future;
+    use std::time::Duration;
+
+    use super::Backends;
+    use crate::config::Settings;
+
+    /// Runs `test` on PostgreSQL (`DATABASE_URL`, else the standard local port) in a schema of
+    /// its own, then drops that schema and its read models' generation schemas, and re-raises
+    /// a panic of the test after the cleanup.
+    pub(crate) async fn on_postgres<F, Fut>(test: F)
+    where
+        F: FnOnce(Backends) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+        let schema = format!(
+            "op_unit_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let settings = Settings {
+            database_url: Some(url.clone()),
+            database_schema: schema.clone(),
+            database_max_connections: 4,
+            ..Settings::default()
+        };
+        let give_up = tokio::time::sleep(Duration::from_secs(45));
+        let backends = Backends::from_settings_until(&settings, give_up)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: start PostgreSQL or set DATABASE_URL (now {url})"));
+        let outcome = tokio::spawn(test(backends)).await;
+        let pool = sqlx::PgPool::connect(&url)
+            .await
+            .expect("connect to drop the schema");
+        let generations: Vec<String> = sqlx::query_scalar(
+            "SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)",
+        )
+        .bind(format!("{schema}_rm_"))
+        .fetch_all(&pool)
+        .await
+        .expect("list the read models' schemas");
+        for name in generations
+            .iter()
+            .map(String::as_str)
+            .chain([schema.as_str()])
+        {
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                .execute(&pool)
+                .await
+                .expect("drop the schema");
+        }
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic.into_panic());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -521,34 +521,14 @@ mod tests {
     /// its own, dropped after).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn on_postgres_a_cancellation_racing_the_charge_leaves_no_charge_standing() {
-        let url = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
-        let schema = format!("op_unit_{}", &Uuid::new_v4().simple().to_string()[..12]);
-        let settings = Settings {
-            database_url: Some(url.clone()),
-            database_schema: schema.clone(),
-            database_max_connections: 4,
-            ..Settings::default()
-        };
-        let give_up = tokio::time::sleep(std::time::Duration::from_secs(45));
-        let backends = Backends::from_settings_until(&settings, give_up)
-            .await
-            .unwrap_or_else(|e| panic!("{e}: start PostgreSQL or set DATABASE_URL (now {url})"));
-        let payment = PaymentHandler {
-            payments: Repository::new(backends.store.clone()),
-            ..handler()
-        };
-        let raced = tokio::spawn(cancellations_race_charges(Arc::new(payment))).await;
-        let pool = sqlx::PgPool::connect(&url)
-            .await
-            .expect("connect to drop the schema");
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-            .execute(&pool)
-            .await
-            .expect("drop the schema");
-        if let Err(panic) = raced {
-            std::panic::resume_unwind(panic.into_panic());
-        }
+        crate::backends::testing::on_postgres(|backends| {
+            let payment = PaymentHandler {
+                payments: Repository::new(backends.store.clone()),
+                ..handler()
+            };
+            cancellations_race_charges(Arc::new(payment))
+        })
+        .await;
     }
 
     async fn cancellations_race_charges(payment: Arc<PaymentHandler>) {
