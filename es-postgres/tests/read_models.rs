@@ -239,6 +239,22 @@ impl Stop {
 }
 
 /// What readers see through the view: (events, sum, version of the generation).
+/// Calls `step` until it answers `true`, for at most 30 s.
+async fn caught_up<F, Fut>(mut step: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !step().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not caught up within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn read_totals(store: &PgEventStore) -> (i64, i64, i32) {
     sqlx::query_as("SELECT events, sum, version FROM totals")
         .fetch_one(store.pool())
@@ -280,7 +296,12 @@ async fn a_new_version_rebuilds_beside_the_old_while_events_flow_and_readers_swi
                 .await
         }
     });
-    v1.catch_up(&Numbers::version(1)).await.unwrap();
+    let first = Numbers::version(1);
+    caught_up(|| async {
+        v1.catch_up(&first).await.unwrap();
+        read_totals(&store).await.0 == 1500
+    })
+    .await;
     assert_eq!(read_totals(&store).await, (1500, triangle(1500), 1));
 
     // Events keep flowing, one writer, so every consistent read is a prefix 1..=k.
@@ -342,7 +363,12 @@ async fn a_new_version_rebuilds_beside_the_old_while_events_flow_and_readers_swi
     }
     assert!(saw_building, "the rebuild ran beside the active generation");
     writer.await.unwrap();
-    v2.catch_up(&Numbers::version(2)).await.unwrap();
+    let last = Numbers::version(2);
+    caught_up(|| async {
+        v2.catch_up(&last).await.unwrap();
+        read_totals(&store).await == (2100, triangle(2100), 2)
+    })
+    .await;
     stop.cancel();
     let reads = reader.await.unwrap();
     assert!(
@@ -398,7 +424,12 @@ async fn two_runners_of_one_read_model_share_its_tables_without_double_counting(
     for r in runners {
         r.await.unwrap();
     }
-    runner.catch_up(&Numbers::version(1)).await.unwrap();
+    let last = Numbers::version(1);
+    caught_up(|| async {
+        runner.catch_up(&last).await.unwrap();
+        read_totals(&store).await.0 >= 600
+    })
+    .await;
     assert_eq!(read_totals(&store).await, (600, triangle(600), 1));
     drop_all(&store).await;
 }
@@ -430,7 +461,11 @@ async fn a_read_model_killed_mid_batch_resumes_after_its_checkpoint_without_doub
     assert_eq!(read_totals(&store).await, (200, triangle(200), 1));
 
     let restarted = Numbers::version(1);
-    runner.catch_up(&restarted).await.unwrap();
+    caught_up(|| async {
+        runner.catch_up(&restarted).await.unwrap();
+        read_totals(&store).await.0 == 300
+    })
+    .await;
     assert_eq!(read_totals(&store).await, (300, triangle(300), 1));
     assert_eq!(
         restarted.applied.load(Ordering::SeqCst),
@@ -446,7 +481,14 @@ async fn an_operator_rebuild_makes_a_new_generation_and_an_unknown_name_is_refus
     let store = common::store("oprebuild").await;
     append_numbers(&store, 1, 40, 10).await;
     let runner = PgReadModelRunner::new(store.clone()).with_batch_size(15);
-    runner.catch_up(&Numbers::version(1)).await.unwrap();
+    // `catch_up` stops at what is visible: a transaction of a test running beside this one can
+    // hold the visibility horizon back for a moment. Step until all 40 are in.
+    let first = Numbers::version(1);
+    caught_up(|| async {
+        runner.catch_up(&first).await.unwrap();
+        read_totals(&store).await.0 == 40
+    })
+    .await;
     store.rebuild("numbers").await.unwrap();
     store.rebuild("numbers").await.unwrap();
     let status = store.status().await.unwrap();
@@ -460,7 +502,12 @@ async fn an_operator_rebuild_makes_a_new_generation_and_an_unknown_name_is_refus
         (2, ProjectionPhase::Building, 1)
     );
     let rebuilt = Numbers::version(1);
-    runner.catch_up(&rebuilt).await.unwrap();
+    caught_up(|| async {
+        runner.catch_up(&rebuilt).await.unwrap();
+        let status = store.status().await.unwrap();
+        status.len() == 1 && status[0].generation == 2
+    })
+    .await;
     assert_eq!(
         rebuilt.applied.load(Ordering::SeqCst),
         40,

@@ -61,13 +61,18 @@ fn assert_consistent(report: &LoadTestReport) {
     );
     assert!(report.slowest_stage.is_some());
     // The services' /metrics name where the handling time went: every order went through
-    // the inventory consumer at least.
-    let inventory = report
-        .consumers
-        .iter()
-        .find(|t| t.consumer.ends_with("inventory-service"))
-        .unwrap_or_else(|| panic!("{:?}", report.consumers));
-    assert!(inventory.attempts >= c.placed as u64, "{inventory:?}");
+    // the inventory consumer at least. The recorder is the test process's, shared with the
+    // systems of the tests running beside this one (their consumers have other prefixes), so
+    // one of the inventory consumers listed is this system's.
+    assert!(
+        report
+            .consumers
+            .iter()
+            .filter(|t| t.consumer.ends_with("inventory-service"))
+            .any(|inventory| inventory.attempts >= c.placed as u64),
+        "{:?}",
+        report.consumers
+    );
     assert_eq!(
         report.slowest_consumer.as_deref(),
         Some(report.consumers[0].consumer.as_str())
