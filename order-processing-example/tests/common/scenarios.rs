@@ -702,12 +702,15 @@ pub async fn every_service_serves_health_openapi_and_scalar(backend: Backend) {
     system.stop().await;
 }
 
-/// The value of the first sample of `name` whose labels hold every one of `labels`.
+/// The largest sample of `name` whose labels hold every one of `labels`.
 fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     text.lines()
         .filter(|line| line.starts_with(&format!("{name}{{")))
         .filter(|line| labels.iter().all(|label| line.contains(label)))
-        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        // The recorder is the test process's: systems of the tests running beside this one
+        // record series of the same names (their consumers under other prefixes).
+        .reduce(f64::max)
 }
 
 pub async fn every_service_serves_metrics(backend: Backend) {
@@ -769,13 +772,11 @@ pub async fn every_service_serves_metrics(backend: Backend) {
     );
     assert!(order.contains("es_relay_lag_seconds{relay="), "{order}");
     if backend == Backend::Real {
+        // An order's appends commit with its listing rows (an inline projection), so they
+        // take the transaction path: commits, not single-statement appends.
+        let timed = |name| sample(order, name, &["backend=\"postgres\""]).unwrap_or(0.0);
         assert!(
-            sample(
-                order,
-                "es_store_append_seconds_count",
-                &["backend=\"postgres\""]
-            )
-            .is_some_and(|n| n >= 1.0),
+            timed("es_store_commit_seconds_count") + timed("es_store_append_seconds_count") >= 1.0,
             "{order}"
         );
         assert!(
