@@ -50,13 +50,16 @@ fn spawn(relay: Relay) -> (oneshot::Sender<()>, JoinHandle<()>) {
     (stop, task)
 }
 
-/// A memory bus behind a faulty one, and a consumer of everything in `category`.
+/// A memory bus behind a faulty one, and a consumer of everything in `category` that handles
+/// one message at a time.
 async fn buses(category: &str) -> (Arc<FaultyBus>, Arc<RecordingHandler>) {
     let memory = MemoryEventBus::new();
     let consumer = RecordingHandler::new();
     let _handle = memory
         .subscribe(
-            Subscription::new(unique_category("consumer"), [format!("{category}.#")]),
+            // One message at a time, so that the order handled is the order published.
+            Subscription::new(unique_category("consumer"), [format!("{category}.#")])
+                .with_prefetch(1),
             consumer.clone(),
         )
         .await
