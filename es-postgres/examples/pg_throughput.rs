@@ -1,5 +1,5 @@
 //! Append and read throughput of `PgEventStore` beside raw sqlx doing the same inserts and
-//! reads, in the same run. `cargo run -p es-postgres --release --example throughput`
+//! reads, in the same run. `cargo run -p es-postgres --release --example pg_throughput`
 //! (uses `DATABASE_URL`, default the local server; works in a scratch schema it drops;
 //! `NOTIFY=0` turns the store's after-commit notification off).
 

@@ -3,7 +3,7 @@
 //! `RedisCache`, plus idempotency claims.
 //!
 //! ```text
-//! cargo run -p es-redis --release --example throughput   # REDIS_URL to point elsewhere
+//! cargo run -p es-redis --release --example redis_throughput   # REDIS_URL to point elsewhere
 //! ```
 
 use std::time::{Duration, Instant};
