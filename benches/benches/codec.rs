@@ -52,7 +52,7 @@ fn memory_store(c: &mut Criterion) {
         )
     });
     let store = MemoryEventStore::new();
-    let repo = Repository::<OrderBook>::new(Arc::new(store));
+    let repo = Repository::<OrderBook>::new(store);
     runtime
         .block_on(repo.execute("r", PlaceOrders(10_000), Metadata::default()))
         .expect("seed");

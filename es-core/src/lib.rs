@@ -22,6 +22,7 @@ pub mod projection;
 pub mod relay;
 mod repository;
 pub mod saga;
+mod shared;
 mod snapshot;
 mod store;
 mod stream;
@@ -46,7 +47,7 @@ pub use projection::{
     InlineProjection, Projection, ProjectionAdmin, ProjectionInfo, ProjectionPhase,
     ProjectionRunner, Typed, TypedDecoder, TypedProjection,
 };
-pub use relay::{ParkedEvent, ParkedEventStore, Relay};
+pub use relay::{ParkedEvent, ParkedEventStore, Relay, RelayBuilder};
 pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, Repository};
 pub use saga::{CommandDispatcher, DispatchError, Saga, SagaDecision, SagaRunner, SagaStore};
 pub use snapshot::{Snapshot, SnapshotStore};

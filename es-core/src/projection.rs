@@ -52,7 +52,7 @@ use crate::telemetry::ProjectionMetrics;
 /// store.append(&stream, ExpectedVersion::Any, vec![NewEvent::raw("Placed", "{}"), NewEvent::raw("Paid", "{}")]).await?;
 ///
 /// let sizes = Arc::new(OrderSizes::default());
-/// let runner = ProjectionRunner::new(Arc::new(store.clone()), Arc::new(store.clone()));
+/// let runner = ProjectionRunner::new(store.clone(), store.clone());
 /// runner.catch_up(&*sizes).await?; // or `runner.spawn(sizes.clone())` to follow live
 /// assert_eq!(sizes.0.lock().unwrap()["7"], 2);
 /// # Ok(()) }
@@ -123,7 +123,7 @@ pub trait InlineProjection: Send + Sync {
 /// ]).await?;
 ///
 /// let revenue = Arc::new(Typed::new(Revenue::default()));
-/// ProjectionRunner::new(Arc::new(store.clone()), Arc::new(store)).catch_up(&*revenue).await?;
+/// ProjectionRunner::new(store.clone(), store).catch_up(&*revenue).await?;
 /// assert_eq!(revenue.read().total, 5);
 /// # Ok(()) }
 /// ```
@@ -399,11 +399,15 @@ impl ProjectionHandle {
 }
 
 impl ProjectionRunner {
-    /// A runner reading from `store` and saving checkpoints to `checkpoints`.
-    pub fn new(store: Arc<dyn EventStore>, checkpoints: Arc<dyn CheckpointStore>) -> Self {
+    /// A runner reading from `store` and saving checkpoints to `checkpoints` (often the same
+    /// backend, passed twice: `ProjectionRunner::new(store.clone(), store.clone())`).
+    pub fn new(
+        store: impl EventStore + 'static,
+        checkpoints: impl CheckpointStore + 'static,
+    ) -> Self {
         ProjectionRunner {
-            store,
-            checkpoints,
+            store: crate::shared::event_store(store),
+            checkpoints: crate::shared::checkpoint_store(checkpoints),
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
         }

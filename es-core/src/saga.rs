@@ -83,7 +83,7 @@ use crate::repository::CommandError;
 ///
 /// let store = MemoryEventStore::new(); // keeps saga state and deadlines too
 /// let sent = Arc::new(Sent::default());
-/// let runner = SagaRunner::<Checkout>::new(Arc::new(store.clone()), sent.clone(), Duration::zero());
+/// let runner = SagaRunner::<Checkout>::new(store.clone(), sent.clone(), Duration::zero());
 ///
 /// let stream = StreamId::new("order-1")?;
 /// let placed = NewEvent::from_domain(&Flow::OrderPlaced { order: "1".into() }, Metadata::new_correlation())?;
@@ -450,14 +450,17 @@ impl<S: Saga> fmt::Debug for SagaRunner<S> {
 
 impl<S: Saga> SagaRunner<S> {
     /// A runner keeping state in `store` and sending commands through `dispatcher`.
+    ///
+    /// Both by value: a backend store (`MemoryEventStore`, `PgEventStore`) is a cheap handle,
+    /// and a dispatcher may be given as an `Arc` to keep a handle on it.
     pub fn new(
-        store: Arc<dyn SagaStore>,
-        dispatcher: Arc<dyn CommandDispatcher<S::Command>>,
+        store: impl SagaStore + 'static,
+        dispatcher: impl CommandDispatcher<S::Command> + 'static,
         config: S::Config,
     ) -> Self {
         SagaRunner {
-            store,
-            dispatcher,
+            store: crate::shared::saga_store(store),
+            dispatcher: Arc::new(dispatcher),
             config: Arc::new(config),
             max_retries: 16,
             deadline_retry: RetryPolicy {

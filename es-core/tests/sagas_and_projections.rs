@@ -124,7 +124,7 @@ async fn a_deadline_fires_once_even_across_a_restart() {
     let store = MemoryEventStore::new();
     let dispatched = Arc::new(Dispatched::default());
     let runner =
-        SagaRunner::<Checkout>::new(Arc::new(store.clone()), dispatched.clone(), Duration::ZERO);
+        SagaRunner::<Checkout>::new(store.clone(), dispatched.clone(), Duration::ZERO);
     let meta = Metadata::new_correlation();
     let started = record(&store, Flow::Started { id: "o1".into() }, meta.clone()).await;
     assert_eq!(
@@ -135,7 +135,7 @@ async fn a_deadline_fires_once_even_across_a_restart() {
 
     // A "restarted" runner (new instance, same store) and the old one both try to fire.
     let restarted =
-        SagaRunner::<Checkout>::new(Arc::new(store.clone()), dispatched.clone(), Duration::ZERO);
+        SagaRunner::<Checkout>::new(store.clone(), dispatched.clone(), Duration::ZERO);
     let now = Utc::now() + chrono::Duration::seconds(1);
     let fired = restarted.fire_due(now).await.unwrap() + runner.fire_due(now).await.unwrap();
     assert_eq!(fired, 1, "the deadline fires once");
@@ -160,7 +160,7 @@ async fn a_redelivered_event_is_not_handled_twice_and_cancels_its_deadline() {
     let store = MemoryEventStore::new();
     let dispatched = Arc::new(Dispatched::default());
     let runner = SagaRunner::<Checkout>::new(
-        Arc::new(store.clone()),
+        store.clone(),
         dispatched.clone(),
         Duration::from_secs(3600),
     );
@@ -201,8 +201,8 @@ async fn a_redelivered_event_is_not_handled_twice_and_cancels_its_deadline() {
 async fn events_the_saga_does_not_know_are_ignored() {
     let store = MemoryEventStore::new();
     let runner = SagaRunner::<Checkout>::new(
-        Arc::new(store.clone()),
-        Arc::new(Dispatched::default()),
+        store.clone(),
+        Dispatched::default(),
         Duration::ZERO,
     );
     let stream = StreamId::new("other-1").unwrap();
@@ -294,7 +294,7 @@ async fn a_projection_resumes_from_its_checkpoint() {
         )
         .await;
     }
-    let runner = ProjectionRunner::new(Arc::new(store.clone()), Arc::new(store.clone()));
+    let runner = ProjectionRunner::new(store.clone(), store.clone());
     let first = Counter::default();
     let checkpoint = runner.catch_up(&first).await.unwrap();
     assert_eq!(first.seen.lock().unwrap().len(), 5);
@@ -385,13 +385,12 @@ async fn the_relay_publishes_every_committed_event_once_and_resumes_from_its_che
         )
         .await;
     }
-    let relay = Relay::new(
-        "relay",
-        Arc::new(store.clone()),
-        Arc::new(bus.clone()),
-        Arc::new(store.clone()),
-    )
-    .with_batch_size(3);
+    let relay = Relay::builder("relay")
+        .store(store.clone())
+        .bus(bus.clone())
+        .checkpoints(store.clone())
+        .batch_size(3)
+        .build();
     assert_eq!(relay.relay_available().await.unwrap(), 10);
     assert_eq!(
         relay.relay_available().await.unwrap(),

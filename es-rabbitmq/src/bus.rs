@@ -129,14 +129,18 @@ impl AmqpEventBus {
     }
 
     /// The outbox [`Relay`] from `store` onto this bus, its checkpoint saved in `checkpoints`
-    /// under `name`.
+    /// under `name`: [`Relay::builder`] with the bus given, for the common case.
     pub fn relay(
         &self,
         name: impl Into<String>,
-        store: Arc<dyn EventStore>,
-        checkpoints: Arc<dyn CheckpointStore>,
+        store: impl EventStore + 'static,
+        checkpoints: impl CheckpointStore + 'static,
     ) -> Relay {
-        Relay::new(name, store, Arc::new(self.clone()), checkpoints)
+        Relay::builder(name)
+            .store(store)
+            .bus(self.clone())
+            .checkpoints(checkpoints)
+            .build()
     }
 }
 

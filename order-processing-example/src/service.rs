@@ -110,15 +110,14 @@ impl Background {
     /// Relays the streams of `category` from the store to the bus, while this instance holds
     /// the relay's lease (the other instances of the service stand by).
     pub(crate) fn relay(&mut self, backends: &Backends, category: &str) {
-        let relay = Relay::new(
-            format!("relay-{category}"),
-            backends.store.clone(),
-            backends.bus.clone(),
-            backends.checkpoints.clone(),
-        )
-        .with_filter(StreamFilter::category(category))
-        .with_parked_events(backends.parked.clone())
-        .with_lease(backends.leases.clone(), RELAY_LEASE_TTL);
+        let relay = Relay::builder(format!("relay-{category}"))
+            .store(backends.store.clone())
+            .bus(backends.bus.clone())
+            .checkpoints(backends.checkpoints.clone())
+            .filter(StreamFilter::category(category))
+            .parked_events(backends.parked.clone())
+            .lease(backends.leases.clone(), RELAY_LEASE_TTL)
+            .build();
         let stop = self.stop.wait();
         self.relays
             .push(tokio::spawn(async move { relay.run(stop).await }));
@@ -128,7 +127,7 @@ impl Background {
     /// checkpoint lives in memory).
     pub(crate) fn project(&mut self, backends: &Backends, projection: Arc<dyn Projection>) {
         let runner =
-            ProjectionRunner::new(backends.store.clone(), Arc::new(MemoryEventStore::new()));
+            ProjectionRunner::new(backends.store.clone(), MemoryEventStore::new());
         self.projections.push(runner.spawn(projection));
     }
 
