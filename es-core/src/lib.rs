@@ -52,10 +52,10 @@ pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, R
 pub use saga::{CommandDispatcher, DispatchError, Saga, SagaDecision, SagaRunner, SagaStore};
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{
-    AppendResult, CheckpointStore, CommitOutcome, EventStore, EventSubscription, ExpectedVersion,
-    Inbox, InboxEntry, Page, ReplayedEvent, StreamAppend, UnitOfWork,
+    AppendResult, CheckpointStore, CommitOutcome, EventStore, EventSubscription, Inbox, InboxEntry,
+    Page, ReplayedEvent, StreamAppend, UnitOfWork,
 };
-pub use stream::{Position, StreamFilter, StreamId, MAX_STREAM_ID_LEN};
+pub use stream::{ExpectedVersion, Position, StreamFilter, StreamId, MAX_STREAM_ID_LEN};
 
 /// The attribute for implementing this crate's async traits (`Projection`, `EventStore`, ...),
 /// re-exported so an implementation needs no extra dependency.

@@ -12,9 +12,8 @@ use crate::aggregate_cache::{AggregateCache, AggregateCacheStats};
 use crate::error::{Error, Result};
 use crate::event::{Metadata, NewEvent};
 use crate::snapshot::{Snapshot, SnapshotStore};
-use crate::store::{
-    CommitOutcome, EventStore, ExpectedVersion, InboxEntry, ReplayedEvent, StreamAppend, UnitOfWork,
-};
+use crate::store::{CommitOutcome, EventStore, InboxEntry, ReplayedEvent, StreamAppend, UnitOfWork};
+use crate::stream::ExpectedVersion;
 use crate::stream::StreamId;
 
 /// Why a command was not carried out.

@@ -354,6 +354,18 @@ pub struct SagaChange {
     pub fired_deadline: Option<Uuid>,
 }
 
+impl SagaChange {
+    /// The conflict a store answers when the instance's stored version is `actual`, not the
+    /// change's [`expected_version`](SagaChange::expected_version).
+    pub fn conflict(&self, actual: u64) -> Error {
+        Error::Conflict {
+            stream: crate::StreamId::of_saga(&self.saga, &self.instance),
+            expected: crate::ExpectedVersion::Exact(self.expected_version),
+            actual: Some(actual),
+        }
+    }
+}
+
 /// What a [`SagaStore::save`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SagaSaved {

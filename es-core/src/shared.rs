@@ -24,10 +24,8 @@ use crate::saga::{
     CommandDispatcher, DeadlineRecord, DispatchError, SagaChange, SagaSaved, SagaState, SagaStore,
 };
 use crate::snapshot::{Snapshot, SnapshotStore};
-use crate::store::{
-    AppendResult, CheckpointStore, CommitOutcome, EventStore, EventSubscription, ExpectedVersion,
-    Page, ReplayedEvent, StreamAppend, UnitOfWork,
-};
+use crate::store::{AppendResult, CheckpointStore, CommitOutcome, EventStore, EventSubscription, Page, ReplayedEvent, StreamAppend, UnitOfWork};
+use crate::stream::ExpectedVersion;
 use crate::stream::{Position, StreamFilter, StreamId};
 
 /// Turns a backend given by value into the `Arc<dyn Trait>` a runner keeps. An

@@ -203,7 +203,8 @@ mod tests {
 
     use super::*;
     use crate::memory::MemoryEventStore;
-    use crate::store::{CommitOutcome, ExpectedVersion, UnitOfWork};
+    use crate::store::{CommitOutcome, UnitOfWork};
+    use crate::stream::ExpectedVersion;
     use crate::stream::StreamId;
     use crate::NewEvent;
 
