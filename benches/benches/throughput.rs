@@ -390,8 +390,8 @@ async fn replays(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
         });
 
         // The same load through a snapshot at the stream's end minus 100.
-        let snapshots = Repository::<OrderBook>::new(pg.store.clone())
-            .with_snapshots(pg.store.clone(), 1);
+        let snapshots =
+            Repository::<OrderBook>::new(pg.store.clone()).with_snapshots(pg.store.clone(), 1);
         let state = OrderBook {
             orders: n as u64 - 100,
             total_cents: 0,

@@ -10,6 +10,7 @@
 
 mod aggregate;
 mod aggregate_cache;
+mod backoff;
 pub mod bus;
 pub mod cache;
 mod error;
@@ -34,6 +35,7 @@ pub mod testing;
 
 pub use aggregate::Aggregate;
 pub use aggregate_cache::AggregateCacheStats;
+pub use backoff::Backoff;
 pub use bus::{DeadLetter, DeadLetterQueue, EventBus, HandlerError, MessageHandler, Subscription};
 pub use cache::{Cache, CacheExt};
 pub use error::{BoxError, Error, Result};

@@ -33,6 +33,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::bus::EventBus;
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
@@ -94,39 +95,6 @@ pub trait ParkedEventStore: Send + Sync + fmt::Debug {
 
     /// The events `relay` parked, in log order, at most `limit`.
     async fn parked(&self, relay: &str, limit: usize) -> Result<Vec<ParkedEvent>>;
-}
-
-/// Exponential backoff with full jitter: each wait is drawn at random below a ceiling that
-/// doubles after each failure, so that relays which lost the same broker do not all come back
-/// at the same instant.
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    ceiling: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            ceiling: min,
-        }
-    }
-
-    /// The next wait: at least `min`, at most the current ceiling, which then doubles.
-    fn next(&mut self) -> Duration {
-        // A v4 uuid is 122 random bits: enough randomness for a jitter, without a crate for it.
-        let random = (Uuid::new_v4().as_u128() as u64) as f64 / u64::MAX as f64;
-        let wait = self.ceiling.mul_f64(random).max(self.min);
-        self.ceiling = self.ceiling.saturating_mul(2).min(self.max);
-        wait
-    }
-
-    fn reset(&mut self) {
-        self.ceiling = self.min;
-    }
 }
 
 /// Publishes committed events from an [`EventStore`] to an [`EventBus`], at least once.
@@ -622,7 +590,7 @@ impl Relay {
             let start = match self.checkpoint().await {
                 Ok(position) => position,
                 Err(error) => {
-                    let wait = backoff.next();
+                    let wait = backoff.next_delay();
                     tracing::warn!(relay = %self.name, %error, retry_in = ?wait, "cannot load the relay checkpoint; retrying");
                     tokio::select! {
                         _ = shutdown.as_mut() => return Stopped::Shutdown,
@@ -663,7 +631,7 @@ impl Relay {
                     drop(events);
                     tracing::warn!(relay = %self.name, %error, events = batch.len(), "publishing failed; waiting for the bus without holding the log open");
                     loop {
-                        let wait = backoff.next();
+                        let wait = backoff.next_delay();
                         tokio::select! {
                             _ = shutdown.as_mut() => return Stopped::Shutdown,
                             _ = tokio::time::sleep(wait) => {}

@@ -12,7 +12,9 @@ use crate::aggregate_cache::{AggregateCache, AggregateCacheStats};
 use crate::error::{Error, Result};
 use crate::event::{Metadata, NewEvent};
 use crate::snapshot::{Snapshot, SnapshotStore};
-use crate::store::{CommitOutcome, EventStore, InboxEntry, ReplayedEvent, StreamAppend, UnitOfWork};
+use crate::store::{
+    CommitOutcome, EventStore, InboxEntry, ReplayedEvent, StreamAppend, UnitOfWork,
+};
 use crate::stream::ExpectedVersion;
 use crate::stream::StreamId;
 

@@ -24,7 +24,10 @@ use crate::saga::{
     CommandDispatcher, DeadlineRecord, DispatchError, SagaChange, SagaSaved, SagaState, SagaStore,
 };
 use crate::snapshot::{Snapshot, SnapshotStore};
-use crate::store::{AppendResult, CheckpointStore, CommitOutcome, EventStore, EventSubscription, Page, ReplayedEvent, StreamAppend, UnitOfWork};
+use crate::store::{
+    AppendResult, CheckpointStore, CommitOutcome, EventStore, EventSubscription, Page,
+    ReplayedEvent, StreamAppend, UnitOfWork,
+};
 use crate::stream::ExpectedVersion;
 use crate::stream::{Position, StreamFilter, StreamId};
 

@@ -512,9 +512,7 @@ async fn a_decision_committed_elsewhere_is_folded_and_snapshotted() {
 #[tokio::test]
 async fn a_cached_repository_keeps_snapshots_and_agrees_with_a_cold_load() {
     let store = MemoryEventStore::new();
-    let accounts = repo(&store)
-        .with_snapshots(store.clone(), 10)
-        .with_cache(4);
+    let accounts = repo(&store).with_snapshots(store.clone(), 10).with_cache(4);
     accounts
         .execute(
             "a",

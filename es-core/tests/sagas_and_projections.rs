@@ -123,8 +123,7 @@ async fn record(store: &MemoryEventStore, event: Flow, meta: Metadata) -> Record
 async fn a_deadline_fires_once_even_across_a_restart() {
     let store = MemoryEventStore::new();
     let dispatched = Arc::new(Dispatched::default());
-    let runner =
-        SagaRunner::<Checkout>::new(store.clone(), dispatched.clone(), Duration::ZERO);
+    let runner = SagaRunner::<Checkout>::new(store.clone(), dispatched.clone(), Duration::ZERO);
     let meta = Metadata::new_correlation();
     let started = record(&store, Flow::Started { id: "o1".into() }, meta.clone()).await;
     assert_eq!(
@@ -134,8 +133,7 @@ async fn a_deadline_fires_once_even_across_a_restart() {
     assert_eq!(store.deadlines_of("checkout", "o1").await.unwrap().len(), 1);
 
     // A "restarted" runner (new instance, same store) and the old one both try to fire.
-    let restarted =
-        SagaRunner::<Checkout>::new(store.clone(), dispatched.clone(), Duration::ZERO);
+    let restarted = SagaRunner::<Checkout>::new(store.clone(), dispatched.clone(), Duration::ZERO);
     let now = Utc::now() + chrono::Duration::seconds(1);
     let fired = restarted.fire_due(now).await.unwrap() + runner.fire_due(now).await.unwrap();
     assert_eq!(fired, 1, "the deadline fires once");
@@ -159,11 +157,8 @@ async fn a_deadline_fires_once_even_across_a_restart() {
 async fn a_redelivered_event_is_not_handled_twice_and_cancels_its_deadline() {
     let store = MemoryEventStore::new();
     let dispatched = Arc::new(Dispatched::default());
-    let runner = SagaRunner::<Checkout>::new(
-        store.clone(),
-        dispatched.clone(),
-        Duration::from_secs(3600),
-    );
+    let runner =
+        SagaRunner::<Checkout>::new(store.clone(), dispatched.clone(), Duration::from_secs(3600));
     let meta = Metadata::new_correlation();
     let started = record(&store, Flow::Started { id: "o2".into() }, meta.clone()).await;
     let paid = record(&store, Flow::Paid { id: "o2".into() }, meta).await;
@@ -200,11 +195,7 @@ async fn a_redelivered_event_is_not_handled_twice_and_cancels_its_deadline() {
 #[tokio::test]
 async fn events_the_saga_does_not_know_are_ignored() {
     let store = MemoryEventStore::new();
-    let runner = SagaRunner::<Checkout>::new(
-        store.clone(),
-        Dispatched::default(),
-        Duration::ZERO,
-    );
+    let runner = SagaRunner::<Checkout>::new(store.clone(), Dispatched::default(), Duration::ZERO);
     let stream = StreamId::new("other-1").unwrap();
     store
         .append(

@@ -169,7 +169,7 @@ async fn memory_read_models_follow_the_log_and_a_new_version_takes_over_whole() 
 
     let store = MemoryEventStore::new();
     append(&store, "tab-1", "Charged", r#"{"cents":5}"#).await;
-    let models = MemoryReadModels::new(Arc::new(store.clone()));
+    let models = MemoryReadModels::new(store.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let v1 = Arc::new(Typed::new(Totals::default()));
     let running = tokio::spawn({

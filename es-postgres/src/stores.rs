@@ -6,8 +6,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use es_core::saga::{DeadlineRecord, SagaChange, SagaSaved, SagaState, SagaStore};
 use es_core::{
-    CheckpointStore, Error, Inbox, Metadata, ParkedEvent, ParkedEventStore,
-    Position, Result, Snapshot, SnapshotStore, StreamId,
+    CheckpointStore, Error, Inbox, Metadata, ParkedEvent, ParkedEventStore, Position, Result,
+    Snapshot, SnapshotStore, StreamId,
 };
 use uuid::Uuid;
 

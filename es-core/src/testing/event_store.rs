@@ -6,7 +6,9 @@ use futures_util::StreamExt;
 
 use super::{sample_event, unique_category};
 use crate::error::Error;
-use crate::store::{CommitOutcome, EventStore, InboxEntry, ReplayedEvent, StreamAppend, UnitOfWork};
+use crate::store::{
+    CommitOutcome, EventStore, InboxEntry, ReplayedEvent, StreamAppend, UnitOfWork,
+};
 use crate::stream::ExpectedVersion;
 use crate::stream::{Position, StreamFilter, StreamId};
 

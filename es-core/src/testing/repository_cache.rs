@@ -8,7 +8,9 @@ use crate::aggregate::Aggregate;
 use crate::error::Result;
 use crate::event::{DomainEvent, Metadata, NewEvent, RecordedEvent};
 use crate::repository::Repository;
-use crate::store::{AppendResult, CommitOutcome, EventStore, EventSubscription, ReplayedEvent, UnitOfWork};
+use crate::store::{
+    AppendResult, CommitOutcome, EventStore, EventSubscription, ReplayedEvent, UnitOfWork,
+};
 use crate::stream::ExpectedVersion;
 use crate::stream::{Position, StreamFilter, StreamId};
 
