@@ -18,9 +18,9 @@ use crate::store::{
 use crate::stream::ExpectedVersion;
 use crate::stream::StreamId;
 
-/// Why a command was not carried out.
+/// Why a command was not carried out: the aggregate said no, or the store failed. These are
+/// the only two answers (the enum is exhaustive), so a `match` needs no wildcard arm.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum CommandError<E: std::error::Error + 'static> {
     /// The aggregate refused the command: a domain error to show to the caller.
     #[error(transparent)]

@@ -507,8 +507,8 @@ impl<S: Saga> SagaRunner<S> {
         let mut attempt = 0;
         loop {
             let (mut saga, version) = match self.load(&instance).await? {
-                Loaded::Completed(_) => return Ok(SagaOutcome::Ignored),
-                Loaded::State(saga, version) => (saga, version),
+                Instance::Completed(_) => return Ok(SagaOutcome::Ignored),
+                Instance::State(saga, version) => (saga, version),
             };
             let decision = saga.handle(&self.config, &envelope);
             match self
@@ -540,8 +540,8 @@ impl<S: Saga> SagaRunner<S> {
         let payload: S::Deadline = serde_json::from_slice(&deadline.payload)
             .map_err(|e| Error::serialization(format!("{} deadline", S::NAME), e))?;
         let (mut saga, version) = match self.load(&deadline.instance).await? {
-            Loaded::State(saga, version) => (saga, version),
-            Loaded::Completed(state) => {
+            Instance::State(saga, version) => (saga, version),
+            Instance::Completed(state) => {
                 // A finished instance: drop the deadline without running it.
                 let change = SagaChange {
                     saga: S::NAME.to_owned(),
@@ -660,14 +660,14 @@ impl<S: Saga> SagaRunner<S> {
         }
     }
 
-    async fn load(&self, instance: &str) -> Result<Loaded<S>> {
+    async fn load(&self, instance: &str) -> Result<Instance<S>> {
         match self.store.load(S::NAME, instance).await? {
-            None => Ok(Loaded::State(S::default(), 0)),
-            Some(state) if state.completed => Ok(Loaded::Completed(state)),
+            None => Ok(Instance::State(S::default(), 0)),
+            Some(state) if state.completed => Ok(Instance::Completed(state)),
             Some(state) => {
                 let saga = serde_json::from_slice(&state.data)
                     .map_err(|e| Error::serialization(S::NAME, e))?;
-                Ok(Loaded::State(saga, state.version))
+                Ok(Instance::State(saga, state.version))
             }
         }
     }
@@ -751,8 +751,12 @@ impl Failed {
     }
 }
 
-enum Loaded<S> {
+/// A saga instance as the runner finds it in its store (named apart from the repository's
+/// [`Loaded`](crate::Loaded), which is an aggregate's state).
+enum Instance<S> {
+    /// Running: its state and version (0: new).
     State(S, u64),
+    /// Finished: it takes no more events.
     Completed(SagaState),
 }
 
