@@ -275,7 +275,112 @@ impl<C: Send + 'static, T: CommandDispatcher<C> + ?Sized> CommandDispatcher<C> f
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use crate::memory::MemoryEventStore;
+
+    /// A store whose every provided method is overridden to answer its own name, so that a
+    /// forwarding impl that fell back on a trait default (which would succeed through the
+    /// required methods) is caught.
+    #[derive(Debug)]
+    struct Overrides(MemoryEventStore);
+
+    /// The answer of the override of `method`: its own name, so that a default that called
+    /// another overridden method is told apart too.
+    fn overridden<T>(method: &str) -> Result<T> {
+        Err(Error::InvalidInput(method.into()))
+    }
+
+    #[async_trait]
+    impl EventStore for Overrides {
+        async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome> {
+            self.0.commit(unit).await
+        }
+        async fn read_stream(
+            &self,
+            stream_id: &StreamId,
+            from_version: u64,
+            limit: usize,
+        ) -> Result<Vec<RecordedEvent>> {
+            self.0.read_stream(stream_id, from_version, limit).await
+        }
+        async fn stream_version(&self, stream_id: &StreamId) -> Result<Option<u64>> {
+            self.0.stream_version(stream_id).await
+        }
+        async fn read_all(
+            &self,
+            filter: &StreamFilter,
+            after: Position,
+            limit: usize,
+        ) -> Result<Vec<RecordedEvent>> {
+            self.0.read_all(filter, after, limit).await
+        }
+        async fn head(&self) -> Result<Position> {
+            self.0.head().await
+        }
+        fn subscribe(&self, filter: StreamFilter, after: Position) -> EventSubscription {
+            self.0.subscribe(filter, after)
+        }
+        async fn read_page(&self, _: &StreamFilter, _: Position, _: usize) -> Result<Page> {
+            overridden("read_page")
+        }
+        async fn append(
+            &self,
+            _: &StreamId,
+            _: ExpectedVersion,
+            _: Vec<NewEvent>,
+        ) -> Result<AppendResult> {
+            overridden("append")
+        }
+        async fn append_many(&self, _: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+            overridden("append_many")
+        }
+        async fn replay_stream(
+            &self,
+            _: &StreamId,
+            _: u64,
+            _: usize,
+        ) -> Result<Vec<ReplayedEvent>> {
+            overridden("replay_stream")
+        }
+        async fn replay_streams(
+            &self,
+            _: &[(StreamId, u64)],
+            _: usize,
+        ) -> Result<Vec<Vec<ReplayedEvent>>> {
+            overridden("replay_streams")
+        }
+        async fn read_stream_to_end(&self, _: &StreamId, _: u64) -> Result<Vec<RecordedEvent>> {
+            overridden("read_stream_to_end")
+        }
+    }
+
+    fn answered_by<T: std::fmt::Debug>(answer: Result<T>, method: &str) -> bool {
+        matches!(answer, Err(Error::InvalidInput(message)) if message == method)
+    }
+
+    #[tokio::test]
+    async fn a_store_behind_an_arc_keeps_its_overrides() {
+        let store = Arc::new(Overrides(MemoryEventStore::new()));
+        let id = StreamId::new("a-1").unwrap();
+        let all = StreamFilter::All;
+        let read_page = store.read_page(&all, Position::START, 1).await;
+        assert!(answered_by(read_page, "read_page"));
+        let append = store.append(&id, ExpectedVersion::Any, vec![]).await;
+        assert!(answered_by(append, "append"));
+        assert!(answered_by(store.append_many(vec![]).await, "append_many"));
+        assert!(answered_by(
+            store.replay_stream(&id, 1, 1).await,
+            "replay_stream"
+        ));
+        let replay_streams = store.replay_streams(&[(id.clone(), 1)], 1).await;
+        assert!(answered_by(replay_streams, "replay_streams"));
+        let to_end = store.read_stream_to_end(&id, 1).await;
+        assert!(answered_by(to_end, "read_stream_to_end"));
+        // And through the `Arc<dyn EventStore>` a constructor keeps.
+        let kept = event_store(store);
+        let replay_streams = kept.replay_streams(&[(id, 1)], 1).await;
+        assert!(answered_by(replay_streams, "replay_streams"));
+    }
 
     #[test]
     fn an_arc_dyn_store_is_kept_not_wrapped_again() {
