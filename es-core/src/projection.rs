@@ -392,6 +392,12 @@ impl ProjectionHandle {
         let _ = self.status.wait_for(|s| s.position >= position).await;
     }
 
+    /// Whether the projection's task has ended (it was stopped, or its service's token was
+    /// cancelled, or the log ended).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Stops the projection after the event in hand and waits for it.
     pub async fn stop(self) {
         self.stop.cancel();

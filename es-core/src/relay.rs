@@ -199,6 +199,15 @@ pub struct Unset;
 ///
 /// Every part is taken by value: a backend is a cheap handle, so pass `store.clone()`; an
 /// `Arc<dyn …>` works as well.
+///
+/// A relay without a checkpoint store (or a store, or a bus) does not compile:
+///
+/// ```compile_fail
+/// # use es_core::memory::{MemoryEventBus, MemoryEventStore};
+/// # use es_core::Relay;
+/// let store = MemoryEventStore::new();
+/// let relay = Relay::builder("order-relay").store(store).bus(MemoryEventBus::new()).build();
+/// ```
 #[derive(Debug)]
 #[must_use = "a relay builder does nothing until `build` is called"]
 pub struct RelayBuilder<S = Unset, B = Unset, C = Unset> {

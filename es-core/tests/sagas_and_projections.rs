@@ -15,6 +15,7 @@ use es_core::{
     StreamFilter, StreamId, Subscription,
 };
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Flow {
@@ -314,6 +315,45 @@ async fn a_projection_resumes_from_its_checkpoint() {
     assert_eq!(second.seen.lock().unwrap().len(), 4);
     assert_eq!(handle.status().position, head);
     handle.stop().await;
+}
+
+#[tokio::test]
+async fn projections_under_a_service_token_stop_alone_or_all_together() {
+    let store = MemoryEventStore::new();
+    // Two runners with checkpoints of their own: the two projections share a name.
+    let runner = || ProjectionRunner::new(store.clone(), MemoryEventStore::new());
+    let service = CancellationToken::new();
+    let (a, b) = (Arc::new(Counter::default()), Arc::new(Counter::default()));
+    let first = runner().spawn_until(a.clone(), &service);
+    let mut second = runner().spawn_until(b.clone(), &service);
+
+    // Stopping one stops that one only: the service's token stays as it was.
+    first.stop().await;
+    assert!(!service.is_cancelled());
+    record(
+        &store,
+        Flow::Started { id: "t1".into() },
+        Metadata::default(),
+    )
+    .await;
+    let head = store.head().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), second.wait_for(head))
+        .await
+        .expect("the other projection still follows the log");
+    assert_eq!(
+        (a.seen.lock().unwrap().len(), b.seen.lock().unwrap().len()),
+        (0, 1)
+    );
+
+    // Cancelling the service's token stops every projection under it.
+    service.cancel();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !second.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the service's cancel stops the projection");
 }
 
 #[tokio::test]
