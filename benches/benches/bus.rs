@@ -293,13 +293,12 @@ async fn main() {
                 .await
                 .expect("append");
         }
-        let relay = Relay::new(
-            "bench-relay",
-            Arc::new(store.clone()),
-            Arc::new(bus.clone()),
-            Arc::new(store),
-        )
-        .with_batch_size(WINDOW);
+        let relay = Relay::builder("bench-relay")
+            .store(store.clone())
+            .bus(bus.clone())
+            .checkpoints(store)
+            .batch_size(WINDOW)
+            .build();
         let start = Instant::now();
         assert_eq!(relay.relay_available().await.expect("relay"), n);
         relayed.push(n as f64 / start.elapsed().as_secs_f64());

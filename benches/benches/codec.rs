@@ -1,8 +1,6 @@
 //! Criterion micro-benchmarks of the typed layer: encoding and decoding an event, and the
 //! in-memory store's append and replay. `cargo bench -p es-benches --bench codec`.
 
-use std::sync::Arc;
-
 use criterion::{criterion_main, BatchSize, Criterion, Throughput};
 use es_benches::{order_placed, BenchEvent, OrderBook, PlaceOrders};
 use es_core::memory::MemoryEventStore;
@@ -52,7 +50,7 @@ fn memory_store(c: &mut Criterion) {
         )
     });
     let store = MemoryEventStore::new();
-    let repo = Repository::<OrderBook>::new(Arc::new(store));
+    let repo = Repository::<OrderBook>::new(store);
     runtime
         .block_on(repo.execute("r", PlaceOrders(10_000), Metadata::default()))
         .expect("seed");

@@ -270,7 +270,7 @@ async fn contended(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
 /// 100 events per command through the repository onto one growing stream, snapshots on.
 async fn repository_batches(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
     let store: Arc<dyn EventStore> = Arc::new(pg.store.clone());
-    let repo = Repository::<OrderBook>::new(store).with_snapshots(Arc::new(pg.store.clone()), 100);
+    let repo = Repository::<OrderBook>::new(store).with_snapshots(pg.store.clone(), 100);
     let id = uuid::Uuid::new_v4().simple().to_string();
     let contender = move |_| {
         let (repo, id) = (repo.clone(), id.clone());
@@ -344,7 +344,7 @@ async fn replays(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
         let stream = Repository::<OrderBook>::stream_id(&id).expect("id");
         seed_stream(pg, &stream, n).await;
         vacuum(pg).await;
-        let repo = Repository::<OrderBook>::new(Arc::new(pg.store.clone()));
+        let repo = Repository::<OrderBook>::new(pg.store.clone());
         let contender = || {
             let repo = repo.clone();
             let id = id.clone();
@@ -390,8 +390,8 @@ async fn replays(plan: Plan, pg: &Pg, rows: &mut Vec<Row>) {
         });
 
         // The same load through a snapshot at the stream's end minus 100.
-        let snapshots = Repository::<OrderBook>::new(Arc::new(pg.store.clone()))
-            .with_snapshots(Arc::new(pg.store.clone()), 1);
+        let snapshots =
+            Repository::<OrderBook>::new(pg.store.clone()).with_snapshots(pg.store.clone(), 1);
         let state = OrderBook {
             orders: n as u64 - 100,
             total_cents: 0,
@@ -661,7 +661,7 @@ async fn memory(plan: Plan, rows: &mut Vec<Row>) {
             unit: "events/s",
         });
     }
-    let repo = Repository::<OrderBook>::new(Arc::new(store.clone()));
+    let repo = Repository::<OrderBook>::new(store.clone());
     repo.execute("replay", PlaceOrders(10_000), Metadata::default())
         .await
         .expect("seed");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{BoxError, Result};
 use crate::event::RecordedEvent;
@@ -234,19 +234,20 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
 /// A consumer running in the background.
 #[derive(Debug)]
 pub struct ConsumerHandle {
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl ConsumerHandle {
-    /// Wraps a consumer task that watches `stop` for `true`.
-    pub fn new(stop: watch::Sender<bool>, task: tokio::task::JoinHandle<()>) -> Self {
+    /// Wraps a consumer task that stops taking messages once `stop` is cancelled. A bus gives
+    /// it a child of a token of its own, or of the service's, so one cancel stops every part.
+    pub fn new(stop: CancellationToken, task: tokio::task::JoinHandle<()>) -> Self {
         ConsumerHandle { stop, task }
     }
 
     /// Stops taking new messages, lets the one in hand finish, and waits.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         let _ = self.task.await;
     }
 

@@ -1,6 +1,6 @@
 //! The one error type of `es-core`, shared by every backend.
 
-use crate::store::ExpectedVersion;
+use crate::stream::{ExpectedVersion, StreamId};
 
 /// A boxed error from a backend or from user code, kept as the `source` of an [`Error`].
 ///
@@ -23,8 +23,9 @@ pub enum Error {
     /// Reload the stream and decide again.
     #[error("version conflict on stream `{stream}`: expected {expected}, found {}", display_actual(*.actual))]
     Conflict {
-        /// The stream whose expectation failed.
-        stream: String,
+        /// The stream whose expectation failed (for a saga instance's state,
+        /// [`StreamId::of_saga`]).
+        stream: StreamId,
         /// What the writer expected.
         expected: ExpectedVersion,
         /// The stream's actual version (`None`: the stream does not exist).

@@ -172,23 +172,22 @@ fn decode_externally_tagged<E: DomainEvent>(
         ));
     }
     let decoded = match upcast {
+        // Rare (old events only): the upcast value is written out once more and read like a
+        // stored payload, so that both paths tell an unknown type apart the same way.
         Some(content) => {
-            let mut map = serde_json::Map::with_capacity(1);
-            map.insert(event_type.to_string(), content);
-            serde_json::from_value::<E>(Value::Object(map))
+            let content = serde_json::to_vec(&content)
+                .map_err(|e| Error::serialization(event_type.to_string(), e))?;
+            tagged::read::<E>(&event_type, &content)
         }
         // Fast path: decode the stored bytes once, as the content of `{"Type":payload}`.
-        None => tagged::from_slice::<E>(&event_type, payload),
+        None => tagged::read::<E>(&event_type, payload),
     };
-    decoded.map_err(|e| {
-        if e.is_data() && e.to_string().starts_with("unknown variant") {
-            Error::UnknownEventType {
-                event_type: event_type.to_string(),
-                schema_version,
-            }
-        } else {
-            Error::serialization(event_type.to_string(), e)
-        }
+    decoded.map_err(|failure| match failure {
+        tagged::Failure::UnknownTag(_) => Error::UnknownEventType {
+            event_type: event_type.to_string(),
+            schema_version,
+        },
+        tagged::Failure::Json(e) => Error::serialization(event_type.to_string(), e),
     })
 }
 
@@ -198,32 +197,96 @@ fn decode_externally_tagged<E: DomainEvent>(
 /// (an allocation and a copy of every payload) cost a scan of the log a measurable share of its
 /// time; this deserializer presents the stored event type as the object's key and the stored
 /// payload, read in place, as its value, so the event type decodes exactly as from the object.
+///
+/// It also tells an event type that names no variant apart from any other failure, without
+/// reading serde's message: the tag is read through a deserializer whose error type records
+/// serde's `unknown_variant` call. A payload with an unknown variant of its own, deeper down,
+/// stays a payload error.
 mod tagged {
+    use std::cell::Cell;
+    use std::fmt;
+
     use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, Visitor};
     use serde::forward_to_deserialize_any;
     use serde_json::de::SliceRead;
 
     type Json<'de> = serde_json::Deserializer<SliceRead<'de>>;
 
+    /// Why [`read`] failed.
+    #[derive(Debug)]
+    pub(super) enum Failure {
+        /// The tag names no variant of the type (serde's `unknown_variant` on the tag).
+        UnknownTag(#[allow(dead_code)] serde_json::Error),
+        /// Anything else: the payload does not fit, is not JSON, ...
+        Json(serde_json::Error),
+    }
+
     /// `T` from the object `{tag: payload}`, the payload read in place.
+    #[cfg(test)]
     pub(super) fn from_slice<T: de::DeserializeOwned>(
         tag: &str,
         payload: &[u8],
     ) -> serde_json::Result<T> {
+        read(tag, payload).map_err(|failure| match failure {
+            Failure::UnknownTag(e) | Failure::Json(e) => e,
+        })
+    }
+
+    /// `T` from the object `{tag: payload}`, the payload read in place, telling an unknown
+    /// tag apart.
+    pub(super) fn read<T: de::DeserializeOwned>(tag: &str, payload: &[u8]) -> Result<T, Failure> {
+        let unknown_tag = Cell::new(false);
         let mut content = serde_json::Deserializer::from_slice(payload);
         let value = T::deserialize(Tagged {
             tag,
             content: &mut content,
-        })?;
+            unknown_tag: &unknown_tag,
+        })
         // As `from_slice` would: nothing but whitespace after the payload.
-        content.end()?;
-        Ok(value)
+        .and_then(|value| content.end().map(|()| value));
+        value.map_err(|e| match unknown_tag.get() {
+            true => Failure::UnknownTag(e),
+            false => Failure::Json(e),
+        })
     }
 
     /// The one-entry object `{tag: content}`.
     struct Tagged<'a, 'de> {
         tag: &'a str,
         content: &'a mut Json<'de>,
+        /// Set when the tag named no variant.
+        unknown_tag: &'a Cell<bool>,
+    }
+
+    /// The error of reading the tag: remembers whether serde called it an unknown variant.
+    #[derive(Debug)]
+    struct TagError {
+        unknown_variant: bool,
+        message: String,
+    }
+
+    impl fmt::Display for TagError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.message)
+        }
+    }
+
+    impl std::error::Error for TagError {}
+
+    impl de::Error for TagError {
+        fn custom<T: fmt::Display>(message: T) -> Self {
+            TagError {
+                unknown_variant: false,
+                message: message.to_string(),
+            }
+        }
+
+        fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
+            TagError {
+                unknown_variant: true,
+                message: format!("unknown variant `{variant}`, expected one of {expected:?}"),
+            }
+        }
     }
 
     impl<'de> Deserializer<'de> for Tagged<'_, 'de> {
@@ -271,8 +334,16 @@ mod tagged {
             self,
             seed: V,
         ) -> serde_json::Result<(V::Value, Self)> {
-            let variant = seed.deserialize(self.tag.into_deserializer())?;
-            Ok((variant, self))
+            let tag: de::value::StrDeserializer<'_, TagError> = self.tag.into_deserializer();
+            match seed.deserialize(tag) {
+                Ok(variant) => Ok((variant, self)),
+                Err(error) => {
+                    if error.unknown_variant {
+                        self.unknown_tag.set(true);
+                    }
+                    Err(de::Error::custom(error))
+                }
+            }
         }
     }
 
@@ -748,6 +819,56 @@ mod tests {
         assert!(matches!(
             Ev::decode("Opened", 1, br#"{"x":1}"#),
             Err(Error::Serialization { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unknown_variant_inside_the_payload_is_a_payload_error_not_an_unknown_type() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        enum Status {
+            Open,
+        }
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        enum Tracked {
+            Moved { to: Status },
+        }
+        impl DomainEvent for Tracked {}
+        // The event type is known; the payload holds a status this code does not know. Calling
+        // it an unknown event type would let a reader skip an event it must not skip.
+        assert!(matches!(
+            Tracked::decode("Moved", 1, br#"{"to":"Closed"}"#),
+            Err(Error::Serialization { .. })
+        ));
+        assert!(matches!(
+            Tracked::decode("Gone", 1, br#"{"to":"Open"}"#),
+            Err(Error::UnknownEventType { .. })
+        ));
+        assert_eq!(
+            Tracked::decode("Moved", 1, br#"{"to":"Open"}"#).unwrap(),
+            Tracked::Moved { to: Status::Open }
+        );
+    }
+
+    #[test]
+    fn an_unknown_type_is_told_apart_after_upcasting_too() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        enum Renamed {
+            Kept { n: u32 },
+        }
+        impl DomainEvent for Renamed {
+            fn upcasters() -> &'static [Upcaster] {
+                // An upcaster that renames to a type the enum no longer has.
+                static UPCASTERS: &[Upcaster] =
+                    &[Upcaster::new("Old", 1, Ok).renaming_to("Dropped")];
+                UPCASTERS
+            }
+            fn schema_version(_: &str) -> u32 {
+                2
+            }
+        }
+        assert!(matches!(
+            Renamed::decode("Old", 1, br#"{"n":1}"#),
+            Err(Error::UnknownEventType { .. })
         ));
     }
 

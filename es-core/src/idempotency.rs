@@ -20,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::backoff::Backoff;
 use crate::error::Result;
 
 /// Proof of holding a claim: handed out with [`Claim::Acquired`], asked for by every operation
@@ -173,12 +174,11 @@ pub async fn claim_or_wait(
     wait: Duration,
 ) -> Result<Claim> {
     let deadline = tokio::time::Instant::now() + wait;
-    let mut pause = Duration::from_millis(5);
+    let mut pause = Backoff::new(Duration::from_millis(5), Duration::from_millis(100));
     loop {
         match store.claim(key, fingerprint, lease).await? {
             Claim::InProgress if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(100));
+                pause.sleep().await;
             }
             other => return Ok(other),
         }

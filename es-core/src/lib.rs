@@ -10,6 +10,7 @@
 
 mod aggregate;
 mod aggregate_cache;
+mod backoff;
 pub mod bus;
 pub mod cache;
 mod error;
@@ -22,6 +23,7 @@ pub mod projection;
 pub mod relay;
 mod repository;
 pub mod saga;
+mod shared;
 mod snapshot;
 mod store;
 mod stream;
@@ -33,6 +35,7 @@ pub mod testing;
 
 pub use aggregate::Aggregate;
 pub use aggregate_cache::AggregateCacheStats;
+pub use backoff::Backoff;
 pub use bus::{DeadLetter, DeadLetterQueue, EventBus, HandlerError, MessageHandler, Subscription};
 pub use cache::{Cache, CacheExt};
 pub use error::{BoxError, Error, Result};
@@ -46,15 +49,15 @@ pub use projection::{
     InlineProjection, Projection, ProjectionAdmin, ProjectionInfo, ProjectionPhase,
     ProjectionRunner, Typed, TypedDecoder, TypedProjection,
 };
-pub use relay::{ParkedEvent, ParkedEventStore, Relay};
+pub use relay::{ParkedEvent, ParkedEventStore, Relay, RelayBuilder};
 pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, Repository};
 pub use saga::{CommandDispatcher, DispatchError, Saga, SagaDecision, SagaRunner, SagaStore};
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{
-    AppendResult, CheckpointStore, CommitOutcome, EventStore, EventSubscription, ExpectedVersion,
-    Inbox, InboxEntry, Page, ReplayedEvent, StreamAppend, UnitOfWork,
+    AppendResult, CheckpointStore, CommitOutcome, EventStore, EventSubscription, Inbox, InboxEntry,
+    Page, ReplayedEvent, StreamAppend, UnitOfWork,
 };
-pub use stream::{Position, StreamFilter, StreamId, MAX_STREAM_ID_LEN};
+pub use stream::{ExpectedVersion, Position, StreamFilter, StreamId, MAX_STREAM_ID_LEN};
 
 /// The attribute for implementing this crate's async traits (`Projection`, `EventStore`, ...),
 /// re-exported so an implementation needs no extra dependency.

@@ -9,7 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::error::{BoxError, Error, Result};
 use crate::event::{DomainEvent, Envelope, RecordedEvent};
 use crate::store::{CheckpointStore, EventStore};
@@ -52,7 +54,7 @@ use crate::telemetry::ProjectionMetrics;
 /// store.append(&stream, ExpectedVersion::Any, vec![NewEvent::raw("Placed", "{}"), NewEvent::raw("Paid", "{}")]).await?;
 ///
 /// let sizes = Arc::new(OrderSizes::default());
-/// let runner = ProjectionRunner::new(Arc::new(store.clone()), Arc::new(store.clone()));
+/// let runner = ProjectionRunner::new(store.clone(), store.clone());
 /// runner.catch_up(&*sizes).await?; // or `runner.spawn(sizes.clone())` to follow live
 /// assert_eq!(sizes.0.lock().unwrap()["7"], 2);
 /// # Ok(()) }
@@ -123,7 +125,7 @@ pub trait InlineProjection: Send + Sync {
 /// ]).await?;
 ///
 /// let revenue = Arc::new(Typed::new(Revenue::default()));
-/// ProjectionRunner::new(Arc::new(store.clone()), Arc::new(store)).catch_up(&*revenue).await?;
+/// ProjectionRunner::new(store.clone(), store).catch_up(&*revenue).await?;
 /// assert_eq!(revenue.read().total, 5);
 /// # Ok(()) }
 /// ```
@@ -359,8 +361,7 @@ pub struct ProjectionStatus {
 pub struct ProjectionRunner {
     store: Arc<dyn EventStore>,
     checkpoints: Arc<dyn CheckpointStore>,
-    min_backoff: Duration,
-    max_backoff: Duration,
+    backoff: Backoff,
 }
 
 impl fmt::Debug for ProjectionRunner {
@@ -376,7 +377,7 @@ impl fmt::Debug for ProjectionRunner {
 #[derive(Debug)]
 pub struct ProjectionHandle {
     status: watch::Receiver<ProjectionStatus>,
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -391,21 +392,30 @@ impl ProjectionHandle {
         let _ = self.status.wait_for(|s| s.position >= position).await;
     }
 
+    /// Whether the projection's task has ended (it was stopped, or its service's token was
+    /// cancelled, or the log ended).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Stops the projection after the event in hand and waits for it.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         let _ = self.task.await;
     }
 }
 
 impl ProjectionRunner {
-    /// A runner reading from `store` and saving checkpoints to `checkpoints`.
-    pub fn new(store: Arc<dyn EventStore>, checkpoints: Arc<dyn CheckpointStore>) -> Self {
+    /// A runner reading from `store` and saving checkpoints to `checkpoints` (often the same
+    /// backend, passed twice: `ProjectionRunner::new(store.clone(), store.clone())`).
+    pub fn new(
+        store: impl EventStore + 'static,
+        checkpoints: impl CheckpointStore + 'static,
+    ) -> Self {
         ProjectionRunner {
-            store,
-            checkpoints,
-            min_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(5),
+            store: crate::shared::event_store(store),
+            checkpoints: crate::shared::checkpoint_store(checkpoints),
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
         }
     }
 
@@ -435,17 +445,30 @@ impl ProjectionRunner {
         }
     }
 
-    /// Runs `projection` until `shutdown` completes. A failing `handle` is retried with
-    /// backoff (the projection halts on that event rather than skip it); a failing store read
-    /// is retried by the subscription.
+    /// Runs `projection` until `shutdown` completes (a [`CancellationToken`]'s
+    /// `cancelled_owned()`, a signal, any future). A failing `handle` is retried with backoff
+    /// (the projection halts on that event rather than skip it); a failing store read is
+    /// retried by the subscription. [`spawn`](Self::spawn) runs it in the background with a
+    /// handle that reports where it is.
     pub async fn run(
         &self,
         projection: Arc<dyn Projection>,
         shutdown: impl Future<Output = ()> + Send,
-        status: Option<watch::Sender<ProjectionStatus>>,
+    ) {
+        let (status, _) = watch::channel(ProjectionStatus::default());
+        self.run_reporting(projection, shutdown, &status).await;
+    }
+
+    /// [`run`](Self::run), reporting each step to `status`.
+    async fn run_reporting(
+        &self,
+        projection: Arc<dyn Projection>,
+        shutdown: impl Future<Output = ()> + Send,
+        status: &watch::Sender<ProjectionStatus>,
     ) {
         tokio::pin!(shutdown);
         let name = projection.name().to_owned();
+        let mut backoff = self.backoff.clone();
         let start = loop {
             match self.checkpoints.load(&name).await {
                 Ok(position) => break position.unwrap_or_default(),
@@ -453,14 +476,12 @@ impl ProjectionRunner {
                     tracing::warn!(projection = %name, %error, "cannot load the checkpoint; retrying");
                     tokio::select! {
                         _ = &mut shutdown => return,
-                        _ = tokio::time::sleep(self.max_backoff) => {}
+                        _ = backoff.sleep() => {}
                     }
                 }
             }
         };
-        if let Some(status) = &status {
-            status.send_modify(|s| s.position = start);
-        }
+        status.send_modify(|s| s.position = start);
         let metrics = ProjectionMetrics::new(&name);
         let mut events = self.store.subscribe(projection.filter(), start);
         loop {
@@ -476,53 +497,55 @@ impl ProjectionRunner {
                 }
                 None => return,
             };
-            let mut backoff = self.min_backoff;
+            backoff.reset();
             let took = loop {
                 let started = std::time::Instant::now();
                 match projection.handle(&event).await {
                     Ok(()) => break started.elapsed(),
                     Err(error) => {
                         tracing::error!(projection = %name, position = %event.position, event_type = %event.event_type, %error, "projection failed; retrying");
-                        if let Some(status) = &status {
-                            status.send_modify(|s| s.last_error = Some(error.to_string()));
-                        }
+                        status.send_modify(|s| s.last_error = Some(error.to_string()));
                         tokio::select! {
                             _ = &mut shutdown => return,
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = backoff.sleep() => {}
                         }
-                        backoff = (backoff * 2).min(self.max_backoff);
                     }
                 }
             };
-            let mut backoff = self.min_backoff;
+            backoff.reset();
             while let Err(error) = self.checkpoints.save(&name, event.position).await {
                 tracing::warn!(projection = %name, %error, "cannot save the checkpoint; retrying");
                 tokio::select! {
                     _ = &mut shutdown => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = backoff.sleep() => {}
                 }
-                backoff = (backoff * 2).min(self.max_backoff);
             }
             metrics.handled(took, event.recorded_at);
-            if let Some(status) = &status {
-                status.send_modify(|s| {
-                    s.position = event.position;
-                    s.last_error = None;
-                });
-            }
+            status.send_modify(|s| {
+                s.position = event.position;
+                s.last_error = None;
+            });
         }
     }
 
-    /// Runs `projection` on a background task.
+    /// Runs `projection` on a background task; the handle reports its status and stops it.
     pub fn spawn(&self, projection: Arc<dyn Projection>) -> ProjectionHandle {
+        self.spawn_until(projection, &CancellationToken::new())
+    }
+
+    /// [`spawn`](Self::spawn), stopping also when `shutdown` (the service's token) is
+    /// cancelled; [`ProjectionHandle::stop`] stops only this projection (a child token).
+    pub fn spawn_until(
+        &self,
+        projection: Arc<dyn Projection>,
+        shutdown: &CancellationToken,
+    ) -> ProjectionHandle {
         let (status_tx, status) = watch::channel(ProjectionStatus::default());
-        let (stop, mut stop_rx) = watch::channel(false);
         let runner = self.clone();
+        let stop = shutdown.child_token();
+        let stopped = stop.clone().cancelled_owned();
         let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            };
-            runner.run(projection, shutdown, Some(status_tx)).await;
+            runner.run_reporting(projection, stopped, &status_tx).await;
         });
         ProjectionHandle { status, stop, task }
     }

@@ -6,7 +6,7 @@
 //! checkpoint, and at worst publishes the last batch twice — consumers drop the duplicates with
 //! their inbox.
 //!
-//! Every instance of a service may run the same relay: [`Relay::with_lease`] makes only the
+//! Every instance of a service may run the same relay: [`RelayBuilder::lease`] makes only the
 //! holder of a [`LeaseStore`] lease publish, and a standby take over when the holder stops.
 //!
 //! Two kinds of failure are told apart:
@@ -33,6 +33,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::bus::EventBus;
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
@@ -96,59 +97,29 @@ pub trait ParkedEventStore: Send + Sync + fmt::Debug {
     async fn parked(&self, relay: &str, limit: usize) -> Result<Vec<ParkedEvent>>;
 }
 
-/// Exponential backoff with full jitter: each wait is drawn at random below a ceiling that
-/// doubles after each failure, so that relays which lost the same broker do not all come back
-/// at the same instant.
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    ceiling: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            ceiling: min,
-        }
-    }
-
-    /// The next wait: at least `min`, at most the current ceiling, which then doubles.
-    fn next(&mut self) -> Duration {
-        // A v4 uuid is 122 random bits: enough randomness for a jitter, without a crate for it.
-        let random = (Uuid::new_v4().as_u128() as u64) as f64 / u64::MAX as f64;
-        let wait = self.ceiling.mul_f64(random).max(self.min);
-        self.ceiling = self.ceiling.saturating_mul(2).min(self.max);
-        wait
-    }
-
-    fn reset(&mut self) {
-        self.ceiling = self.min;
-    }
-}
-
 /// Publishes committed events from an [`EventStore`] to an [`EventBus`], at least once.
 ///
 /// The store's log is the outbox: the relay tails it from a checkpoint, publishes a batch, and
 /// saves the checkpoint only once the bus confirmed it. Run one per service with
-/// [`run`](Relay::run) (on every instance, under [`with_lease`](Relay::with_lease)):
+/// [`run`](Relay::run) (on every instance, under a [`lease`](RelayBuilder::lease)):
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> es_core::Result<()> {
-/// use std::sync::Arc;
 /// use std::time::Duration;
 /// use es_core::memory::{MemoryEventBus, MemoryEventStore, MemoryLeaseStore};
 /// use es_core::{EventStore, ExpectedVersion, NewEvent, Relay, StreamFilter, StreamId};
 ///
 /// let store = MemoryEventStore::new(); // es_postgres::PgEventStore: also checkpoints, parked events, leases
 /// let bus = MemoryEventBus::new(); // es_rabbitmq::AmqpEventBus
-/// let relay = Relay::new("order-relay", Arc::new(store.clone()), Arc::new(bus.clone()), Arc::new(store.clone()))
-///     .with_filter(StreamFilter::category("order"))
-///     .with_parked_events(Arc::new(store.clone()))
-///     .with_lease(Arc::new(MemoryLeaseStore::new()), Duration::from_secs(5));
+/// let relay = Relay::builder("order-relay")
+///     .store(store.clone())
+///     .bus(bus.clone())
+///     .checkpoints(store.clone())
+///     .filter(StreamFilter::category("order"))
+///     .parked_events(store.clone())
+///     .lease(MemoryLeaseStore::new(), Duration::from_secs(5))
+///     .build();
 ///
 /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 /// let running = tokio::spawn({
@@ -178,7 +149,7 @@ pub struct Relay {
 }
 
 /// The lease a relay holds while it runs, and who it is to the lease store.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct Lease {
     store: Arc<dyn LeaseStore>,
     ttl: Duration,
@@ -216,45 +187,84 @@ enum Stopped {
     LogEnded,
 }
 
-impl Relay {
-    /// A relay whose checkpoint is saved under `name`, relaying every stream.
-    pub fn new(
-        name: impl Into<String>,
-        store: Arc<dyn EventStore>,
-        bus: Arc<dyn EventBus>,
-        checkpoints: Arc<dyn CheckpointStore>,
-    ) -> Self {
-        let name = name.into();
-        Relay {
-            metrics: RelayMetrics::new(&name),
-            name,
+/// A required part of a [`RelayBuilder`] that was not given yet. [`RelayBuilder::build`] exists
+/// only once the store, the bus and the checkpoint store are all given, so a relay missing one
+/// does not compile.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unset;
+
+/// Builds a [`Relay`] (see [`Relay::builder`]): the log it reads ([`store`](Self::store)), the
+/// bus it publishes to ([`bus`](Self::bus)) and where it keeps its checkpoint
+/// ([`checkpoints`](Self::checkpoints)) are required, in any order; the rest is optional.
+///
+/// Every part is taken by value: a backend is a cheap handle, so pass `store.clone()`; an
+/// `Arc<dyn …>` works as well.
+///
+/// A relay without a checkpoint store (or a store, or a bus) does not compile:
+///
+/// ```compile_fail
+/// # use es_core::memory::{MemoryEventBus, MemoryEventStore};
+/// # use es_core::Relay;
+/// let store = MemoryEventStore::new();
+/// let relay = Relay::builder("order-relay").store(store).bus(MemoryEventBus::new()).build();
+/// ```
+#[derive(Debug)]
+#[must_use = "a relay builder does nothing until `build` is called"]
+pub struct RelayBuilder<S = Unset, B = Unset, C = Unset> {
+    name: String,
+    store: S,
+    bus: B,
+    checkpoints: C,
+    filter: StreamFilter,
+    batch_size: usize,
+    lease: Option<Lease>,
+    parked: Option<Arc<dyn ParkedEventStore>>,
+}
+
+impl<S, B, C> RelayBuilder<S, B, C> {
+    /// The same builder with its required parts mapped by `parts` (the typestate step).
+    fn map_parts<S2, B2, C2>(
+        self,
+        parts: impl FnOnce(S, B, C) -> (S2, B2, C2),
+    ) -> RelayBuilder<S2, B2, C2> {
+        let (store, bus, checkpoints) = parts(self.store, self.bus, self.checkpoints);
+        RelayBuilder {
+            name: self.name,
             store,
             bus,
             checkpoints,
-            filter: StreamFilter::All,
-            batch_size: 500,
-            lease: None,
-            parked: Arc::new(MemoryEventStore::new()),
+            filter: self.filter,
+            batch_size: self.batch_size,
+            lease: self.lease,
+            parked: self.parked,
         }
     }
 
-    /// Parks the events the bus can never carry in `parked` (by default they are kept in
-    /// memory, and so forgotten at a restart, beside the error the relay logs for each).
-    /// Give the relay a durable store, typically the one that keeps its checkpoint.
-    pub fn with_parked_events(mut self, parked: Arc<dyn ParkedEventStore>) -> Self {
-        self.parked = parked;
+    /// Relays only the streams `filter` lets through (e.g. one service's own categories); by
+    /// default every stream.
+    pub fn filter(mut self, filter: StreamFilter) -> Self {
+        self.filter = filter;
         self
     }
 
-    /// The events this relay parked (see [`ParkedEventStore`]), in log order, at most `limit`.
-    pub async fn parked(&self, limit: usize) -> Result<Vec<ParkedEvent>> {
-        self.parked.parked(&self.name, limit).await
+    /// Publishes at most `batch_size` events per confirmed batch (at least 1; 500 by default).
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Parks the events the bus can never carry in `parked` (without it they are kept in
+    /// memory, and so forgotten at a restart, beside the error the relay logs for each).
+    /// Give the relay a durable store, typically the one that keeps its checkpoint.
+    pub fn parked_events(mut self, parked: impl ParkedEventStore + 'static) -> Self {
+        self.parked = Some(crate::shared::parked_event_store(parked));
+        self
     }
 
     /// Runs only while this relay holds the lease named after it (its checkpoint name) in
     /// `leases`, so that of the instances running the same relay only one publishes.
     ///
-    /// [`run`](Self::run) then takes the lease for `ttl` and renews it every `ttl / 3`. When a
+    /// [`Relay::run`] then takes the lease for `ttl` and renews it every `ttl / 3`. When a
     /// renewal fails, answers no, or does not answer before the lease would run out, it stops
     /// publishing at once and goes back to trying to acquire every `ttl / 3`; after each
     /// acquisition it reloads the checkpoint, which the previous holder may have moved. On
@@ -264,26 +274,100 @@ impl Relay {
     /// A batch in flight when the lease is lost may still reach the bus, and two holders may
     /// briefly overlap after a stall: publishing stays at least once, and the consumers'
     /// inboxes drop the duplicates. Each clone of a relay is a holder of its own.
-    /// [`relay_available`](Self::relay_available) does not take the lease.
-    pub fn with_lease(mut self, leases: Arc<dyn LeaseStore>, ttl: Duration) -> Self {
+    /// [`Relay::relay_available`] does not take the lease.
+    pub fn lease(mut self, leases: impl LeaseStore + 'static, ttl: Duration) -> Self {
         self.lease = Some(Lease {
-            store: leases,
+            store: crate::shared::lease_store(leases),
             ttl,
             holder: unique_holder(),
         });
         self
     }
+}
 
-    /// Relays only the streams `filter` lets through (e.g. one service's own categories).
-    pub fn with_filter(mut self, filter: StreamFilter) -> Self {
-        self.filter = filter;
-        self
+impl<B, C> RelayBuilder<Unset, B, C> {
+    /// Reads the events to publish from `store`'s global log.
+    pub fn store(
+        self,
+        store: impl EventStore + 'static,
+    ) -> RelayBuilder<Arc<dyn EventStore>, B, C> {
+        let store = crate::shared::event_store(store);
+        self.map_parts(|Unset, bus, checkpoints| (store, bus, checkpoints))
+    }
+}
+
+impl<S, C> RelayBuilder<S, Unset, C> {
+    /// Publishes to `bus`.
+    pub fn bus(self, bus: impl EventBus + 'static) -> RelayBuilder<S, Arc<dyn EventBus>, C> {
+        let bus = crate::shared::event_bus(bus);
+        self.map_parts(|store, Unset, checkpoints| (store, bus, checkpoints))
+    }
+}
+
+impl<S, B> RelayBuilder<S, B, Unset> {
+    /// Keeps the checkpoint (how far the bus confirmed the log) in `checkpoints`, under the
+    /// relay's name.
+    pub fn checkpoints(
+        self,
+        checkpoints: impl CheckpointStore + 'static,
+    ) -> RelayBuilder<S, B, Arc<dyn CheckpointStore>> {
+        let checkpoints = crate::shared::checkpoint_store(checkpoints);
+        self.map_parts(|store, bus, Unset| (store, bus, checkpoints))
+    }
+}
+
+impl RelayBuilder<Arc<dyn EventStore>, Arc<dyn EventBus>, Arc<dyn CheckpointStore>> {
+    /// The relay.
+    pub fn build(self) -> Relay {
+        Relay {
+            metrics: RelayMetrics::new(&self.name),
+            name: self.name,
+            store: self.store,
+            bus: self.bus,
+            checkpoints: self.checkpoints,
+            filter: self.filter,
+            batch_size: self.batch_size,
+            lease: self.lease,
+            parked: self
+                .parked
+                .unwrap_or_else(|| Arc::new(MemoryEventStore::new())),
+        }
+    }
+}
+
+impl Relay {
+    /// Starts building a relay whose checkpoint is saved under `name`:
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use es_core::memory::{MemoryEventBus, MemoryEventStore, MemoryLeaseStore};
+    /// # use es_core::{Relay, StreamFilter};
+    /// let store = MemoryEventStore::new();
+    /// let relay = Relay::builder("order-relay")
+    ///     .store(store.clone())
+    ///     .bus(MemoryEventBus::new())
+    ///     .checkpoints(store.clone())
+    ///     .filter(StreamFilter::category("order"))
+    ///     .lease(MemoryLeaseStore::new(), Duration::from_secs(5))
+    ///     .build();
+    /// assert_eq!(relay.name(), "order-relay");
+    /// ```
+    pub fn builder(name: impl Into<String>) -> RelayBuilder {
+        RelayBuilder {
+            name: name.into(),
+            store: Unset,
+            bus: Unset,
+            checkpoints: Unset,
+            filter: StreamFilter::All,
+            batch_size: 500,
+            lease: None,
+            parked: None,
+        }
     }
 
-    /// Publishes at most `batch_size` events per confirmed batch.
-    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
-        self.batch_size = batch_size.max(1);
-        self
+    /// The events this relay parked (see [`ParkedEventStore`]), in log order, at most `limit`.
+    pub async fn parked(&self, limit: usize) -> Result<Vec<ParkedEvent>> {
+        self.parked.parked(&self.name, limit).await
     }
 
     /// The checkpoint's name.
@@ -385,7 +469,7 @@ impl Relay {
     /// Relays until `shutdown` completes: follows the log live, publishes what is ready as one
     /// batch, retries a failed publish or checkpoint with backoff, never skips an event.
     ///
-    /// With a lease ([`with_lease`](Self::with_lease)), it does so only while it holds the
+    /// With a lease ([`RelayBuilder::lease`]), it does so only while it holds the
     /// lease, and releases it on shutdown.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) {
         tokio::pin!(shutdown);
@@ -515,7 +599,7 @@ impl Relay {
             let start = match self.checkpoint().await {
                 Ok(position) => position,
                 Err(error) => {
-                    let wait = backoff.next();
+                    let wait = backoff.next_delay();
                     tracing::warn!(relay = %self.name, %error, retry_in = ?wait, "cannot load the relay checkpoint; retrying");
                     tokio::select! {
                         _ = shutdown.as_mut() => return Stopped::Shutdown,
@@ -556,7 +640,7 @@ impl Relay {
                     drop(events);
                     tracing::warn!(relay = %self.name, %error, events = batch.len(), "publishing failed; waiting for the bus without holding the log open");
                     loop {
-                        let wait = backoff.next();
+                        let wait = backoff.next_delay();
                         tokio::select! {
                             _ = shutdown.as_mut() => return Stopped::Shutdown,
                             _ = tokio::time::sleep(wait) => {}

@@ -13,13 +13,14 @@ use crate::error::{Error, Result};
 use crate::event::{Metadata, NewEvent};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::store::{
-    CommitOutcome, EventStore, ExpectedVersion, InboxEntry, ReplayedEvent, StreamAppend, UnitOfWork,
+    CommitOutcome, EventStore, InboxEntry, ReplayedEvent, StreamAppend, UnitOfWork,
 };
+use crate::stream::ExpectedVersion;
 use crate::stream::StreamId;
 
-/// Why a command was not carried out.
+/// Why a command was not carried out: the aggregate said no, or the store failed. These are
+/// the only two answers (the enum is exhaustive), so a `match` needs no wildcard arm.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum CommandError<E: std::error::Error + 'static> {
     /// The aggregate refused the command: a domain error to show to the caller.
     #[error(transparent)]
@@ -172,9 +173,12 @@ impl<A: Aggregate> Repository<A> {
     pub const DEFAULT_MAX_RETRIES: usize = 16;
 
     /// A repository on `store`, without snapshots.
-    pub fn new(store: Arc<dyn EventStore>) -> Self {
+    ///
+    /// Takes the store by value: a backend (`MemoryEventStore`, `PgEventStore`) is a cheap
+    /// handle, so pass `store.clone()`; an `Arc<dyn EventStore>` works as well.
+    pub fn new(store: impl EventStore + 'static) -> Self {
         Repository {
-            store,
+            store: crate::shared::event_store(store),
             snapshots: None,
             cache: None,
             max_retries: Self::DEFAULT_MAX_RETRIES,
@@ -183,12 +187,12 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// Takes a snapshot every `every` events (at least 1) and loads from the latest one.
-    pub fn with_snapshots(mut self, store: Arc<dyn SnapshotStore>, every: u64) -> Self
+    pub fn with_snapshots(mut self, store: impl SnapshotStore + 'static, every: u64) -> Self
     where
         A: Serialize + DeserializeOwned,
     {
         self.snapshots = Some(Snapshots {
-            store,
+            store: crate::shared::snapshot_store(store),
             every: every.max(1),
             encode: |state| serde_json::to_vec(state).map_err(|e| Error::serialization(A::TYPE, e)),
             decode: |bytes| {
@@ -218,7 +222,6 @@ impl<A: Aggregate> Repository<A> {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use std::sync::Arc;
     /// # use es_core::{Aggregate, DomainEvent, EventStore, Metadata, Repository};
     /// # use es_core::memory::MemoryEventStore;
     /// # #[derive(Debug, Default, Clone, PartialEq)] struct Count { n: u64 }
@@ -232,7 +235,7 @@ impl<A: Aggregate> Repository<A> {
     /// #     fn handle(&self, _: ()) -> Result<Vec<Ev>, Never> { Ok(vec![Ev::Added]) }
     /// #     fn apply(&mut self, _: &Ev) { self.n += 1 }
     /// # }
-    /// let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    /// let store = MemoryEventStore::new();
     /// let counts = Repository::<Count>::new(store.clone()).with_cache(10_000);
     /// counts.execute("a", (), Metadata::default()).await?; // a miss: reads the stream
     /// counts.execute("a", (), Metadata::default()).await?; // a hit: reads only newer events
@@ -295,7 +298,6 @@ impl<A: Aggregate> Repository<A> {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use std::sync::Arc;
     /// # use es_core::{Aggregate, DomainEvent, EventStore, Metadata, Repository};
     /// # use es_core::memory::MemoryEventStore;
     /// # #[derive(Debug, Default, Clone, PartialEq)] struct Count { n: u64 }
@@ -309,7 +311,7 @@ impl<A: Aggregate> Repository<A> {
     /// #     fn handle(&self, _: ()) -> Result<Vec<Ev>, Never> { Ok(vec![Ev::Added]) }
     /// #     fn apply(&mut self, _: &Ev) { self.n += 1 }
     /// # }
-    /// let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    /// let store = MemoryEventStore::new();
     /// let counts = Repository::<Count>::new(store);
     /// counts.execute("a", (), Metadata::default()).await?;
     /// let loaded = counts.load_many(&["a", "b"]).await?;
@@ -524,7 +526,6 @@ impl<A: Aggregate> Repository<A> {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use std::sync::Arc;
     /// # use es_core::{Aggregate, DomainEvent, EventStore, Metadata, Repository, UnitOfWork};
     /// # use es_core::memory::MemoryEventStore;
     /// # #[derive(Debug, Default, Clone, PartialEq)] struct Stock { left: u64 }
@@ -541,7 +542,7 @@ impl<A: Aggregate> Repository<A> {
     /// #     }
     /// #     fn apply(&mut self, e: &StockEvent) { match e { StockEvent::Added(n) => self.left += n, StockEvent::Taken(n) => self.left -= n } }
     /// # }
-    /// let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    /// let store = MemoryEventStore::new();
     /// let stock = Repository::<Stock>::new(store.clone());
     /// stock.execute("a", 5, Metadata::default()).await?;
     /// stock.execute("b", 1, Metadata::default()).await?;
@@ -573,7 +574,6 @@ impl<A: Aggregate> Repository<A> {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use std::sync::Arc;
     /// # use es_core::{Aggregate, DomainEvent, EventStore, Metadata, Repository, UnitOfWork};
     /// # use es_core::memory::MemoryEventStore;
     /// # #[derive(Debug, Default, Clone, PartialEq)] struct Stock { left: u64 }
@@ -590,7 +590,7 @@ impl<A: Aggregate> Repository<A> {
     /// #     }
     /// #     fn apply(&mut self, e: &StockEvent) { match e { StockEvent::Added(n) => self.left += n, StockEvent::Taken(n) => self.left -= n } }
     /// # }
-    /// let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    /// let store = MemoryEventStore::new();
     /// let stock = Repository::<Stock>::new(store.clone()).with_cache(1_000);
     /// stock.execute("a", 5, Metadata::default()).await?;
     /// stock.execute("b", 3, Metadata::default()).await?;

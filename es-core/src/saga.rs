@@ -83,7 +83,7 @@ use crate::repository::CommandError;
 ///
 /// let store = MemoryEventStore::new(); // keeps saga state and deadlines too
 /// let sent = Arc::new(Sent::default());
-/// let runner = SagaRunner::<Checkout>::new(Arc::new(store.clone()), sent.clone(), Duration::zero());
+/// let runner = SagaRunner::<Checkout>::new(store.clone(), sent.clone(), Duration::zero());
 ///
 /// let stream = StreamId::new("order-1")?;
 /// let placed = NewEvent::from_domain(&Flow::OrderPlaced { order: "1".into() }, Metadata::new_correlation())?;
@@ -354,6 +354,18 @@ pub struct SagaChange {
     pub fired_deadline: Option<Uuid>,
 }
 
+impl SagaChange {
+    /// The conflict a store answers when the instance's stored version is `actual`, not the
+    /// change's [`expected_version`](SagaChange::expected_version).
+    pub fn conflict(&self, actual: u64) -> Error {
+        Error::Conflict {
+            stream: crate::StreamId::of_saga(&self.saga, &self.instance),
+            expected: crate::ExpectedVersion::Exact(self.expected_version),
+            actual: Some(actual),
+        }
+    }
+}
+
 /// What a [`SagaStore::save`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SagaSaved {
@@ -450,14 +462,17 @@ impl<S: Saga> fmt::Debug for SagaRunner<S> {
 
 impl<S: Saga> SagaRunner<S> {
     /// A runner keeping state in `store` and sending commands through `dispatcher`.
+    ///
+    /// Both by value: a backend store (`MemoryEventStore`, `PgEventStore`) is a cheap handle,
+    /// and a dispatcher may be given as an `Arc` to keep a handle on it.
     pub fn new(
-        store: Arc<dyn SagaStore>,
-        dispatcher: Arc<dyn CommandDispatcher<S::Command>>,
+        store: impl SagaStore + 'static,
+        dispatcher: impl CommandDispatcher<S::Command> + 'static,
         config: S::Config,
     ) -> Self {
         SagaRunner {
-            store,
-            dispatcher,
+            store: crate::shared::saga_store(store),
+            dispatcher: Arc::new(dispatcher),
             config: Arc::new(config),
             max_retries: 16,
             deadline_retry: RetryPolicy {
@@ -492,8 +507,8 @@ impl<S: Saga> SagaRunner<S> {
         let mut attempt = 0;
         loop {
             let (mut saga, version) = match self.load(&instance).await? {
-                Loaded::Completed(_) => return Ok(SagaOutcome::Ignored),
-                Loaded::State(saga, version) => (saga, version),
+                Instance::Completed(_) => return Ok(SagaOutcome::Ignored),
+                Instance::State(saga, version) => (saga, version),
             };
             let decision = saga.handle(&self.config, &envelope);
             match self
@@ -525,8 +540,8 @@ impl<S: Saga> SagaRunner<S> {
         let payload: S::Deadline = serde_json::from_slice(&deadline.payload)
             .map_err(|e| Error::serialization(format!("{} deadline", S::NAME), e))?;
         let (mut saga, version) = match self.load(&deadline.instance).await? {
-            Loaded::State(saga, version) => (saga, version),
-            Loaded::Completed(state) => {
+            Instance::State(saga, version) => (saga, version),
+            Instance::Completed(state) => {
                 // A finished instance: drop the deadline without running it.
                 let change = SagaChange {
                     saga: S::NAME.to_owned(),
@@ -645,14 +660,14 @@ impl<S: Saga> SagaRunner<S> {
         }
     }
 
-    async fn load(&self, instance: &str) -> Result<Loaded<S>> {
+    async fn load(&self, instance: &str) -> Result<Instance<S>> {
         match self.store.load(S::NAME, instance).await? {
-            None => Ok(Loaded::State(S::default(), 0)),
-            Some(state) if state.completed => Ok(Loaded::Completed(state)),
+            None => Ok(Instance::State(S::default(), 0)),
+            Some(state) if state.completed => Ok(Instance::Completed(state)),
             Some(state) => {
                 let saga = serde_json::from_slice(&state.data)
                     .map_err(|e| Error::serialization(S::NAME, e))?;
-                Ok(Loaded::State(saga, state.version))
+                Ok(Instance::State(saga, state.version))
             }
         }
     }
@@ -736,8 +751,12 @@ impl Failed {
     }
 }
 
-enum Loaded<S> {
+/// A saga instance as the runner finds it in its store (named apart from the repository's
+/// [`Loaded`](crate::Loaded), which is an aggregate's state).
+enum Instance<S> {
+    /// Running: its state and version (0: new).
     State(S, u64),
+    /// Finished: it takes no more events.
     Completed(SagaState),
 }
 

@@ -10,56 +10,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::{DomainEvent, NewEvent, RecordedEvent};
-use crate::stream::{Position, StreamFilter, StreamId};
-
-/// What a writer expects of a stream's version when it appends.
-///
-/// Stream versions count events: a stream with three events is at version 3, and its next event
-/// gets version 4.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum ExpectedVersion {
-    /// Append whatever the stream's version.
-    Any,
-    /// The stream must not exist yet.
-    NoStream,
-    /// The stream must exist (have at least one event).
-    StreamExists,
-    /// The stream must be at exactly this version (`Exact(0)` is the same as `NoStream`).
-    Exact(u64),
-}
-
-impl ExpectedVersion {
-    /// Whether a stream currently at `actual` (`None`: no stream) meets this expectation.
-    pub fn is_met_by(self, actual: Option<u64>) -> bool {
-        match (self, actual) {
-            (ExpectedVersion::Any, _) => true,
-            (ExpectedVersion::NoStream, None) | (ExpectedVersion::Exact(0), None) => true,
-            (ExpectedVersion::StreamExists, Some(_)) => true,
-            (ExpectedVersion::Exact(expected), Some(actual)) => expected == actual,
-            _ => false,
-        }
-    }
-
-    /// The conflict error for `stream` when this expectation failed against `actual`.
-    pub fn conflict(self, stream: &StreamId, actual: Option<u64>) -> Error {
-        Error::Conflict {
-            stream: stream.to_string(),
-            expected: self,
-            actual,
-        }
-    }
-}
-
-impl fmt::Display for ExpectedVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExpectedVersion::Any => f.write_str("any version"),
-            ExpectedVersion::NoStream => f.write_str("no stream"),
-            ExpectedVersion::StreamExists => f.write_str("an existing stream"),
-            ExpectedVersion::Exact(version) => write!(f, "version {version}"),
-        }
-    }
-}
+use crate::stream::{ExpectedVersion, Position, StreamFilter, StreamId};
 
 /// Events to append to one stream, with the writer's expectation of its version.
 #[derive(Clone, Debug, PartialEq)]
@@ -476,17 +427,6 @@ pub trait CheckpointStore: Send + Sync + fmt::Debug {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn expectations_against_actual_versions() {
-        use ExpectedVersion::*;
-        assert!(Any.is_met_by(None) && Any.is_met_by(Some(3)));
-        assert!(NoStream.is_met_by(None) && !NoStream.is_met_by(Some(1)));
-        assert!(StreamExists.is_met_by(Some(1)) && !StreamExists.is_met_by(None));
-        assert!(Exact(0).is_met_by(None) && !Exact(0).is_met_by(Some(1)));
-        assert!(Exact(2).is_met_by(Some(2)) && !Exact(2).is_met_by(Some(3)));
-        assert!(!Exact(2).is_met_by(None));
-    }
 
     #[test]
     fn a_stream_twice_in_one_unit_is_invalid() {

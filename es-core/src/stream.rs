@@ -1,4 +1,5 @@
-//! Stream ids, categories and positions in the global log.
+//! Stream ids, categories, positions in the global log, and the version a writer expects of a
+//! stream.
 
 use std::fmt;
 
@@ -64,6 +65,31 @@ impl StreamId {
             ));
         }
         StreamId::new(format!("{category}-{id}"))
+    }
+
+    /// The id under which a conflict on the state of saga `saga`'s instance `instance` is
+    /// reported ([`Error::Conflict`]): `saga-{saga}/{instance}`. Saga state is not an event
+    /// stream, so this id only names it; it never fails, replacing control characters and
+    /// cutting the id to [`MAX_STREAM_ID_LEN`] bytes where a valid id could not hold them.
+    ///
+    /// ```
+    /// # use es_core::StreamId;
+    /// assert_eq!(StreamId::of_saga("checkout", "o-1").as_str(), "saga-checkout/o-1");
+    /// assert_eq!(StreamId::of_saga("checkout", &"x".repeat(300)).as_str().len(), 255);
+    /// ```
+    pub fn of_saga(saga: &str, instance: &str) -> Self {
+        let mut id: String = format!("saga-{saga}/{instance}")
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        if id.len() > MAX_STREAM_ID_LEN {
+            let mut end = MAX_STREAM_ID_LEN;
+            while !id.is_char_boundary(end) {
+                end -= 1;
+            }
+            id.truncate(end);
+        }
+        StreamId(id)
     }
 
     /// The stream id as a string.
@@ -193,9 +219,69 @@ impl fmt::Display for Position {
     }
 }
 
+/// What a writer expects of a stream's version when it appends.
+///
+/// Stream versions count events: a stream with three events is at version 3, and its next event
+/// gets version 4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must exist (have at least one event).
+    StreamExists,
+    /// The stream must be at exactly this version (`Exact(0)` is the same as `NoStream`).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream currently at `actual` (`None`: no stream) meets this expectation.
+    pub fn is_met_by(self, actual: Option<u64>) -> bool {
+        match (self, actual) {
+            (ExpectedVersion::Any, _) => true,
+            (ExpectedVersion::NoStream, None) | (ExpectedVersion::Exact(0), None) => true,
+            (ExpectedVersion::StreamExists, Some(_)) => true,
+            (ExpectedVersion::Exact(expected), Some(actual)) => expected == actual,
+            _ => false,
+        }
+    }
+
+    /// The conflict error for `stream` when this expectation failed against `actual`.
+    pub fn conflict(self, stream: &StreamId, actual: Option<u64>) -> Error {
+        Error::Conflict {
+            stream: stream.clone(),
+            expected: self,
+            actual,
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any version"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::StreamExists => f.write_str("an existing stream"),
+            ExpectedVersion::Exact(version) => write!(f, "version {version}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expectations_against_actual_versions() {
+        use ExpectedVersion::*;
+        assert!(Any.is_met_by(None) && Any.is_met_by(Some(3)));
+        assert!(NoStream.is_met_by(None) && !NoStream.is_met_by(Some(1)));
+        assert!(StreamExists.is_met_by(Some(1)) && !StreamExists.is_met_by(None));
+        assert!(Exact(0).is_met_by(None) && !Exact(0).is_met_by(Some(1)));
+        assert!(Exact(2).is_met_by(Some(2)) && !Exact(2).is_met_by(Some(3)));
+        assert!(!Exact(2).is_met_by(None));
+    }
 
     #[test]
     fn empty_and_control_stream_ids_are_rejected() {

@@ -22,6 +22,7 @@ use futures_util::stream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use crate::store::{EventStore, EventSubscription, Page};
@@ -60,7 +61,9 @@ struct State {
     ahead: Option<ReadAhead>,
     wake: Option<watch::Receiver<()>>,
     config: PollConfig,
-    backoff: Option<Duration>,
+    backoff: Backoff,
+    /// The wait before the next read, after a failed one.
+    retry_in: Option<Duration>,
     /// The buffer's page reached the head: once it is delivered, wait before reading again.
     at_head: bool,
 }
@@ -132,8 +135,9 @@ pub fn poll_subscription(
         buffer: VecDeque::new(),
         ahead: None,
         wake,
+        backoff: Backoff::new(config.min_backoff, config.max_backoff),
         config,
-        backoff: None,
+        retry_in: None,
         at_head: false,
     };
     Box::pin(stream::unfold(state, |mut state| async move {
@@ -142,7 +146,7 @@ pub fn poll_subscription(
                 state.after = event.position;
                 return Some((Ok(event), state));
             }
-            if let Some(delay) = state.backoff {
+            if let Some(delay) = state.retry_in.take() {
                 tokio::time::sleep(delay).await;
             }
             if std::mem::take(&mut state.at_head) {
@@ -152,7 +156,7 @@ pub fn poll_subscription(
             }
             match state.next_page().await {
                 Ok(page) if !page.events.is_empty() => {
-                    state.backoff = None;
+                    state.backoff.reset();
                     if page.events.len() >= state.config.page_size && !page.at_head {
                         if let Some(last) = page.events.last() {
                             state.read_ahead(last.position);
@@ -162,14 +166,11 @@ pub fn poll_subscription(
                     state.buffer.extend(page.events);
                 }
                 Ok(_) => {
-                    state.backoff = None;
+                    state.backoff.reset();
                     wait_for_wake(&mut state).await;
                 }
                 Err(error) => {
-                    state.backoff = Some(match state.backoff {
-                        None => state.config.min_backoff,
-                        Some(d) => (d * 2).min(state.config.max_backoff),
-                    });
+                    state.retry_in = Some(state.backoff.next_delay());
                     return Some((Err::<RecordedEvent, Error>(error), state));
                 }
             }
@@ -203,7 +204,8 @@ mod tests {
 
     use super::*;
     use crate::memory::MemoryEventStore;
-    use crate::store::{CommitOutcome, ExpectedVersion, UnitOfWork};
+    use crate::store::{CommitOutcome, UnitOfWork};
+    use crate::stream::ExpectedVersion;
     use crate::stream::StreamId;
     use crate::NewEvent;
 

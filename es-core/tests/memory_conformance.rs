@@ -81,7 +81,7 @@ impl es_core::TypedProjection for Counted {
 #[tokio::test]
 async fn memory_read_models_pass_the_projection_admin_suite() {
     let store = MemoryEventStore::new();
-    let models = es_core::memory::MemoryReadModels::new(Arc::new(store.clone()));
+    let models = es_core::memory::MemoryReadModels::new(store.clone());
     let counted = es_core::Typed::new(Counted::default());
     testing::projection_admin_conformance(&models, &store, "counted", "admin", || async {
         models.catch_up(&counted).await.expect("catch up");

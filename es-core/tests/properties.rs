@@ -52,13 +52,13 @@ proptest! {
             for event in &events {
                 expected.apply(event);
             }
-            let plain = Repository::<Account>::new(Arc::new(store.clone())).load("p").await.unwrap();
+            let plain = Repository::<Account>::new(store.clone()).load("p").await.unwrap();
             prop_assert_eq!(&plain.state, &expected);
             prop_assert_eq!(plain.version, events.len() as u64);
 
             // Snapshot at an arbitrary version, then load through it.
-            let with_snapshots = Repository::<Account>::new(Arc::new(store.clone()))
-                .with_snapshots(Arc::new(store.clone()), every);
+            let with_snapshots = Repository::<Account>::new(store.clone())
+                .with_snapshots(store.clone(), every);
             let mut partial = Account::default();
             let cut = (events.len() as u64 / every) * every;
             for event in &events[..cut as usize] {

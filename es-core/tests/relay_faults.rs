@@ -84,13 +84,12 @@ async fn a_poison_event_is_parked_and_the_events_after_it_still_go_out() {
     good_ids.extend(append(&store, &category, good(10, 10)).await);
 
     let parking = MemoryEventStore::new();
-    let relay = Relay::new(
-        "outbox",
-        Arc::new(store.clone()),
-        bus.clone(),
-        Arc::new(store.clone()),
-    )
-    .with_parked_events(Arc::new(parking.clone()));
+    let relay = Relay::builder("outbox")
+        .store(store.clone())
+        .bus(bus.clone())
+        .checkpoints(store.clone())
+        .parked_events(parking.clone())
+        .build();
     let (stop, task) = spawn(relay.clone());
 
     assert_eq!(
@@ -136,13 +135,12 @@ async fn relay_available_parks_a_poison_event_too() {
     events.push(poison());
     append(&store, &category, events).await;
 
-    let relay = Relay::new(
-        "outbox",
-        Arc::new(store.clone()),
-        bus.clone(),
-        Arc::new(store.clone()),
-    )
-    .with_batch_size(2);
+    let relay = Relay::builder("outbox")
+        .store(store.clone())
+        .bus(bus.clone())
+        .checkpoints(store.clone())
+        .batch_size(2)
+        .build();
     assert_eq!(relay.relay_available().await.unwrap(), 5);
     assert_eq!(consumer.wait_for(3, WITHIN).await, 3);
     assert_eq!(relay.parked(10).await.unwrap().len(), 2);
@@ -156,13 +154,12 @@ async fn a_bus_that_is_down_is_waited_for_and_then_gets_everything() {
     let (bus, consumer) = buses(&category).await;
     bus.set_down(true);
     let ids = append(&store, &category, good(0, 30)).await;
-    let relay = Relay::new(
-        "outbox",
-        Arc::new(store.clone()),
-        bus.clone(),
-        Arc::new(store.clone()),
-    )
-    .with_batch_size(7);
+    let relay = Relay::builder("outbox")
+        .store(store.clone())
+        .bus(bus.clone())
+        .checkpoints(store.clone())
+        .batch_size(7)
+        .build();
     let (stop, task) = spawn(relay.clone());
 
     // It keeps trying, with backoff: not once, not in a hot loop.

@@ -160,14 +160,13 @@ async fn cluster() -> Cluster {
         .unwrap();
     let buses = [InstanceBus::new(&bus), InstanceBus::new(&bus)];
     let relay = |bus: &Arc<InstanceBus>| {
-        Relay::new(
-            "relay-leased",
-            Arc::new(store.clone()),
-            bus.clone(),
-            Arc::new(store.clone()),
-        )
-        .with_batch_size(4)
-        .with_lease(Arc::new(leases.clone()), TTL)
+        Relay::builder("relay-leased")
+            .store(store.clone())
+            .bus(bus.clone())
+            .checkpoints(store.clone())
+            .batch_size(4)
+            .lease(leases.clone(), TTL)
+            .build()
     };
     let relays = [Some(start(relay(&buses[0]))), Some(start(relay(&buses[1])))];
     Cluster {
@@ -321,13 +320,12 @@ async fn a_relay_that_loses_its_lease_stops_publishing_and_resumes_from_the_chec
         inner: MemoryLeaseStore::new(),
         denied: AtomicBool::new(false),
     });
-    let relay = Relay::new(
-        "relay-revoked",
-        Arc::new(store.clone()),
-        bus.clone(),
-        Arc::new(store.clone()),
-    )
-    .with_lease(leases.clone(), TTL);
+    let relay = Relay::builder("relay-revoked")
+        .store(store.clone())
+        .bus(bus.clone())
+        .checkpoints(store.clone())
+        .lease(leases.clone(), TTL)
+        .build();
     let running = start(relay.clone());
     append(&store, 0, 5).await;
     let b = bus.clone();
@@ -375,12 +373,11 @@ async fn a_relay_that_loses_its_lease_stops_publishing_and_resumes_from_the_chec
 async fn a_relay_without_a_lease_behaves_as_before() {
     let store = MemoryEventStore::new();
     let bus = InstanceBus::new(&MemoryEventBus::new());
-    let relay = Relay::new(
-        "relay-plain",
-        Arc::new(store.clone()),
-        bus.clone(),
-        Arc::new(store.clone()),
-    );
+    let relay = Relay::builder("relay-plain")
+        .store(store.clone())
+        .bus(bus.clone())
+        .checkpoints(store.clone())
+        .build();
     let running = start(relay.clone());
     append(&store, 0, 7).await;
     let b = bus.clone();

@@ -13,7 +13,7 @@ use es_core::{
 };
 
 fn repo(store: &MemoryEventStore) -> Repository<Account> {
-    Repository::new(Arc::new(store.clone()))
+    Repository::new(store.clone())
 }
 
 #[tokio::test]
@@ -206,7 +206,7 @@ async fn conflicts_beyond_the_retry_bound_are_returned() {
 #[tokio::test]
 async fn snapshots_are_taken_every_n_events_and_loading_reads_only_the_tail() {
     let store = MemoryEventStore::new();
-    let accounts = repo(&store).with_snapshots(Arc::new(store.clone()), 10);
+    let accounts = repo(&store).with_snapshots(store.clone(), 10);
     accounts
         .execute(
             "a",
@@ -240,7 +240,7 @@ async fn snapshots_are_taken_every_n_events_and_loading_reads_only_the_tail() {
 #[tokio::test]
 async fn an_undecodable_snapshot_falls_back_to_replay() {
     let store = MemoryEventStore::new();
-    let accounts = repo(&store).with_snapshots(Arc::new(store.clone()), 1);
+    let accounts = repo(&store).with_snapshots(store.clone(), 1);
     accounts
         .execute(
             "a",
@@ -481,7 +481,7 @@ async fn decisions_on_two_aggregates_commit_together_or_conflict() {
 async fn a_decision_committed_elsewhere_is_folded_and_snapshotted() {
     use es_core::UnitOfWork;
     let store = MemoryEventStore::new();
-    let accounts = repo(&store).with_snapshots(Arc::new(store.clone()), 2);
+    let accounts = repo(&store).with_snapshots(store.clone(), 2);
     accounts
         .execute(
             "a",
@@ -512,9 +512,7 @@ async fn a_decision_committed_elsewhere_is_folded_and_snapshotted() {
 #[tokio::test]
 async fn a_cached_repository_keeps_snapshots_and_agrees_with_a_cold_load() {
     let store = MemoryEventStore::new();
-    let accounts = repo(&store)
-        .with_snapshots(Arc::new(store.clone()), 10)
-        .with_cache(4);
+    let accounts = repo(&store).with_snapshots(store.clone(), 10).with_cache(4);
     accounts
         .execute(
             "a",
@@ -540,7 +538,7 @@ async fn a_cached_repository_keeps_snapshots_and_agrees_with_a_cold_load() {
     assert_eq!((cached.state.balance, cached.version), (48, 25));
     assert_eq!(cached.state.applied, 25, "every event folded exactly once");
     let cold = repo(&store)
-        .with_snapshots(Arc::new(store.clone()), 10)
+        .with_snapshots(store.clone(), 10)
         .load("a")
         .await
         .unwrap();

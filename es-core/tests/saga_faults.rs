@@ -189,7 +189,7 @@ fn runner<S: Saga<Command = Cmd, Config = chrono::Duration>>(
     dispatcher: &Arc<Dispatcher>,
     timeout: chrono::Duration,
 ) -> SagaRunner<S> {
-    SagaRunner::<S>::new(Arc::new(store.clone()), dispatcher.clone(), timeout)
+    SagaRunner::<S>::new(store.clone(), dispatcher.clone(), timeout)
 }
 
 #[tokio::test]

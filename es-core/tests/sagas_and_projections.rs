@@ -15,6 +15,7 @@ use es_core::{
     StreamFilter, StreamId, Subscription,
 };
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Flow {
@@ -123,8 +124,7 @@ async fn record(store: &MemoryEventStore, event: Flow, meta: Metadata) -> Record
 async fn a_deadline_fires_once_even_across_a_restart() {
     let store = MemoryEventStore::new();
     let dispatched = Arc::new(Dispatched::default());
-    let runner =
-        SagaRunner::<Checkout>::new(Arc::new(store.clone()), dispatched.clone(), Duration::ZERO);
+    let runner = SagaRunner::<Checkout>::new(store.clone(), dispatched.clone(), Duration::ZERO);
     let meta = Metadata::new_correlation();
     let started = record(&store, Flow::Started { id: "o1".into() }, meta.clone()).await;
     assert_eq!(
@@ -134,8 +134,7 @@ async fn a_deadline_fires_once_even_across_a_restart() {
     assert_eq!(store.deadlines_of("checkout", "o1").await.unwrap().len(), 1);
 
     // A "restarted" runner (new instance, same store) and the old one both try to fire.
-    let restarted =
-        SagaRunner::<Checkout>::new(Arc::new(store.clone()), dispatched.clone(), Duration::ZERO);
+    let restarted = SagaRunner::<Checkout>::new(store.clone(), dispatched.clone(), Duration::ZERO);
     let now = Utc::now() + chrono::Duration::seconds(1);
     let fired = restarted.fire_due(now).await.unwrap() + runner.fire_due(now).await.unwrap();
     assert_eq!(fired, 1, "the deadline fires once");
@@ -159,11 +158,8 @@ async fn a_deadline_fires_once_even_across_a_restart() {
 async fn a_redelivered_event_is_not_handled_twice_and_cancels_its_deadline() {
     let store = MemoryEventStore::new();
     let dispatched = Arc::new(Dispatched::default());
-    let runner = SagaRunner::<Checkout>::new(
-        Arc::new(store.clone()),
-        dispatched.clone(),
-        Duration::from_secs(3600),
-    );
+    let runner =
+        SagaRunner::<Checkout>::new(store.clone(), dispatched.clone(), Duration::from_secs(3600));
     let meta = Metadata::new_correlation();
     let started = record(&store, Flow::Started { id: "o2".into() }, meta.clone()).await;
     let paid = record(&store, Flow::Paid { id: "o2".into() }, meta).await;
@@ -200,11 +196,7 @@ async fn a_redelivered_event_is_not_handled_twice_and_cancels_its_deadline() {
 #[tokio::test]
 async fn events_the_saga_does_not_know_are_ignored() {
     let store = MemoryEventStore::new();
-    let runner = SagaRunner::<Checkout>::new(
-        Arc::new(store.clone()),
-        Arc::new(Dispatched::default()),
-        Duration::ZERO,
-    );
+    let runner = SagaRunner::<Checkout>::new(store.clone(), Dispatched::default(), Duration::ZERO);
     let stream = StreamId::new("other-1").unwrap();
     store
         .append(
@@ -294,7 +286,7 @@ async fn a_projection_resumes_from_its_checkpoint() {
         )
         .await;
     }
-    let runner = ProjectionRunner::new(Arc::new(store.clone()), Arc::new(store.clone()));
+    let runner = ProjectionRunner::new(store.clone(), store.clone());
     let first = Counter::default();
     let checkpoint = runner.catch_up(&first).await.unwrap();
     assert_eq!(first.seen.lock().unwrap().len(), 5);
@@ -323,6 +315,45 @@ async fn a_projection_resumes_from_its_checkpoint() {
     assert_eq!(second.seen.lock().unwrap().len(), 4);
     assert_eq!(handle.status().position, head);
     handle.stop().await;
+}
+
+#[tokio::test]
+async fn projections_under_a_service_token_stop_alone_or_all_together() {
+    let store = MemoryEventStore::new();
+    // Two runners with checkpoints of their own: the two projections share a name.
+    let runner = || ProjectionRunner::new(store.clone(), MemoryEventStore::new());
+    let service = CancellationToken::new();
+    let (a, b) = (Arc::new(Counter::default()), Arc::new(Counter::default()));
+    let first = runner().spawn_until(a.clone(), &service);
+    let mut second = runner().spawn_until(b.clone(), &service);
+
+    // Stopping one stops that one only: the service's token stays as it was.
+    first.stop().await;
+    assert!(!service.is_cancelled());
+    record(
+        &store,
+        Flow::Started { id: "t1".into() },
+        Metadata::default(),
+    )
+    .await;
+    let head = store.head().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), second.wait_for(head))
+        .await
+        .expect("the other projection still follows the log");
+    assert_eq!(
+        (a.seen.lock().unwrap().len(), b.seen.lock().unwrap().len()),
+        (0, 1)
+    );
+
+    // Cancelling the service's token stops every projection under it.
+    service.cancel();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !second.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the service's cancel stops the projection");
 }
 
 #[tokio::test]
@@ -385,13 +416,12 @@ async fn the_relay_publishes_every_committed_event_once_and_resumes_from_its_che
         )
         .await;
     }
-    let relay = Relay::new(
-        "relay",
-        Arc::new(store.clone()),
-        Arc::new(bus.clone()),
-        Arc::new(store.clone()),
-    )
-    .with_batch_size(3);
+    let relay = Relay::builder("relay")
+        .store(store.clone())
+        .bus(bus.clone())
+        .checkpoints(store.clone())
+        .batch_size(3)
+        .build();
     assert_eq!(relay.relay_available().await.unwrap(), 10);
     assert_eq!(
         relay.relay_available().await.unwrap(),

@@ -179,13 +179,12 @@ async fn the_relay_records_what_it_published_and_how_old_it_was() {
     let (store, _) = store_with(7).await;
     let store = Arc::new(store);
     let bus = Arc::new(MemoryEventBus::new());
-    let relay = Relay::new(
-        "telemetry-relay",
-        store.clone(),
-        bus,
-        Arc::new(MemoryEventStore::new()),
-    )
-    .with_batch_size(5);
+    let relay = Relay::builder("telemetry-relay")
+        .store(store.clone())
+        .bus(bus)
+        .checkpoints(MemoryEventStore::new())
+        .batch_size(5)
+        .build();
     assert_eq!(relay.relay_available().await.unwrap(), 7);
 
     assert_eq!(

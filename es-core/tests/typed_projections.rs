@@ -89,7 +89,7 @@ async fn a_typed_projection_skips_an_unknown_event_type_and_keeps_going() {
     append(&store, "tab-2", "Disputed", r#"{"reason":"y"}"#).await;
 
     let totals = Arc::new(Typed::new(Totals::default()));
-    let runner = ProjectionRunner::new(Arc::new(store.clone()), Arc::new(MemoryEventStore::new()));
+    let runner = ProjectionRunner::new(store.clone(), MemoryEventStore::new());
     let mut handle = runner.spawn(totals.clone());
     let head = store.head().await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), handle.wait_for(head))
@@ -110,7 +110,7 @@ async fn a_known_type_that_fails_to_decode_is_an_error_not_a_skip() {
     let store = MemoryEventStore::new();
     append(&store, "tab-1", "Charged", r#"{"cents":"lots"}"#).await;
     let totals = Typed::new(Totals::default());
-    let runner = ProjectionRunner::new(Arc::new(store.clone()), Arc::new(store.clone()));
+    let runner = ProjectionRunner::new(store.clone(), store.clone());
     assert!(runner.catch_up(&totals).await.is_err());
     assert_eq!(totals.read().events, 0);
 }
@@ -119,7 +119,7 @@ async fn a_known_type_that_fails_to_decode_is_an_error_not_a_skip() {
 async fn an_inline_typed_projection_is_read_right_after_the_command() {
     let totals = Arc::new(Typed::new(Totals::default()));
     let store = MemoryEventStore::new().with_inline_projection(totals.clone());
-    let tabs = Repository::<Tab>::new(Arc::new(store.clone()));
+    let tabs = Repository::<Tab>::new(store.clone());
     tabs.execute("7", None, Metadata::default()).await.unwrap();
     for cents in [100, 20, 3] {
         tabs.execute("7", Some(cents), Metadata::default())
@@ -169,7 +169,7 @@ async fn memory_read_models_follow_the_log_and_a_new_version_takes_over_whole() 
 
     let store = MemoryEventStore::new();
     append(&store, "tab-1", "Charged", r#"{"cents":5}"#).await;
-    let models = MemoryReadModels::new(Arc::new(store.clone()));
+    let models = MemoryReadModels::new(store.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let v1 = Arc::new(Typed::new(Totals::default()));
     let running = tokio::spawn({

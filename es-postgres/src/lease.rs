@@ -25,8 +25,12 @@ use crate::store::PgEventStore;
 /// # async fn demo(store: PgEventStore, bus: Arc<dyn EventBus>) {
 /// # let shutdown = std::future::pending::<()>();
 /// // Every instance of the service runs this; only the lease holder publishes.
-/// let relay = Relay::new("relay-order", Arc::new(store.clone()), bus, Arc::new(store.clone()))
-///     .with_lease(Arc::new(PgLeaseStore::new(&store)), Duration::from_secs(5));
+/// let relay = Relay::builder("relay-order")
+///     .store(store.clone())
+///     .bus(bus)
+///     .checkpoints(store.clone())
+///     .lease(PgLeaseStore::new(&store), Duration::from_secs(5))
+///     .build();
 /// relay.run(shutdown).await; // releases the lease on the way out
 /// # }
 /// ```

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use es_core::StreamFilter;
+use es_core::{Backoff, StreamFilter};
 use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::{watch, Notify};
 
@@ -111,13 +111,11 @@ impl Listener {
 }
 
 async fn listen(pool: PgPool, channel: String, wake: Arc<Wakes>) {
-    const MIN_BACKOFF: Duration = Duration::from_millis(50);
-    const MAX_BACKOFF: Duration = Duration::from_secs(5);
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         match connect(&pool, &channel).await {
             Ok(mut listener) => {
-                backoff = MIN_BACKOFF;
+                backoff.reset();
                 // Notifications sent while nobody listened are lost: let subscribers read.
                 wake.wake_all();
                 loop {
@@ -142,8 +140,7 @@ async fn listen(pool: PgPool, channel: String, wake: Arc<Wakes>) {
             }
         }
         wake.wake_all();
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff.sleep().await;
     }
 }
 

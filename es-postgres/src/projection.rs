@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use es_core::projection::TypedDecoder;
 use es_core::{
-    BoxError, DomainEvent, Envelope, Error, Position, RecordedEvent, Result, StreamFilter,
+    Backoff, BoxError, DomainEvent, Envelope, Error, Position, RecordedEvent, Result, StreamFilter,
 };
 use sqlx::PgConnection;
 
@@ -218,8 +218,7 @@ impl<P: PgTypedProjection> PgProjection for PgTyped<P> {
 pub struct PgProjectionRunner {
     store: PgEventStore,
     batch_size: usize,
-    min_backoff: Duration,
-    max_backoff: Duration,
+    backoff: Backoff,
 }
 
 impl fmt::Debug for PgProjectionRunner {
@@ -237,8 +236,7 @@ impl PgProjectionRunner {
         PgProjectionRunner {
             store,
             batch_size: 500,
-            min_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(5),
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
         }
     }
 
@@ -309,16 +307,16 @@ impl PgProjectionRunner {
         tokio::pin!(shutdown);
         let mut wake = self.store.wake_receiver_for(&projection.filter());
         let poll = self.store.config().poll_interval;
-        let mut backoff = self.min_backoff;
+        let mut backoff = self.backoff.clone();
         loop {
             wake.borrow_and_update();
             let pause = match self.run_batch(&*projection).await {
                 Ok(applied) if applied == self.batch_size => {
-                    backoff = self.min_backoff;
+                    backoff.reset();
                     continue;
                 }
                 Ok(_) => {
-                    backoff = self.min_backoff;
+                    backoff.reset();
                     tokio::select! {
                         _ = &mut shutdown => return,
                         _ = wake.changed() => {}
@@ -328,9 +326,7 @@ impl PgProjectionRunner {
                 }
                 Err(error) => {
                     tracing::warn!(projection = projection.name(), %error, backend = BACKEND, "projection batch failed; retrying");
-                    let pause = backoff;
-                    backoff = (backoff * 2).min(self.max_backoff);
-                    pause
+                    backoff.next_delay()
                 }
             };
             tokio::select! {

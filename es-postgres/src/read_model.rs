@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use es_core::{
-    Error, Position, ProjectionAdmin, ProjectionInfo, ProjectionPhase, Result, StreamFilter,
+    Backoff, Error, Position, ProjectionAdmin, ProjectionInfo, ProjectionPhase, Result,
+    StreamFilter,
 };
 use sqlx::{PgConnection, Postgres, Transaction};
 
@@ -53,8 +54,7 @@ use crate::store::{read_visible, PgEventStore, HORIZON};
 pub struct PgReadModelRunner {
     store: PgEventStore,
     batch_size: usize,
-    min_backoff: Duration,
-    max_backoff: Duration,
+    backoff: Backoff,
 }
 
 impl fmt::Debug for PgReadModelRunner {
@@ -95,8 +95,7 @@ impl PgReadModelRunner {
         PgReadModelRunner {
             store,
             batch_size: 500,
-            min_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(5),
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
         }
     }
 
@@ -172,17 +171,17 @@ impl PgReadModelRunner {
         tokio::pin!(shutdown);
         let mut wake = self.store.wake_receiver_for(&model.filter());
         let poll = self.store.config().poll_interval;
-        let mut backoff = self.min_backoff;
+        let mut backoff = self.backoff.clone();
         let mut told_superseded = false;
         loop {
             wake.borrow_and_update();
             let pause = match self.step(&*model).await {
                 Ok(step) if step.more => {
-                    backoff = self.min_backoff;
+                    backoff.reset();
                     continue;
                 }
                 Ok(step) => {
-                    backoff = self.min_backoff;
+                    backoff.reset();
                     if step.superseded && !told_superseded {
                         told_superseded = true;
                         tracing::warn!(projection = model.name(), version = model.version(), backend = BACKEND, "a newer version of this projection is active; this runner leaves it alone");
@@ -196,9 +195,7 @@ impl PgReadModelRunner {
                 }
                 Err(error) => {
                     tracing::warn!(projection = model.name(), %error, backend = BACKEND, "read model step failed; retrying");
-                    let pause = backoff;
-                    backoff = (backoff * 2).min(self.max_backoff);
-                    pause
+                    backoff.next_delay()
                 }
             };
             tokio::select! {

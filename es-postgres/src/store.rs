@@ -11,9 +11,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use es_core::subscription::{poll_subscription, PollConfig};
 use es_core::{
-    AppendResult, BoxError, CommitOutcome, Error, EventStore, EventSubscription, ExpectedVersion,
-    Metadata, NewEvent, Page, Position, RecordedEvent, ReplayedEvent, Result, StreamAppend,
-    StreamFilter, StreamId, UnitOfWork,
+    AppendResult, Backoff, BoxError, CommitOutcome, Error, EventStore, EventSubscription,
+    ExpectedVersion, Metadata, NewEvent, Page, Position, RecordedEvent, ReplayedEvent, Result,
+    StreamAppend, StreamFilter, StreamId, UnitOfWork,
 };
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
@@ -765,7 +765,7 @@ impl PgEventStore {
             ));
         }
         let deadline = tokio::time::Instant::now() + max_wait;
-        let mut pause = Duration::from_millis(2);
+        let mut pause = Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
         // The transactions worth waiting for are those running when the read began; one that
         // began later could keep a busy log held back for ever.
         let mut began_before: Option<i64> = None;
@@ -783,8 +783,7 @@ impl PgEventStore {
                 return Ok(events);
             }
             drop(conn);
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            pause.sleep().await;
         }
     }
 }
@@ -809,7 +808,7 @@ impl PgEventStore {
         }
         let sql = page_sql(filter);
         let deadline = tokio::time::Instant::now() + max_wait;
-        let mut pause = Duration::from_millis(2);
+        let mut pause = Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
         loop {
             let mut conn = self.inner.pool.acquire().await.map_err(from_sqlx)?;
             let mut rows = visible_query::<PageRow>(&sql, filter, after, limit)?.fetch(&mut *conn);
@@ -836,8 +835,7 @@ impl PgEventStore {
                 return Ok(Page::new(events, true));
             }
             drop(conn);
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            pause.sleep().await;
         }
     }
 }
@@ -1214,7 +1212,7 @@ impl EventStore for PgEventStore {
 
     async fn head(&self) -> Result<Position> {
         let deadline = tokio::time::Instant::now() + self.inner.config.read_settle;
-        let mut pause = Duration::from_millis(2);
+        let mut pause = Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
         let mut began_before: Option<i64> = None;
         loop {
             let (tx_id, seq, held, xmin, xmax): (Option<i64>, Option<i64>, bool, i64, i64) =
@@ -1233,8 +1231,7 @@ impl EventStore for PgEventStore {
             if !held || xmin >= target || tokio::time::Instant::now() >= deadline {
                 return Ok(head);
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            pause.sleep().await;
         }
     }
 

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use es_core::saga::{DeadlineRecord, SagaChange, SagaSaved, SagaState, SagaStore};
 use es_core::{
-    CheckpointStore, Error, ExpectedVersion, Inbox, Metadata, ParkedEvent, ParkedEventStore,
-    Position, Result, Snapshot, SnapshotStore, StreamId,
+    CheckpointStore, Error, Inbox, Metadata, ParkedEvent, ParkedEventStore, Position, Result,
+    Snapshot, SnapshotStore, StreamId,
 };
 use uuid::Uuid;
 
@@ -284,11 +284,7 @@ impl SagaStore for PgEventStore {
             .await
             .map_err(from_sqlx)?;
             tx.rollback().await.map_err(from_sqlx)?;
-            return Err(Error::Conflict {
-                stream: format!("saga {}/{}", change.saga, change.instance),
-                expected: ExpectedVersion::Exact(change.expected_version),
-                actual: Some(actual.map_or(0, to_u64)),
-            });
+            return Err(change.conflict(actual.map_or(0, to_u64)));
         }
         let replaced: Vec<&str> = change
             .cancel

@@ -48,7 +48,7 @@ async fn thirty_two_racing_writers_get_one_winner_per_version_and_typed_conflict
                     expected,
                     actual,
                 }) => {
-                    assert_eq!(conflicted, stream.as_str());
+                    assert_eq!(conflicted, stream);
                     assert_eq!(expected, ExpectedVersion::Exact(round));
                     assert_eq!(
                         actual,

@@ -101,7 +101,7 @@ async fn an_inline_projection_is_read_right_after_the_command_and_fails_it_when_
         .await
         .unwrap();
     let store = store.with_inline_projection(Arc::new(PgTyped::new(TabTotals)));
-    let tabs = Repository::<Tab>::new(Arc::new(store.clone()));
+    let tabs = Repository::<Tab>::new(store.clone());
     tabs.execute("7", None, Metadata::default()).await.unwrap();
     let mut expected = 0;
     for (i, cents) in [100, 20, 3].into_iter().enumerate() {

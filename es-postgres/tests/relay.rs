@@ -74,12 +74,11 @@ async fn a_relay_waiting_for_the_bus_holds_no_query_open_and_publishes_everythin
         .unwrap();
     let bus = FaultyBus::new(Arc::new(memory));
     bus.set_down(true);
-    let relay = Relay::new(
-        "outbox",
-        Arc::new(store.clone()),
-        bus.clone(),
-        Arc::new(store.clone()),
-    );
+    let relay = Relay::builder("outbox")
+        .store(store.clone())
+        .bus(bus.clone())
+        .checkpoints(store.clone())
+        .build();
     let (stop, stopped) = oneshot::channel::<()>();
     let running = tokio::spawn({
         let relay = relay.clone();
@@ -162,13 +161,12 @@ async fn a_poison_event_is_parked_in_postgres_and_the_relay_goes_on() {
         .append(&stream, ExpectedVersion::NoStream, events)
         .await
         .unwrap();
-    let relay = Relay::new(
-        "outbox",
-        Arc::new(store.clone()),
-        bus.clone(),
-        Arc::new(store.clone()),
-    )
-    .with_parked_events(Arc::new(store.clone()));
+    let relay = Relay::builder("outbox")
+        .store(store.clone())
+        .bus(bus.clone())
+        .checkpoints(store.clone())
+        .parked_events(store.clone())
+        .build();
     assert_eq!(relay.relay_available().await.unwrap(), 3);
     assert_eq!(consumer.wait_for(2, Duration::from_secs(10)).await, 2);
     let parked = relay.parked(10).await.unwrap();
@@ -179,13 +177,12 @@ async fn a_poison_event_is_parked_in_postgres_and_the_relay_goes_on() {
     );
     // Durable: a fresh store on the same schema lists it too.
     let again = common::store_with(PgConfig::new(store.config().schema.clone())).await;
-    let relay = Relay::new(
-        "outbox",
-        Arc::new(again.clone()),
-        bus,
-        Arc::new(again.clone()),
-    )
-    .with_parked_events(Arc::new(again.clone()));
+    let relay = Relay::builder("outbox")
+        .store(again.clone())
+        .bus(bus)
+        .checkpoints(again.clone())
+        .parked_events(again.clone())
+        .build();
     assert_eq!(relay.parked(10).await.unwrap().len(), 1);
     again.close().await;
     common::drop_schema(&store).await;

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use es_core::testing::sample_event;
@@ -107,7 +106,7 @@ async fn stored_old_event_versions_are_read_through_upcasters() {
     );
     assert_eq!(&stored[1].payload[..], br#"{"cents":250}"#);
 
-    let repository = Repository::<Account>::new(Arc::new(store.clone()));
+    let repository = Repository::<Account>::new(store.clone());
     let executed = repository
         .execute("7", 100, es_core::Metadata::default())
         .await
@@ -152,7 +151,7 @@ async fn a_hundred_thousand_event_stream_replays_page_by_page() {
             .unwrap();
     }
     // The repository reads pages of 4096; each page is a bounded query.
-    let loaded = Repository::<Account>::new(Arc::new(store.clone()))
+    let loaded = Repository::<Account>::new(store.clone())
         .load("long")
         .await
         .unwrap();

@@ -9,9 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use es_core::bus::{ConsumerHandle, DeadLetter, HandlerError, MessageHandler, Subscription};
+use es_core::relay::Unset;
 use es_core::telemetry::ConsumerMetrics;
 use es_core::{
-    CheckpointStore, DeadLetterQueue, Error, EventBus, EventStore, RecordedEvent, Relay, Result,
+    Backoff, DeadLetterQueue, Error, EventBus, RecordedEvent, Relay, RelayBuilder, Result,
 };
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -22,8 +23,8 @@ use lapin::options::{
 use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Consumer};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{AmqpConfig, QueueSpec, Unroutable};
 use crate::connection::{
@@ -117,26 +118,22 @@ impl AmqpEventBus {
         handler: Arc<dyn MessageHandler>,
         first: Option<(Channel, Consumer)>,
     ) -> ConsumerHandle {
-        let (stop, stop_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
         let task = tokio::spawn(run_consumer(
             self.inner.clone(),
             subscription,
             handler,
             first,
-            stop_rx,
+            stop.clone(),
         ));
         ConsumerHandle::new(stop, task)
     }
 
-    /// The outbox [`Relay`] from `store` onto this bus, its checkpoint saved in `checkpoints`
-    /// under `name`.
-    pub fn relay(
-        &self,
-        name: impl Into<String>,
-        store: Arc<dyn EventStore>,
-        checkpoints: Arc<dyn CheckpointStore>,
-    ) -> Relay {
-        Relay::new(name, store, Arc::new(self.clone()), checkpoints)
+    /// An outbox [`Relay`] onto this bus, its checkpoint saved under `name`: a
+    /// [`Relay::builder`] with the bus given. Give it the store and the checkpoint store:
+    /// `bus.relay("outbox").store(store.clone()).checkpoints(store.clone()).build()`.
+    pub fn relay(&self, name: impl Into<String>) -> RelayBuilder<Unset, Arc<dyn EventBus>, Unset> {
+        Relay::builder(name).bus(self.clone())
     }
 }
 
@@ -328,19 +325,6 @@ async fn open_consumer(inner: &Inner, subscription: &Subscription) -> Result<(Ch
     Ok((channel, consumer))
 }
 
-/// Resolves when `stop` turns `true`; never, when the handle was dropped (the consumer then
-/// runs on, detached).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    loop {
-        if *stop.borrow_and_update() {
-            return;
-        }
-        if stop.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
 enum Ended {
     Stopped,
     Lost(String),
@@ -351,31 +335,32 @@ async fn run_consumer(
     subscription: Subscription,
     handler: Arc<dyn MessageHandler>,
     first: Option<(Channel, Consumer)>,
-    mut stop: watch::Receiver<bool>,
+    // Never cancelled when the handle was dropped: the consumer then runs on, detached.
+    stop: CancellationToken,
 ) {
     let policy = inner.config.reconnect;
-    let mut backoff = policy.initial_backoff;
+    let mut backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
     let mut current = first;
     let metrics = ConsumerMetrics::new(&subscription.consumer);
     loop {
         let (channel, consumer) = match current.take() {
             Some(opened) => opened,
             None => match tokio::select! {
-                _ = stopped(&mut stop) => return,
+                _ = stop.cancelled() => return,
                 opened = open_consumer(&inner, &subscription) => opened,
             } {
                 Ok(opened) => {
                     tracing::info!(consumer = %subscription.consumer, "consumer resumed");
-                    backoff = policy.initial_backoff;
+                    backoff.reset();
                     opened
                 }
                 Err(error) => {
-                    tracing::warn!(consumer = %subscription.consumer, %error, retry_in = ?backoff, "cannot resume the consumer");
+                    let wait = backoff.next_delay();
+                    tracing::warn!(consumer = %subscription.consumer, %error, retry_in = ?wait, "cannot resume the consumer");
                     tokio::select! {
-                        _ = stopped(&mut stop) => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
                     }
-                    backoff = policy.next(backoff);
                     continue;
                 }
             },
@@ -387,13 +372,13 @@ async fn run_consumer(
             channel,
             metrics: metrics.clone(),
         });
-        match consume(context, consumer, &mut stop).await {
+        match consume(context, consumer, &stop).await {
             Ended::Stopped => return,
             Ended::Lost(reason) => {
                 tracing::warn!(consumer = %subscription.consumer, %reason, "consumer lost its channel; reconnecting");
                 tokio::select! {
-                    _ = stopped(&mut stop) => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                    _ = backoff.sleep() => {}
                 }
             }
         }
@@ -405,7 +390,7 @@ async fn run_consumer(
 async fn consume(
     context: Arc<DeliveryContext>,
     mut consumer: Consumer,
-    stop: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Ended {
     let mut in_flight = JoinSet::new();
     // lapin ends a consumer's stream when its channel closes, but a look now and then also
@@ -413,7 +398,7 @@ async fn consume(
     let mut health = tokio::time::interval(Duration::from_secs(1));
     let ended = loop {
         tokio::select! {
-            _ = stopped(stop) => break Ended::Stopped,
+            _ = stop.cancelled() => break Ended::Stopped,
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     in_flight.spawn(handle_delivery(context.clone(), delivery));

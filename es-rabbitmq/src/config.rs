@@ -146,7 +146,8 @@ impl Topology {
 /// How long to wait between reconnection attempts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReconnectPolicy {
-    /// The first wait; doubles after each failed attempt.
+    /// The first wait; doubles after each failed attempt (each wait drawn between half and all
+    /// of it, as [`es_core::Backoff`] does).
     pub initial_backoff: Duration,
     /// The longest wait.
     pub max_backoff: Duration,
@@ -158,12 +159,6 @@ impl Default for ReconnectPolicy {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
         }
-    }
-}
-
-impl ReconnectPolicy {
-    pub(crate) fn next(&self, current: Duration) -> Duration {
-        current.saturating_mul(2).min(self.max_backoff)
     }
 }
 

@@ -103,16 +103,22 @@ async fn a_relay_killed_between_publish_and_checkpoint_loses_nothing_and_the_inb
 
     // First life: the first batch goes out and is confirmed, then the process dies.
     let relay = bus
-        .relay("outbox", store.clone(), checkpoints.clone())
-        .with_batch_size(30);
+        .relay("outbox")
+        .store(store.clone())
+        .checkpoints(checkpoints.clone())
+        .batch_size(30)
+        .build();
     assert!(relay.relay_available().await.is_err());
     assert_eq!(relay.checkpoint().await.unwrap(), Position::START);
 
     // Second life, from the saved checkpoint: everything, the first batch again included.
     checkpoints.crash.store(false, Ordering::SeqCst);
     let relay = bus
-        .relay("outbox", store.clone(), checkpoints.clone())
-        .with_batch_size(30);
+        .relay("outbox")
+        .store(store.clone())
+        .checkpoints(checkpoints.clone())
+        .batch_size(30)
+        .build();
     assert_eq!(relay.relay_available().await.unwrap(), 100);
     assert_eq!(
         relay.checkpoint().await.unwrap(),
@@ -176,8 +182,11 @@ async fn a_running_relay_aborted_again_and_again_delivers_every_event() {
     // Killed at arbitrary points, over and over, while events keep arriving.
     for round in 0..12u64 {
         let relay = bus
-            .relay("outbox", store.clone(), checkpoints.clone())
-            .with_batch_size(8);
+            .relay("outbox")
+            .store(store.clone())
+            .checkpoints(checkpoints.clone())
+            .batch_size(8)
+            .build();
         let task = tokio::spawn(async move { relay.run(std::future::pending()).await });
         tokio::time::sleep(Duration::from_millis(7 + round * 3)).await;
         task.abort();
@@ -185,8 +194,11 @@ async fn a_running_relay_aborted_again_and_again_delivers_every_event() {
     }
     let ids = writer.await.unwrap();
     let relay = bus
-        .relay("outbox", store.clone(), checkpoints.clone())
-        .with_batch_size(8);
+        .relay("outbox")
+        .store(store.clone())
+        .checkpoints(checkpoints.clone())
+        .batch_size(8)
+        .build();
     relay.relay_available().await.unwrap();
 
     let all = common::eventually(Duration::from_secs(20), || async {
@@ -240,7 +252,11 @@ async fn events_the_wire_cannot_carry_are_parked_and_the_relay_goes_on() {
         .unwrap();
     good.extend(append_events(&store, &category, 10).await);
 
-    let relay = bus.relay("outbox", store.clone(), store.clone());
+    let relay = bus
+        .relay("outbox")
+        .store(store.clone())
+        .checkpoints(store.clone())
+        .build();
     let running = {
         let relay = relay.clone();
         tokio::spawn(async move { relay.run(std::future::pending()).await })

@@ -273,7 +273,10 @@ pub(crate) async fn connect_postgres(
     give_up: impl std::future::Future<Output = ()> + Send,
 ) -> Result<es_postgres::PgEventStore, StartError> {
     tokio::pin!(give_up);
-    let mut backoff = std::time::Duration::from_millis(200);
+    let mut backoff = es_core::Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(10),
+    );
     loop {
         let mut config = es_postgres::PgConfig::new(schema);
         config.application_name = "order-processing".into();
@@ -283,7 +286,7 @@ pub(crate) async fn connect_postgres(
             store.migrate().await?;
             Ok::<_, es_core::Error>(store)
         };
-        match attempt.await {
+        let wait = match attempt.await {
             Ok(store) => return Ok(store),
             Err(es_core::Error::InvalidInput(problem)) => {
                 return Err(StartError::Unsupported(format!(
@@ -292,14 +295,15 @@ pub(crate) async fn connect_postgres(
                 )))
             }
             Err(error) => {
-                tracing::error!(url = %redact(url), %error, retry_in = ?backoff, "cannot reach PostgreSQL; retrying");
+                let wait = backoff.next_delay();
+                tracing::error!(url = %redact(url), %error, retry_in = ?wait, "cannot reach PostgreSQL; retrying");
+                wait
             }
-        }
+        };
         tokio::select! {
             _ = &mut give_up => return Err(StartError::Unsupported("gave up connecting to PostgreSQL".into())),
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
     }
 }
 

@@ -148,12 +148,6 @@ impl MessageHandler for Traced {
     }
 }
 
-/// A `Uuid` from a few random-enough bits, for retry jitter without a random-number crate.
-pub(crate) fn jitter(max_millis: u64) -> std::time::Duration {
-    let bits = uuid::Uuid::new_v4().as_u128() as u64;
-    std::time::Duration::from_millis(bits % max_millis.max(1))
-}
-
 /// Messages for the handlers' unit tests, as the bus would deliver them.
 #[cfg(test)]
 pub(crate) mod testing {

@@ -578,7 +578,7 @@ pub async fn serve(
         .max_connections
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let permits = Arc::new(Semaphore::new(max));
-    let closing = crate::shutdown::Shutdown::new();
+    let closing = tokio_util::sync::CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // Take a permit before accepting: past the cap, clients wait in the backlog.
@@ -604,7 +604,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let service = TowerToHyperService::new(router.clone());
-        let closing = closing.wait();
+        let closed = closing.clone().cancelled_owned();
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
@@ -614,7 +614,7 @@ pub async fn serve(
             let mut connection = std::pin::pin!(connection);
             let outcome = tokio::select! {
                 outcome = connection.as_mut() => outcome,
-                () = closing => {
+                () = closed => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
@@ -625,7 +625,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    closing.trigger();
+    closing.cancel();
     // Every connection holds a permit until it closed: all of them back means all closed.
     let _ = permits.acquire_many(max as u32).await;
     Ok(())

@@ -650,6 +650,10 @@ impl MessageHandler for InventoryHandler {
                 .collect::<Vec<_>>(),
         };
         let _turn = self.stripes.lock(&touched).await;
+        let mut backoff = es_core::Backoff::new(
+            std::time::Duration::from_millis(5),
+            std::time::Duration::from_millis(100),
+        );
         for attempt in 0..MAX_ATTEMPTS {
             let (unit, products) = match self.decide(message, &input).await? {
                 Some(plan) => (
@@ -676,7 +680,7 @@ impl MessageHandler for InventoryHandler {
                 }
                 Ok(CommitOutcome::AlreadyHandled) => return Ok(()),
                 Err(error) if error.is_conflict() => {
-                    tokio::time::sleep(crate::events::jitter(5 + attempt as u64)).await;
+                    backoff.sleep().await;
                 }
                 Err(error) => return Err(error.into()),
             }

@@ -23,4 +23,3 @@ pub mod telemetry;
 pub use backends::{Backends, StartError};
 pub use config::{Cli, Command, Settings};
 pub use service::{run, run_services, Service, ServiceKind};
-pub use shutdown::Shutdown;

@@ -816,7 +816,6 @@ fn store_error(error: CommandError<OrderError>) -> AppError {
         CommandError::Rejected(OrderError::NotPlaced) => AppError::not_found("no such order"),
         CommandError::Rejected(error) => AppError::new(StatusCode::CONFLICT, error.to_string()),
         CommandError::Store(error) => error.into(),
-        other => AppError::internal(&other),
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::backends::{Backends, StartError};
 use crate::config::Settings;
-use crate::shutdown::Shutdown;
+use tokio_util::sync::CancellationToken;
 
 /// The five services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,7 +74,7 @@ const RELAY_LEASE_TTL: Duration = Duration::from_secs(5);
 /// Background work of one service.
 #[derive(Debug, Default)]
 pub(crate) struct Background {
-    stop: Shutdown,
+    stop: CancellationToken,
     consumers: Vec<ConsumerHandle>,
     projections: Vec<ProjectionHandle>,
     tasks: Vec<JoinHandle<()>>,
@@ -110,16 +110,15 @@ impl Background {
     /// Relays the streams of `category` from the store to the bus, while this instance holds
     /// the relay's lease (the other instances of the service stand by).
     pub(crate) fn relay(&mut self, backends: &Backends, category: &str) {
-        let relay = Relay::new(
-            format!("relay-{category}"),
-            backends.store.clone(),
-            backends.bus.clone(),
-            backends.checkpoints.clone(),
-        )
-        .with_filter(StreamFilter::category(category))
-        .with_parked_events(backends.parked.clone())
-        .with_lease(backends.leases.clone(), RELAY_LEASE_TTL);
-        let stop = self.stop.wait();
+        let relay = Relay::builder(format!("relay-{category}"))
+            .store(backends.store.clone())
+            .bus(backends.bus.clone())
+            .checkpoints(backends.checkpoints.clone())
+            .filter(StreamFilter::category(category))
+            .parked_events(backends.parked.clone())
+            .lease(backends.leases.clone(), RELAY_LEASE_TTL)
+            .build();
+        let stop = self.stop.clone().cancelled_owned();
         self.relays
             .push(tokio::spawn(async move { relay.run(stop).await }));
     }
@@ -127,8 +126,7 @@ impl Background {
     /// Runs an in-process read model, rebuilt from the start of the log at each start (its
     /// checkpoint lives in memory).
     pub(crate) fn project(&mut self, backends: &Backends, projection: Arc<dyn Projection>) {
-        let runner =
-            ProjectionRunner::new(backends.store.clone(), Arc::new(MemoryEventStore::new()));
+        let runner = ProjectionRunner::new(backends.store.clone(), MemoryEventStore::new());
         self.projections.push(runner.spawn(projection));
     }
 
@@ -138,7 +136,7 @@ impl Background {
         F: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let stop = Box::pin(self.stop.wait());
+        let stop = Box::pin(self.stop.clone().cancelled_owned());
         self.tasks.push(tokio::spawn(task(stop)));
     }
 
@@ -148,7 +146,7 @@ impl Background {
         for consumer in self.consumers {
             consumer.stop().await;
         }
-        self.stop.trigger();
+        self.stop.cancel();
         for task in self.tasks {
             let _ = task.await;
         }
@@ -168,14 +166,15 @@ fn subscribe_later(
     subscription: es_core::Subscription,
     handler: Arc<dyn MessageHandler>,
 ) -> ConsumerHandle {
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
     let task = tokio::spawn(async move {
         let consumer = subscription.consumer.clone();
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = es_core::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let handle = loop {
-            let wait = backoff + crate::events::jitter(backoff.as_millis() as u64 / 2 + 1);
+            let wait = backoff.next_delay();
             let subscribed = tokio::select! {
-                _ = stopped.wait_for(|stop| *stop) => return,
+                _ = stopped.cancelled() => return,
                 subscribed = async {
                     tokio::time::sleep(wait).await;
                     bus.subscribe(subscription.clone(), handler.clone()).await
@@ -184,13 +183,12 @@ fn subscribe_later(
             match subscribed {
                 Ok(handle) => break handle,
                 Err(error) => {
-                    tracing::warn!(%consumer, %error, retry_in = ?backoff, "cannot subscribe yet; retrying");
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tracing::warn!(%consumer, %error, "cannot subscribe yet; retrying");
                 }
             }
         };
         tracing::info!(%consumer, "subscribed");
-        let _ = stopped.wait_for(|stop| *stop).await;
+        stopped.cancelled().await;
         handle.stop().await;
     });
     ConsumerHandle::new(stop, task)
@@ -305,21 +303,21 @@ async fn serve(
     for &kind in kinds {
         services.push(Service::start(kind, backends, settings).await?);
     }
-    let stop = Shutdown::new();
+    let stop = CancellationToken::new();
     let mut running = Vec::new();
     // One pruning loop per process; running it in several processes at once is harmless.
     let (housekeeping, retention, interval, wait) = (
         backends.housekeeping.clone(),
         settings.retention,
         settings.housekeeping_interval,
-        stop.wait(),
+        stop.clone().cancelled_owned(),
     );
     running.push(tokio::spawn(async move {
         es_core::housekeeping::prune_every(&*housekeeping, retention, interval, wait).await
     }));
     for (service, listener) in services.into_iter().zip(listeners) {
         let name = service.kind().name();
-        let wait = stop.wait();
+        let wait = stop.clone().cancelled_owned();
         running.push(tokio::spawn(async move {
             if let Err(error) = service.run(listener, wait).await {
                 tracing::error!(service = name, %error, "server failed");
@@ -327,7 +325,7 @@ async fn serve(
         }));
     }
     shutdown.await;
-    stop.trigger();
+    stop.cancel();
     for task in running {
         let _ = task.await;
     }
@@ -415,14 +413,14 @@ pub async fn run(
         return Err(StartError::NeedsBroker(kinds[0].name()));
     }
     let settings = cli.settings;
-    let stop = Shutdown::new();
+    let stop = CancellationToken::new();
     let trigger = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
-        trigger.trigger();
+        trigger.cancel();
     });
     let mut listeners = Vec::new();
-    let ready = Shutdown::new();
+    let ready = CancellationToken::new();
     let mut stand_ins = Vec::new();
     let waiting_for = match &settings.database_url {
         Some(url) => format!(
@@ -447,7 +445,7 @@ pub async fn run(
         let (listener, stand_in) =
             share(listener).map_err(|source| StartError::Bind { address, source })?;
         listeners.push(listener);
-        let until = ready.wait();
+        let until = ready.clone().cancelled_owned();
         let router = starting_router(waiting_for.clone());
         stand_ins.push(tokio::spawn(async move {
             let _ = axum::serve(stand_in, router)
@@ -455,22 +453,27 @@ pub async fn run(
                 .await;
         }));
     }
-    let connected = Backends::from_settings_until(&settings, stop.wait()).await;
-    ready.trigger();
+    let connected = Backends::from_settings_until(&settings, stop.clone().cancelled_owned()).await;
+    ready.cancel();
     for stand_in in stand_ins {
         let _ = stand_in.await;
     }
     let backends = match connected {
         Ok(backends) => backends,
-        Err(_) if stop.is_triggered() => return Ok(()),
+        Err(_) if stop.is_cancelled() => return Ok(()),
         Err(error) => return Err(error),
     };
     // Name in the log every backend that goes away later, and when it is back.
-    tokio::spawn(
-        backends
-            .health
-            .clone()
-            .watch(std::time::Duration::from_secs(5), stop.wait()),
-    );
-    serve(&kinds, listeners, &backends, &settings, stop.wait()).await
+    tokio::spawn(backends.health.clone().watch(
+        std::time::Duration::from_secs(5),
+        stop.clone().cancelled_owned(),
+    ));
+    serve(
+        &kinds,
+        listeners,
+        &backends,
+        &settings,
+        stop.clone().cancelled_owned(),
+    )
+    .await
 }

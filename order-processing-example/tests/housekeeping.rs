@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{connect, eventually, isolated, patient, SchemaGuard};
-use order_processing_example::{run_services, ServiceKind, Shutdown};
+use order_processing_example::{run_services, ServiceKind};
+use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_services_prune_old_inbox_rows_every_housekeeping_interval() {
@@ -48,9 +49,9 @@ async fn the_services_prune_old_inbox_rows_every_housekeeping_interval() {
     };
 
     let first = insert("8 days").await;
-    let shutdown = Shutdown::new();
+    let shutdown = CancellationToken::new();
     let running = tokio::spawn({
-        let (settings, wait) = (settings.clone(), shutdown.wait());
+        let (settings, wait) = (settings.clone(), shutdown.clone().cancelled_owned());
         async move { run_services(&[ServiceKind::Notification], &backends, &settings, wait).await }
     });
     eventually("the prune at start", || async {
@@ -67,7 +68,7 @@ async fn the_services_prune_old_inbox_rows_every_housekeeping_interval() {
     .await;
     assert!(present(kept).await, "a row inside the retention stays");
 
-    shutdown.trigger();
+    shutdown.cancel();
     running.await.expect("join").expect("the services ran");
     pool.close().await;
 }

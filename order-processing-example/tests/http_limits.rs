@@ -7,14 +7,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use order_processing_example::http::{serve, ServeLimits};
-use order_processing_example::{Backends, Service, ServiceKind, Settings, Shutdown};
+use order_processing_example::{Backends, Service, ServiceKind, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 struct Served {
     address: std::net::SocketAddr,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
 }
 
@@ -28,8 +29,13 @@ async fn inventory_within(limits: ServeLimits) -> Served {
     .expect("start the inventory");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
-    let shutdown = Shutdown::new();
-    let server = tokio::spawn(serve(listener, service.router(), shutdown.wait(), limits));
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(serve(
+        listener,
+        service.router(),
+        shutdown.clone().cancelled_owned(),
+        limits,
+    ));
     Served {
         address,
         shutdown,
@@ -81,7 +87,7 @@ async fn a_client_stalling_in_its_request_head_is_disconnected_while_others_are_
         waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
         "closed after {waited:?}"
     );
-    served.shutdown.trigger();
+    served.shutdown.cancel();
     served.server.await.expect("join").expect("serve");
 }
 
@@ -121,7 +127,7 @@ async fn a_request_whose_body_stalls_is_answered_408_problem_json() {
             && line.contains("status=\"408\"")
     });
     assert!(timed_out.is_some(), "no 408 in {metrics}");
-    served.shutdown.trigger();
+    served.shutdown.cancel();
     served.server.await.expect("join").expect("serve");
 }
 
@@ -159,7 +165,7 @@ async fn past_the_connection_cap_a_client_waits_until_a_connection_closes() {
         .expect("join");
     assert_eq!(status, 200);
     drop(open);
-    served.shutdown.trigger();
+    served.shutdown.cancel();
     served.server.await.expect("join").expect("serve");
 }
 
@@ -172,7 +178,7 @@ async fn shutdown_closes_idle_connections_and_returns() {
         .expect("request");
     let mut buffer = [0u8; 12];
     idle.read_exact(&mut buffer).await.expect("answer");
-    served.shutdown.trigger();
+    served.shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), served.server)
         .await
         .expect("the server to stop with a connection still open")
@@ -197,6 +203,6 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout()
         .expect("the idle connection to be closed");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(3));
-    served.shutdown.trigger();
+    served.shutdown.cancel();
     served.server.await.expect("join").expect("serve");
 }

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::bus::{
     default_routing_key, topic_matches, ConsumerHandle, DeadLetter, DeadLetterQueue, EventBus,
@@ -180,7 +181,8 @@ impl EventBus for MemoryEventBus {
                 }
             }
         }
-        let (stop, stop_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         let workers = usize::from(subscription.prefetch).clamp(1, 64);
         let metrics = ConsumerMetrics::new(&subscription.consumer);
         let task = tokio::spawn(async move {
@@ -190,7 +192,7 @@ impl EventBus for MemoryEventBus {
                     queue.clone(),
                     subscription.clone(),
                     handler.clone(),
-                    stop_rx.clone(),
+                    stopped.clone(),
                     metrics.clone(),
                 ));
             }
@@ -204,16 +206,16 @@ async fn worker(
     queue: Arc<Queue>,
     subscription: Subscription,
     handler: Arc<dyn MessageHandler>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     metrics: ConsumerMetrics,
 ) {
     loop {
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             return;
         }
         let Some((event, attempts)) = queue.pop() else {
             tokio::select! {
-                _ = stop.changed() => {}
+                _ = stop.cancelled() => {}
                 _ = queue.notify.notified() => {}
                 // A notification can go to a worker that is busy; look again now and then.
                 _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}

@@ -21,7 +21,6 @@ use crate::stream::{Position, StreamFilter};
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), es_core::BoxError> {
-/// use std::sync::Arc;
 /// use es_core::memory::{MemoryEventStore, MemoryReadModels};
 /// use es_core::projection::{Typed, TypedProjection};
 /// use es_core::{BoxError, DomainEvent, Envelope, ProjectionAdmin};
@@ -39,7 +38,7 @@ use crate::stream::{Position, StreamFilter};
 /// }
 ///
 /// let store = MemoryEventStore::new();
-/// let models = MemoryReadModels::new(Arc::new(store.clone()));
+/// let models = MemoryReadModels::new(store.clone());
 /// let pings = Typed::new(Pings::default());
 /// models.catch_up(&pings).await?;
 /// models.rebuild("pings").await?;   // an operator asks
@@ -78,9 +77,9 @@ impl fmt::Debug for MemoryReadModels {
 
 impl MemoryReadModels {
     /// Read models fed from `store`.
-    pub fn new(store: Arc<dyn EventStore>) -> Self {
+    pub fn new(store: impl EventStore + 'static) -> Self {
         MemoryReadModels {
-            store,
+            store: crate::shared::event_store(store),
             registry: Arc::default(),
         }
     }

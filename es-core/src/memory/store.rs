@@ -418,11 +418,7 @@ impl SagaStore for MemoryEventStore {
         }
         let actual = state.sagas.get(&key).map_or(0, |(s, _)| s.version);
         if actual != change.expected_version {
-            return Err(Error::Conflict {
-                stream: format!("saga {}/{}", change.saga, change.instance),
-                expected: crate::ExpectedVersion::Exact(change.expected_version),
-                actual: Some(actual),
-            });
+            return Err(change.conflict(actual));
         }
         if let Some(event_id) = change.handled_event {
             state

@@ -7,8 +7,9 @@ use futures_util::StreamExt;
 use super::{sample_event, unique_category};
 use crate::error::Error;
 use crate::store::{
-    CommitOutcome, EventStore, ExpectedVersion, InboxEntry, ReplayedEvent, StreamAppend, UnitOfWork,
+    CommitOutcome, EventStore, InboxEntry, ReplayedEvent, StreamAppend, UnitOfWork,
 };
+use crate::stream::ExpectedVersion;
 use crate::stream::{Position, StreamFilter, StreamId};
 
 /// Checks every guarantee of [`EventStore`] against `store`.
@@ -201,7 +202,7 @@ async fn expected_versions_are_enforced(store: &dyn EventStore) {
             expected,
             actual,
         } => {
-            assert_eq!(stream, s.as_str());
+            assert_eq!(stream, &s);
             assert_eq!(*expected, ExpectedVersion::NoStream);
             assert_eq!(*actual, Some(1), "the conflict reports the actual version");
         }

@@ -2,7 +2,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::projection::{ProjectionAdmin, ProjectionInfo, ProjectionPhase};
-use crate::store::{EventStore, ExpectedVersion};
+use crate::store::EventStore;
+use crate::stream::ExpectedVersion;
 use crate::stream::StreamId;
 
 use super::sample_event;

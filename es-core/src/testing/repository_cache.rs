@@ -9,9 +9,9 @@ use crate::error::Result;
 use crate::event::{DomainEvent, Metadata, NewEvent, RecordedEvent};
 use crate::repository::Repository;
 use crate::store::{
-    AppendResult, CommitOutcome, EventStore, EventSubscription, ExpectedVersion, ReplayedEvent,
-    UnitOfWork,
+    AppendResult, CommitOutcome, EventStore, EventSubscription, ReplayedEvent, UnitOfWork,
 };
+use crate::stream::ExpectedVersion;
 use crate::stream::{Position, StreamFilter, StreamId};
 
 /// Checks [`Repository::with_cache`] and [`Repository::load_many`] against `store`: a warm

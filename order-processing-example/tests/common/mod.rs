@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-use order_processing_example::{Backends, Service, ServiceKind, Settings, Shutdown};
+use order_processing_example::{Backends, Service, ServiceKind, Settings};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub mod processes;
 pub mod scenarios;
@@ -102,7 +103,7 @@ pub const MONITOR: &str = "44444444-4444-4444-4444-444444444444";
 
 pub struct System {
     urls: HashMap<ServiceKind, String>,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     /// The PostgreSQL schema to drop when the system goes.
     schema: Option<SchemaGuard>,
@@ -187,7 +188,7 @@ impl System {
     pub async fn start(backends: Backends, settings: Settings, kinds: &[ServiceKind]) -> System {
         // As `main` does; the backends' own metric handles were taken when they were built.
         order_processing_example::telemetry::install();
-        let shutdown = Shutdown::new();
+        let shutdown = CancellationToken::new();
         let mut urls = HashMap::new();
         let mut tasks = Vec::new();
         for &kind in kinds {
@@ -197,7 +198,7 @@ impl System {
                 .await
                 .unwrap_or_else(|e| panic!("start {kind:?}: {e}"));
             urls.insert(kind, format!("http://{address}"));
-            let wait = shutdown.wait();
+            let wait = shutdown.clone().cancelled_owned();
             tasks.push(tokio::spawn(async move {
                 service.run(listener, wait).await.expect("serve");
             }));
@@ -215,7 +216,7 @@ impl System {
     pub fn at(urls: HashMap<ServiceKind, String>) -> System {
         System {
             urls,
-            shutdown: Shutdown::new(),
+            shutdown: CancellationToken::new(),
             tasks: Vec::new(),
             schema: None,
             client: client(),
@@ -292,7 +293,7 @@ impl System {
     }
 
     pub async fn stop(self) {
-        self.shutdown.trigger();
+        self.shutdown.cancel();
         for task in self.tasks {
             task.await.expect("service task");
         }

@@ -227,7 +227,7 @@ async fn run_library(backend: Backend) -> Result<(), BoxError> {
     // The saga sees the loans; the overdue one comes due at once.
     let saga = SagaRunner::<OverdueReminder>::new(
         backend.sagas.clone(),
-        Arc::new(Librarian(books.clone())),
+        Librarian(books.clone()),
         (),
     );
     for event in backend
