@@ -655,7 +655,7 @@ impl MessageHandler for InventoryHandler {
                 Some(plan) => (
                     UnitOfWork {
                         appends: plan.appends,
-                        inbox: Some(inbox.clone()),
+                        inbox: vec![inbox.clone()],
                         checkpoint: None,
                     },
                     plan.products,
@@ -684,6 +684,292 @@ impl MessageHandler for InventoryHandler {
         Err(HandlerError::retry(
             "stock stayed contended; retrying the message later",
         ))
+    }
+
+    /// The whole batch in one unit of work: every reservation and product stream it changes,
+    /// each expecting the version it was decided on, with every message's inbox entry.
+    async fn handle_batch(&self, messages: &[RecordedEvent]) -> Result<(), HandlerError> {
+        let mut inputs = Vec::with_capacity(messages.len());
+        for message in messages {
+            match message.decode::<InventoryInput>() {
+                Ok(input) => inputs.push((message, input)),
+                Err(es_core::Error::UnknownEventType { .. }) => {}
+                Err(error) => return Err(HandlerError::reject(error)),
+            }
+        }
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        for attempt in 0..BATCH_ATTEMPTS {
+            if self.try_batch(&inputs).await? {
+                return Ok(());
+            }
+            tokio::time::sleep(crate::events::jitter(5 + attempt as u64)).await;
+        }
+        Err(HandlerError::retry(
+            "stock stayed contended; handling the batch's messages one by one",
+        ))
+    }
+}
+
+/// One stream as a batch sees it: as loaded, and what the batch adds to it.
+struct Slot<A: Aggregate> {
+    stream: es_core::StreamId,
+    loaded: A,
+    version: u64,
+    state: A,
+    events: Vec<A::Event>,
+    written: Vec<NewEvent>,
+    /// Part of the commit: it changed, or a decision stands on its state (a refusal).
+    checked: bool,
+}
+
+impl<A: Aggregate + Clone> Slot<A> {
+    fn new(stream: es_core::StreamId, loaded: es_core::Loaded<A>) -> Self {
+        Slot {
+            stream,
+            state: loaded.state.clone(),
+            loaded: loaded.state,
+            version: loaded.version,
+            events: Vec::new(),
+            written: Vec::new(),
+            checked: false,
+        }
+    }
+
+    fn push(&mut self, events: Vec<A::Event>, metadata: &Metadata) -> es_core::Result<()> {
+        for event in events {
+            self.written
+                .push(NewEvent::from_domain(&event, metadata.clone())?);
+            self.state.apply(&event);
+            self.events.push(event);
+        }
+        self.checked = true;
+        Ok(())
+    }
+
+    /// The append: the batch's events, expecting the version the stream was loaded at.
+    fn append(&self) -> StreamAppend {
+        StreamAppend::new(
+            self.stream.clone(),
+            ExpectedVersion::Exact(self.version),
+            self.written.clone(),
+        )
+    }
+
+    /// The slot as a committed [`Decision`], to fold into the repository's cache.
+    fn decision(self) -> Decision<A> {
+        Decision {
+            append: self.append(),
+            outcome: Ok(self.events),
+            state: self.loaded,
+            version: self.version,
+        }
+    }
+}
+
+/// Attempts of a contended batch before its messages go one at a time.
+const BATCH_ATTEMPTS: usize = 20;
+
+impl InventoryHandler {
+    /// Decides the batch in order on the loaded state (a later message sees what an earlier
+    /// one decided), in memory; the caller commits it.
+    fn decide_batch(
+        inputs: &[(&RecordedEvent, InventoryInput)],
+        reservations: &mut [Slot<Reservation>],
+        order_slot: &std::collections::HashMap<Uuid, usize>,
+        products: &mut [Slot<Product>],
+        product_slot: &std::collections::HashMap<Uuid, usize>,
+    ) -> es_core::Result<()> {
+        for (message, input) in inputs {
+            let metadata = Metadata::caused_by(message);
+            match input {
+                InventoryInput::OrderPlaced {
+                    order_id,
+                    customer_id,
+                    items,
+                    total_amount,
+                } => {
+                    let reservation = &mut reservations[order_slot[order_id]];
+                    if reservation.state.decided {
+                        continue;
+                    }
+                    let mut failure = None;
+                    let mut reserved = Vec::with_capacity(items.len());
+                    for item in items {
+                        let product = &mut products[product_slot[&item.product_id]];
+                        // A refusal stands on this version too: it is checked at the commit.
+                        product.checked = true;
+                        let command = ProductCommand::Reserve {
+                            order_id: *order_id,
+                            quantity: item.quantity,
+                        };
+                        match product.state.handle(command) {
+                            Ok(events) => reserved.push((product_slot[&item.product_id], events)),
+                            Err(error) => {
+                                failure = Some(format!("{error} {}", item.product_id));
+                                break;
+                            }
+                        }
+                    }
+                    let at = Utc::now();
+                    let decision = match failure {
+                        Some(reason) => ReservationEvent::InventoryFailed {
+                            order_id: *order_id,
+                            customer_id: *customer_id,
+                            reason,
+                            at,
+                        },
+                        None => {
+                            for (slot, events) in reserved {
+                                products[slot].push(events, &metadata)?;
+                            }
+                            ReservationEvent::InventoryReserved {
+                                order_id: *order_id,
+                                customer_id: *customer_id,
+                                items: items.clone(),
+                                total_amount: *total_amount,
+                                at,
+                            }
+                        }
+                    };
+                    let events = reservation
+                        .state
+                        .handle((*order_id, ReservationCommand::Decide(decision)))
+                        .unwrap_or_default();
+                    reservation.push(events, &metadata)?;
+                }
+                InventoryInput::OrderConfirmed { order_id }
+                | InventoryInput::OrderCancelled { order_id }
+                | InventoryInput::PaymentFailed { order_id } => {
+                    let confirmed = matches!(input, InventoryInput::OrderConfirmed { .. });
+                    let reservation = &mut reservations[order_slot[order_id]];
+                    let command = if confirmed {
+                        ReservationCommand::Commit
+                    } else {
+                        ReservationCommand::Release
+                    };
+                    let items = reservation.state.items.clone();
+                    let events = reservation
+                        .state
+                        .handle((*order_id, command))
+                        .unwrap_or_default();
+                    if events.is_empty() {
+                        continue;
+                    }
+                    reservation.push(events, &metadata)?;
+                    for item in items {
+                        let product = &mut products[product_slot[&item.product_id]];
+                        let command = if confirmed {
+                            ProductCommand::Commit {
+                                order_id: *order_id,
+                                quantity: item.quantity,
+                            }
+                        } else {
+                            ProductCommand::Release {
+                                order_id: *order_id,
+                                quantity: item.quantity,
+                            }
+                        };
+                        let events = product.state.handle(command).map_err(|error| {
+                            es_core::Error::InvalidInput(format!(
+                                "cannot change the stock of order {order_id}: {error}"
+                            ))
+                        })?;
+                        product.push(events, &metadata)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One attempt at a batch: load what it touches, decide, commit. `Ok(false)` on a
+    /// version conflict (decide again).
+    async fn try_batch(
+        &self,
+        inputs: &[(&RecordedEvent, InventoryInput)],
+    ) -> Result<bool, HandlerError> {
+        let mut orders: Vec<Uuid> = Vec::new();
+        for (_, input) in inputs {
+            let order_id = match input {
+                InventoryInput::OrderPlaced { order_id, .. }
+                | InventoryInput::OrderConfirmed { order_id }
+                | InventoryInput::OrderCancelled { order_id }
+                | InventoryInput::PaymentFailed { order_id } => *order_id,
+            };
+            if !orders.contains(&order_id) {
+                orders.push(order_id);
+            }
+        }
+        let order_ids: Vec<String> = orders.iter().map(Uuid::to_string).collect();
+        let loaded = self.reservations.load_many(&order_ids).await?;
+        let mut touched: Vec<Uuid> = Vec::new();
+        let mut touch = |id: Uuid| {
+            if !touched.contains(&id) {
+                touched.push(id);
+            }
+        };
+        for (_, input) in inputs {
+            if let InventoryInput::OrderPlaced { items, .. } = input {
+                items.iter().for_each(|item| touch(item.product_id));
+            }
+        }
+        for reservation in &loaded {
+            reservation
+                .state
+                .items
+                .iter()
+                .for_each(|item| touch(item.product_id));
+        }
+        let mut reservations = Vec::with_capacity(orders.len());
+        for (id, loaded) in order_ids.iter().zip(loaded) {
+            reservations.push(Slot::new(Repository::<Reservation>::stream_id(id)?, loaded));
+        }
+        let order_slot = orders.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        // Products are decided under their stripes' locks, so that this process's batches
+        // take turns on a product instead of conflicting on it.
+        let _turn = self.stripes.lock(&touched).await;
+        let product_ids: Vec<String> = touched.iter().map(Uuid::to_string).collect();
+        let loaded = self.products.load_many(&product_ids).await?;
+        let mut products = Vec::with_capacity(touched.len());
+        for (id, loaded) in product_ids.iter().zip(loaded) {
+            products.push(Slot::new(Repository::<Product>::stream_id(id)?, loaded));
+        }
+        let product_slot = touched.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        Self::decide_batch(
+            inputs,
+            &mut reservations,
+            &order_slot,
+            &mut products,
+            &product_slot,
+        )
+        .map_err(HandlerError::from)?;
+        let mut unit = UnitOfWork::new();
+        for slot in reservations.iter().filter(|slot| slot.checked) {
+            unit = unit.append(slot.append());
+        }
+        for slot in products.iter().filter(|slot| slot.checked) {
+            unit = unit.append(slot.append());
+        }
+        for (message, _) in inputs {
+            unit = unit.handled(InboxEntry::new(self.consumer.clone(), message.event_id));
+        }
+        match self.store.commit(unit).await {
+            Ok(CommitOutcome::Committed(_)) => {
+                tracing::info!(messages = inputs.len(), "inventory changed");
+                for slot in products.into_iter().filter(|slot| !slot.events.is_empty()) {
+                    self.products.committed(slot.decision()).await;
+                }
+                Ok(true)
+            }
+            // A message of the batch was handled before (a redelivery): one at a time.
+            Ok(CommitOutcome::AlreadyHandled) => Err(HandlerError::retry(
+                "a message of the batch was handled before; handling them one by one",
+            )),
+            Err(error) if error.is_conflict() => Ok(false),
+            Err(error) => Err(error.into()),
+        }
     }
 }
 
@@ -944,11 +1230,12 @@ pub(crate) async fn start(
         stripes: Arc::new(ProductStripes::new()),
     });
     background
-        .consume(
+        .consume_batched(
             &backends.bus,
             consumer,
             crate::events::bindings("inventory"),
             handler,
+            crate::service::CONSUMER_BATCH,
         )
         .await?;
     background.relay(backends, Reservation::TYPE);
