@@ -441,10 +441,11 @@ pub trait SagaStore: Send + Sync + fmt::Debug {
     /// Saves several changes (of distinct instances): `Saved` when all are stored,
     /// `AlreadyHandled` or an error when one of them is not.
     ///
-    /// Backends with transactions store all or none (the memory and PostgreSQL stores do).
-    /// The default saves one after the other and stops at the first that is not saved, so
-    /// the ones before it stay saved; the batched runner then handles the batch one event at
-    /// a time, and those are skipped as handled.
+    /// A backend should store all or none (the memory and PostgreSQL stores do, and
+    /// [`saga_store_conformance`](crate::testing::saga_store_conformance) checks it). The
+    /// default saves one after the other and stops at the first that is not saved, leaving the
+    /// ones before it saved: still correct for the runner, which then handles the batch one
+    /// event at a time and skips those as handled, but it fails that check.
     async fn save_many(&self, changes: Vec<SagaChange>) -> Result<SagaSaved> {
         for change in changes {
             if self.save(change).await? == SagaSaved::AlreadyHandled {

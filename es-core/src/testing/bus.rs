@@ -266,7 +266,8 @@ async fn retries_then_succeeds_and_dead_letters_without_stopping<B: EventBus + D
     assert_eq!(
         handled.iter().filter(|id| **id == flaky.event_id).count(),
         1,
-        "a message that failed twice is handled once on the third delivery"
+        "a message that failed twice is handled once on the third delivery: handled {handled:?}, flaky {} good {} deliveries {}",
+        flaky.event_id, good.event_id, recorder.deliveries(flaky.event_id)
     );
     assert_eq!(recorder.deliveries(flaky.event_id), 3);
     assert_eq!(
