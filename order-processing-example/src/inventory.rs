@@ -1361,6 +1361,123 @@ mod tests {
         .await;
     }
 
+    fn confirmed(order_id: Uuid) -> RecordedEvent {
+        let event = OrderEvent::OrderConfirmed {
+            order_id,
+            customer_id: Uuid::nil(),
+            total_amount: Decimal::ONE,
+            at: Utc::now(),
+        };
+        message(&format!("order-{order_id}"), &event)
+    }
+
+    #[tokio::test]
+    async fn a_batch_on_one_product_reserves_what_there_is_in_order_and_never_oversells() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        let inventory = handler(&store).await;
+        let orders: Vec<Uuid> = (0..8).map(|_| Uuid::now_v7()).collect();
+        // 8 × 30 of 100 laptops: the first three fit; a cancellation overtakes the fourth
+        // order; the first order is confirmed in the same batch.
+        let mut batch: Vec<RecordedEvent> = Vec::new();
+        batch.push(cancelled(orders[3]));
+        batch.extend(orders.iter().map(|&id| placed(id, 30)));
+        batch.push(confirmed(orders[0]));
+        let head = store.head().await.unwrap();
+        inventory.handle_batch(&batch).await.unwrap();
+        let written = store
+            .read_all(&StreamFilter::All, head, 1000)
+            .await
+            .unwrap();
+        assert!(
+            written
+                .iter()
+                .all(|e| e.position.commit == written[0].position.commit),
+            "one commit for the whole batch"
+        );
+        assert_eq!(
+            stock(&inventory).await,
+            (10, 60),
+            "30 sold, 60 held, never below zero"
+        );
+        let mut statuses = Vec::new();
+        for id in &orders {
+            let reservation = inventory
+                .reservations
+                .load(&id.to_string())
+                .await
+                .unwrap()
+                .state;
+            statuses.push(reservation.status);
+        }
+        use ReservationStatus::*;
+        assert_eq!(
+            statuses,
+            [Committed, Reserved, Reserved, Released, None, None, None, None],
+            "in the batch's order: the overtaken order reserves nothing, the rest fail"
+        );
+        // A redelivery of the whole batch changes nothing: its messages are handled one by one
+        // and each is skipped.
+        inventory.handle(&batch[1]).await.unwrap();
+        assert!(
+            inventory.handle_batch(&batch).await.is_err(),
+            "handled before: one by one"
+        );
+        for message in &batch {
+            inventory.handle(message).await.unwrap();
+        }
+        assert_eq!(stock(&inventory).await, (10, 60));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_racing_single_messages_keep_the_stock_whole() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        batches_race_single_messages(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgres_batches_racing_single_messages_keep_the_stock_whole() {
+        crate::backends::testing::on_postgres(|backends| {
+            batches_race_single_messages(backends.store.clone())
+        })
+        .await;
+    }
+
+    /// Two processes: one takes batches, the other single messages, over the same orders.
+    async fn batches_race_single_messages(store: Arc<dyn EventStore>) {
+        let batched = Arc::new(handler(&store).await);
+        let single = Arc::new(handler(&store).await);
+        let orders: Vec<Uuid> = (0..120).map(|_| Uuid::now_v7()).collect();
+        let mut tasks = Vec::new();
+        for chunk in orders.chunks(8) {
+            let (a, b) = (batched.clone(), single.clone());
+            let places: Vec<RecordedEvent> = chunk.iter().map(|&id| placed(id, 1)).collect();
+            let cancels: Vec<RecordedEvent> = chunk.iter().map(|&id| cancelled(id)).collect();
+            tasks.push(tokio::spawn(async move {
+                // A failed batch is handled one by one, as the bus would.
+                if a.handle_batch(&places).await.is_err() {
+                    for message in &places {
+                        a.handle(message).await?;
+                    }
+                }
+                Ok::<_, HandlerError>(())
+            }));
+            tasks.push(tokio::spawn(async move {
+                for message in &cancels {
+                    b.handle(message).await?;
+                }
+                Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            stock(&batched).await,
+            (100, 0),
+            "every cancelled order's stock is back"
+        );
+    }
+
     async fn cancellations_race_reservations(store: Arc<dyn EventStore>) {
         // Two processes' handlers: the stripes of one do not order the other's work.
         let first = Arc::new(handler(&store).await);
