@@ -442,7 +442,7 @@ pub trait SagaStore: Send + Sync + fmt::Debug {
     /// `AlreadyHandled` or an error when one of them is not.
     ///
     /// A backend should store all or none (the memory and PostgreSQL stores do, and
-    /// [`saga_store_conformance`](crate::testing::saga_store_conformance) checks it). The
+    /// `testing::saga_store_conformance` checks it). The
     /// default saves one after the other and stops at the first that is not saved, leaving the
     /// ones before it saved: still correct for the runner, which then handles the batch one
     /// event at a time and skips those as handled, but it fails that check.
