@@ -353,10 +353,13 @@ impl SagaStore for PgEventStore {
     }
 
     /// All the changes in one transaction: a batched saga's one commit.
-    async fn save_many(&self, changes: Vec<SagaChange>) -> Result<SagaSaved> {
+    async fn save_many(&self, mut changes: Vec<SagaChange>) -> Result<SagaSaved> {
         if changes.is_empty() {
             return Ok(SagaSaved::Saved);
         }
+        // Rows are locked in one order, so two batches sharing instances wait for each other
+        // (and the later one meets a version conflict) instead of deadlocking.
+        changes.sort_by(|a, b| (&a.saga, &a.instance).cmp(&(&b.saga, &b.instance)));
         let mut tx = self.pool().begin().await.map_err(from_sqlx)?;
         for change in changes {
             match save_in(&mut tx, change).await {
@@ -401,7 +404,10 @@ impl SagaStore for PgEventStore {
 
     async fn handled_among(&self, saga: &str, event_ids: &[Uuid]) -> Result<Vec<Uuid>> {
         sqlx::query_scalar::<_, Uuid>(
-            "SELECT event_id FROM saga_inbox WHERE saga = $1 AND event_id = ANY($2)",
+            // A join on the array looks each id up in the primary key, whatever the
+            // statistics say (`event_id = ANY` could filter every row of the saga instead).
+            "SELECT s.event_id FROM unnest($2::uuid[]) AS u(event_id) \
+             JOIN saga_inbox s ON s.saga = $1 AND s.event_id = u.event_id",
         )
         .bind(saga)
         .bind(event_ids)
