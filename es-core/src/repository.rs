@@ -480,7 +480,7 @@ impl<A: Aggregate> Repository<A> {
                     ExpectedVersion::Exact(version),
                     new_events,
                 )],
-                inbox: context.inbox.clone(),
+                inbox: context.inbox.iter().cloned().collect(),
                 checkpoint: None,
             };
             match self.store.commit(unit).await {
@@ -513,6 +513,165 @@ impl<A: Aggregate> Repository<A> {
                 Err(error) if error.is_conflict() && attempt < self.max_retries => {
                     attempt += 1;
                     tracing::debug!(stream = %stream_id, attempt, "version conflict; deciding again");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Carries out several commands, each within its context, in one [`UnitOfWork`]: a batched
+    /// consumer's way to handle N messages with one commit ([`MessageHandler::handle_batch`]).
+    ///
+    /// The aggregates are loaded together ([`load_many`](Repository::load_many)); the commands
+    /// run in order, a later command on an aggregate seeing the events of an earlier one; then
+    /// one commit appends to every aggregate touched (expecting the version it was loaded at)
+    /// with every context's inbox entry. A version conflict reloads and decides the whole batch
+    /// again. When the store says a message was handled already, the commands are carried out
+    /// one at a time instead ([`execute_with`](Repository::execute_with)), so each finds its
+    /// own answer. A refused command refuses the batch and writes nothing (a batched consumer
+    /// then handles its messages one at a time, and the refused one goes its own way).
+    ///
+    /// The answer has one [`Executed`] per command, in order: the aggregate's state and
+    /// version after the whole batch, and the events that command decided.
+    ///
+    /// [`MessageHandler::handle_batch`]: crate::bus::MessageHandler::handle_batch
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::sync::Arc;
+    /// # use es_core::{Aggregate, CommandContext, DomainEvent, EventStore, Repository};
+    /// # use es_core::memory::MemoryEventStore;
+    /// # #[derive(Debug, Default, Clone, PartialEq)] struct Count { n: u64 }
+    /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)] enum Ev { Added }
+    /// # impl DomainEvent for Ev {}
+    /// # #[derive(Debug, thiserror::Error)] #[error("never")] enum Never {}
+    /// # impl Aggregate for Count {
+    /// #     const TYPE: &'static str = "count";
+    /// #     type Command = (); type Event = Ev; type Error = Never;
+    /// #     fn handle(&self, _: ()) -> Result<Vec<Ev>, Never> { Ok(vec![Ev::Added]) }
+    /// #     fn apply(&mut self, _: &Ev) { self.n += 1 }
+    /// # }
+    /// let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    /// let counts = Repository::<Count>::new(store);
+    /// // Three messages, two aggregates, one commit.
+    /// let done = counts
+    ///     .execute_batch(vec![
+    ///         ("a", (), CommandContext::default()),
+    ///         ("b", (), CommandContext::default()),
+    ///         ("a", (), CommandContext::default()),
+    ///     ])
+    ///     .await?;
+    /// assert_eq!((done[0].version, done[1].version, done[2].version), (2, 1, 2));
+    /// assert_eq!(counts.load("a").await?.state.n, 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_batch<S: AsRef<str>>(
+        &self,
+        commands: Vec<(S, A::Command, CommandContext)>,
+    ) -> Result<Vec<Executed<A>>, CommandError<A::Error>>
+    where
+        A: Clone,
+        A::Command: Clone,
+    {
+        let ids: Vec<StreamId> = commands
+            .iter()
+            .map(|(id, _, _)| Self::stream_id(id.as_ref()))
+            .collect::<Result<_>>()?;
+        // Each aggregate once, in first-seen order; `slot[i]` is command i's aggregate.
+        let mut distinct: Vec<StreamId> = Vec::new();
+        let mut slot = Vec::with_capacity(ids.len());
+        for id in &ids {
+            match distinct.iter().position(|d| d == id) {
+                Some(i) => slot.push(i),
+                None => {
+                    slot.push(distinct.len());
+                    distinct.push(id.clone());
+                }
+            }
+        }
+        let mut attempt = 0;
+        loop {
+            let names: Vec<&str> = distinct.iter().map(|d| d.entity_id()).collect();
+            let loaded = self.load_many(&names).await?;
+            let base: Vec<u64> = loaded.iter().map(|l| l.version).collect();
+            let mut states: Vec<A> = loaded.into_iter().map(|l| l.state).collect();
+            let mut appends: Vec<Vec<NewEvent>> = vec![Vec::new(); distinct.len()];
+            let mut decided: Vec<Vec<A::Event>> = Vec::with_capacity(commands.len());
+            for ((_, command, context), &i) in commands.iter().zip(&slot) {
+                let events = states[i]
+                    .handle(command.clone())
+                    .map_err(CommandError::Rejected)?;
+                for event in &events {
+                    appends[i].push(NewEvent::from_domain(event, context.metadata.clone())?);
+                    states[i].apply(event);
+                }
+                decided.push(events);
+            }
+            // As `execute_with`: an aggregate that decided nothing is still checked at its
+            // version when a message rides on it (its inbox entry commits a decision made on
+            // that state), and left out otherwise.
+            let mut checked = vec![false; distinct.len()];
+            for ((_, _, context), &i) in commands.iter().zip(&slot) {
+                checked[i] |= context.inbox.is_some();
+            }
+            let mut versions = base.clone();
+            let mut written = Vec::new();
+            let mut unit = UnitOfWork::new();
+            for (i, events) in appends.into_iter().enumerate() {
+                if !events.is_empty() || checked[i] {
+                    written.push(i);
+                    unit = unit.append(StreamAppend::new(
+                        distinct[i].clone(),
+                        ExpectedVersion::Exact(base[i]),
+                        events,
+                    ));
+                }
+            }
+            unit.inbox = commands
+                .iter()
+                .filter_map(|(_, _, context)| context.inbox.clone())
+                .collect();
+            let outcome = if unit.appends.is_empty() && unit.inbox.is_empty() {
+                Ok(CommitOutcome::Committed(Vec::new()))
+            } else {
+                self.store.commit(unit).await
+            };
+            match outcome {
+                Ok(CommitOutcome::Committed(results)) => {
+                    for (&i, result) in written.iter().zip(&results) {
+                        versions[i] = result.next_expected_version;
+                    }
+                    for (i, id) in distinct.iter().enumerate() {
+                        self.remember(id, &states[i], versions[i]);
+                        self.maybe_snapshot(id, &states[i], base[i], versions[i])
+                            .await;
+                    }
+                    return Ok(decided
+                        .into_iter()
+                        .zip(&slot)
+                        .map(|(events, &i)| Executed {
+                            state: states[i].clone(),
+                            version: versions[i],
+                            events,
+                            already_handled: false,
+                        })
+                        .collect());
+                }
+                Ok(CommitOutcome::AlreadyHandled) => {
+                    tracing::debug!(
+                        size = commands.len(),
+                        "a message of the batch was handled before; one at a time"
+                    );
+                    let mut executed = Vec::with_capacity(commands.len());
+                    for (id, command, context) in commands {
+                        executed.push(self.execute_with(id.as_ref(), command, context).await?);
+                    }
+                    return Ok(executed);
+                }
+                Err(error) if error.is_conflict() && attempt < self.max_retries => {
+                    attempt += 1;
+                    tracing::debug!(attempt, "version conflict in a batch; deciding again");
                 }
                 Err(error) => return Err(error.into()),
             }

@@ -223,6 +223,21 @@ impl<C, D> SagaDecision<C, D> {
 pub trait CommandDispatcher<C>: Send + Sync {
     /// Carries out `command`, with `metadata` for the events it causes.
     async fn dispatch(&self, command: C, metadata: Metadata) -> Result<(), DispatchError>;
+
+    /// Carries out the commands of a batch of events, in order (a batched saga calls it once
+    /// per batch; see [`SagaRunner::handle_events`]). Override it to commit them together,
+    /// for instance with [`Repository::execute_batch`](crate::Repository::execute_batch). The
+    /// default dispatches them one after the other and stops at the first failure: like every
+    /// saga command, they must be safe to carry out again.
+    async fn dispatch_many(&self, commands: Vec<(C, Metadata)>) -> Result<(), DispatchError>
+    where
+        C: Send + 'async_trait,
+    {
+        for (command, metadata) in commands {
+            self.dispatch(command, metadata).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a saga's command was not carried out.
@@ -411,6 +426,46 @@ pub trait SagaStore: Send + Sync + fmt::Debug {
 
     /// The pending deadlines of one instance (for inspection and tests).
     async fn deadlines_of(&self, saga: &str, instance: &str) -> Result<Vec<DeadlineRecord>>;
+
+    /// The states of several instances, one answer per instance in order: a batched saga
+    /// loads its instances with this. The default asks [`load`](SagaStore::load) for each;
+    /// backends with a round trip per query answer in one.
+    async fn load_many(&self, saga: &str, instances: &[String]) -> Result<Vec<Option<SagaState>>> {
+        let mut states = Vec::with_capacity(instances.len());
+        for instance in instances {
+            states.push(self.load(saga, instance).await?);
+        }
+        Ok(states)
+    }
+
+    /// Which of `event_ids` the saga already handled (in no particular order): the early
+    /// check of a batch. The default asks [`has_handled`](SagaStore::has_handled) for each.
+    async fn handled_among(&self, saga: &str, event_ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        let mut handled = Vec::new();
+        for &event_id in event_ids {
+            if self.has_handled(saga, event_id).await? {
+                handled.push(event_id);
+            }
+        }
+        Ok(handled)
+    }
+
+    /// Saves several changes (of distinct instances): `Saved` when all are stored,
+    /// `AlreadyHandled` or an error when one of them is not.
+    ///
+    /// A backend should store all or none (the memory and PostgreSQL stores do, and
+    /// `testing::saga_store_conformance` checks it). The
+    /// default saves one after the other and stops at the first that is not saved, leaving the
+    /// ones before it saved: still correct for the runner, which then handles the batch one
+    /// event at a time and skips those as handled, but it fails that check.
+    async fn save_many(&self, changes: Vec<SagaChange>) -> Result<SagaSaved> {
+        for change in changes {
+            if self.save(change).await? == SagaSaved::AlreadyHandled {
+                return Ok(SagaSaved::AlreadyHandled);
+            }
+        }
+        Ok(SagaSaved::Saved)
+    }
 }
 
 /// What the runner did with one event or deadline.
@@ -531,6 +586,104 @@ impl<S: Saga> SagaRunner<S> {
                 // A command's failure goes back to the caller with its kind, so a transient one
                 // is retried with the bus's backoff rather than at once.
                 Err(Failed::Store(error) | Failed::Dispatch(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// Handles a batch of stored events (a bus batch, see
+    /// [`MessageHandler::handle_batch`]) with a few round trips for all of them: which were
+    /// handled already, the instances' states, the commands
+    /// ([`CommandDispatcher::dispatch_many`]), and one save of every change
+    /// ([`SagaStore::save_many`]).
+    ///
+    /// Events of one instance take turns: each round takes at most one event per instance,
+    /// in order, so a later event sees the state the earlier one left. A round whose save
+    /// meets a moved state decides again, as [`handle_event`](Self::handle_event) does; one
+    /// whose events were handled meanwhile elsewhere fails with a transient error, and a
+    /// batched consumer then handles the events one by one.
+    pub async fn handle_events(&self, recorded: &[RecordedEvent]) -> Result<()> {
+        let mut pending = Vec::with_capacity(recorded.len());
+        for event in recorded {
+            let envelope = match event.to_envelope::<S::Event>() {
+                Ok(envelope) => envelope,
+                Err(Error::UnknownEventType { .. }) => continue,
+                Err(error) => return Err(error),
+            };
+            if let Some(instance) = S::instance_id(&envelope) {
+                pending.push((event, envelope, instance));
+            }
+        }
+        while !pending.is_empty() {
+            let mut seen = std::collections::HashSet::new();
+            let (round, rest): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .partition(|(_, _, instance)| seen.insert(instance.clone()));
+            self.handle_round(&round).await?;
+            pending = rest;
+        }
+        Ok(())
+    }
+
+    /// One round of [`handle_events`](Self::handle_events): events of distinct instances.
+    async fn handle_round(
+        &self,
+        round: &[(&RecordedEvent, Envelope<S::Event>, String)],
+    ) -> Result<()> {
+        let ids: Vec<Uuid> = round.iter().map(|(event, _, _)| event.event_id).collect();
+        let mut attempt = 0;
+        loop {
+            // Redelivered events are skipped before their commands go out again.
+            let handled = self.store.handled_among(S::NAME, &ids).await?;
+            let live: Vec<_> = round
+                .iter()
+                .filter(|(event, _, _)| !handled.contains(&event.event_id))
+                .collect();
+            if live.is_empty() {
+                return Ok(());
+            }
+            let instances: Vec<String> = live.iter().map(|(_, _, i)| i.clone()).collect();
+            let states = self.store.load_many(S::NAME, &instances).await?;
+            let mut commands = Vec::new();
+            let mut changes = Vec::with_capacity(live.len());
+            for ((event, envelope, instance), state) in live.into_iter().zip(states) {
+                let (mut saga, version) = match state {
+                    None => (S::default(), 0),
+                    // A finished instance ignores what comes late.
+                    Some(state) if state.completed => continue,
+                    Some(state) => (
+                        serde_json::from_slice(&state.data)
+                            .map_err(|e| Error::serialization(S::NAME, e))?,
+                        state.version,
+                    ),
+                };
+                let metadata = Metadata::caused_by(event);
+                let decision = saga.handle(&self.config, envelope);
+                let (change, decided) = self.change(
+                    instance,
+                    &saga,
+                    version,
+                    decision,
+                    &metadata,
+                    Some(event.event_id),
+                    None,
+                )?;
+                commands.extend(decided.into_iter().map(|c| (c, metadata.clone())));
+                changes.push(change);
+            }
+            if !commands.is_empty() {
+                self.dispatcher
+                    .dispatch_many(commands)
+                    .await
+                    .map_err(DispatchError::into_error)?;
+            }
+            match self.store.save_many(changes).await {
+                Ok(SagaSaved::Saved) => return Ok(()),
+                Ok(SagaSaved::AlreadyHandled) => return Err(Error::unavailable(
+                    S::NAME,
+                    "an event of the batch was handled elsewhere meanwhile; handle them one by one",
+                )),
+                Err(error) if error.is_conflict() && attempt < self.max_retries => attempt += 1,
+                Err(error) => return Err(error),
             }
         }
     }
@@ -672,6 +825,47 @@ impl<S: Saga> SagaRunner<S> {
         }
     }
 
+    /// The change a decision makes to an instance, and the commands it sends.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn change(
+        &self,
+        instance: &str,
+        saga: &S,
+        version: u64,
+        decision: SagaDecision<S::Command, S::Deadline>,
+        metadata: &Metadata,
+        handled_event: Option<Uuid>,
+        fired_deadline: Option<Uuid>,
+    ) -> Result<(SagaChange, Vec<S::Command>)> {
+        let state = serde_json::to_vec(saga).map_err(|e| Error::serialization(S::NAME, e))?;
+        let schedule = decision
+            .schedule
+            .into_iter()
+            .map(|(key, due_at, deadline)| {
+                Ok(DeadlineRecord::new(
+                    S::NAME,
+                    instance,
+                    key,
+                    due_at,
+                    serde_json::to_vec(&deadline).map_err(|e| Error::serialization(S::NAME, e))?,
+                    metadata.clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let change = SagaChange {
+            saga: S::NAME.to_owned(),
+            instance: instance.to_owned(),
+            expected_version: version,
+            state: state.into(),
+            completed: decision.complete,
+            schedule,
+            cancel: decision.cancel,
+            handled_event,
+            fired_deadline,
+        };
+        Ok((change, decision.commands))
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn apply(
         &self,
@@ -694,40 +888,23 @@ impl<S: Saga> SagaRunner<S> {
                 return Ok(SagaOutcome::AlreadyHandled);
             }
         }
-        let state = serde_json::to_vec(&saga)
-            .map_err(|e| Failed::Store(Error::serialization(S::NAME, e)))?;
-        let schedule = decision
-            .schedule
-            .into_iter()
-            .map(|(key, due_at, deadline)| {
-                Ok(DeadlineRecord::new(
-                    S::NAME,
-                    instance,
-                    key,
-                    due_at,
-                    serde_json::to_vec(&deadline).map_err(|e| Error::serialization(S::NAME, e))?,
-                    metadata.clone(),
-                ))
-            })
-            .collect::<Result<Vec<_>>>()
+        let (change, commands) = self
+            .change(
+                instance,
+                &saga,
+                version,
+                decision,
+                metadata,
+                handled_event,
+                fired_deadline,
+            )
             .map_err(Failed::Store)?;
-        for command in decision.commands {
+        for command in commands {
             self.dispatcher
                 .dispatch(command, metadata.clone())
                 .await
                 .map_err(|error| Failed::Dispatch(error.into_error()))?;
         }
-        let change = SagaChange {
-            saga: S::NAME.to_owned(),
-            instance: instance.to_owned(),
-            expected_version: version,
-            state: state.into(),
-            completed: decision.complete,
-            schedule,
-            cancel: decision.cancel,
-            handled_event,
-            fired_deadline,
-        };
         Ok(
             match self.store.save(change).await.map_err(Failed::Store)? {
                 SagaSaved::Saved => SagaOutcome::Handled,
@@ -764,6 +941,12 @@ enum Instance<S> {
 impl<S: Saga> MessageHandler for SagaRunner<S> {
     async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
         self.handle_event(message).await?;
+        Ok(())
+    }
+
+    /// [`handle_events`](SagaRunner::handle_events): one round of store calls per batch.
+    async fn handle_batch(&self, messages: &[RecordedEvent]) -> Result<(), HandlerError> {
+        self.handle_events(messages).await?;
         Ok(())
     }
 }

@@ -65,16 +65,18 @@ impl InboxEntry {
 }
 
 /// Effects that commit together or not at all: the appends (each with its expectation), the
-/// inbox entry of the message that caused them, and a projection's checkpoint.
+/// inbox entries of the messages that caused them, and a projection's checkpoint.
 ///
-/// In memory this is one lock; in PostgreSQL one transaction.
+/// In memory this is one lock; in PostgreSQL one transaction. A batched consumer
+/// ([`MessageHandler::handle_batch`](crate::bus::MessageHandler::handle_batch)) commits the
+/// effects of several messages with one inbox entry each in one unit.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct UnitOfWork {
     /// Appends to one or more streams; every expectation must hold or nothing is written.
     pub appends: Vec<StreamAppend>,
-    /// Marks a message as handled; if it is already there, nothing is written and the commit
-    /// answers [`CommitOutcome::AlreadyHandled`].
-    pub inbox: Option<InboxEntry>,
+    /// Marks messages as handled; if any of them is already there (or one is given twice),
+    /// nothing is written and the commit answers [`CommitOutcome::AlreadyHandled`].
+    pub inbox: Vec<InboxEntry>,
     /// Moves a checkpoint (a projection's or a relay's).
     pub checkpoint: Option<(String, Position)>,
 }
@@ -91,9 +93,10 @@ impl UnitOfWork {
         self
     }
 
-    /// Records that `consumer` handled `event_id` in the same commit.
+    /// Records in the same commit that a consumer handled a message (call it once per message
+    /// of a batch).
     pub fn handled(mut self, entry: InboxEntry) -> Self {
-        self.inbox = Some(entry);
+        self.inbox.push(entry);
         self
     }
 
@@ -125,7 +128,8 @@ impl UnitOfWork {
 pub enum CommitOutcome {
     /// Everything was written; one result per append, in order.
     Committed(Vec<AppendResult>),
-    /// The inbox entry was already there: the message had been handled, nothing was written.
+    /// An inbox entry was already there: a message had been handled, nothing was written. A
+    /// batch that hears this handles its messages one by one, so each finds its own answer.
     AlreadyHandled,
 }
 

@@ -16,6 +16,9 @@
 //! | `es_messages_retried_total` | counter | `consumer` | failed attempts that will be tried again |
 //! | `es_messages_dead_lettered_total` | counter | `consumer` | messages given up on and dead-lettered |
 //! | `es_message_handling_seconds` | histogram | `consumer` | time in the handler, every attempt |
+//! | `es_message_batches_total` | counter | `consumer` | batches of more than one message committed by `handle_batch` |
+//! | `es_messages_batched_total` | counter | `consumer` | messages in those batches (÷ batches: the mean batch size) |
+//! | `es_message_batch_fallbacks_total` | counter | `consumer` | batches that failed and were handled again one message at a time |
 //! | `es_relay_published_total` | counter | `relay` | events the relay published (or parked) |
 //! | `es_relay_lag_events` | gauge | `relay` | events in the last batch: what had piled up since the batch before |
 //! | `es_relay_lag_seconds` | gauge | `relay` | age of the last published event when the bus took it |
@@ -44,6 +47,12 @@ pub const MESSAGES_RETRIED: &str = "es_messages_retried_total";
 pub const MESSAGES_DEAD_LETTERED: &str = "es_messages_dead_lettered_total";
 /// `es_message_handling_seconds`: time in a consumer's handler, every attempt.
 pub const MESSAGE_HANDLING_SECONDS: &str = "es_message_handling_seconds";
+/// `es_message_batches_total`: batches of more than one message a handler committed at once.
+pub const MESSAGE_BATCHES: &str = "es_message_batches_total";
+/// `es_messages_batched_total`: messages in those batches.
+pub const MESSAGES_BATCHED: &str = "es_messages_batched_total";
+/// `es_message_batch_fallbacks_total`: batches that failed and went one message at a time.
+pub const MESSAGE_BATCH_FALLBACKS: &str = "es_message_batch_fallbacks_total";
 /// `es_relay_published_total`: events a relay published or parked.
 pub const RELAY_PUBLISHED: &str = "es_relay_published_total";
 /// `es_relay_lag_events`: events in a relay's last batch.
@@ -94,6 +103,12 @@ pub struct ConsumerMetrics {
     dead_lettered: metrics::Counter,
     #[cfg(feature = "metrics")]
     handling: metrics::Histogram,
+    #[cfg(feature = "metrics")]
+    batches: metrics::Counter,
+    #[cfg(feature = "metrics")]
+    batched: metrics::Counter,
+    #[cfg(feature = "metrics")]
+    fallbacks: metrics::Counter,
 }
 
 impl fmt::Debug for ConsumerMetrics {
@@ -113,7 +128,10 @@ impl ConsumerMetrics {
                 handled: metrics::counter!(MESSAGES_HANDLED, "consumer" => label.clone()),
                 retried: metrics::counter!(MESSAGES_RETRIED, "consumer" => label.clone()),
                 dead_lettered: metrics::counter!(MESSAGES_DEAD_LETTERED, "consumer" => label.clone()),
-                handling: metrics::histogram!(MESSAGE_HANDLING_SECONDS, "consumer" => label),
+                handling: metrics::histogram!(MESSAGE_HANDLING_SECONDS, "consumer" => label.clone()),
+                batches: metrics::counter!(MESSAGE_BATCHES, "consumer" => label.clone()),
+                batched: metrics::counter!(MESSAGES_BATCHED, "consumer" => label.clone()),
+                fallbacks: metrics::counter!(MESSAGE_BATCH_FALLBACKS, "consumer" => label),
             }
         }
         #[cfg(not(feature = "metrics"))]
@@ -126,6 +144,29 @@ impl ConsumerMetrics {
         #[cfg(feature = "metrics")]
         {
             self.handled.increment(1);
+            self.handling.record(took);
+        }
+    }
+
+    /// A batch of `size` messages was handled in one call after `took`: each counts as
+    /// handled, and the batch as one batch.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub fn handled_batch(&self, size: usize, took: Duration) {
+        #[cfg(feature = "metrics")]
+        {
+            self.handled.increment(size as u64);
+            self.handling.record(took);
+            self.batches.increment(1);
+            self.batched.increment(size as u64);
+        }
+    }
+
+    /// A batch failed after `took` and its messages go one at a time.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub fn batch_fell_back(&self, took: Duration) {
+        #[cfg(feature = "metrics")]
+        {
+            self.fallbacks.increment(1);
             self.handling.record(took);
         }
     }

@@ -583,18 +583,40 @@ impl PgEventStore {
         conn: &mut PgConnection,
         unit: UnitOfWork,
     ) -> Result<Option<Vec<AppendResult>>, Failure> {
-        if let Some(entry) = &unit.inbox {
-            let inserted = sqlx::query_scalar::<_, i32>(
-                "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) \
-                 ON CONFLICT DO NOTHING RETURNING 1",
-            )
-            .bind(&entry.consumer)
-            .bind(entry.event_id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(from_sqlx)?;
-            if inserted.is_none() {
-                return Ok(None);
+        match unit.inbox.as_slice() {
+            [] => {}
+            [entry] => {
+                let inserted = sqlx::query_scalar::<_, i32>(
+                    "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) \
+                     ON CONFLICT DO NOTHING RETURNING 1",
+                )
+                .bind(&entry.consumer)
+                .bind(entry.event_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(from_sqlx)?;
+                if inserted.is_none() {
+                    return Ok(None);
+                }
+            }
+            // A batch's entries in one statement: one round trip however many messages.
+            entries => {
+                let consumers: Vec<&str> = entries.iter().map(|e| e.consumer.as_str()).collect();
+                let ids: Vec<Uuid> = entries.iter().map(|e| e.event_id).collect();
+                let inserted: i64 = sqlx::query_scalar(
+                    "WITH added AS (INSERT INTO inbox (consumer, event_id) \
+                     SELECT * FROM UNNEST($1::text[], $2::uuid[]) \
+                     ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM added",
+                )
+                .bind(&consumers)
+                .bind(&ids)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(from_sqlx)?;
+                // One of them was there already (or came twice): the caller rolls back.
+                if inserted != entries.len() as i64 {
+                    return Ok(None);
+                }
             }
         }
         if unit.appends.len() > 1 {
@@ -1072,10 +1094,10 @@ impl EventStore for PgEventStore {
     async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome> {
         let started = std::time::Instant::now();
         unit.validate()?;
-        if unit.inbox.is_none() && unit.checkpoint.is_none() && unit.appends.is_empty() {
+        if unit.inbox.is_empty() && unit.checkpoint.is_none() && unit.appends.is_empty() {
             return Ok(CommitOutcome::Committed(Vec::new()));
         }
-        if unit.inbox.is_none()
+        if unit.inbox.is_empty()
             && unit.checkpoint.is_none()
             && unit.appends.len() == 1
             && self.inline_projections_for(&unit.appends).is_empty()

@@ -198,6 +198,134 @@ fn deadline(row: DeadlineRow) -> Result<DeadlineRecord> {
 const DEADLINE_COLUMNS: &str =
     "id, saga, instance, key, due_at, payload, metadata, attempts, retry_at, last_error";
 
+/// Writes one saga change on `conn`, inside the caller's transaction: the caller commits on
+/// `Saved` and rolls back otherwise (an `AlreadyHandled` or an error may come after writes).
+async fn save_in(conn: &mut sqlx::PgConnection, change: SagaChange) -> Result<SagaSaved> {
+    // The checks that make a redelivery a no-op come first, so a stale version on a
+    // redelivered event is not reported as a conflict.
+    if let Some(event_id) = change.handled_event {
+        let new = sqlx::query_scalar::<_, i32>(
+            "INSERT INTO saga_inbox (saga, event_id) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING RETURNING 1",
+        )
+        .bind(&change.saga)
+        .bind(event_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(from_sqlx)?;
+        if new.is_none() {
+            return Ok(SagaSaved::AlreadyHandled);
+        }
+    }
+    if let Some(id) = change.fired_deadline {
+        let removed =
+            sqlx::query_scalar::<_, i32>("DELETE FROM saga_deadlines WHERE id = $1 RETURNING 1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(from_sqlx)?;
+        if removed.is_none() {
+            return Ok(SagaSaved::AlreadyHandled);
+        }
+    }
+    let expected = to_i64(change.expected_version, "saga version")?;
+    let stored = if expected == 0 {
+        sqlx::query_scalar::<_, i32>(
+            "INSERT INTO saga_states (saga, instance, data, version, completed) \
+             VALUES ($1, $2, $3, 1, $4) ON CONFLICT DO NOTHING RETURNING 1",
+        )
+        .bind(&change.saga)
+        .bind(&change.instance)
+        .bind(&change.state[..])
+        .bind(change.completed)
+        .fetch_optional(&mut *conn)
+        .await
+    } else {
+        sqlx::query_scalar::<_, i32>(
+            "UPDATE saga_states SET data = $3, version = version + 1, completed = $4, \
+             updated_at = now() WHERE saga = $1 AND instance = $2 AND version = $5 RETURNING 1",
+        )
+        .bind(&change.saga)
+        .bind(&change.instance)
+        .bind(&change.state[..])
+        .bind(change.completed)
+        .bind(expected)
+        .fetch_optional(&mut *conn)
+        .await
+    }
+    .map_err(from_sqlx)?;
+    if stored.is_none() {
+        let actual = sqlx::query_scalar::<_, i64>(
+            "SELECT version FROM saga_states WHERE saga = $1 AND instance = $2",
+        )
+        .bind(&change.saga)
+        .bind(&change.instance)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(from_sqlx)?;
+        return Err(change.conflict(actual.map_or(0, to_u64)));
+    }
+    let replaced: Vec<&str> = change
+        .cancel
+        .iter()
+        .map(String::as_str)
+        .chain(change.schedule.iter().map(|d| d.key.as_str()))
+        .collect();
+    if !replaced.is_empty() {
+        sqlx::query(
+            "DELETE FROM saga_deadlines WHERE saga = $1 AND instance = $2 AND key = ANY($3)",
+        )
+        .bind(&change.saga)
+        .bind(&change.instance)
+        .bind(&replaced)
+        .execute(&mut *conn)
+        .await
+        .map_err(from_sqlx)?;
+    }
+    if !change.schedule.is_empty() {
+        let mut ids = Vec::with_capacity(change.schedule.len());
+        let mut keys = Vec::with_capacity(change.schedule.len());
+        let mut due = Vec::with_capacity(change.schedule.len());
+        let mut payloads = Vec::with_capacity(change.schedule.len());
+        let mut metadata = Vec::with_capacity(change.schedule.len());
+        for d in &change.schedule {
+            if d.saga != change.saga || d.instance != change.instance {
+                return Err(Error::InvalidInput(format!(
+                    "deadline `{}` belongs to {}/{}, not to the saved instance",
+                    d.key, d.saga, d.instance
+                )));
+            }
+            ids.push(d.id);
+            keys.push(d.key.as_str());
+            due.push(d.due_at);
+            payloads.push(&d.payload[..]);
+            metadata.push(d.metadata.to_json().to_vec());
+        }
+        sqlx::query(
+            "INSERT INTO saga_deadlines (id, saga, instance, key, due_at, payload, metadata) \
+             SELECT d.id, $1, $2, d.key, d.due_at, d.payload, d.metadata \
+             FROM UNNEST($3::uuid[], $4::text[], $5::timestamptz[], $6::bytea[], $7::bytea[]) \
+               AS d(id, key, due_at, payload, metadata)",
+        )
+        .bind(&change.saga)
+        .bind(&change.instance)
+        .bind(&ids)
+        .bind(&keys)
+        .bind(&due)
+        .bind(&payloads)
+        .bind(&metadata)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| match crate::error::unique_violation(&e) {
+            Some(_) => Error::InvalidInput(
+                "a saga change schedules one key twice, or reuses a deadline id".into(),
+            ),
+            None => from_sqlx(e),
+        })?;
+    }
+    Ok(SagaSaved::Saved)
+}
+
 #[async_trait]
 impl SagaStore for PgEventStore {
     async fn load(&self, saga: &str, instance: &str) -> Result<Option<SagaState>> {
@@ -217,135 +345,71 @@ impl SagaStore for PgEventStore {
     }
 
     async fn save(&self, change: SagaChange) -> Result<SagaSaved> {
+        self.save_many(vec![change]).await
+    }
+
+    /// All the changes in one transaction: a batched saga's one commit.
+    async fn save_many(&self, mut changes: Vec<SagaChange>) -> Result<SagaSaved> {
+        if changes.is_empty() {
+            return Ok(SagaSaved::Saved);
+        }
+        // Rows are locked in one order, so two batches sharing instances wait for each other
+        // (and the later one meets a version conflict) instead of deadlocking.
+        changes.sort_by(|a, b| (&a.saga, &a.instance).cmp(&(&b.saga, &b.instance)));
         let mut tx = self.pool().begin().await.map_err(from_sqlx)?;
-        // The checks that make a redelivery a no-op come first, so a stale version on a
-        // redelivered event is not reported as a conflict.
-        if let Some(event_id) = change.handled_event {
-            let new = sqlx::query_scalar::<_, i32>(
-                "INSERT INTO saga_inbox (saga, event_id) VALUES ($1, $2) \
-                 ON CONFLICT DO NOTHING RETURNING 1",
-            )
-            .bind(&change.saga)
-            .bind(event_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(from_sqlx)?;
-            if new.is_none() {
-                tx.rollback().await.map_err(from_sqlx)?;
-                return Ok(SagaSaved::AlreadyHandled);
-            }
-        }
-        if let Some(id) = change.fired_deadline {
-            let removed = sqlx::query_scalar::<_, i32>(
-                "DELETE FROM saga_deadlines WHERE id = $1 RETURNING 1",
-            )
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(from_sqlx)?;
-            if removed.is_none() {
-                tx.rollback().await.map_err(from_sqlx)?;
-                return Ok(SagaSaved::AlreadyHandled);
-            }
-        }
-        let expected = to_i64(change.expected_version, "saga version")?;
-        let stored = if expected == 0 {
-            sqlx::query_scalar::<_, i32>(
-                "INSERT INTO saga_states (saga, instance, data, version, completed) \
-                 VALUES ($1, $2, $3, 1, $4) ON CONFLICT DO NOTHING RETURNING 1",
-            )
-            .bind(&change.saga)
-            .bind(&change.instance)
-            .bind(&change.state[..])
-            .bind(change.completed)
-            .fetch_optional(&mut *tx)
-            .await
-        } else {
-            sqlx::query_scalar::<_, i32>(
-                "UPDATE saga_states SET data = $3, version = version + 1, completed = $4, \
-                 updated_at = now() WHERE saga = $1 AND instance = $2 AND version = $5 RETURNING 1",
-            )
-            .bind(&change.saga)
-            .bind(&change.instance)
-            .bind(&change.state[..])
-            .bind(change.completed)
-            .bind(expected)
-            .fetch_optional(&mut *tx)
-            .await
-        }
-        .map_err(from_sqlx)?;
-        if stored.is_none() {
-            let actual = sqlx::query_scalar::<_, i64>(
-                "SELECT version FROM saga_states WHERE saga = $1 AND instance = $2",
-            )
-            .bind(&change.saga)
-            .bind(&change.instance)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(from_sqlx)?;
-            tx.rollback().await.map_err(from_sqlx)?;
-            return Err(change.conflict(actual.map_or(0, to_u64)));
-        }
-        let replaced: Vec<&str> = change
-            .cancel
-            .iter()
-            .map(String::as_str)
-            .chain(change.schedule.iter().map(|d| d.key.as_str()))
-            .collect();
-        if !replaced.is_empty() {
-            sqlx::query(
-                "DELETE FROM saga_deadlines WHERE saga = $1 AND instance = $2 AND key = ANY($3)",
-            )
-            .bind(&change.saga)
-            .bind(&change.instance)
-            .bind(&replaced)
-            .execute(&mut *tx)
-            .await
-            .map_err(from_sqlx)?;
-        }
-        if !change.schedule.is_empty() {
-            let mut ids = Vec::with_capacity(change.schedule.len());
-            let mut keys = Vec::with_capacity(change.schedule.len());
-            let mut due = Vec::with_capacity(change.schedule.len());
-            let mut payloads = Vec::with_capacity(change.schedule.len());
-            let mut metadata = Vec::with_capacity(change.schedule.len());
-            for d in &change.schedule {
-                if d.saga != change.saga || d.instance != change.instance {
-                    return Err(Error::InvalidInput(format!(
-                        "deadline `{}` belongs to {}/{}, not to the saved instance",
-                        d.key, d.saga, d.instance
-                    )));
+        for change in changes {
+            match save_in(&mut tx, change).await {
+                Ok(SagaSaved::Saved) => {}
+                other => {
+                    tx.rollback().await.map_err(from_sqlx)?;
+                    return other;
                 }
-                ids.push(d.id);
-                keys.push(d.key.as_str());
-                due.push(d.due_at);
-                payloads.push(&d.payload[..]);
-                metadata.push(d.metadata.to_json().to_vec());
             }
-            sqlx::query(
-                "INSERT INTO saga_deadlines (id, saga, instance, key, due_at, payload, metadata) \
-                 SELECT d.id, $1, $2, d.key, d.due_at, d.payload, d.metadata \
-                 FROM UNNEST($3::uuid[], $4::text[], $5::timestamptz[], $6::bytea[], $7::bytea[]) \
-                   AS d(id, key, due_at, payload, metadata)",
-            )
-            .bind(&change.saga)
-            .bind(&change.instance)
-            .bind(&ids)
-            .bind(&keys)
-            .bind(&due)
-            .bind(&payloads)
-            .bind(&metadata)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| match crate::error::unique_violation(&e) {
-                Some(_) => Error::InvalidInput(
-                    "a saga change schedules one key twice, or reuses a deadline id".into(),
-                ),
-                None => from_sqlx(e),
-            })?;
         }
         tx.commit().await.map_err(from_sqlx)?;
         Ok(SagaSaved::Saved)
+    }
+
+    async fn load_many(&self, saga: &str, instances: &[String]) -> Result<Vec<Option<SagaState>>> {
+        let rows = sqlx::query_as::<_, (String, Vec<u8>, i64, bool)>(
+            "SELECT instance, data, version, completed FROM saga_states \
+             WHERE saga = $1 AND instance = ANY($2)",
+        )
+        .bind(saga)
+        .bind(instances)
+        .fetch_all(self.pool())
+        .await
+        .map_err(from_sqlx)?;
+        let found: std::collections::HashMap<String, SagaState> = rows
+            .into_iter()
+            .map(|(instance, data, version, completed)| {
+                let state = SagaState {
+                    data: Bytes::from(data),
+                    version: to_u64(version),
+                    completed,
+                };
+                (instance, state)
+            })
+            .collect();
+        // An instance asked twice is answered twice.
+        Ok(instances
+            .iter()
+            .map(|instance| found.get(instance).cloned())
+            .collect())
+    }
+
+    async fn handled_among(&self, saga: &str, event_ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        sqlx::query_scalar::<_, Uuid>(
+            // A join on the array looks each id up in the primary key, whatever the
+            // statistics say (`event_id = ANY` could filter every row of the saga instead).
+            "SELECT s.event_id FROM unnest($2::uuid[]) AS u(event_id) \
+             JOIN saga_inbox s ON s.saga = $1 AND s.event_id = u.event_id",
+        )
+        .bind(saga)
+        .bind(event_ids)
+        .fetch_all(self.pool())
+        .await
+        .map_err(from_sqlx)
     }
 
     async fn due_deadlines(

@@ -393,15 +393,47 @@ async fn consume(
     stop: &CancellationToken,
 ) -> Ended {
     let mut in_flight = JoinSet::new();
+    let batch = usize::from(context.subscription.batch.max(1));
+    // One message at a time: as many handler calls as the prefetch lets in. In batches: a
+    // few calls, so that while they run deliveries pile up in the prefetch window and the
+    // next call takes them together.
+    let slots = if batch > 1 {
+        context.subscription.concurrency()
+    } else {
+        usize::MAX
+    };
     // lapin ends a consumer's stream when its channel closes, but a look now and then also
     // catches a connection that died without a word.
     let mut health = tokio::time::interval(Duration::from_secs(1));
     let ended = loop {
         tokio::select! {
             _ = stop.cancelled() => break Ended::Stopped,
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
+            next = consumer.next(), if in_flight.len() < slots => match next {
+                Some(Ok(delivery)) if batch == 1 => {
                     in_flight.spawn(handle_delivery(context.clone(), delivery));
+                }
+                Some(Ok(delivery)) => {
+                    // Add what lapin already holds, without waiting for more.
+                    let mut deliveries = vec![delivery];
+                    let mut ended = None;
+                    while deliveries.len() < batch {
+                        match consumer.next().now_or_never() {
+                            Some(Some(Ok(delivery))) => deliveries.push(delivery),
+                            Some(Some(Err(error))) => {
+                                ended = Some(error.to_string());
+                                break;
+                            }
+                            Some(None) => {
+                                ended = Some("the consumer was cancelled".to_owned());
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    in_flight.spawn(handle_deliveries(context.clone(), deliveries));
+                    if let Some(reason) = ended {
+                        break Ended::Lost(reason);
+                    }
                 }
                 Some(Err(error)) => break Ended::Lost(error.to_string()),
                 None => break Ended::Lost("the consumer was cancelled".into()),
@@ -441,14 +473,30 @@ enum Failure {
     Permanent(String),
 }
 
-async fn handle_delivery(context: Arc<DeliveryContext>, delivery: Delivery) {
+/// A delivery decoded: the event, the routing key it was published with, and which attempt
+/// this is.
+struct Decoded {
+    delivery: Delivery,
+    event: RecordedEvent,
+    routing_key: String,
+    attempt: u32,
+}
+
+/// Decodes a delivery; one that cannot be decoded goes straight to the dead-letter queue
+/// (and `None` comes back).
+async fn decode(context: &DeliveryContext, delivery: Delivery) -> Option<Decoded> {
     let consumer = &context.subscription.consumer;
     let failed_before = header_u32(&delivery.properties, wire::ATTEMPTS_HEADER).unwrap_or(0);
     let attempt = failed_before.saturating_add(1);
     let routing_key = header_str(&delivery.properties, wire::ROUTING_KEY_HEADER)
         .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
-    let event = match wire::decode(&delivery.data, &delivery.properties, &routing_key) {
-        Ok(event) => event,
+    match wire::decode(&delivery.data, &delivery.properties, &routing_key) {
+        Ok(event) => Some(Decoded {
+            delivery,
+            event,
+            routing_key,
+            attempt,
+        }),
         Err(error) => {
             tracing::warn!(%consumer, %error, "undecodable message; dead-lettering it");
             context.metrics.dead_lettered(None);
@@ -456,10 +504,73 @@ async fn handle_delivery(context: Arc<DeliveryContext>, delivery: Delivery) {
             let result = context
                 .dead_letter(&delivery, &routing_key, &reason, attempt)
                 .await;
-            settle(&context, delivery, result).await;
+            settle(context, delivery, result).await;
+            None
+        }
+    }
+}
+
+async fn handle_delivery(context: Arc<DeliveryContext>, delivery: Delivery) {
+    if let Some(decoded) = decode(&context, delivery).await {
+        handle_decoded(&context, decoded).await;
+    }
+}
+
+/// Hands the decoded deliveries to `handle_batch` together and acks them all after it
+/// succeeded; when it fails, handles each one alone (its own retries, its own dead letter).
+async fn handle_deliveries(context: Arc<DeliveryContext>, deliveries: Vec<Delivery>) {
+    let mut decoded = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        if let Some(one) = decode(&context, delivery).await {
+            decoded.push(one);
+        }
+    }
+    if decoded.len() > 1 {
+        let events: Vec<RecordedEvent> = decoded.iter().map(|d| d.event.clone()).collect();
+        let started = std::time::Instant::now();
+        let outcome = AssertUnwindSafe(context.handler.handle_batch(&events))
+            .catch_unwind()
+            .await;
+        if let Ok(Ok(())) = outcome {
+            context
+                .metrics
+                .handled_batch(events.len(), started.elapsed());
+            // Acks go out together; the channel keeps their order.
+            let acks = decoded
+                .iter()
+                .map(|d| d.delivery.acker.ack(BasicAckOptions::default()));
+            for (result, d) in futures_util::future::join_all(acks)
+                .await
+                .into_iter()
+                .zip(&decoded)
+            {
+                if let Err(error) = result {
+                    // The channel is gone: the broker redelivers, and the inbox absorbs it.
+                    tracing::warn!(consumer = %context.subscription.consumer, event_id = %d.event.event_id, %error, "ack failed");
+                }
+            }
             return;
         }
-    };
+        let failure = match outcome {
+            Ok(Err(error)) => error.to_string(),
+            _ => "the handler panicked".to_owned(),
+        };
+        tracing::debug!(consumer = %context.subscription.consumer, size = events.len(), error = %failure, "batch failed; handling its messages one by one");
+        context.metrics.batch_fell_back(started.elapsed());
+    }
+    for one in decoded {
+        handle_decoded(&context, one).await;
+    }
+}
+
+async fn handle_decoded(context: &DeliveryContext, decoded: Decoded) {
+    let Decoded {
+        delivery,
+        event,
+        routing_key,
+        attempt,
+    } = decoded;
+    let consumer = &context.subscription.consumer;
     let started = std::time::Instant::now();
     let outcome = AssertUnwindSafe(context.handler.handle(&event))
         .catch_unwind()
@@ -495,7 +606,7 @@ async fn handle_delivery(context: Arc<DeliveryContext>, delivery: Delivery) {
                 .await
         }
     };
-    settle(&context, delivery, result).await;
+    settle(context, delivery, result).await;
 }
 
 /// Acks a message once its copy (retry or dead letter) is confirmed; otherwise hands it back

@@ -146,6 +146,25 @@ impl MessageHandler for Traced {
         .instrument(span)
         .await
     }
+
+    async fn handle_batch(&self, messages: &[RecordedEvent]) -> Result<(), HandlerError> {
+        let span = tracing::info_span!(
+            "batch",
+            consumer = %self.consumer,
+            size = messages.len(),
+        );
+        async {
+            let outcome = self.inner.handle_batch(messages).await;
+            match &outcome {
+                Ok(()) => tracing::debug!("handled"),
+                // The bus handles the messages one by one next; each logs its own failure.
+                Err(error) => tracing::debug!(%error, "batch failed"),
+            }
+            outcome
+        }
+        .instrument(span)
+        .await
+    }
 }
 
 /// Messages for the handlers' unit tests, as the bus would deliver them.

@@ -586,6 +586,39 @@ impl CommandDispatcher<FlowCommand> for OrderDispatcher {
         .instrument(span)
         .await
     }
+
+    /// The saga's commands of a batch, on every order they touch, in one commit.
+    async fn dispatch_many(
+        &self,
+        commands: Vec<(FlowCommand, Metadata)>,
+    ) -> Result<(), DispatchError> {
+        let at = Utc::now();
+        let batch: Vec<_> = commands
+            .iter()
+            .map(|(command, metadata)| {
+                let order_command = match command.action.clone() {
+                    FlowAction::MarkInventoryReserved => OrderCommand::MarkInventoryReserved { at },
+                    FlowAction::Confirm(payment_id) => {
+                        OrderCommand::ConfirmPayment { payment_id, at }
+                    }
+                    FlowAction::Cancel(reason) => OrderCommand::Cancel { reason, at },
+                };
+                (
+                    command.order_id.to_string(),
+                    order_command,
+                    es_core::CommandContext::with_metadata(metadata.clone()),
+                )
+            })
+            .collect();
+        let executed = self.orders.execute_batch(batch).await?;
+        for ((command, _), executed) in commands.iter().zip(executed) {
+            if !executed.events.is_empty() {
+                tracing::info!(order_id = %command.order_id, action = ?command.action, status = ?executed.state.status, "order moved");
+                self.cache.changed(command.order_id, executed.version).await;
+            }
+        }
+        Ok(())
+    }
 }
 
 // ---- read models -----------------------------------------------------------------------
@@ -1113,11 +1146,12 @@ pub(crate) async fn start(
         chrono::Duration::from_std(settings.order_timeout).unwrap_or(chrono::Duration::MAX);
     let saga = SagaRunner::<OrderFulfillment>::new(backends.sagas.clone(), dispatcher, timeout);
     background
-        .consume(
+        .consume_batched(
             &backends.bus,
             backends.consumer("order"),
             crate::events::bindings("order"),
             Arc::new(saga.clone()),
+            crate::service::CONSUMER_BATCH,
         )
         .await?;
     // Fire timeouts often enough that a short timeout is honoured closely.

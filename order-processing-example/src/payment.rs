@@ -298,10 +298,13 @@ struct PaymentHandler {
     consumer: String,
 }
 
-#[async_trait]
-impl MessageHandler for PaymentHandler {
-    async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
-        let (order_id, command) = match message.decode::<PaymentInput>() {
+impl PaymentHandler {
+    /// The command a message asks for; `None` for a type this service does not read.
+    fn command(
+        &self,
+        message: &RecordedEvent,
+    ) -> Result<Option<(Uuid, PaymentCommand)>, HandlerError> {
+        Ok(Some(match message.decode::<PaymentInput>() {
             Ok(PaymentInput::InventoryReserved {
                 order_id,
                 customer_id,
@@ -318,8 +321,31 @@ impl MessageHandler for PaymentHandler {
             Ok(PaymentInput::OrderCancelled { order_id, reason }) => {
                 (order_id, PaymentCommand::Cancel { order_id, reason })
             }
-            Err(es_core::Error::UnknownEventType { .. }) => return Ok(()),
+            Err(es_core::Error::UnknownEventType { .. }) => return Ok(None),
             Err(error) => return Err(HandlerError::reject(error)),
+        }))
+    }
+
+    fn log(order_id: Uuid, events: &[PaymentEvent]) {
+        for event in events {
+            match event {
+                PaymentEvent::PaymentRefunded { amount, .. } => {
+                    tracing::info!(%order_id, %amount, "payment refunded: the order was cancelled")
+                }
+                PaymentEvent::PaymentCancelled { .. } => {
+                    tracing::info!(%order_id, "order cancelled before its charge; none will be made")
+                }
+                _ => tracing::info!(%order_id, "payment decided"),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl MessageHandler for PaymentHandler {
+    async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
+        let Some((order_id, command)) = self.command(message)? else {
+            return Ok(());
         };
         let context = CommandContext::caused_by(message, self.consumer.clone());
         match self
@@ -328,16 +354,33 @@ impl MessageHandler for PaymentHandler {
             .await
         {
             Ok(executed) => {
-                for event in &executed.events {
-                    match event {
-                        PaymentEvent::PaymentRefunded { amount, .. } => {
-                            tracing::info!(%order_id, %amount, "payment refunded: the order was cancelled")
-                        }
-                        PaymentEvent::PaymentCancelled { .. } => {
-                            tracing::info!(%order_id, "order cancelled before its charge; none will be made")
-                        }
-                        _ => tracing::info!(%order_id, "payment decided"),
-                    }
+                Self::log(order_id, &executed.events);
+                Ok(())
+            }
+            Err(CommandError::Store(error)) => Err(error.into()),
+            Err(other) => Err(HandlerError::reject(other)),
+        }
+    }
+
+    /// Every payment of the batch decided on state loaded in one read, and committed with the
+    /// messages' inbox entries in one transaction.
+    async fn handle_batch(&self, messages: &[RecordedEvent]) -> Result<(), HandlerError> {
+        let mut commands = Vec::with_capacity(messages.len());
+        let mut orders = Vec::with_capacity(messages.len());
+        for message in messages {
+            if let Some((order_id, command)) = self.command(message)? {
+                let context = CommandContext::caused_by(message, self.consumer.clone());
+                commands.push((order_id.to_string(), command, context));
+                orders.push(order_id);
+            }
+        }
+        if commands.is_empty() {
+            return Ok(());
+        }
+        match self.payments.execute_batch(commands).await {
+            Ok(executed) => {
+                for (order_id, executed) in orders.into_iter().zip(executed) {
+                    Self::log(order_id, &executed.events);
                 }
                 Ok(())
             }
@@ -399,11 +442,12 @@ pub(crate) async fn start(
         consumer: consumer.clone(),
     });
     background
-        .consume(
+        .consume_batched(
             &backends.bus,
             consumer,
             crate::events::bindings("payment"),
             handler,
+            crate::service::CONSUMER_BATCH,
         )
         .await?;
     background.relay(backends, Payment::TYPE);

@@ -67,6 +67,11 @@ impl ServiceKind {
     }
 }
 
+/// Most messages a batched consumer (payment, inventory, the order saga) commits in one
+/// transaction. With the default prefetch of 32, each instance runs two batches at a time;
+/// at low load a batch is the one message there is.
+pub(crate) const CONSUMER_BATCH: u16 = 16;
+
 /// How long a relay's lease lasts unrenewed: a standby instance takes over from one that died
 /// within about this (at once from one that stopped), and renewals go every third of it.
 const RELAY_LEASE_TTL: Duration = Duration::from_secs(5);
@@ -82,7 +87,7 @@ pub(crate) struct Background {
 }
 
 impl Background {
-    /// Subscribes `handler` as `consumer` to `routing_keys`.
+    /// Subscribes `handler` as `consumer` to `routing_keys`, one message at a time.
     pub(crate) async fn consume(
         &mut self,
         bus: &Arc<dyn EventBus>,
@@ -90,7 +95,23 @@ impl Background {
         routing_keys: Vec<String>,
         handler: Arc<dyn MessageHandler>,
     ) -> es_core::Result<()> {
-        let subscription = es_core::Subscription::new(consumer.clone(), routing_keys);
+        self.consume_batched(bus, consumer, routing_keys, handler, 1)
+            .await
+    }
+
+    /// Subscribes `handler` as `consumer` to `routing_keys`, handing it up to `batch`
+    /// messages at once ([`MessageHandler::handle_batch`]): for handlers that commit a batch
+    /// in one unit of work.
+    pub(crate) async fn consume_batched(
+        &mut self,
+        bus: &Arc<dyn EventBus>,
+        consumer: String,
+        routing_keys: Vec<String>,
+        handler: Arc<dyn MessageHandler>,
+        batch: u16,
+    ) -> es_core::Result<()> {
+        let subscription =
+            es_core::Subscription::new(consumer.clone(), routing_keys).with_batch(batch);
         let handler = crate::events::Traced::new(consumer.clone(), handler);
         match bus.subscribe(subscription.clone(), handler.clone()).await {
             Ok(handle) => self.consumers.push(handle),

@@ -49,11 +49,11 @@ impl Queue {
         self.notify.notify_one();
     }
 
-    fn pop(&self) -> Option<(RecordedEvent, u32)> {
-        self.ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
+    /// Takes up to `limit` waiting messages, oldest first.
+    fn pop_up_to(&self, limit: usize) -> Vec<(RecordedEvent, u32)> {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let n = limit.min(ready.len());
+        ready.drain(..n).collect()
     }
 }
 
@@ -183,7 +183,8 @@ impl EventBus for MemoryEventBus {
         }
         let stop = CancellationToken::new();
         let stopped = stop.clone();
-        let workers = usize::from(subscription.prefetch).clamp(1, 64);
+        // With batches, fewer workers each take more: see `Subscription::with_batch`.
+        let workers = subscription.concurrency().clamp(1, 64);
         let metrics = ConsumerMetrics::new(&subscription.consumer);
         let task = tokio::spawn(async move {
             let mut tasks = tokio::task::JoinSet::new();
@@ -209,11 +210,14 @@ async fn worker(
     stop: CancellationToken,
     metrics: ConsumerMetrics,
 ) {
+    let batch = usize::from(subscription.batch.max(1));
     loop {
         if stop.is_cancelled() {
             return;
         }
-        let Some((event, attempts)) = queue.pop() else {
+        // What is waiting now, up to a batch: never a wait for more.
+        let mut taken = queue.pop_up_to(batch);
+        if taken.is_empty() {
             tokio::select! {
                 _ = stop.cancelled() => {}
                 _ = queue.notify.notified() => {}
@@ -221,51 +225,86 @@ async fn worker(
                 _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
             }
             continue;
-        };
-        let attempts = attempts + 1;
-        // A panicking handler is a failed attempt, as on the RabbitMQ bus: the message is
-        // retried, then dead-lettered, and this worker goes on consuming.
-        let started = std::time::Instant::now();
-        let outcome = AssertUnwindSafe(handler.handle(&event))
-            .catch_unwind()
-            .await;
-        let took = started.elapsed();
-        let (failure, retry) = match outcome {
-            Ok(Ok(())) => {
-                metrics.handled(took);
+        }
+        if taken.len() > 1 {
+            let events: Vec<RecordedEvent> = taken.iter().map(|(event, _)| event.clone()).collect();
+            let started = std::time::Instant::now();
+            let outcome = AssertUnwindSafe(handler.handle_batch(&events))
+                .catch_unwind()
+                .await;
+            if let Ok(Ok(())) = outcome {
+                metrics.handled_batch(events.len(), started.elapsed());
                 continue;
             }
-            Ok(Err(HandlerError::Reject(error))) => (error.to_string(), false),
-            Ok(Err(HandlerError::Retry(error))) => (error.to_string(), true),
-            Err(panic) => (
-                format!("the handler panicked: {}", panic_message(&*panic)),
-                true,
-            ),
-        };
-        if retry && attempts < subscription.retry.max_attempts {
-            tracing::debug!(consumer = %subscription.consumer, event_id = %event.event_id, attempts, error = %failure, "handler failed; retrying");
-            metrics.retried(took);
-            let delay = subscription.retry.backoff(attempts);
-            let queue = queue.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                queue.push(event, attempts);
-            });
-            continue;
+            // One of them failed the batch: each goes on its own, so a poison message meets
+            // its retries and dead letter alone and the others commit.
+            let failure = match outcome {
+                Ok(Err(error)) => error.to_string(),
+                Err(panic) => format!("the handler panicked: {}", panic_message(&*panic)),
+                Ok(Ok(())) => unreachable!("handled above"),
+            };
+            tracing::debug!(consumer = %subscription.consumer, size = events.len(), error = %failure, "batch failed; handling its messages one by one");
+            metrics.batch_fell_back(started.elapsed());
         }
-        tracing::warn!(consumer = %subscription.consumer, event_id = %event.event_id, attempts, error = %failure, "message dead-lettered");
-        metrics.dead_lettered(Some(took));
-        queue
-            .dead
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(DeadLetter {
-                body: event.payload.clone(),
-                event: Some(event),
-                reason: failure,
-                attempts,
-            });
+        for (event, attempts) in taken.drain(..) {
+            handle_one(&queue, &subscription, &*handler, &metrics, event, attempts).await;
+        }
     }
+}
+
+/// Handles one message with [`MessageHandler::handle`]: acked on success, else retried with
+/// backoff or dead-lettered.
+async fn handle_one(
+    queue: &Arc<Queue>,
+    subscription: &Subscription,
+    handler: &dyn MessageHandler,
+    metrics: &ConsumerMetrics,
+    event: RecordedEvent,
+    attempts: u32,
+) {
+    let attempts = attempts + 1;
+    // A panicking handler is a failed attempt, as on the RabbitMQ bus: the message is
+    // retried, then dead-lettered, and this worker goes on consuming.
+    let started = std::time::Instant::now();
+    let outcome = AssertUnwindSafe(handler.handle(&event))
+        .catch_unwind()
+        .await;
+    let took = started.elapsed();
+    let (failure, retry) = match outcome {
+        Ok(Ok(())) => {
+            metrics.handled(took);
+            return;
+        }
+        Ok(Err(HandlerError::Reject(error))) => (error.to_string(), false),
+        Ok(Err(HandlerError::Retry(error))) => (error.to_string(), true),
+        Err(panic) => (
+            format!("the handler panicked: {}", panic_message(&*panic)),
+            true,
+        ),
+    };
+    if retry && attempts < subscription.retry.max_attempts {
+        tracing::debug!(consumer = %subscription.consumer, event_id = %event.event_id, attempts, error = %failure, "handler failed; retrying");
+        metrics.retried(took);
+        let delay = subscription.retry.backoff(attempts);
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            queue.push(event, attempts);
+        });
+        return;
+    }
+    tracing::warn!(consumer = %subscription.consumer, event_id = %event.event_id, attempts, error = %failure, "message dead-lettered");
+    metrics.dead_lettered(Some(took));
+    queue
+        .dead
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(DeadLetter {
+            body: event.payload.clone(),
+            event: Some(event),
+            reason: failure,
+            attempts,
+        });
 }
 
 /// The message a panic was raised with, when it is text.

@@ -136,10 +136,14 @@ impl EventStore for MemoryEventStore {
     async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome> {
         unit.validate()?;
         let mut state = self.state();
-        if let Some(entry) = &unit.inbox {
-            if state
-                .inbox
-                .contains_key(&(entry.consumer.clone(), entry.event_id))
+        // Any entry already there (or twice in the unit) means a message of the unit was
+        // handled before: nothing is written, as in one transaction whose insert found it.
+        let mut entries = HashSet::new();
+        for entry in &unit.inbox {
+            if !entries.insert((&entry.consumer, entry.event_id))
+                || state
+                    .inbox
+                    .contains_key(&(entry.consumer.clone(), entry.event_id))
             {
                 return Ok(CommitOutcome::AlreadyHandled);
             }
@@ -204,7 +208,7 @@ impl EventStore for MemoryEventStore {
                 }
             }
         }
-        if let Some(entry) = unit.inbox {
+        for entry in unit.inbox {
             state.inbox.insert((entry.consumer, entry.event_id), now);
         }
         if let Some((name, position)) = unit.checkpoint {
@@ -401,53 +405,66 @@ impl SagaStore for MemoryEventStore {
     }
 
     async fn save(&self, change: SagaChange) -> Result<SagaSaved> {
+        self.save_many(vec![change]).await
+    }
+
+    /// All or nothing under the store's lock: every change is checked before any is applied.
+    async fn save_many(&self, changes: Vec<SagaChange>) -> Result<SagaSaved> {
         let mut state = self.state();
-        let key = (change.saga.clone(), change.instance.clone());
-        if let Some(event_id) = change.handled_event {
-            if state
-                .saga_inbox
-                .contains_key(&(change.saga.clone(), event_id))
-            {
-                return Ok(SagaSaved::AlreadyHandled);
+        let mut instances = HashSet::new();
+        for change in &changes {
+            if let Some(event_id) = change.handled_event {
+                if state
+                    .saga_inbox
+                    .contains_key(&(change.saga.clone(), event_id))
+                {
+                    return Ok(SagaSaved::AlreadyHandled);
+                }
+            }
+            if let Some(id) = change.fired_deadline {
+                if !state.deadlines.contains_key(&id) {
+                    return Ok(SagaSaved::AlreadyHandled);
+                }
+            }
+            let key = (change.saga.clone(), change.instance.clone());
+            let actual = state.sagas.get(&key).map_or(0, |(s, _)| s.version);
+            // An instance twice in one call would be checked against the version before both.
+            if actual != change.expected_version || !instances.insert(key) {
+                return Err(change.conflict(actual));
             }
         }
-        if let Some(id) = change.fired_deadline {
-            if !state.deadlines.contains_key(&id) {
-                return Ok(SagaSaved::AlreadyHandled);
+        for change in changes {
+            let key = (change.saga.clone(), change.instance.clone());
+            let actual = state.sagas.get(&key).map_or(0, |(s, _)| s.version);
+            if let Some(event_id) = change.handled_event {
+                state
+                    .saga_inbox
+                    .insert((change.saga.clone(), event_id), Utc::now());
             }
+            if let Some(id) = change.fired_deadline {
+                state.deadlines.remove(&id);
+            }
+            state.deadlines.retain(|_, d| {
+                !(d.saga == change.saga
+                    && d.instance == change.instance
+                    && (change.cancel.contains(&d.key)
+                        || change.schedule.iter().any(|s| s.key == d.key)))
+            });
+            for deadline in change.schedule {
+                state.deadlines.insert(deadline.id, deadline);
+            }
+            state.sagas.insert(
+                key,
+                (
+                    SagaState {
+                        data: change.state,
+                        version: actual + 1,
+                        completed: change.completed,
+                    },
+                    Utc::now(),
+                ),
+            );
         }
-        let actual = state.sagas.get(&key).map_or(0, |(s, _)| s.version);
-        if actual != change.expected_version {
-            return Err(change.conflict(actual));
-        }
-        if let Some(event_id) = change.handled_event {
-            state
-                .saga_inbox
-                .insert((change.saga.clone(), event_id), Utc::now());
-        }
-        if let Some(id) = change.fired_deadline {
-            state.deadlines.remove(&id);
-        }
-        state.deadlines.retain(|_, d| {
-            !(d.saga == change.saga
-                && d.instance == change.instance
-                && (change.cancel.contains(&d.key)
-                    || change.schedule.iter().any(|s| s.key == d.key)))
-        });
-        for deadline in change.schedule {
-            state.deadlines.insert(deadline.id, deadline);
-        }
-        state.sagas.insert(
-            key,
-            (
-                SagaState {
-                    data: change.state,
-                    version: actual + 1,
-                    completed: change.completed,
-                },
-                Utc::now(),
-            ),
-        );
         Ok(SagaSaved::Saved)
     }
 

@@ -38,7 +38,9 @@ fn fast_retry(max_attempts: u32) -> RetryPolicy {
 }
 
 /// Checks [`EventBus`] and [`DeadLetterQueue`]: routing, the envelope surviving the trip,
-/// retries, dead letters that do not stop the consumer, competing consumers, requeue and purge.
+/// retries, dead letters that do not stop the consumer, competing consumers, requeue and purge,
+/// and batched consumers ([`Subscription::with_batch`]): a backlog arrives in batches, and a
+/// poison message in a batch is dead-lettered alone while the rest is handled once.
 ///
 /// The bus must route with [`default_routing_key`](crate::bus::default_routing_key) (an event of
 /// type `Placed` in stream `{category}-1` routes as `{category}.placed`).
@@ -50,6 +52,122 @@ where
     retries_then_succeeds_and_dead_letters_without_stopping(&*bus).await;
     competing_consumers_share_the_work(&*bus).await;
     dead_letters_can_be_requeued_and_purged(&*bus).await;
+    a_backlog_arrives_in_batches(&*bus).await;
+    a_poison_message_in_a_batch_goes_to_the_dead_letter_queue_alone(&*bus).await;
+}
+
+/// Subscribes `consumer` once and stops, so its queue exists and keeps what is published
+/// while no instance consumes.
+async fn declare_queue<B: EventBus>(bus: &B, subscription: &Subscription) {
+    bus.subscribe(subscription.clone(), RecordingHandler::new())
+        .await
+        .expect("subscribe")
+        .stop()
+        .await;
+}
+
+async fn a_backlog_arrives_in_batches<B: EventBus + DeadLetterQueue>(bus: &B) {
+    let category = unique_category("batch");
+    let consumer = format!("{category}-c");
+    let subscription = Subscription::new(&consumer, [format!("{category}.*")])
+        .with_prefetch(32)
+        .with_batch(8);
+    declare_queue(bus, &subscription).await;
+    // Published before the consumer starts: a backlog waits for it.
+    let events: Vec<_> = (0..40).map(|n| event(&category, "Placed", n)).collect();
+    bus.publish(&events).await.unwrap();
+    let recorder = RecordingHandler::new();
+    let handle = bus.subscribe(subscription, recorder.clone()).await.unwrap();
+    assert_eq!(
+        recorder
+            .wait_for(events.len(), Duration::from_secs(20))
+            .await,
+        events.len(),
+        "every message of the backlog arrives"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ids: Vec<Uuid> = recorder.handled().iter().map(|e| e.event_id).collect();
+    ids.sort();
+    let mut expected: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "each message of the backlog is handled once");
+    let sizes = recorder.batch_sizes();
+    assert!(
+        sizes.iter().any(|&size| size > 1),
+        "a backlog is handed over in batches: {sizes:?}"
+    );
+    assert!(
+        sizes.iter().all(|&size| size <= 8),
+        "no batch is larger than the subscription's batch size: {sizes:?}"
+    );
+    handle.stop().await;
+    assert!(bus.dead_letters(&consumer, 10).await.unwrap().is_empty());
+}
+
+async fn a_poison_message_in_a_batch_goes_to_the_dead_letter_queue_alone<
+    B: EventBus + DeadLetterQueue,
+>(
+    bus: &B,
+) {
+    let category = unique_category("batchpoison");
+    let consumer = format!("{category}-c");
+    let subscription = Subscription::new(&consumer, [format!("{category}.*")])
+        .with_prefetch(16)
+        .with_batch(16)
+        .with_retry(fast_retry(2));
+    declare_queue(bus, &subscription).await;
+    let events: Vec<_> = (0..12).map(|n| event(&category, "Placed", n)).collect();
+    let (poison, rejected) = (events[3].clone(), events[7].clone());
+    let recorder = RecordingHandler::new();
+    recorder.set(poison.event_id, HandlerBehaviour::AlwaysFail);
+    recorder.set(rejected.event_id, HandlerBehaviour::Reject);
+    bus.publish(&events).await.unwrap();
+    let handle = bus.subscribe(subscription, recorder.clone()).await.unwrap();
+
+    let good = events.len() - 2;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let dead = bus.dead_letters(&consumer, 10).await.unwrap();
+        if (dead.len() >= 2 && recorder.handled_count() >= good)
+            || tokio::time::Instant::now() > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut handled: Vec<Uuid> = recorder.handled().iter().map(|e| e.event_id).collect();
+    handled.sort();
+    let mut expected: Vec<Uuid> = events
+        .iter()
+        .map(|e| e.event_id)
+        .filter(|id| *id != poison.event_id && *id != rejected.event_id)
+        .collect();
+    expected.sort();
+    assert_eq!(
+        handled, expected,
+        "the rest of a batch with a poison message is handled, each once"
+    );
+    assert_eq!(
+        recorder.deliveries(poison.event_id),
+        2,
+        "the poison message meets its own retries"
+    );
+    assert_eq!(recorder.deliveries(rejected.event_id), 1);
+    let dead = bus.dead_letters(&consumer, 10).await.unwrap();
+    let mut dead_ids: Vec<Uuid> = dead
+        .iter()
+        .filter_map(|d| d.event.as_ref().map(|e| e.event_id))
+        .collect();
+    dead_ids.sort();
+    let mut poisoned = vec![poison.event_id, rejected.event_id];
+    poisoned.sort();
+    assert_eq!(
+        dead_ids, poisoned,
+        "only the failing messages are dead letters: {dead:?}"
+    );
+    handle.stop().await;
+    bus.purge_dead_letters(&consumer).await.unwrap();
 }
 
 async fn routes_by_key_and_keeps_the_envelope<B: EventBus + DeadLetterQueue>(bus: &B) {
@@ -148,7 +266,8 @@ async fn retries_then_succeeds_and_dead_letters_without_stopping<B: EventBus + D
     assert_eq!(
         handled.iter().filter(|id| **id == flaky.event_id).count(),
         1,
-        "a message that failed twice is handled once on the third delivery"
+        "a message that failed twice is handled once on the third delivery: handled {handled:?}, flaky {} good {} deliveries {}",
+        flaky.event_id, good.event_id, recorder.deliveries(flaky.event_id)
     );
     assert_eq!(recorder.deliveries(flaky.event_id), 3);
     assert_eq!(

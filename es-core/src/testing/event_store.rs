@@ -27,6 +27,7 @@ pub async fn event_store_conformance(store: Arc<dyn EventStore>) {
     a_stream_twice_in_one_unit_is_refused(&*store).await;
     duplicate_event_ids_are_refused(&*store).await;
     inbox_entries_commit_with_the_events(&*store).await;
+    a_batch_commits_its_inbox_entries_all_or_none(&*store).await;
     reads_all_in_order_by_category(&*store).await;
     racing_writers_get_one_winner_per_version(store.clone()).await;
     subscription_catches_up_then_follows_live(store.clone()).await;
@@ -445,6 +446,66 @@ async fn inbox_entries_commit_with_the_events(store: &dyn EventStore) {
         ),
         "a failed commit records no inbox entry"
     );
+}
+
+/// A batched consumer's unit: several inbox entries with the appends of their messages.
+async fn a_batch_commits_its_inbox_entries_all_or_none(store: &dyn EventStore) {
+    let category = unique_category("ibatch");
+    let (a, b) = (stream(&category, "a"), stream(&category, "b"));
+    let consumer = format!("consumer-{category}");
+    let causes: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+    let batch = |causes: &[uuid::Uuid], expected: u64| {
+        causes.iter().fold(
+            UnitOfWork::new()
+                .append(StreamAppend::new(
+                    a.clone(),
+                    ExpectedVersion::Exact(expected),
+                    vec![sample_event("A", 1)],
+                ))
+                .append(StreamAppend::new(
+                    b.clone(),
+                    ExpectedVersion::Exact(expected),
+                    vec![sample_event("B", 1)],
+                )),
+            |unit, cause| unit.handled(InboxEntry::new(consumer.clone(), *cause)),
+        )
+    };
+    // Two of the three messages first, in one commit.
+    assert!(matches!(
+        store.commit(batch(&causes[..2], 0)).await.unwrap(),
+        CommitOutcome::Committed(ref r) if r.len() == 2
+    ));
+    // A batch holding one of them again writes nothing at all, not even the new entry.
+    assert_eq!(
+        store.commit(batch(&causes[1..], 1)).await.unwrap(),
+        CommitOutcome::AlreadyHandled,
+        "one handled message makes the whole batch a no-op"
+    );
+    assert_eq!(store.stream_version(&a).await.unwrap(), Some(1));
+    assert_eq!(store.stream_version(&b).await.unwrap(), Some(1));
+    // So the third is still free, and the first two are still taken, one by one.
+    assert!(matches!(
+        store.commit(batch(&causes[2..], 1)).await.unwrap(),
+        CommitOutcome::Committed(_)
+    ));
+    for cause in &causes[..2] {
+        let again = UnitOfWork::new().handled(InboxEntry::new(consumer.clone(), *cause));
+        assert_eq!(
+            store.commit(again).await.unwrap(),
+            CommitOutcome::AlreadyHandled
+        );
+    }
+    // One message twice in a batch is a message handled before.
+    let twice = batch(&[causes[2], causes[2]], 2);
+    let fresh = uuid::Uuid::new_v4();
+    let twice = twice
+        .handled(InboxEntry::new(consumer.clone(), fresh))
+        .handled(InboxEntry::new(consumer.clone(), fresh));
+    assert_eq!(
+        store.commit(twice).await.unwrap(),
+        CommitOutcome::AlreadyHandled
+    );
+    assert_eq!(store.stream_version(&a).await.unwrap(), Some(2));
 }
 
 async fn reads_all_in_order_by_category(store: &dyn EventStore) {

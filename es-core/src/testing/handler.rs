@@ -61,6 +61,7 @@ pub struct RecordingHandler {
     behaviours: Mutex<HashMap<Uuid, HandlerBehaviour>>,
     deliveries: Mutex<HashMap<Uuid, u32>>,
     handled: Mutex<Vec<RecordedEvent>>,
+    batches: Mutex<Vec<usize>>,
     delay: Duration,
 }
 
@@ -99,6 +100,12 @@ impl RecordingHandler {
         lock(&self.handled).len()
     }
 
+    /// The sizes of the batches [`handle_batch`](MessageHandler::handle_batch) committed, in
+    /// order (a batch that failed and fell back to single messages is not among them).
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        lock(&self.batches).clone()
+    }
+
     /// How many times event `event_id` was delivered, failed attempts included.
     pub fn deliveries(&self, event_id: Uuid) -> u32 {
         lock(&self.deliveries).get(&event_id).copied().unwrap_or(0)
@@ -120,6 +127,42 @@ impl RecordingHandler {
 
 #[async_trait]
 impl MessageHandler for RecordingHandler {
+    /// All or nothing, as a batch committed in one unit of work: when any of the messages
+    /// would fail its next delivery, the batch fails without counting a delivery, and the
+    /// bus's one-by-one fallback then meets each message's behaviour.
+    async fn handle_batch(&self, messages: &[RecordedEvent]) -> Result<(), HandlerError> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        {
+            let behaviours = lock(&self.behaviours);
+            let deliveries = lock(&self.deliveries);
+            for message in messages {
+                let delivered = deliveries.get(&message.event_id).copied().unwrap_or(0);
+                let fails = match behaviours.get(&message.event_id) {
+                    None | Some(HandlerBehaviour::Succeed) => false,
+                    Some(HandlerBehaviour::FailFirst(n)) => delivered < *n,
+                    Some(HandlerBehaviour::AlwaysFail | HandlerBehaviour::Reject) => true,
+                };
+                if fails {
+                    return Err(HandlerError::retry(format!(
+                        "induced batch failure on {}",
+                        message.event_id
+                    )));
+                }
+            }
+        }
+        {
+            let mut deliveries = lock(&self.deliveries);
+            for message in messages {
+                *deliveries.entry(message.event_id).or_default() += 1;
+            }
+        }
+        lock(&self.handled).extend(messages.iter().cloned());
+        lock(&self.batches).push(messages.len());
+        Ok(())
+    }
+
     async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;

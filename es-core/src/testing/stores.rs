@@ -200,7 +200,83 @@ fn change(saga: &str, instance: &str, expected_version: u64, state: &'static str
 /// deadlines, and a due query that one saga's backlog cannot starve another's through.
 pub async fn saga_store_conformance(store: Arc<dyn SagaStore>) {
     saga_state_and_deadlines(store.clone()).await;
-    deadlines_park_and_stay_per_saga(store).await;
+    deadlines_park_and_stay_per_saga(store.clone()).await;
+    batches_load_check_and_save_together(store).await;
+}
+
+/// What a batched saga runner uses: several instances loaded at once, which events were
+/// handled, and several changes saved all or none.
+async fn batches_load_check_and_save_together(store: Arc<dyn SagaStore>) {
+    let saga = unique_category("sagabatch");
+    let (e1, e2, e3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let mut one = change(&saga, "one", 0, r#"{"n":1}"#);
+    one.handled_event = Some(e1);
+    let mut two = change(&saga, "two", 0, r#"{"n":2}"#);
+    two.handled_event = Some(e2);
+    two.schedule.push(deadline(&saga, "two", "timeout", 3600));
+    assert_eq!(
+        store.save_many(vec![one, two]).await.unwrap(),
+        SagaSaved::Saved
+    );
+    let instances = [
+        "one".to_owned(),
+        "none".to_owned(),
+        "two".to_owned(),
+        "one".to_owned(),
+    ];
+    let states = store.load_many(&saga, &instances).await.unwrap();
+    let versions: Vec<Option<u64>> = states
+        .iter()
+        .map(|s| s.as_ref().map(|s| s.version))
+        .collect();
+    assert_eq!(
+        versions,
+        [Some(1), None, Some(1), Some(1)],
+        "one answer per instance asked, in order"
+    );
+    assert_eq!(
+        states[2].as_ref().unwrap().data,
+        Bytes::from_static(br#"{"n":2}"#)
+    );
+    assert_eq!(store.deadlines_of(&saga, "two").await.unwrap().len(), 1);
+    let mut handled = store.handled_among(&saga, &[e1, e2, e3]).await.unwrap();
+    handled.sort();
+    let mut expected = vec![e1, e2];
+    expected.sort();
+    assert_eq!(handled, expected);
+
+    // A stale version in one change saves none of them.
+    let mut fresh = change(&saga, "three", 0, r#"{"n":3}"#);
+    fresh.handled_event = Some(e3);
+    let stale = change(&saga, "one", 0, r#"{"n":9}"#);
+    let err = store
+        .save_many(vec![fresh.clone(), stale])
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "a stale change conflicts, got {err:?}");
+    assert_eq!(
+        store.load(&saga, "three").await.unwrap(),
+        None,
+        "all or none"
+    );
+    assert!(!store.has_handled(&saga, e3).await.unwrap());
+
+    // A handled event in one change saves none of them either.
+    let mut again = change(&saga, "one", 1, r#"{"n":10}"#);
+    again.handled_event = Some(e1);
+    assert_eq!(
+        store.save_many(vec![fresh.clone(), again]).await.unwrap(),
+        SagaSaved::AlreadyHandled
+    );
+    assert_eq!(
+        store.load(&saga, "three").await.unwrap(),
+        None,
+        "all or none"
+    );
+    assert_eq!(
+        store.save_many(vec![fresh]).await.unwrap(),
+        SagaSaved::Saved
+    );
 }
 
 async fn saga_state_and_deadlines(store: Arc<dyn SagaStore>) {
