@@ -431,6 +431,12 @@ impl PgProjection for PgOrderListing {
         vec!["order_listing".into()]
     }
 
+    // Every commit of an order writes its row inline: a rebuild's switch must carry the
+    // last of those into the new generation (`apply` skips what a row already has).
+    fn written_inline(&self) -> bool {
+        true
+    }
+
     async fn create(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
         sqlx::query(
             "CREATE TABLE order_listing (\

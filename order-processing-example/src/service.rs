@@ -8,15 +8,14 @@ use std::time::Duration;
 use axum::Router;
 use es_core::bus::ConsumerHandle;
 use es_core::projection::ProjectionHandle;
-use es_core::{
-    memory::MemoryEventStore, EventBus, MessageHandler, Projection, ProjectionRunner, Relay,
-    StreamFilter,
-};
+use es_core::{EventBus, MessageHandler, Projection, ProjectionRunner, Relay, StreamFilter};
+use es_postgres::{PgProjection, PgReadModelRunner};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::backends::{Backends, StartError};
 use crate::config::Settings;
+use crate::listing::Listings;
 use crate::shutdown::Shutdown;
 
 /// The five services.
@@ -124,12 +123,35 @@ impl Background {
             .push(tokio::spawn(async move { relay.run(stop).await }));
     }
 
-    /// Runs an in-process read model, rebuilt from the start of the log at each start (its
-    /// checkpoint lives in memory).
+    /// Runs a projection with its checkpoint in the backends' checkpoint store: durable on
+    /// PostgreSQL, so a restart reads only the events after it. Only for projections that keep
+    /// no state in the process there (a cache marker), or for the embedded backends, where the
+    /// store and the checkpoint go with the process anyway.
     pub(crate) fn project(&mut self, backends: &Backends, projection: Arc<dyn Projection>) {
-        let runner =
-            ProjectionRunner::new(backends.store.clone(), Arc::new(MemoryEventStore::new()));
+        let runner = ProjectionRunner::new(backends.store.clone(), backends.checkpoints.clone());
         self.projections.push(runner.spawn(projection));
+    }
+
+    /// Runs a read model where the backends keep it: on PostgreSQL `tables`, kept by a
+    /// versioned runner (batches whose rows and checkpoint commit together, rebuilt blue/green
+    /// by `order-processing projections rebuild`); on the embedded backends `memory`, folded in
+    /// the process. On PostgreSQL one step runs before this returns, so the tables (the views
+    /// readers query) exist before the service answers.
+    pub(crate) async fn read_model(
+        &mut self,
+        backends: &Backends,
+        tables: Arc<dyn PgProjection>,
+        memory: Arc<dyn Projection>,
+    ) -> es_core::Result<()> {
+        match &backends.listings {
+            Listings::Postgres(store) => {
+                let runner = PgReadModelRunner::new(store.clone());
+                runner.step(&*tables).await?;
+                self.spawn(move |stop| async move { runner.run(tables, stop).await });
+            }
+            Listings::Memory(_) => self.project(backends, memory),
+        }
+        Ok(())
     }
 
     /// Runs a task until the service stops; it gets the stop signal.
