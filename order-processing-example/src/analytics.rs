@@ -569,3 +569,107 @@ pub(crate) async fn start(
         .with_state(figures);
     Ok(finish_router(api, openapi(), backends.health.clone()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use es_core::{EventStore, ExpectedVersion, Metadata, NewEvent, ProjectionRunner, StreamId};
+    use es_postgres::PgReadModelRunner;
+
+    /// The same analytics events give the same answers from the PostgreSQL tables as from the
+    /// in-memory fold (which the contract tests hold to the contract on the embedded backends),
+    /// with two instances' runners building the tables at once: each event counted once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_tables_answer_as_the_memory_model_with_two_instances_counting() {
+        crate::backends::testing::on_postgres(|backends| async move {
+            let Listings::Postgres(store) = backends.listings.clone() else {
+                panic!("on PostgreSQL");
+            };
+            let types = [
+                crate::events::ORDER_PLACED,
+                crate::events::ORDER_CONFIRMED,
+                crate::events::ORDER_CANCELLED,
+                "InventoryReserved",
+            ];
+            // Times as PostgreSQL records them (a wire event's time is its `recorded_at`): to
+            // the microsecond.
+            let micros = |t: DateTime<Utc>| DateTime::from_timestamp_micros(t.timestamp_micros());
+            let yesterday = micros(Utc::now() - chrono::Duration::days(1)).unwrap();
+            for i in 0..300u32 {
+                let order_id = Uuid::now_v7();
+                let occurred_at = if i % 3 == 0 {
+                    yesterday
+                } else {
+                    micros(Utc::now()).unwrap()
+                };
+                let event_type = types[i as usize % types.len()];
+                let amount = (event_type == crate::events::ORDER_CONFIRMED)
+                    .then(|| Decimal::new(i64::from(i) * 101 + 1, 2));
+                let counted = AnalyticsEvent::EventCounted(CountedEvent {
+                    event_id: Uuid::now_v7(),
+                    event_type: event_type.into(),
+                    order_id,
+                    occurred_at,
+                    amount,
+                });
+                store
+                    .append(
+                        &StreamId::for_aggregate(OrderActivity::TYPE, &order_id.to_string())
+                            .unwrap(),
+                        ExpectedVersion::NoStream,
+                        vec![NewEvent::from_domain(&counted, Metadata::default()).unwrap()],
+                    )
+                    .await
+                    .unwrap();
+            }
+            // Two instances, small batches, at once; step until all is visible.
+            let tables = ReadFrom::Postgres(store.clone());
+            let counted = || async {
+                let days = tables
+                    .days(yesterday.date_naive(), Utc::now().date_naive())
+                    .await
+                    .unwrap();
+                days.iter()
+                    .map(|d| d.orders_placed + d.orders_confirmed + d.orders_cancelled)
+                    .sum::<u64>()
+            };
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let runs = (0..2).map(|_| {
+                    let runner = PgReadModelRunner::new(store.clone()).with_batch_size(7);
+                    tokio::spawn(async move { runner.catch_up(&PgAnalytics::default()).await })
+                });
+                for run in runs.collect::<Vec<_>>() {
+                    run.await.unwrap().unwrap();
+                }
+                if counted().await == 225 {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "not caught up");
+            }
+            let memory = Arc::new(AnalyticsReadModel::default());
+            ProjectionRunner::new(
+                Arc::new(store.clone()),
+                Arc::new(es_core::memory::MemoryEventStore::new()),
+            )
+            .catch_up(&*memory)
+            .await
+            .unwrap();
+            let memory = ReadFrom::Memory(memory);
+            let (from, to) = (
+                yesterday.date_naive() - chrono::Duration::days(1),
+                Utc::now().date_naive() + chrono::Duration::days(1),
+            );
+            assert_eq!(
+                serde_json::to_value(tables.days(from, to).await.unwrap()).unwrap(),
+                serde_json::to_value(memory.days(from, to).await.unwrap()).unwrap()
+            );
+            assert_eq!(
+                serde_json::to_value(tables.recent(1000).await.unwrap()).unwrap(),
+                serde_json::to_value(memory.recent(1000).await.unwrap()).unwrap()
+            );
+            assert_eq!(tables.recent(1000).await.unwrap().len(), 300);
+        })
+        .await;
+    }
+}

@@ -832,6 +832,37 @@ enum Catalog {
     Postgres(PgEventStore),
 }
 
+impl Catalog {
+    /// Every product, by id.
+    async fn list(&self) -> es_core::Result<Vec<ProductView>> {
+        match self {
+            Catalog::Memory(catalog) => {
+                let products = catalog.products.lock().unwrap_or_else(|e| e.into_inner());
+                Ok(products.values().filter_map(|(p, _)| p.view()).collect())
+            }
+            Catalog::Postgres(store) => {
+                let rows: Vec<(Uuid, String, i64, i64)> = sqlx::query_as(
+                    "SELECT product_id, name, available, reserved FROM product_catalog \
+                     ORDER BY product_id",
+                )
+                .fetch_all(store.pool())
+                .await
+                .map_err(|e| es_core::Error::backend("product catalog", e))?;
+                let count = |n: i64| u64::try_from(n).unwrap_or_default();
+                Ok(rows
+                    .into_iter()
+                    .map(|(product_id, name, available, reserved)| ProductView {
+                        product_id,
+                        name,
+                        available_quantity: count(available),
+                        reserved_quantity: count(reserved),
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 struct InventoryState {
     products: Repository<Product>,
@@ -845,34 +876,7 @@ struct InventoryState {
 async fn list_products(
     State(state): State<InventoryState>,
 ) -> Result<Json<Vec<ProductView>>, AppError> {
-    match &state.catalog {
-        Catalog::Memory(catalog) => {
-            let products = catalog.products.lock().unwrap_or_else(|e| e.into_inner());
-            Ok(Json(
-                products.values().filter_map(|(p, _)| p.view()).collect(),
-            ))
-        }
-        Catalog::Postgres(store) => {
-            let rows: Vec<(Uuid, String, i64, i64)> = sqlx::query_as(
-                "SELECT product_id, name, available, reserved FROM product_catalog \
-                 ORDER BY product_id",
-            )
-            .fetch_all(store.pool())
-            .await
-            .map_err(|e| es_core::Error::backend("product catalog", e))?;
-            let count = |n: i64| u64::try_from(n).unwrap_or_default();
-            Ok(Json(
-                rows.into_iter()
-                    .map(|(product_id, name, available, reserved)| ProductView {
-                        product_id,
-                        name,
-                        available_quantity: count(available),
-                        reserved_quantity: count(reserved),
-                    })
-                    .collect(),
-            ))
-        }
-    }
+    Ok(Json(state.catalog.list().await?))
 }
 
 /// One product, from its stream.
@@ -1216,6 +1220,89 @@ mod tests {
     async fn on_postgres_a_cancellation_racing_the_reservation_never_leaves_stock_held() {
         crate::backends::testing::on_postgres(|backends| {
             cancellations_race_reservations(backends.store.clone())
+        })
+        .await;
+    }
+
+    /// The same product events give the same list from the PostgreSQL table as from the
+    /// in-memory fold, with two instances' runners building the table at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_catalog_table_lists_as_the_memory_model_with_two_instances_running() {
+        crate::backends::testing::on_postgres(|backends| async move {
+            let Listings::Postgres(pg) = backends.listings.clone() else {
+                panic!("on PostgreSQL");
+            };
+            let store = backends.store.clone();
+            seed(&store).await.unwrap();
+            let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+            let mut moves = 0;
+            for (i, id) in ids.iter().enumerate() {
+                let stream = Repository::<Product>::stream_id(&id.to_string()).unwrap();
+                let mut events = vec![ProductEvent::ProductStocked {
+                    product_id: *id,
+                    name: format!("Thing {i}"),
+                    available_quantity: 40,
+                    at: Utc::now(),
+                }];
+                for k in 0..30u64 {
+                    let order_id = Uuid::now_v7();
+                    let quantity = k % 4 + 1;
+                    events.push(ProductEvent::StockReserved { order_id, quantity });
+                    events.push(match k % 3 {
+                        0 => ProductEvent::StockCommitted { order_id, quantity },
+                        1 => ProductEvent::StockReleased { order_id, quantity },
+                        // Restocked while held: the stock is set, the held part stays held.
+                        _ => ProductEvent::ProductStocked {
+                            product_id: *id,
+                            name: format!("Thing {i} v{k}"),
+                            available_quantity: 40 + k,
+                            at: Utc::now(),
+                        },
+                    });
+                }
+                moves += events.len();
+                let events = events
+                    .iter()
+                    .map(|e| NewEvent::from_domain(e, Metadata::default()).unwrap())
+                    .collect();
+                store
+                    .append(&stream, ExpectedVersion::NoStream, events)
+                    .await
+                    .unwrap();
+            }
+            assert!(moves > 100);
+            let memory = Arc::new(ProductCatalog::default());
+            es_core::ProjectionRunner::new(store.clone(), Arc::new(MemoryEventStore::new()))
+                .catch_up(&*memory)
+                .await
+                .unwrap();
+            let memory = Catalog::Memory(memory).list().await.unwrap();
+            assert_eq!(memory.len(), 7, "four seeded, three of the test");
+            let tables = Catalog::Postgres(pg.clone());
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let runs: Vec<_> = (0..2)
+                    .map(|_| {
+                        let runner =
+                            es_postgres::PgReadModelRunner::new(pg.clone()).with_batch_size(9);
+                        tokio::spawn(
+                            async move { runner.catch_up(&PgProductCatalog::default()).await },
+                        )
+                    })
+                    .collect();
+                for run in runs {
+                    run.await.unwrap().unwrap();
+                }
+                // Step until the horizon let every event through (a test beside may hold it).
+                if tables.list().await.unwrap() == memory {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the table lists {:?}, the memory model {memory:?}",
+                    tables.list().await.unwrap()
+                );
+            }
         })
         .await;
     }
