@@ -125,8 +125,8 @@ impl Background {
 
     /// Runs a projection with its checkpoint in the backends' checkpoint store: durable on
     /// PostgreSQL, so a restart reads only the events after it. Only for projections that keep
-    /// no state in the process there (a cache marker), or for the embedded backends, where the
-    /// store and the checkpoint go with the process anyway.
+    /// no state in the process (a cache marker): a state folded in memory goes with the
+    /// process, and would come back without what its checkpoint says it has.
     pub(crate) fn project(&mut self, backends: &Backends, projection: Arc<dyn Projection>) {
         let runner = ProjectionRunner::new(backends.store.clone(), backends.checkpoints.clone());
         self.projections.push(runner.spawn(projection));
@@ -149,7 +149,15 @@ impl Background {
                 runner.step(&*tables).await?;
                 self.spawn(move |stop| async move { runner.run(tables, stop).await });
             }
-            Listings::Memory(_) => self.project(backends, memory),
+            Listings::Memory(_) => {
+                // State and checkpoint both in the process: a service started again on the
+                // same backends folds its model from the start of the log.
+                let runner = ProjectionRunner::new(
+                    backends.store.clone(),
+                    Arc::new(es_core::memory::MemoryEventStore::new()),
+                );
+                self.projections.push(runner.spawn(memory));
+            }
         }
         Ok(())
     }
