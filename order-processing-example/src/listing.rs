@@ -223,7 +223,8 @@ pub fn lag_probe(store: PgEventStore, max_lag: Duration) -> crate::http::HealthP
     })
 }
 
-/// Where the customers' listings live.
+/// Where the customers' listings live, and with them every read model of the example: the
+/// services keep theirs in PostgreSQL tables exactly when this is [`Listings::Postgres`].
 #[derive(Clone)]
 pub enum Listings {
     /// In the process: the order listing beside the in-memory store (the notification service
