@@ -25,6 +25,8 @@
 //! | `es_projection_handled_total` | counter | `projection` | events a running projection handled |
 //! | `es_projection_handling_seconds` | histogram | `projection` | time in the projection's `handle` |
 //! | `es_projection_lag_seconds` | gauge | `projection` | age of the last handled event when its checkpoint was saved |
+//! | `es_read_model_lag_events` | gauge | `projection`, `phase` (`active`, `building`) | events a versioned read model's generation has still to read, as [`ProjectionAdmin::status`](crate::ProjectionAdmin::status) counts them |
+//! | `es_read_model_lag_seconds` | gauge | `projection`, `phase` | age of the oldest of those events (0 when none) |
 //! | `es_store_append_seconds` | histogram | `backend` | an append to one stream, end to end |
 //! | `es_store_commit_seconds` | histogram | `backend` | a unit of work's commit, end to end |
 //! | `es_pool_connections` | gauge | `backend`, `state` (`in_use`, `idle`) | the connection pool |
@@ -65,6 +67,11 @@ pub const PROJECTION_HANDLED: &str = "es_projection_handled_total";
 pub const PROJECTION_HANDLING_SECONDS: &str = "es_projection_handling_seconds";
 /// `es_projection_lag_seconds`: age of a projection's last handled event.
 pub const PROJECTION_LAG_SECONDS: &str = "es_projection_lag_seconds";
+/// `es_read_model_lag_events`: events a versioned read model's generation has still to read.
+pub const READ_MODEL_LAG_EVENTS: &str = "es_read_model_lag_events";
+/// `es_read_model_lag_seconds`: age of the oldest event a read model's generation has still to
+/// read.
+pub const READ_MODEL_LAG_SECONDS: &str = "es_read_model_lag_seconds";
 /// `es_store_append_seconds`: an append to one stream, end to end.
 pub const STORE_APPEND_SECONDS: &str = "es_store_append_seconds";
 /// `es_store_commit_seconds`: a unit of work's commit, end to end.
@@ -329,5 +336,39 @@ pub fn pool_connections(backend: &'static str, in_use: usize, idle: usize) {
         metrics::gauge!(POOL_CONNECTIONS, "backend" => backend, "state" => "in_use")
             .set(in_use as f64);
         metrics::gauge!(POOL_CONNECTIONS, "backend" => backend, "state" => "idle").set(idle as f64);
+    }
+}
+
+/// Sets the lag gauges of versioned read models from a [`ProjectionAdmin::status`]
+/// answer: per projection and phase, the events still to read and the age of the oldest. A
+/// phase a projection has no generation in (no rebuild under way) is set to 0, so a finished
+/// rebuild does not leave its last lag standing. Counting the lag costs the backend a query:
+/// call it when metrics are read, or on a timer.
+///
+/// [`ProjectionAdmin::status`]: crate::ProjectionAdmin::status
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub fn read_model_lag(status: &[crate::ProjectionInfo]) {
+    #[cfg(feature = "metrics")]
+    {
+        use crate::ProjectionPhase;
+        let mut names: Vec<&str> = status.iter().map(|info| info.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            for (phase, label) in [
+                (ProjectionPhase::Active, "active"),
+                (ProjectionPhase::Building, "building"),
+            ] {
+                let info = status
+                    .iter()
+                    .find(|info| info.name == name && info.phase == phase);
+                let (events, seconds) = info.map_or((0.0, 0.0), |info| {
+                    (info.events_behind as f64, info.time_behind.as_secs_f64())
+                });
+                let labels = [("projection", name.to_owned()), ("phase", label.to_owned())];
+                metrics::gauge!(READ_MODEL_LAG_EVENTS, &labels).set(events);
+                metrics::gauge!(READ_MODEL_LAG_SECONDS, &labels).set(seconds);
+            }
+        }
     }
 }

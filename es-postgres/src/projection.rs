@@ -77,6 +77,17 @@ pub trait PgProjection: Send + Sync {
         let _ = conn;
         Ok(())
     }
+
+    /// Whether commits also write this read model inline
+    /// ([`PgEventStore::with_inline_projection`]), for
+    /// [`PgReadModelRunner`](crate::PgReadModelRunner): its switch to a rebuilt generation then
+    /// waits for inline writes in flight and carries every committed event into the new
+    /// generation before readers see it, so a read right after a commit finds its rows across
+    /// the switch. `apply` must then be idempotent, as an inline projection's is anyway (its
+    /// runner applies each event again).
+    fn written_inline(&self) -> bool {
+        false
+    }
 }
 
 /// A [`PgProjection`] written against one domain event type: wrap it in [`PgTyped`], which
@@ -150,6 +161,11 @@ pub trait PgTypedProjection: Send + Sync + 'static {
         let _ = conn;
         Ok(())
     }
+
+    /// See [`PgProjection::written_inline`].
+    fn written_inline(&self) -> bool {
+        false
+    }
 }
 
 /// The adaptor that runs a [`PgTypedProjection`] as a [`PgProjection`].
@@ -199,6 +215,10 @@ impl<P: PgTypedProjection> PgProjection for PgTyped<P> {
 
     async fn create(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
         self.projection.create(conn).await
+    }
+
+    fn written_inline(&self) -> bool {
+        self.projection.written_inline()
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError> {

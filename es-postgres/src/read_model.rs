@@ -14,7 +14,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 
 use crate::error::{from_sqlx, to_i64, to_u64, BACKEND};
 use crate::projection::PgProjection;
-use crate::store::{read_visible, PgEventStore, HORIZON};
+use crate::store::{read_committed, read_visible, PgEventStore, HORIZON};
 
 /// Runs versioned read models: a [`PgProjection`] whose tables live in a schema per
 /// generation, seen by readers through views in the store's schema that always point at a
@@ -534,10 +534,23 @@ impl PgReadModelRunner {
             tx.rollback().await.map_err(from_sqlx)?;
             return Ok((0, false));
         }
+        if model.written_inline() {
+            // Inline writes land in the active generation (through the views). Locking the
+            // views waits for the commits that have written through them and holds new ones
+            // until the switch commits (they then write into the new generation).
+            self.lock_views(&mut tx, model).await?;
+        }
         let applied = self.batch_in(&mut tx, model, building.generation).await?;
         if applied == self.batch_size {
             tx.commit().await.map_err(from_sqlx)?;
             return Ok((applied, false));
+        }
+        if model.written_inline() {
+            // What those commits wrote may still lie beyond the horizon (an older transaction
+            // still runs), where the batch above does not read. Carry it over, without moving
+            // the checkpoint: the runner applies it again in order later, idempotently.
+            self.carry_committed(&mut tx, model, building.generation)
+                .await?;
         }
         self.drop_generation(&mut tx, name, active.generation)
             .await?;
@@ -561,6 +574,82 @@ impl PgReadModelRunner {
             "readers switched to the rebuilt read model"
         );
         Ok((applied, true))
+    }
+}
+
+impl PgReadModelRunner {
+    /// Locks the views of `model`'s tables against every other use until `tx` ends.
+    async fn lock_views(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        model: &dyn PgProjection,
+    ) -> Result<()> {
+        let store_schema = &self.store.config().schema;
+        for table in model.tables() {
+            check_identifier(&table)?;
+            sqlx::query(&format!(
+                "LOCK TABLE \"{store_schema}\".\"{table}\" IN ACCESS EXCLUSIVE MODE"
+            ))
+            .execute(&mut **tx)
+            .await
+            .map_err(from_sqlx)?;
+        }
+        Ok(())
+    }
+
+    /// Applies to `generation` every committed event after its checkpoint, beyond the horizon
+    /// too, leaving the checkpoint where it is.
+    async fn carry_committed(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        model: &dyn PgProjection,
+        generation: i64,
+    ) -> Result<usize> {
+        let name = model.name();
+        let Some((tx_id, seq)) = sqlx::query_as::<_, (i64, i64)>(
+            "SELECT tx_id, seq FROM projection_versions WHERE name = $1 AND generation = $2",
+        )
+        .bind(name)
+        .bind(generation)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(from_sqlx)?
+        else {
+            return Ok(0);
+        };
+        let schema = generation_schema(&self.store.config().schema, name, generation)?;
+        let mut after = Position::new(to_u64(tx_id), to_u64(seq));
+        let mut carried = 0;
+        loop {
+            let events = read_committed(tx, &model.filter(), after, self.batch_size).await?;
+            let Some(last) = events.last().map(|e| e.position) else {
+                break;
+            };
+            self.use_schema(tx, &schema).await?;
+            for event in &events {
+                model.apply(tx, event).await.map_err(|e| {
+                    Error::backend(
+                        "projection",
+                        format!("{name} failed at {}: {e}", event.position),
+                    )
+                })?;
+            }
+            self.reset_schema(tx).await?;
+            carried += events.len();
+            if events.len() < self.batch_size {
+                break;
+            }
+            after = last;
+        }
+        if carried > 0 {
+            tracing::debug!(
+                projection = name,
+                carried,
+                backend = BACKEND,
+                "carried committed inline writes beyond the horizon into the new generation"
+            );
+        }
+        Ok(carried)
     }
 }
 

@@ -163,7 +163,8 @@ const STREAM_VERSION: &str = "SELECT max(stream_version) FROM events WHERE strea
 /// the store gives up with a conflict.
 const MAX_RACE_RETRIES: usize = 1000;
 
-const EVENT_COLUMNS: &str = "event_id, stream_id, stream_version, tx_id, seq, recorded_at, \
+pub(crate) const EVENT_COLUMNS: &str =
+    "event_id, stream_id, stream_version, tx_id, seq, recorded_at, \
                              event_type, schema_version, payload, metadata";
 
 /// The transaction horizon: every transaction with a smaller id has ended. Evaluated once per
@@ -888,6 +889,32 @@ pub(crate) async fn read_visible(
         events.push(recorded(row)?);
     }
     Ok(events)
+}
+
+/// Every committed event after `after` that `filter` takes, at most `limit`, in the global
+/// order, *without* the horizon: also those of transactions that committed while an older one
+/// still runs. Not for moving a checkpoint (an older transaction may still commit events that
+/// sort before these); for a caller that must see every committed event now, and applies them
+/// idempotently (a read-model switch carrying inline writes over, see `PgReadModelRunner`).
+pub(crate) async fn read_committed(
+    conn: &mut PgConnection,
+    filter: &StreamFilter,
+    after: Position,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>> {
+    let category = match filter {
+        StreamFilter::Category(_) => "category = $4 AND ",
+        _ => "",
+    };
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE {category}(tx_id, seq) > ($1, $2) \
+         ORDER BY tx_id, seq LIMIT $3"
+    );
+    let rows: Vec<EventRow> = visible_query(&sql, filter, after, limit)?
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(from_sqlx)?;
+    rows.into_iter().map(recorded).collect()
 }
 
 /// The most events a page reserves room for before its rows arrive.

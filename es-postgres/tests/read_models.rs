@@ -538,3 +538,185 @@ async fn postgres_read_models_pass_the_projection_admin_suite() {
     assert_eq!(read_totals(&store).await, (3, 6, 1));
     drop_all(&store).await;
 }
+
+// ---- The switch and inline writes ----
+
+/// The newest version of each `lat` stream, written inline by every commit and kept by a
+/// versioned runner; idempotent by version. A commit of the stream `gate_stream` (the first
+/// time) reports it has written and waits for `release` before it commits.
+#[derive(Default)]
+struct Latest {
+    gate: Option<Gate>,
+}
+
+struct Gate {
+    stream: String,
+    used: std::sync::atomic::AtomicBool,
+    reached: mpsc::UnboundedSender<()>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+#[es_core::async_trait]
+impl PgProjection for Latest {
+    fn name(&self) -> &str {
+        "latest"
+    }
+    fn filter(&self) -> StreamFilter {
+        StreamFilter::category("lat")
+    }
+    fn tables(&self) -> Vec<String> {
+        vec!["latest".into()]
+    }
+    fn written_inline(&self) -> bool {
+        true
+    }
+    async fn create(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        sqlx::query("CREATE TABLE latest (stream text PRIMARY KEY, version bigint NOT NULL)")
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+    async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError> {
+        sqlx::query(
+            "INSERT INTO latest (stream, version) VALUES ($1, $2) ON CONFLICT (stream) \
+             DO UPDATE SET version = EXCLUDED.version WHERE latest.version < EXCLUDED.version",
+        )
+        .bind(event.stream_id.as_str())
+        .bind(event.stream_version as i64)
+        .execute(&mut *conn)
+        .await?;
+        if let Some(gate) = &self.gate {
+            if event.stream_id.as_str() == gate.stream && !gate.used.swap(true, Ordering::SeqCst) {
+                let _ = gate.reached.send(());
+                gate.release.notified().await;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn latest(store: &PgEventStore, stream: &str) -> Option<i64> {
+    sqlx::query_scalar("SELECT version FROM latest WHERE stream = $1")
+        .bind(stream)
+        .fetch_optional(store.pool())
+        .await
+        .unwrap()
+}
+
+async fn append_latest(store: &PgEventStore, stream: &str) {
+    store
+        .append(
+            &StreamId::new(stream).unwrap(),
+            ExpectedVersion::Any,
+            vec![NewEvent::raw("Touched", "{}")],
+        )
+        .await
+        .unwrap();
+}
+
+fn generations(status: &[es_core::ProjectionInfo]) -> Vec<(u64, ProjectionPhase)> {
+    status
+        .iter()
+        .map(|info| (info.generation, info.phase))
+        .collect()
+}
+
+/// The known gap: an inline write that committed while an older transaction still runs lies
+/// beyond the horizon, where the switch's last batch does not read; before the fix it reached
+/// the new generation only at the runner's next batch, and a read right after the switch
+/// missed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_write_committed_beyond_the_horizon_is_in_the_new_generation_at_the_switch() {
+    let store = common::store("switchgap").await;
+    let runner = PgReadModelRunner::new(store.clone());
+    runner.catch_up(&Latest::default()).await.unwrap();
+    let store = store.with_inline_projection(Arc::new(Latest::default()));
+    for i in 1..=5 {
+        append_latest(&store, &format!("lat-{i}")).await;
+    }
+    // A transaction with an id, left open: it holds the horizon below what commits next.
+    let mut holder = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    append_latest(&store, "lat-6").await;
+    assert_eq!(latest(&store, "lat-6").await, Some(1), "read-your-writes");
+
+    store.rebuild("latest").await.unwrap();
+    runner.catch_up(&Latest::default()).await.unwrap();
+    assert_eq!(
+        generations(&store.status().await.unwrap()),
+        [(2, ProjectionPhase::Active)],
+        "switched"
+    );
+    for i in 1..=6 {
+        assert_eq!(
+            latest(&store, &format!("lat-{i}")).await,
+            Some(1),
+            "lat-{i} is in the new generation right after the switch"
+        );
+    }
+
+    holder.rollback().await.unwrap();
+    caught_up(|| async {
+        runner.catch_up(&Latest::default()).await.unwrap();
+        store.status().await.unwrap()[0].events_behind == 0
+    })
+    .await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM latest")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 6);
+    drop_all(&store).await;
+}
+
+/// An inline write in flight (written to the active generation, not yet committed) when the
+/// switch comes: the switch waits for it and carries it over; before the fix the switch read
+/// past it and dropped the generation it had written to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_waits_for_an_inline_write_in_flight_and_carries_it_over() {
+    let store = common::store("switchflight").await;
+    let runner = PgReadModelRunner::new(store.clone());
+    runner.catch_up(&Latest::default()).await.unwrap();
+    let (reached_tx, mut reached) = mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let store = store.with_inline_projection(Arc::new(Latest {
+        gate: Some(Gate {
+            stream: "lat-gate".into(),
+            used: Default::default(),
+            reached: reached_tx,
+            release: release.clone(),
+        }),
+    }));
+    append_latest(&store, "lat-1").await;
+    store.rebuild("latest").await.unwrap();
+
+    let writer = tokio::spawn({
+        let store = store.clone();
+        async move { append_latest(&store, "lat-gate").await }
+    });
+    reached.recv().await.expect("the inline write has written");
+    let switch = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.catch_up(&Latest::default()).await.unwrap() }
+    });
+    // Let the switch reach the write in flight, then let the write commit.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    release.notify_one();
+    writer.await.unwrap();
+    switch.await.unwrap();
+    assert_eq!(
+        generations(&store.status().await.unwrap()),
+        [(2, ProjectionPhase::Active)],
+        "switched"
+    );
+    assert_eq!(
+        latest(&store, "lat-gate").await,
+        Some(1),
+        "the write in flight is in the new generation right after the switch"
+    );
+    assert_eq!(latest(&store, "lat-1").await, Some(1));
+    drop_all(&store).await;
+}

@@ -9,18 +9,22 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, NaiveDate, Utc};
 use es_core::bus::{HandlerError, MessageHandler};
+use es_core::projection::TypedDecoder;
 use es_core::{
     Aggregate, BoxError, CommandContext, CommandError, DomainEvent, Projection, RecordedEvent,
     Repository, StreamFilter,
 };
+use es_postgres::{PgEventStore, PgProjection};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::backends::Backends;
 use crate::config::Settings;
 use crate::http::{finish_router, ApiQuery, AppError};
+use crate::listing::Listings;
 use crate::service::Background;
 
 /// One wire event, as analytics records it.
@@ -172,15 +176,19 @@ pub struct AnalyticsReadModel {
 impl AnalyticsReadModel {
     fn day(&self, date: NaiveDate) -> DailyMetrics {
         let figures = self.figures.lock().unwrap_or_else(|e| e.into_inner());
-        let mut day = figures.days.get(&date).cloned().unwrap_or_default();
-        day.date = date;
-        day.average_order_value = if day.orders_confirmed == 0 {
-            Decimal::ZERO
-        } else {
-            crate::money::to_cents(day.revenue / Decimal::from(day.orders_confirmed))
-        };
-        day
+        finish_day(date, figures.days.get(&date).cloned().unwrap_or_default())
     }
+}
+
+/// The day's figures as answered: dated, with the average order value worked out.
+fn finish_day(date: NaiveDate, mut day: DailyMetrics) -> DailyMetrics {
+    day.date = date;
+    day.average_order_value = if day.orders_confirmed == 0 {
+        Decimal::ZERO
+    } else {
+        crate::money::to_cents(day.revenue / Decimal::from(day.orders_confirmed))
+    };
+    day
 }
 
 #[async_trait]
@@ -226,11 +234,201 @@ impl Projection for AnalyticsReadModel {
     }
 }
 
+/// The name of the analytics read model: its checkpoint, its tables' schema, and what
+/// `order-processing projections rebuild` takes.
+pub const ANALYTICS_FIGURES: &str = "analytics-figures";
+
+/// The analytics read model on PostgreSQL: `analytics_daily` (one row per UTC day: the counts
+/// and the revenue, as an exact `numeric`) and `analytics_events` (one row per counted wire
+/// event, indexed newest first for `events/recent`). Kept by a [`PgReadModelRunner`]; an event
+/// whose id is already in `analytics_events` changes nothing, so a redelivered or re-read event
+/// is counted once.
+///
+/// [`PgReadModelRunner`]: es_postgres::PgReadModelRunner
+#[derive(Debug, Default)]
+pub struct PgAnalytics {
+    decoder: TypedDecoder,
+}
+
+#[async_trait]
+impl PgProjection for PgAnalytics {
+    fn name(&self) -> &str {
+        ANALYTICS_FIGURES
+    }
+
+    fn filter(&self) -> StreamFilter {
+        StreamFilter::category(OrderActivity::TYPE)
+    }
+
+    fn tables(&self) -> Vec<String> {
+        vec!["analytics_daily".into(), "analytics_events".into()]
+    }
+
+    async fn create(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        sqlx::query(
+            "CREATE TABLE analytics_daily (\
+               day date PRIMARY KEY, \
+               orders_placed bigint NOT NULL, \
+               orders_confirmed bigint NOT NULL, \
+               orders_cancelled bigint NOT NULL, \
+               revenue numeric NOT NULL)",
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "CREATE TABLE analytics_events (\
+               event_id uuid PRIMARY KEY, \
+               event_type text NOT NULL, \
+               order_id uuid NOT NULL, \
+               occurred_at timestamptz NOT NULL)",
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "CREATE INDEX analytics_events_newest \
+             ON analytics_events (occurred_at DESC, event_id DESC)",
+        )
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError> {
+        let Some(envelope) = self
+            .decoder
+            .decode::<AnalyticsEvent>(ANALYTICS_FIGURES, event)?
+        else {
+            return Ok(());
+        };
+        let AnalyticsEvent::EventCounted(event) = envelope.event;
+        let (placed, confirmed, cancelled, revenue) = match event.event_type.as_str() {
+            crate::events::ORDER_PLACED => (1i64, 0i64, 0i64, Decimal::ZERO),
+            crate::events::ORDER_CONFIRMED => (0, 1, 0, event.amount.unwrap_or_default()),
+            crate::events::ORDER_CANCELLED => (0, 0, 1, Decimal::ZERO),
+            _ => (0, 0, 0, Decimal::ZERO),
+        };
+        // One round trip: the event row first (its id decides whether it counts), and the
+        // day's figures only when that row is new and the event moves a figure.
+        sqlx::query(
+            "WITH counted AS (\
+               INSERT INTO analytics_events (event_id, event_type, order_id, occurred_at) \
+               VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING RETURNING event_id) \
+             INSERT INTO analytics_daily AS d \
+               (day, orders_placed, orders_confirmed, orders_cancelled, revenue) \
+             SELECT $5, $6, $7, $8, $9::numeric FROM counted WHERE $6 + $7 + $8 > 0 \
+             ON CONFLICT (day) DO UPDATE SET \
+               orders_placed = d.orders_placed + EXCLUDED.orders_placed, \
+               orders_confirmed = d.orders_confirmed + EXCLUDED.orders_confirmed, \
+               orders_cancelled = d.orders_cancelled + EXCLUDED.orders_cancelled, \
+               revenue = d.revenue + EXCLUDED.revenue",
+        )
+        .bind(event.event_id)
+        .bind(&event.event_type)
+        .bind(event.order_id)
+        .bind(event.occurred_at)
+        .bind(event.occurred_at.date_naive())
+        .bind(placed)
+        .bind(confirmed)
+        .bind(cancelled)
+        .bind(revenue.to_string())
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Where the service reads its figures.
+#[derive(Clone)]
+enum ReadFrom {
+    /// Folded in the process (embedded backends).
+    Memory(Arc<AnalyticsReadModel>),
+    /// The tables of [`PgAnalytics`] (views of their active generation).
+    Postgres(PgEventStore),
+}
+
+impl ReadFrom {
+    /// The figures of the days `from` to `to`, inclusive, oldest first; a day without events
+    /// has zeros.
+    async fn days(&self, from: NaiveDate, to: NaiveDate) -> es_core::Result<Vec<DailyMetrics>> {
+        let dates = from.iter_days().take_while(|d| *d <= to);
+        match self {
+            ReadFrom::Memory(model) => Ok(dates.map(|d| model.day(d)).collect()),
+            ReadFrom::Postgres(store) => {
+                let rows: Vec<(NaiveDate, i64, i64, i64, String)> = sqlx::query_as(
+                    "SELECT day, orders_placed, orders_confirmed, orders_cancelled, revenue::text \
+                     FROM analytics_daily WHERE day BETWEEN $1 AND $2",
+                )
+                .bind(from)
+                .bind(to)
+                .fetch_all(store.pool())
+                .await
+                .map_err(|e| es_core::Error::backend("analytics", e))?;
+                let mut found = BTreeMap::new();
+                for (day, placed, confirmed, cancelled, revenue) in rows {
+                    let revenue = revenue
+                        .parse::<Decimal>()
+                        .map_err(|e| es_core::Error::backend("analytics", e))?;
+                    let count = |n: i64| u64::try_from(n).unwrap_or_default();
+                    found.insert(
+                        day,
+                        DailyMetrics {
+                            date: day,
+                            orders_placed: count(placed),
+                            orders_confirmed: count(confirmed),
+                            orders_cancelled: count(cancelled),
+                            revenue,
+                            average_order_value: Decimal::ZERO,
+                        },
+                    );
+                }
+                Ok(dates
+                    .map(|d| finish_day(d, found.remove(&d).unwrap_or_default()))
+                    .collect())
+            }
+        }
+    }
+
+    /// The newest `limit` events, newest first.
+    async fn recent(&self, limit: usize) -> es_core::Result<Vec<RecentEvent>> {
+        match self {
+            ReadFrom::Memory(model) => {
+                let figures = model.figures.lock().unwrap_or_else(|e| e.into_inner());
+                Ok(figures.recent.values().rev().take(limit).cloned().collect())
+            }
+            ReadFrom::Postgres(store) => {
+                let rows: Vec<(Uuid, String, Uuid, DateTime<Utc>)> = sqlx::query_as(
+                    "SELECT event_id, event_type, order_id, occurred_at FROM analytics_events \
+                     ORDER BY occurred_at DESC, event_id DESC LIMIT $1",
+                )
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(store.pool())
+                .await
+                .map_err(|e| es_core::Error::backend("analytics", e))?;
+                Ok(rows
+                    .into_iter()
+                    .map(
+                        |(event_id, event_type, order_id, occurred_at)| RecentEvent {
+                            event_id,
+                            event_type,
+                            order_id,
+                            occurred_at,
+                        },
+                    )
+                    .collect())
+            }
+        }
+    }
+}
+
 /// Today's figures (UTC).
 #[utoipa::path(get, path = "/api/analytics/metrics/today", tag = "analytics",
     responses((status = 200, body = DailyMetrics)))]
-async fn today(State(model): State<Arc<AnalyticsReadModel>>) -> Json<DailyMetrics> {
-    Json(model.day(Utc::now().date_naive()))
+async fn today(State(figures): State<ReadFrom>) -> Result<Json<DailyMetrics>, AppError> {
+    let today = Utc::now().date_naive();
+    let mut days = figures.days(today, today).await?;
+    Ok(Json(days.pop().unwrap_or_else(|| {
+        finish_day(today, DailyMetrics::default())
+    })))
 }
 
 fn date_param(
@@ -271,7 +469,7 @@ pub const DEFAULT_RECENT_LIMIT: usize = 50;
     ),
     responses((status = 200, body = [DailyMetrics]), (status = 400)))]
 async fn range(
-    State(model): State<Arc<AnalyticsReadModel>>,
+    State(figures): State<ReadFrom>,
     ApiQuery(query): ApiQuery<HashMap<String, String>>,
 ) -> Result<Json<Vec<DailyMetrics>>, AppError> {
     let mut check = crate::http::Validator::default();
@@ -288,12 +486,7 @@ async fn range(
     let (Some(from), Some(to)) = (from, to) else {
         return Err(AppError::bad_request("from and to are required"));
     };
-    Ok(Json(
-        from.iter_days()
-            .take_while(|d| *d <= to)
-            .map(|d| model.day(d))
-            .collect(),
-    ))
+    Ok(Json(figures.days(from, to).await?))
 }
 
 /// The newest events first.
@@ -302,7 +495,7 @@ async fn range(
         description = "How many, 1 to 1000; default 50")),
     responses((status = 200, body = [RecentEvent]), (status = 400)))]
 async fn recent(
-    State(model): State<Arc<AnalyticsReadModel>>,
+    State(figures): State<ReadFrom>,
     ApiQuery(query): ApiQuery<HashMap<String, String>>,
 ) -> Result<Json<Vec<RecentEvent>>, AppError> {
     let limit = match query.get("limit") {
@@ -322,10 +515,7 @@ async fn recent(
             }
         },
     };
-    let figures = model.figures.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(Json(
-        figures.recent.values().rev().take(limit).cloned().collect(),
-    ))
+    Ok(Json(figures.recent(limit).await?))
 }
 
 #[derive(OpenApi)]
@@ -352,7 +542,13 @@ pub(crate) async fn start(
 ) -> es_core::Result<Router> {
     let activity = Repository::<OrderActivity>::new(backends.store.clone());
     let model = Arc::new(AnalyticsReadModel::default());
-    background.project(backends, model.clone());
+    background
+        .read_model(backends, Arc::new(PgAnalytics::default()), model.clone())
+        .await?;
+    let figures = match &backends.listings {
+        Listings::Postgres(store) => ReadFrom::Postgres(store.clone()),
+        Listings::Memory(_) => ReadFrom::Memory(model),
+    };
     let consumer = backends.consumer("analytics");
     let handler = Arc::new(AnalyticsHandler {
         activity,
@@ -370,6 +566,110 @@ pub(crate) async fn start(
         .route("/api/analytics/metrics/today", get(today))
         .route("/api/analytics/metrics/range", get(range))
         .route("/api/analytics/events/recent", get(recent))
-        .with_state(model);
+        .with_state(figures);
     Ok(finish_router(api, openapi(), backends.health.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use es_core::{EventStore, ExpectedVersion, Metadata, NewEvent, ProjectionRunner, StreamId};
+    use es_postgres::PgReadModelRunner;
+
+    /// The same analytics events give the same answers from the PostgreSQL tables as from the
+    /// in-memory fold (which the contract tests hold to the contract on the embedded backends),
+    /// with two instances' runners building the tables at once: each event counted once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_tables_answer_as_the_memory_model_with_two_instances_counting() {
+        crate::backends::testing::on_postgres(|backends| async move {
+            let Listings::Postgres(store) = backends.listings.clone() else {
+                panic!("on PostgreSQL");
+            };
+            let types = [
+                crate::events::ORDER_PLACED,
+                crate::events::ORDER_CONFIRMED,
+                crate::events::ORDER_CANCELLED,
+                "InventoryReserved",
+            ];
+            // Times as PostgreSQL records them (a wire event's time is its `recorded_at`): to
+            // the microsecond.
+            let micros = |t: DateTime<Utc>| DateTime::from_timestamp_micros(t.timestamp_micros());
+            let yesterday = micros(Utc::now() - chrono::Duration::days(1)).unwrap();
+            for i in 0..300u32 {
+                let order_id = Uuid::now_v7();
+                let occurred_at = if i % 3 == 0 {
+                    yesterday
+                } else {
+                    micros(Utc::now()).unwrap()
+                };
+                let event_type = types[i as usize % types.len()];
+                let amount = (event_type == crate::events::ORDER_CONFIRMED)
+                    .then(|| Decimal::new(i64::from(i) * 101 + 1, 2));
+                let counted = AnalyticsEvent::EventCounted(CountedEvent {
+                    event_id: Uuid::now_v7(),
+                    event_type: event_type.into(),
+                    order_id,
+                    occurred_at,
+                    amount,
+                });
+                store
+                    .append(
+                        &StreamId::for_aggregate(OrderActivity::TYPE, &order_id.to_string())
+                            .unwrap(),
+                        ExpectedVersion::NoStream,
+                        vec![NewEvent::from_domain(&counted, Metadata::default()).unwrap()],
+                    )
+                    .await
+                    .unwrap();
+            }
+            // Two instances, small batches, at once; step until all is visible.
+            let tables = ReadFrom::Postgres(store.clone());
+            let counted = || async {
+                let days = tables
+                    .days(yesterday.date_naive(), Utc::now().date_naive())
+                    .await
+                    .unwrap();
+                days.iter()
+                    .map(|d| d.orders_placed + d.orders_confirmed + d.orders_cancelled)
+                    .sum::<u64>()
+            };
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let runs = (0..2).map(|_| {
+                    let runner = PgReadModelRunner::new(store.clone()).with_batch_size(7);
+                    tokio::spawn(async move { runner.catch_up(&PgAnalytics::default()).await })
+                });
+                for run in runs.collect::<Vec<_>>() {
+                    run.await.unwrap().unwrap();
+                }
+                if counted().await == 225 {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "not caught up");
+            }
+            let memory = Arc::new(AnalyticsReadModel::default());
+            ProjectionRunner::new(
+                Arc::new(store.clone()),
+                Arc::new(es_core::memory::MemoryEventStore::new()),
+            )
+            .catch_up(&*memory)
+            .await
+            .unwrap();
+            let memory = ReadFrom::Memory(memory);
+            let (from, to) = (
+                yesterday.date_naive() - chrono::Duration::days(1),
+                Utc::now().date_naive() + chrono::Duration::days(1),
+            );
+            assert_eq!(
+                serde_json::to_value(tables.days(from, to).await.unwrap()).unwrap(),
+                serde_json::to_value(memory.days(from, to).await.unwrap()).unwrap()
+            );
+            assert_eq!(
+                serde_json::to_value(tables.recent(1000).await.unwrap()).unwrap(),
+                serde_json::to_value(memory.recent(1000).await.unwrap()).unwrap()
+            );
+            assert_eq!(tables.recent(1000).await.unwrap().len(), 300);
+        })
+        .await;
+    }
 }

@@ -164,6 +164,19 @@ impl Backends {
             backends.listings = listings;
             let sampled = store.clone();
             crate::telemetry::on_render("postgres-pool", move || sampled.record_pool_metrics());
+            // The read models' lag, as `projections status` counts it, on every scrape.
+            let admin = store.clone();
+            crate::telemetry::on_render_async("read-model-lag", move || {
+                let admin = admin.clone();
+                async move {
+                    match es_core::ProjectionAdmin::status(&admin).await {
+                        Ok(status) => es_core::telemetry::read_model_lag(&status),
+                        Err(error) => {
+                            tracing::debug!(%error, "cannot count the read models' lag for /metrics")
+                        }
+                    }
+                }
+            });
             let pg: Arc<dyn EventStore> = Arc::new(store.clone());
             health = health
                 .with("eventStore", store_probe(pg.clone()))

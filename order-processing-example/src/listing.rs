@@ -223,7 +223,8 @@ pub fn lag_probe(store: PgEventStore, max_lag: Duration) -> crate::http::HealthP
     })
 }
 
-/// Where the customers' listings live.
+/// Where the customers' listings live, and with them every read model of the example: the
+/// services keep theirs in PostgreSQL tables exactly when this is [`Listings::Postgres`].
 #[derive(Clone)]
 pub enum Listings {
     /// In the process: the order listing beside the in-memory store (the notification service
@@ -429,6 +430,12 @@ impl PgProjection for PgOrderListing {
 
     fn tables(&self) -> Vec<String> {
         vec!["order_listing".into()]
+    }
+
+    // Every commit of an order writes its row inline: a rebuild's switch must carry the
+    // last of those into the new generation (`apply` skips what a row already has).
+    fn written_inline(&self) -> bool {
+        true
     }
 
     async fn create(&self, conn: &mut PgConnection) -> Result<(), BoxError> {

@@ -272,16 +272,14 @@ pub(crate) async fn start(
 ) -> es_core::Result<Router> {
     let notifications = Repository::<OrderNotifications>::new(backends.store.clone());
     let inbox = Arc::new(NotificationInbox::default());
-    match &backends.listings {
-        // On PostgreSQL the listing is the table `notification_listing`, kept by this runner.
-        Listings::Postgres(store) => {
-            let runner = es_postgres::PgReadModelRunner::new(store.clone());
-            let model: Arc<dyn es_postgres::PgProjection> =
-                Arc::new(crate::listing::PgNotificationListing::default());
-            background.spawn(move |stop| async move { runner.run(model, stop).await });
-        }
-        Listings::Memory(_) => background.project(backends, inbox.clone()),
-    }
+    // On PostgreSQL the listing is the table `notification_listing`.
+    background
+        .read_model(
+            backends,
+            Arc::new(crate::listing::PgNotificationListing::default()),
+            inbox.clone(),
+        )
+        .await?;
     let consumer = backends.consumer("notification");
     let handler = Arc::new(NotificationHandler {
         notifications,

@@ -1123,12 +1123,15 @@ pub(crate) async fn start(
     let cache = OrderCache {
         cache: backends.cache.clone(),
     };
-    background.project(
-        backends,
-        Arc::new(OrderReadModel {
-            cache: Some(cache.clone()),
-        }),
-    );
+    // Without a cache there is nothing to mark: reading the log for it would be waste.
+    if backends.cache.is_some() {
+        background.project(
+            backends,
+            Arc::new(OrderReadModel {
+                cache: Some(cache.clone()),
+            }),
+        );
+    }
     if let Listings::Postgres(store) = &backends.listings {
         // Rows are written inline; the runner takes over events appended by older code and
         // carries out rebuilds (`order-processing projections rebuild order-listing`).

@@ -15,10 +15,11 @@ pub enum ProjectionsCommand {
     /// Prints each read model's generations: code version, phase, checkpoint and lag.
     Status,
     /// Starts rebuilding a read model (every one when NAME is omitted) into a new generation
-    /// beside the active one; the order service's runner does the work and switches readers
+    /// beside the active one; the service that keeps it does the work and switches readers
     /// over once it has caught up. Follow it with `status`.
     Rebuild {
-        /// The read model, e.g. `order-listing`.
+        /// The read model: `order-listing`, `notification-listing`, `analytics-figures` or
+        /// `product-catalog`.
         name: Option<String>,
     },
 }

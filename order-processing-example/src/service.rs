@@ -8,15 +8,15 @@ use std::time::Duration;
 use axum::Router;
 use es_core::bus::ConsumerHandle;
 use es_core::projection::ProjectionHandle;
-use es_core::{
-    memory::MemoryEventStore, EventBus, MessageHandler, Projection, ProjectionRunner, Relay,
-    StreamFilter,
-};
+use es_core::{EventBus, MessageHandler, Projection, ProjectionRunner, Relay, StreamFilter};
+use es_postgres::{PgProjection, PgReadModelRunner};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::backends::{Backends, StartError};
 use crate::config::Settings;
+use crate::listing::Listings;
+use crate::shutdown::Shutdown;
 use tokio_util::sync::CancellationToken;
 
 /// The five services.
@@ -144,11 +144,43 @@ impl Background {
             .push(tokio::spawn(async move { relay.run(stop).await }));
     }
 
-    /// Runs an in-process read model, rebuilt from the start of the log at each start (its
-    /// checkpoint lives in memory).
+    /// Runs a projection with its checkpoint in the backends' checkpoint store: durable on
+    /// PostgreSQL, so a restart reads only the events after it. Only for projections that keep
+    /// no state in the process (a cache marker): a state folded in memory goes with the
+    /// process, and would come back without what its checkpoint says it has.
     pub(crate) fn project(&mut self, backends: &Backends, projection: Arc<dyn Projection>) {
-        let runner = ProjectionRunner::new(backends.store.clone(), MemoryEventStore::new());
+        let runner = ProjectionRunner::new(backends.store.clone(), backends.checkpoints.clone());
         self.projections.push(runner.spawn(projection));
+    }
+
+    /// Runs a read model where the backends keep it: on PostgreSQL `tables`, kept by a
+    /// versioned runner (batches whose rows and checkpoint commit together, rebuilt blue/green
+    /// by `order-processing projections rebuild`); on the embedded backends `memory`, folded in
+    /// the process. On PostgreSQL one step runs before this returns, so the tables (the views
+    /// readers query) exist before the service answers.
+    pub(crate) async fn read_model(
+        &mut self,
+        backends: &Backends,
+        tables: Arc<dyn PgProjection>,
+        memory: Arc<dyn Projection>,
+    ) -> es_core::Result<()> {
+        match &backends.listings {
+            Listings::Postgres(store) => {
+                let runner = PgReadModelRunner::new(store.clone());
+                runner.step(&*tables).await?;
+                self.spawn(move |stop| async move { runner.run(tables, stop).await });
+            }
+            Listings::Memory(_) => {
+                // State and checkpoint both in the process: a service started again on the
+                // same backends folds its model from the start of the log.
+                let runner = ProjectionRunner::new(
+                    backends.store.clone(),
+                    Arc::new(es_core::memory::MemoryEventStore::new()),
+                );
+                self.projections.push(runner.spawn(memory));
+            }
+        }
+        Ok(())
     }
 
     /// Runs a task until the service stops; it gets the stop signal.

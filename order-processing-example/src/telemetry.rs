@@ -7,7 +7,7 @@
 //! has no listener of its own: the services' own ports serve it.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
@@ -15,6 +15,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures_util::future::BoxFuture;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// `http_requests_total{route,method,status}`: requests answered.
@@ -38,8 +39,16 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// What is run just before each render, by name (e.g. the pool gauge's sampler).
 type Sampler = Box<dyn Fn() + Send + Sync>;
 
+/// A sampler that has to ask a backend (e.g. the read models' lag, counted by PostgreSQL).
+type AsyncSampler = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// How long `GET /metrics` waits for the asynchronous samplers: a slow database must not
+/// hold the scrape; the gauges then keep their last values.
+const ASYNC_SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static SAMPLERS: Mutex<BTreeMap<&'static str, Sampler>> = Mutex::new(BTreeMap::new());
+static ASYNC_SAMPLERS: Mutex<BTreeMap<&'static str, AsyncSampler>> = Mutex::new(BTreeMap::new());
 
 /// Installs the process's Prometheus recorder (once; later calls return the same handle).
 ///
@@ -82,6 +91,36 @@ pub fn on_render(name: &'static str, sample: impl Fn() + Send + Sync + 'static) 
         .insert(name, Box::new(sample));
 }
 
+/// Runs `sample` (and waits for it, at most 2 s) before every `GET /metrics`, for gauges
+/// that take a backend's answer (the read models' lag). A later sampler under the same `name`
+/// replaces the earlier one.
+pub fn on_render_async<F, Fut>(name: &'static str, sample: F)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let sample: AsyncSampler = Arc::new(move || Box::pin(sample()));
+    ASYNC_SAMPLERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name, sample);
+}
+
+/// Runs the asynchronous samplers, together, for at most [`ASYNC_SAMPLE_TIMEOUT`].
+async fn sample_async() {
+    let samplers: Vec<AsyncSampler> = ASYNC_SAMPLERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    if samplers.is_empty() {
+        return;
+    }
+    let all = futures_util::future::join_all(samplers.iter().map(|sample| sample()));
+    let _ = tokio::time::timeout(ASYNC_SAMPLE_TIMEOUT, all).await;
+}
+
 /// The metrics now, in the Prometheus text format.
 pub fn render() -> String {
     for sample in SAMPLERS.lock().unwrap_or_else(|e| e.into_inner()).values() {
@@ -91,6 +130,7 @@ pub fn render() -> String {
 }
 
 async fn serve_metrics() -> Response {
+    sample_async().await;
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], render()).into_response()
 }
 

@@ -179,3 +179,96 @@ async fn a_lagging_read_model_degrades_health_without_failing_it() {
     );
     store.close().await;
 }
+
+/// `/metrics` shows each read model's lag in events and seconds, counted when scraped: an
+/// event its runner has not read shows, and is gone once the runner has caught up.
+#[tokio::test]
+async fn metrics_show_each_read_models_lag_in_events_and_seconds() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use order_processing_example::{Backends, Settings};
+    use tower::ServiceExt;
+
+    order_processing_example::telemetry::install();
+    let schema = format!("op_test_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let _guard = SchemaGuard(schema.clone());
+    let settings = Settings {
+        database_url: Some(database_url()),
+        database_schema: schema,
+        database_max_connections: 2,
+        ..Settings::default()
+    };
+    let backends =
+        Backends::from_settings_until(&settings, tokio::time::sleep(Duration::from_secs(45)))
+            .await
+            .expect("connect");
+    let Listings::Postgres(store) = backends.listings.clone() else {
+        panic!("on PostgreSQL");
+    };
+    let router = order_processing_example::http::finish_router(
+        axum::Router::new(),
+        utoipa::openapi::OpenApi::default(),
+        backends.health.clone(),
+    );
+    let lag = || async {
+        let response = router
+            .clone()
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find(|line| {
+                    line.starts_with(&format!("{name}{{"))
+                        && line.contains("projection=\"order-listing\"")
+                        && line.contains("phase=\"active\"")
+                })
+                .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} of order-listing in {text}"))
+        };
+        (
+            value("es_read_model_lag_events"),
+            value("es_read_model_lag_seconds"),
+        )
+    };
+    assert_eq!(lag().await, (0.0, 0.0));
+
+    // An order written (inline) while no runner runs: its checkpoint stays behind.
+    let order_id = Uuid::now_v7();
+    let placed = OrderEvent::OrderPlaced {
+        order_id,
+        customer_id: Uuid::new_v4(),
+        items: Vec::new(),
+        total_amount: Decimal::ONE,
+        placed_at: Utc::now(),
+    };
+    store
+        .append(
+            &StreamId::for_aggregate("order", &order_id.to_string()).unwrap(),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::from_domain(&placed, Metadata::default()).unwrap()],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Counted below the visibility horizon, which a transaction of a test beside this one can
+    // hold back for a moment.
+    let (_, seconds) = eventually("the lag counted", || async {
+        let lag = lag().await;
+        (lag.0 == 1.0).then_some(lag)
+    })
+    .await;
+    assert!(seconds >= 0.2, "{seconds}");
+
+    let runner = PgReadModelRunner::new(store.clone());
+    eventually("the runner caught up", || async {
+        runner.catch_up(&PgOrderListing::default()).await.unwrap();
+        (lag().await == (0.0, 0.0)).then_some(())
+    })
+    .await;
+    store.close().await;
+}

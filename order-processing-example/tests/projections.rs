@@ -64,10 +64,17 @@ async fn status_lists_the_order_listing_and_a_rebuild_keeps_it_serving() {
         status.contains("order-listing v1 generation 1 active: checkpoint "),
         "{status}"
     );
-    assert!(
-        status.contains("notification-listing v1 generation 1 active: checkpoint "),
-        "{status}"
-    );
+    // Every read model of the example lives in PostgreSQL, none in process memory.
+    for model in [
+        "notification-listing",
+        "analytics-figures",
+        "product-catalog",
+    ] {
+        assert!(
+            status.contains(&format!("{model} v1 generation 1 active: checkpoint ")),
+            "{status}"
+        );
+    }
     // The notifications are listed from their table.
     eventually("the orders' notifications listed", || async {
         let (_, list) = system
@@ -146,4 +153,81 @@ async fn unknown_read_models_are_refused() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A rebuild of the analytics figures while orders keep coming: the figures answer throughout,
+/// never fewer than before (no half-built generation is shown), and once the rebuilt
+/// generation serves they count every order exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_rebuilt_while_orders_flow_counts_each_order_once() {
+    let settings = isolated(patient());
+    let _schema = SchemaGuard(settings.database_schema.clone());
+    let backends = connect(&settings).await;
+    let system =
+        std::sync::Arc::new(System::start(backends, settings.clone(), &ServiceKind::ALL).await);
+    let date = chrono::Utc::now().date_naive();
+    let range = format!(
+        "/api/analytics/metrics/range?from={}&to={}",
+        date - chrono::Days::new(1),
+        date + chrono::Days::new(1)
+    );
+    let placed = |days: serde_json::Value| -> u64 {
+        days.as_array()
+            .map(|days| days.iter().filter_map(|d| d["ordersPlaced"].as_u64()).sum())
+            .unwrap_or_default()
+    };
+    let customer = customer();
+    let mut orders = 0u64;
+    for _ in 0..10 {
+        system.place(&customer, &[(MOUSE, 1, "5.00")]).await;
+        orders += 1;
+    }
+    eventually("the first orders counted", || async {
+        let (_, days) = system.get(ServiceKind::Analytics, &range).await;
+        (placed(days) == orders).then_some(())
+    })
+    .await;
+
+    let flow = tokio::spawn({
+        let (system, customer) = (system.clone(), customer.clone());
+        async move {
+            for _ in 0..20 {
+                system.place(&customer, &[(MOUSE, 1, "5.00")]).await;
+            }
+        }
+    });
+    let out = projections(&["rebuild", "analytics-figures"], &settings).await;
+    assert!(
+        out.contains("analytics-figures: rebuild requested"),
+        "{out}"
+    );
+    let seen = std::sync::atomic::AtomicU64::new(orders);
+    eventually("generation 2 to take over", || async {
+        let (status, days) = system.get(ServiceKind::Analytics, &range).await;
+        assert_eq!(status, 200);
+        let now = placed(days);
+        let before = seen.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            now >= before,
+            "the figures went back from {before} to {now}"
+        );
+        let status = projections(&["status"], &settings).await;
+        (status.contains("analytics-figures v1 generation 2 active")
+            && !status.contains("analytics-figures v1 generation 1"))
+        .then_some(())
+    })
+    .await;
+    flow.await.unwrap();
+    orders += 20;
+    eventually("every order counted once", || async {
+        let (_, days) = system.get(ServiceKind::Analytics, &range).await;
+        let now = placed(days);
+        assert!(now <= orders, "{now} counted for {orders} orders");
+        (now == orders).then_some(())
+    })
+    .await;
+    match std::sync::Arc::try_unwrap(system) {
+        Ok(system) => system.stop().await,
+        Err(_) => panic!("the system is still shared"),
+    }
 }

@@ -783,6 +783,21 @@ pub async fn every_service_serves_metrics(backend: Backend) {
             sample(order, "es_pool_connections", &["state=\"idle\""]).is_some(),
             "{order}"
         );
+        // Each read model's lag, counted by PostgreSQL at the scrape.
+        for model in [
+            "order-listing",
+            "notification-listing",
+            "analytics-figures",
+            "product-catalog",
+        ] {
+            let projection = format!("projection=\"{model}\"");
+            for name in ["es_read_model_lag_events", "es_read_model_lag_seconds"] {
+                assert!(
+                    sample(order, name, &[&projection, "phase=\"active\""]).is_some(),
+                    "{name} of {model}: {order}"
+                );
+            }
+        }
     }
     system.stop().await;
 }
