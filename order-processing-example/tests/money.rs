@@ -23,7 +23,7 @@ async fn post_text(system: &System, body: &str) -> (u16, String) {
 }
 
 /// An order body with lines of (product, quantity, price), each written as given.
-fn order_text(customer: &str, lines: &[(&str, &str, &str)]) -> String {
+fn order_text(customer: &str, lines: Lines) -> String {
     let items: Vec<String> = lines
         .iter()
         .map(|(product, quantity, price)| {
@@ -38,6 +38,9 @@ fn order_text(customer: &str, lines: &[(&str, &str, &str)]) -> String {
     )
 }
 
+/// Order lines as (product, quantity, price), each written as given.
+type Lines<'a> = &'a [(&'a str, &'a str, &'a str)];
+
 fn decimal(text: &str) -> Decimal {
     text.parse().expect("a decimal")
 }
@@ -45,7 +48,7 @@ fn decimal(text: &str) -> Decimal {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amounts_are_answered_as_exact_numbers_with_two_decimals() {
     let system = System::embedded().await;
-    let cases: [(&[(&str, &str, &str)], &str); 3] = [
+    let cases: [(Lines, &str); 3] = [
         // 0.1 + 0.2 is 0.30000000000000004 in f64.
         (&[(LAPTOP, "1", "0.1"), (MOUSE, "1", "0.2")], "0.30"),
         (&[(LAPTOP, "1", "999.99")], "999.99"),
