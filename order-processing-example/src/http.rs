@@ -444,6 +444,11 @@ impl ExactJson {
                 // Later duplicates of a key replace earlier ones, as they do in `Value`.
                 let fields: HashMap<String, &RawValue> = serde_json::from_str(text)?;
                 for (key, value) in fields {
+                    // A key such as `items[0].unitPrice` would pose as the path of another
+                    // number; no field the services read is named so, so it is passed over.
+                    if key.contains(['.', '[', ']']) {
+                        continue;
+                    }
                     if prefix > 0 {
                         path.push('.');
                     }

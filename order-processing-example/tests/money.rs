@@ -99,6 +99,14 @@ async fn more_than_two_decimals_answer_400_however_far_out_they_are() {
     .await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("items[0].quantity"), "{text}");
+    // A key written as the path of another number does not stand in for it.
+    let body = format!(
+        r#"{{"items[0].unitPrice":0.1,"customerId":"{}","items":[{{"productId":"{MOUSE}","productName":"Thing","quantity":1,"unitPrice":0.123}}]}}"#,
+        customer()
+    );
+    let (status, text) = post_text(&system, &body).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("must have at most two decimals"), "{text}");
     // Trailing zeros are not decimals that matter.
     let (status, text) = post_text(
         &system,
