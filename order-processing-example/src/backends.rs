@@ -391,16 +391,15 @@ pub(crate) mod testing {
     use super::Backends;
     use crate::config::Settings;
 
-    /// Runs `test` on PostgreSQL (`DATABASE_URL`, else the standard local port) in a schema of
-    /// its own, then drops that schema and its read models' generation schemas, and re-raises
+    /// Runs `test` on PostgreSQL (as `es-test-services` finds it: `DATABASE_URL`, else the
+    /// standard local port, else a container) in a schema of its own, then drops that schema and its read models' generation schemas, and re-raises
     /// a panic of the test after the cleanup.
     pub(crate) async fn on_postgres<F, Fut>(test: F)
     where
         F: FnOnce(Backends) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let url = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+        let url = es_test_services::database_url();
         let schema = format!(
             "op_unit_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -414,7 +413,7 @@ pub(crate) mod testing {
         let give_up = tokio::time::sleep(Duration::from_secs(45));
         let backends = Backends::from_settings_until(&settings, give_up)
             .await
-            .unwrap_or_else(|e| panic!("{e}: start PostgreSQL or set DATABASE_URL (now {url})"));
+            .unwrap_or_else(|e| panic!("{e}: PostgreSQL at {url} does not answer"));
         let outcome = tokio::spawn(test(backends)).await;
         let pool = sqlx::PgPool::connect(&url)
             .await

@@ -428,7 +428,7 @@ pub fn service_command(
         ])
         .args([
             "--order-timeout",
-            &format!("{}ms", s.order_timeout.as_millis()),
+            &humantime::format_duration(s.order_timeout).to_string(),
         ])
         .args([
             "--payment-decline-above",
@@ -438,7 +438,7 @@ pub fn service_command(
     if let Some(expires) = s.queue_expires {
         command.args([
             "--amqp-queue-expires",
-            &format!("{}ms", expires.as_millis()),
+            &humantime::format_duration(expires).to_string(),
         ]);
     }
     command

@@ -179,37 +179,28 @@ impl Default for Settings {
     }
 }
 
-/// Parses `30s`, `500ms`, `2m`, `1h`, `7d`, or a plain number of seconds.
+/// Parses a duration as `humantime` reads it (`30s`, `500ms`, `2m`, `1h`, `7d`, `1h 30m`,
+/// `2weeks`), or a plain whole number of seconds (`7`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try `30s`, `500ms`, `2m`)"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => number,
-        "ms" => number / 1000.0,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        "d" => number * 86400.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` (use ms, s, m, h or d)"
-            ))
-        }
+    let duration = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(text).map_err(|error| match error {
+            humantime::DurationError::NumberOverflow => {
+                format!("`{text}` is too long a duration")
+            }
+            other => format!("`{text}` is not a duration ({other}; try `30s`, `500ms`, `2m`)"),
+        })?,
     };
-    if !seconds.is_finite() || seconds <= 0.0 {
+    if duration.is_zero() {
         return Err(format!("`{text}` must be a positive duration"));
     }
-    // Past about 292 million years a duration no longer fits the time arithmetic (and
-    // `from_secs_f64` would panic past u64 seconds): a clear error instead.
-    Duration::try_from_secs_f64(seconds)
-        .ok()
-        .filter(|d| chrono::Duration::from_std(*d).is_ok())
-        .ok_or_else(|| format!("`{text}` is too long a duration"))
+    // Past about 292 million years a duration no longer fits the time arithmetic: a clear
+    // error instead of a panic where it is added to a clock.
+    if chrono::Duration::from_std(duration).is_err() {
+        return Err(format!("`{text}` is too long a duration"));
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -225,7 +216,9 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0s").is_err());
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
-        assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("3x").is_err());
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration(" 10s "), Ok(Duration::from_secs(10)));
     }
 
     #[test]

@@ -163,7 +163,7 @@ mod tests {
             "{line}"
         );
         let body = curl_body(&text);
-        let order = crate::order::validate_place_order(&body)
+        let order = crate::order::validate_place_order(&body.into())
             .expect("the curl body is a valid POST /api/orders body");
         assert_eq!(order.items.len(), 1);
     }
@@ -193,7 +193,7 @@ mod tests {
             assert!(line.contains(host), "{line}");
         }
         assert_every_service(&text);
-        crate::order::validate_place_order(&curl_body(&text)).expect("a valid order body");
+        crate::order::validate_place_order(&curl_body(&text).into()).expect("a valid order body");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! server that guards itself against slow and many clients ([`serve`]: header-read timeout,
 //! request timeout, connection cap).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -406,13 +406,125 @@ pub fn finish_router(
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
+/// How deep into a request body [`ExactJson`] keeps the text of numbers. Each level is parsed
+/// once more, so the cost of a body grows with its depth; the bodies the services take are
+/// three levels deep.
+const EXACT_NUMBER_DEPTH: usize = 4;
+
+/// A JSON request body, plus the text of each number in it as the client wrote it.
+///
+/// Without serde_json's `arbitrary_precision`, a `Value` holds a decimal as `f64`, which
+/// cannot tell `0.1` from `0.10000000000000000001`; the [`Validator`] reads money and whole
+/// numbers from the text instead. Numbers are keyed by the path the validation errors name
+/// (`items[0].unitPrice`).
+#[derive(Debug, Clone, Default)]
+pub struct ExactJson {
+    /// The body.
+    pub value: Value,
+    numbers: HashMap<String, String>,
+}
+
+impl ExactJson {
+    /// The text of the number at `path` (`items[0].unitPrice`), as written.
+    pub fn number_text(&self, path: &str) -> Option<&str> {
+        self.numbers.get(path).map(String::as_str)
+    }
+
+    fn collect(
+        raw: &serde_json::value::RawValue,
+        path: &mut String,
+        depth: usize,
+        numbers: &mut HashMap<String, String>,
+    ) -> serde_json::Result<()> {
+        use serde_json::value::RawValue;
+        let text = raw.get();
+        let prefix = path.len();
+        match text.as_bytes().first() {
+            Some(b'{') if depth < EXACT_NUMBER_DEPTH => {
+                // Later duplicates of a key replace earlier ones, as they do in `Value`.
+                let fields: HashMap<String, &RawValue> = serde_json::from_str(text)?;
+                for (key, value) in fields {
+                    // A key such as `items[0].unitPrice` would pose as the path of another
+                    // number; no field the services read is named so, so it is passed over.
+                    if key.contains(['.', '[', ']']) {
+                        continue;
+                    }
+                    if prefix > 0 {
+                        path.push('.');
+                    }
+                    path.push_str(&key);
+                    Self::collect(value, path, depth + 1, numbers)?;
+                    path.truncate(prefix);
+                }
+            }
+            Some(b'[') if depth < EXACT_NUMBER_DEPTH => {
+                let items: Vec<&RawValue> = serde_json::from_str(text)?;
+                for (i, item) in items.into_iter().enumerate() {
+                    use std::fmt::Write as _;
+                    let _ = write!(path, "[{i}]");
+                    Self::collect(item, path, depth + 1, numbers)?;
+                    path.truncate(prefix);
+                }
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                numbers.insert(path.clone(), text.to_owned());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ExactJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+        let value = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
+        let mut numbers = HashMap::new();
+        Self::collect(&raw, &mut String::new(), 0, &mut numbers).map_err(D::Error::custom)?;
+        Ok(ExactJson { value, numbers })
+    }
+}
+
+/// A body built in code: each number's text is what the `Value` holds (exact for integers and
+/// for decimals of up to 15 digits).
+impl From<Value> for ExactJson {
+    fn from(value: Value) -> Self {
+        let text = value.to_string();
+        serde_json::from_str(&text).unwrap_or(ExactJson {
+            value,
+            numbers: HashMap::new(),
+        })
+    }
+}
+
 /// A validation helper collecting field errors.
 #[derive(Debug, Default)]
 pub struct Validator {
     errors: FieldErrors,
+    /// The numbers' text by field, when the body is an [`ExactJson`].
+    numbers: HashMap<String, String>,
 }
 
 impl Validator {
+    /// A validator that reads numbers from `body`'s text, for fields named by their path in
+    /// it (`items[0].unitPrice`).
+    pub fn exact(body: &ExactJson) -> Self {
+        Validator {
+            errors: FieldErrors::default(),
+            numbers: body.numbers.clone(),
+        }
+    }
+
+    /// The exact text of the number at `field`: as the client wrote it where known, else as
+    /// the `Value` holds it.
+    fn number_text(&self, field: &str, number: &serde_json::Number) -> String {
+        self.numbers
+            .get(field)
+            .cloned()
+            .unwrap_or_else(|| number.to_string())
+    }
+
     /// Records a problem with `field`.
     pub fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.errors
@@ -474,7 +586,7 @@ impl Validator {
     ) -> Option<u64> {
         match body.get(key) {
             None | Some(Value::Null) => self.error(field, "is required"),
-            Some(Value::Number(number)) => match whole_number(number) {
+            Some(Value::Number(number)) => match whole_number(&self.number_text(field, number)) {
                 Some(n) if (min..=max).contains(&n) => return Some(n),
                 _ => self.error(field, format!("must be a whole number from {min} to {max}")),
             },
@@ -494,28 +606,30 @@ impl Validator {
     ) -> Option<rust_decimal::Decimal> {
         match body.get(key) {
             None | Some(Value::Null) => self.error(field, "is required"),
-            Some(Value::Number(number)) => match crate::money::from_json_number(number) {
-                Some(amount) if amount < min || amount > max => {
-                    self.error(field, format!("must be from {min} to {max}"))
+            Some(Value::Number(number)) => {
+                match crate::money::from_number_text(&self.number_text(field, number)) {
+                    Some(amount) if amount < min || amount > max => {
+                        self.error(field, format!("must be from {min} to {max}"))
+                    }
+                    Some(amount) if amount.normalize().scale() > 2 => {
+                        self.error(field, "must have at most two decimals")
+                    }
+                    Some(amount) => return Some(amount),
+                    None => self.error(field, format!("must be a number from {min} to {max}")),
                 }
-                Some(amount) if amount.normalize().scale() > 2 => {
-                    self.error(field, "must have at most two decimals")
-                }
-                Some(amount) => return Some(amount),
-                None => self.error(field, format!("must be a number from {min} to {max}")),
-            },
+            }
             Some(_) => self.error(field, format!("must be a number from {min} to {max}")),
         }
         None
     }
 }
 
-/// A JSON number without a fractional part as a `u64`, however it is written (`3`, `3.0`,
-/// `3e0`); `None` for a fraction, a negative number or one too large.
-fn whole_number(number: &serde_json::Number) -> Option<u64> {
+/// The text of a JSON number without a fractional part as a `u64`, however it is written
+/// (`3`, `3.0`, `3e0`); `None` for a fraction, a negative number or one too large.
+fn whole_number(text: &str) -> Option<u64> {
     use rust_decimal::prelude::ToPrimitive;
-    number.as_u64().or_else(|| {
-        let value = crate::money::from_json_number(number)?;
+    text.parse::<u64>().ok().or_else(|| {
+        let value = crate::money::from_number_text(text)?;
         if value.fract().is_zero() {
             value.to_u64()
         } else {

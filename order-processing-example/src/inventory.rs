@@ -1506,7 +1506,7 @@ mod tests {
     }
 
     /// The same race on PostgreSQL, where the expected versions are the store's to check
-    /// (`DATABASE_URL`, else the standard local port; a schema of its own, dropped after).
+    /// (as `es-test-services` finds it; a schema of its own, dropped after).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn on_postgres_a_cancellation_racing_the_reservation_never_leaves_stock_held() {
         crate::backends::testing::on_postgres(|backends| {

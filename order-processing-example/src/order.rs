@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::backends::Backends;
 use crate::config::Settings;
 use crate::events;
-use crate::http::{finish_router, ApiJson, ApiPath, ApiQuery, AppError, Validator};
+use crate::http::{finish_router, ApiJson, ApiPath, ApiQuery, AppError, ExactJson, Validator};
 use crate::listing::{Listings, Page, PageQuery};
 use crate::service::Background;
 
@@ -719,9 +719,12 @@ pub struct PlaceOrderRequest {
     pub items: Vec<OrderItem>,
 }
 
-/// Validates a `POST /api/orders` body, naming every bad field.
-pub fn validate_place_order(body: &Value) -> Result<PlaceOrderRequest, AppError> {
-    let mut check = Validator::default();
+/// Validates a `POST /api/orders` body, naming every bad field. Prices and quantities are
+/// read from the numbers' text as sent, so `0.10000000000000000001` is refused (more than two
+/// decimals), not taken for `0.1`.
+pub fn validate_place_order(body: &ExactJson) -> Result<PlaceOrderRequest, AppError> {
+    let mut check = Validator::exact(body);
+    let body = &body.value;
     if !body.is_object() {
         return Err(AppError::bad_request("the body must be a JSON object"));
     }
@@ -869,7 +872,7 @@ fn store_error(error: CommandError<OrderError>) -> AppError {
 async fn place_order(
     State(state): State<OrderState>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(body): ApiJson<ExactJson>,
 ) -> Result<Response, AppError> {
     let key = idempotency_key(&headers)?;
     let request = validate_place_order(&body)?;
@@ -1265,12 +1268,12 @@ mod tests {
             {"productId": "11111111-1111-1111-1111-111111111111", "productName": "", "quantity": 0, "unitPrice": 1.234},
             {"productId": "11111111-1111-1111-1111-111111111111", "productName": "x", "quantity": 1, "unitPrice": -1}
         ]});
-        let error = validate_place_order(&body).unwrap_err();
+        let error = validate_place_order(&body.into()).unwrap_err();
         assert_eq!(error.status(), StatusCode::BAD_REQUEST);
         let body = json!({"customerId": "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa", "items": [
             {"productId": "11111111-1111-1111-1111-111111111111", "productName": "Laptop", "quantity": 1, "unitPrice": 999.99}
         ]});
-        let request = validate_place_order(&body).unwrap();
+        let request = validate_place_order(&body.into()).unwrap();
         assert_eq!(request.items[0].unit_price, Decimal::new(99999, 2));
     }
 
@@ -1298,7 +1301,7 @@ mod tests {
         let body = json!({"customerId": Uuid::nil(), "items": [
             {"productId": Uuid::nil(), "productName": "Laptop", "quantity": 1, "unitPrice": 1}
         ]});
-        let request = validate_place_order(&body).unwrap();
+        let request = validate_place_order(&body.into()).unwrap();
         let print = fingerprint(&request);
         assert_eq!(print.len(), 64);
         assert!(print.bytes().all(|b| b.is_ascii_hexdigit()));

@@ -561,7 +561,7 @@ mod tests {
         cancellations_race_charges(Arc::new(handler())).await;
     }
 
-    /// The same race on PostgreSQL (`DATABASE_URL`, else the standard local port; a schema of
+    /// The same race on PostgreSQL (as `es-test-services` finds it; a schema of
     /// its own, dropped after).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn on_postgres_a_cancellation_racing_the_charge_leaves_no_charge_standing() {

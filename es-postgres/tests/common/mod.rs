@@ -1,14 +1,13 @@
-//! Shared test setup: each test gets its own schema in the database that `DATABASE_URL` names
-//! (default: the local server).
+//! Shared test setup: each test gets its own schema in the database that `es-test-services`
+//! finds (`DATABASE_URL`, else the local port, else a container).
 
 #![allow(dead_code, unreachable_pub)]
 
 use es_postgres::{PgConfig, PgEventStore};
 
-pub const DEFAULT_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
-
+/// The test server's URL; fails the test, saying how to provide one, when there is none.
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+    es_test_services::database_url()
 }
 
 /// A fresh, random schema name starting with `prefix`.

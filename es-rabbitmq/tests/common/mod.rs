@@ -13,9 +13,10 @@ use es_rabbitmq::{AmqpConfig, AmqpEventBus, Topology};
 use lapin::{Channel, Connection, ConnectionProperties};
 use uuid::Uuid;
 
-/// The broker's URL: `AMQP_URL`, else the standard local one.
+/// The broker's URL (`AMQP_URL`, else the local port, else a container); fails the test,
+/// saying how to provide one, when there is none.
 pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    es_test_services::amqp_url()
 }
 
 /// A fresh name unique to one test.

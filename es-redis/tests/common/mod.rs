@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use es_redis::{RedisConfig, RedisConnection};
 
-/// `REDIS_URL`, else the standard local Redis.
+/// The shared Redis (`REDIS_URL`, else the local port, else a container); fails the test,
+/// saying how to provide one, when there is none.
 pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| es_redis::DEFAULT_URL.to_owned())
+    es_test_services::redis_url()
 }
 
 /// A key prefix no other test run uses.

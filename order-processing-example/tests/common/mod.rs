@@ -37,18 +37,9 @@ pub enum Backend {
     Real,
 }
 
-pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
-}
-
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+/// The test servers, as `es-test-services` finds them (env var, local port, container); each
+/// fails the test, saying how to provide one, when there is none.
+pub use es_test_services::{amqp_url, database_url, redis_url};
 
 /// Settings on the real backends with names no other test uses.
 /// Settings whose order timeout outlasts any wait in these tests: a test that is not about the
@@ -82,7 +73,7 @@ pub async fn connect(settings: &Settings) -> Backends {
         .await
         .unwrap_or_else(|e| {
             panic!(
-                "{e}: start PostgreSQL or set DATABASE_URL (now {})",
+                "{e}: PostgreSQL at {} does not answer (set DATABASE_URL to another)",
                 database_url()
             )
         });
