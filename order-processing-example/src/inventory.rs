@@ -708,11 +708,15 @@ impl MessageHandler for InventoryHandler {
         if inputs.is_empty() {
             return Ok(());
         }
-        for attempt in 0..BATCH_ATTEMPTS {
+        let mut backoff = es_core::Backoff::new(
+            std::time::Duration::from_millis(5),
+            std::time::Duration::from_millis(100),
+        );
+        for _ in 0..BATCH_ATTEMPTS {
             if self.try_batch(&inputs).await? {
                 return Ok(());
             }
-            tokio::time::sleep(crate::events::jitter(5 + attempt as u64)).await;
+            backoff.sleep().await;
         }
         Err(HandlerError::retry(
             "stock stayed contended; handling the batch's messages one by one",

@@ -16,7 +16,6 @@ use tokio::task::JoinHandle;
 use crate::backends::{Backends, StartError};
 use crate::config::Settings;
 use crate::listing::Listings;
-use crate::shutdown::Shutdown;
 use tokio_util::sync::CancellationToken;
 
 /// The five services.
