@@ -263,12 +263,31 @@ impl<T: SagaStore + ?Sized> SagaStore for Arc<T> {
     async fn deadlines_of(&self, saga: &str, instance: &str) -> Result<Vec<DeadlineRecord>> {
         (**self).deadlines_of(saga, instance).await
     }
+
+    async fn load_many(&self, saga: &str, instances: &[String]) -> Result<Vec<Option<SagaState>>> {
+        (**self).load_many(saga, instances).await
+    }
+
+    async fn handled_among(&self, saga: &str, event_ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        (**self).handled_among(saga, event_ids).await
+    }
+
+    async fn save_many(&self, changes: Vec<SagaChange>) -> Result<SagaSaved> {
+        (**self).save_many(changes).await
+    }
 }
 
 #[async_trait]
 impl<C: Send + 'static, T: CommandDispatcher<C> + ?Sized> CommandDispatcher<C> for Arc<T> {
     async fn dispatch(&self, command: C, metadata: Metadata) -> Result<(), DispatchError> {
         (**self).dispatch(command, metadata).await
+    }
+
+    async fn dispatch_many(&self, commands: Vec<(C, Metadata)>) -> Result<(), DispatchError>
+    where
+        C: Send + 'async_trait,
+    {
+        (**self).dispatch_many(commands).await
     }
 }
 
