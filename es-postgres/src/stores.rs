@@ -372,8 +372,15 @@ impl SagaStore for PgEventStore {
 
     async fn load_many(&self, saga: &str, instances: &[String]) -> Result<Vec<Option<SagaState>>> {
         let rows = sqlx::query_as::<_, (String, Vec<u8>, i64, bool)>(
-            "SELECT instance, data, version, completed FROM saga_states \
-             WHERE saga = $1 AND instance = ANY($2)",
+            // One primary-key probe per instance: `instance = ANY($2)` beside `saga = $1` was
+            // planned as a scan of every row of the saga with a filter (the index's first
+            // column alone), so each batch read the whole saga. The LIMIT keeps the planner
+            // from flattening the lateral probe back into such a join.
+            "SELECT s.instance, s.data, s.version, s.completed \
+             FROM unnest($2::text[]) AS u(instance) \
+             CROSS JOIN LATERAL ( \
+               SELECT instance, data, version, completed FROM saga_states \
+               WHERE saga = $1 AND instance = u.instance LIMIT 1) s",
         )
         .bind(saga)
         .bind(instances)
@@ -400,10 +407,14 @@ impl SagaStore for PgEventStore {
 
     async fn handled_among(&self, saga: &str, event_ids: &[Uuid]) -> Result<Vec<Uuid>> {
         sqlx::query_scalar::<_, Uuid>(
-            // A join on the array looks each id up in the primary key, whatever the
-            // statistics say (`event_id = ANY` could filter every row of the saga instead).
+            // One primary-key probe per id. A plain join on the array was planned as a hash
+            // join over every row of the saga (all a service's sagas share one name), so each
+            // batch read the whole saga inbox; the LIMIT keeps the lateral probe from being
+            // flattened back into that join.
             "SELECT s.event_id FROM unnest($2::uuid[]) AS u(event_id) \
-             JOIN saga_inbox s ON s.saga = $1 AND s.event_id = u.event_id",
+             CROSS JOIN LATERAL ( \
+               SELECT event_id FROM saga_inbox \
+               WHERE saga = $1 AND event_id = u.event_id LIMIT 1) s",
         )
         .bind(saga)
         .bind(event_ids)
