@@ -391,17 +391,21 @@ pub async fn idempotency_conformance(store: Arc<dyn IdempotencyStore>) {
         Claim::Completed(Bytes::from_static(b"new"))
     );
 
+    // What must stay held gets a lease with room to spare: on a loaded machine one step can
+    // stall for a few hundred milliseconds, and a lease lost there would say nothing about the
+    // store. Five renewals 300 ms apart still outlive the first one-second lease.
+    let roomy = Duration::from_secs(1);
     let renewed = format!("{key}-renew");
-    let token = acquired(store.claim(&renewed, "fp", short).await.unwrap(), "renew");
-    for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(60)).await;
+    let token = acquired(store.claim(&renewed, "fp", roomy).await.unwrap(), "renew");
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
-            store.renew(&renewed, &token, short).await.unwrap(),
+            store.renew(&renewed, &token, roomy).await.unwrap(),
             Ownership::Held
         );
     }
     assert_eq!(
-        store.claim(&renewed, "fp", short).await.unwrap(),
+        store.claim(&renewed, "fp", roomy).await.unwrap(),
         Claim::InProgress,
         "a renewed claim outlives its first lease"
     );
@@ -441,9 +445,9 @@ pub async fn idempotency_conformance(store: Arc<dyn IdempotencyStore>) {
 
     // The guard renews in the background and releases when dropped.
     let guarded = format!("{key}-guard");
-    let token = acquired(store.claim(&guarded, "fp", short).await.unwrap(), "guard");
-    let guard = ClaimGuard::hold(store.clone(), guarded.clone(), token, short);
-    tokio::time::sleep(outlive).await;
+    let token = acquired(store.claim(&guarded, "fp", roomy).await.unwrap(), "guard");
+    let guard = ClaimGuard::hold(store.clone(), guarded.clone(), token, roomy);
+    tokio::time::sleep(roomy + outlive).await;
     assert_eq!(
         store.claim(&guarded, "fp", short).await.unwrap(),
         Claim::InProgress,
@@ -459,7 +463,7 @@ pub async fn idempotency_conformance(store: Arc<dyn IdempotencyStore>) {
     let guard = ClaimGuard::hold(store.clone(), guarded.clone(), token, lease);
     drop(guard); // the request is cut off
     let mut freed = None;
-    for _ in 0..40 {
+    for _ in 0..300 {
         tokio::time::sleep(Duration::from_millis(10)).await;
         if let Claim::Acquired(token) = store.claim(&guarded, "fp", lease).await.unwrap() {
             freed = Some(token);
