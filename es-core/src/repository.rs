@@ -89,6 +89,14 @@ pub struct CommandContext {
     pub inbox: Option<InboxEntry>,
 }
 
+impl From<Metadata> for CommandContext {
+    /// The metadata alone, with no inbox entry: what a command from outside (an HTTP request)
+    /// carries.
+    fn from(metadata: Metadata) -> Self {
+        CommandContext::with_metadata(metadata)
+    }
+}
+
 impl CommandContext {
     /// A context with this metadata and no inbox entry.
     pub fn with_metadata(metadata: Metadata) -> Self {
@@ -431,30 +439,49 @@ impl<A: Aggregate> Repository<A> {
         }
     }
 
-    /// Carries out `command` on aggregate `id` with `metadata` on its events.
+    /// Carries out `command` on aggregate `id`, retrying on a conflict.
+    ///
+    /// `context` is either plain [`Metadata`] for the events, or a [`CommandContext`] that also
+    /// records the message being handled ([`CommandContext::caused_by`]) in the same commit, so
+    /// that a redelivered message finds it and changes nothing.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use es_core::{Aggregate, CommandContext, DomainEvent, EventStore, Metadata, Repository};
+    /// # use es_core::memory::MemoryEventStore;
+    /// # #[derive(Debug, Default, Clone)] struct Count { n: u64 }
+    /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)] enum Counted { One }
+    /// # impl DomainEvent for Counted {}
+    /// # #[derive(Debug, thiserror::Error)] #[error("never")] struct Never;
+    /// # impl Aggregate for Count {
+    /// #     const TYPE: &'static str = "count";
+    /// #     type Command = (); type Event = Counted; type Error = Never;
+    /// #     fn handle(&self, _: ()) -> Result<Vec<Counted>, Never> { Ok(vec![Counted::One]) }
+    /// #     fn apply(&mut self, _: &Counted) { self.n += 1 }
+    /// # }
+    /// let store = MemoryEventStore::new();
+    /// let counts = Repository::<Count>::new(store.clone());
+    /// // From an HTTP request: metadata alone.
+    /// counts.execute("a", (), Metadata::default()).await?;
+    /// // From a message: the inbox entry commits with the events, so a redelivery is skipped.
+    /// # let message = store.read_stream(&Repository::<Count>::stream_id("a")?, 1, 1).await?.remove(0);
+    /// let first = counts.execute("a", (), CommandContext::caused_by(&message, "counter")).await?;
+    /// let again = counts.execute("a", (), CommandContext::caused_by(&message, "counter")).await?;
+    /// assert!(!first.already_handled && again.already_handled);
+    /// assert_eq!(counts.load("a").await?.state.n, 2);
+    /// # Ok(()) }
+    /// ```
     pub async fn execute(
         &self,
         id: &str,
         command: A::Command,
-        metadata: Metadata,
+        context: impl Into<CommandContext>,
     ) -> Result<Executed<A>, CommandError<A::Error>>
     where
         A::Command: Clone,
     {
-        self.execute_with(id, command, CommandContext::with_metadata(metadata))
-            .await
-    }
-
-    /// Carries out `command` on aggregate `id` within `context` (metadata and inbox entry).
-    pub async fn execute_with(
-        &self,
-        id: &str,
-        command: A::Command,
-        context: CommandContext,
-    ) -> Result<Executed<A>, CommandError<A::Error>>
-    where
-        A::Command: Clone,
-    {
+        let context = context.into();
         let stream_id = Self::stream_id(id)?;
         let mut attempt = 0;
         loop {
@@ -527,7 +554,7 @@ impl<A: Aggregate> Repository<A> {
     /// one commit appends to every aggregate touched (expecting the version it was loaded at)
     /// with every context's inbox entry. A version conflict reloads and decides the whole batch
     /// again. When the store says a message was handled already, the commands are carried out
-    /// one at a time instead ([`execute_with`](Repository::execute_with)), so each finds its
+    /// one at a time instead ([`execute`](Repository::execute)), so each finds its
     /// own answer. A refused command refuses the batch and writes nothing (a batched consumer
     /// then handles its messages one at a time, and the refused one goes its own way).
     ///
@@ -608,7 +635,7 @@ impl<A: Aggregate> Repository<A> {
                 }
                 decided.push(events);
             }
-            // As `execute_with`: an aggregate that decided nothing is still checked at its
+            // As `execute`: an aggregate that decided nothing is still checked at its
             // version when a message rides on it (its inbox entry commits a decision made on
             // that state), and left out otherwise.
             let mut checked = vec![false; distinct.len()];
@@ -665,7 +692,7 @@ impl<A: Aggregate> Repository<A> {
                     );
                     let mut executed = Vec::with_capacity(commands.len());
                     for (id, command, context) in commands {
-                        executed.push(self.execute_with(id.as_ref(), command, context).await?);
+                        executed.push(self.execute(id.as_ref(), command, context).await?);
                     }
                     return Ok(executed);
                 }
@@ -706,8 +733,8 @@ impl<A: Aggregate> Repository<A> {
     /// stock.execute("a", 5, Metadata::default()).await?;
     /// stock.execute("b", 1, Metadata::default()).await?;
     /// // Take 2 of `a` and 2 of `b` together, or neither.
-    /// let a = stock.decide("a", -2, &Metadata::default()).await?;
-    /// let b = stock.decide("b", -2, &Metadata::default()).await?;
+    /// let a = stock.decide("a", -2, Metadata::default()).await?;
+    /// let b = stock.decide("b", -2, Metadata::default()).await?;
     /// assert!(!a.is_rejected() && b.is_rejected());
     /// if !b.is_rejected() {
     ///     store.commit(UnitOfWork::new().append(a.append).append(b.append)).await?;
@@ -718,11 +745,11 @@ impl<A: Aggregate> Repository<A> {
         &self,
         id: &str,
         command: A::Command,
-        metadata: &Metadata,
+        metadata: Metadata,
     ) -> Result<Decision<A>> {
         let stream_id = Self::stream_id(id)?;
         let loaded = self.load_stream(&stream_id).await?;
-        Self::decide_on(stream_id, loaded, command, metadata)
+        Self::decide_on(stream_id, loaded, command, &metadata)
     }
 
     /// [`decide`](Repository::decide) for several aggregates of one unit of work, loaded
@@ -753,7 +780,7 @@ impl<A: Aggregate> Repository<A> {
     /// let stock = Repository::<Stock>::new(store.clone()).with_cache(1_000);
     /// stock.execute("a", 5, Metadata::default()).await?;
     /// stock.execute("b", 3, Metadata::default()).await?;
-    /// let decisions = stock.decide_many(vec![("a", -2), ("b", -2)], &Metadata::default()).await?;
+    /// let decisions = stock.decide_many(vec![("a", -2), ("b", -2)], Metadata::default()).await?;
     /// assert!(decisions.iter().all(|d| !d.is_rejected()));
     /// let unit = decisions.iter().fold(UnitOfWork::new(), |unit, d| unit.append(d.append.clone()));
     /// store.commit(unit).await?;
@@ -766,14 +793,14 @@ impl<A: Aggregate> Repository<A> {
     pub async fn decide_many<S: AsRef<str>>(
         &self,
         commands: Vec<(S, A::Command)>,
-        metadata: &Metadata,
+        metadata: Metadata,
     ) -> Result<Vec<Decision<A>>> {
         let ids: Vec<&str> = commands.iter().map(|(id, _)| id.as_ref()).collect();
         let loaded = self.load_many(&ids).await?;
         let mut decisions = Vec::with_capacity(loaded.len());
         for ((id, command), loaded) in commands.into_iter().zip(loaded) {
             let stream_id = Self::stream_id(id.as_ref())?;
-            decisions.push(Self::decide_on(stream_id, loaded, command, metadata)?);
+            decisions.push(Self::decide_on(stream_id, loaded, command, &metadata)?);
         }
         Ok(decisions)
     }
@@ -803,7 +830,7 @@ impl<A: Aggregate> Repository<A> {
 
     /// After `decision`'s append committed (in a unit of work of the caller's): the state with
     /// its events applied at the new version, and a snapshot saved when one is due, as
-    /// [`execute_with`](Repository::execute_with) does after its own commits.
+    /// [`execute`](Repository::execute) does after its own commits.
     pub async fn committed(&self, decision: Decision<A>) -> Loaded<A> {
         let Decision {
             append,

@@ -157,7 +157,7 @@ async fn a_batch_holding_a_handled_message_is_carried_out_one_at_a_time() {
     let counters = Repository::<Counter>::new(store.clone());
     let (old, new) = (message(1), message(2));
     counters
-        .execute_with("a", 5, CommandContext::caused_by(&old, "c"))
+        .execute("a", 5, CommandContext::caused_by(&old, "c"))
         .await
         .unwrap();
     let done = counters
@@ -346,7 +346,7 @@ impl MessageHandler for CountingConsumer {
     async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
         let (id, by, context) = self.command(message)?;
         self.counters
-            .execute_with(&id, by, context)
+            .execute(&id, by, context)
             .await
             .map_err(HandlerError::reject)?;
         Ok(())

@@ -336,12 +336,12 @@ async fn a_redelivered_message_is_handled_once_through_the_inbox() {
         .remove(0);
     let ctx = CommandContext::caused_by(&cause, "accounts");
     let first = accounts
-        .execute_with("a", AccountCommand::Deposit(5), ctx.clone())
+        .execute("a", AccountCommand::Deposit(5), ctx.clone())
         .await
         .unwrap();
     assert!(!first.already_handled);
     let second = accounts
-        .execute_with("a", AccountCommand::Deposit(5), ctx)
+        .execute("a", AccountCommand::Deposit(5), ctx)
         .await
         .unwrap();
     assert!(second.already_handled, "the second delivery is recognised");
@@ -422,18 +422,18 @@ async fn decisions_on_two_aggregates_commit_together_or_conflict() {
         .unwrap();
     let meta = Metadata::new_correlation();
     let withdraw = accounts
-        .decide("a", AccountCommand::Withdraw(4), &meta)
+        .decide("a", AccountCommand::Withdraw(4), meta.clone())
         .await
         .unwrap();
     let deposit = accounts
-        .decide("b", AccountCommand::Deposit(4), &meta)
+        .decide("b", AccountCommand::Deposit(4), meta.clone())
         .await
         .unwrap();
     assert_eq!(withdraw.version, 2);
     assert_eq!(withdraw.append.expected, ExpectedVersion::Exact(2));
     assert_eq!(withdraw.append.events[0].metadata, meta);
     let refused = accounts
-        .decide("b", AccountCommand::Withdraw(100), &meta)
+        .decide("b", AccountCommand::Withdraw(100), meta.clone())
         .await
         .unwrap();
     assert!(refused.is_rejected() && refused.append.events.is_empty());
@@ -458,11 +458,11 @@ async fn decisions_on_two_aggregates_commit_together_or_conflict() {
 
     // Decided again on fresh state, the pair commits as one.
     let withdraw = accounts
-        .decide("a", AccountCommand::Withdraw(4), &meta)
+        .decide("a", AccountCommand::Withdraw(4), meta.clone())
         .await
         .unwrap();
     let deposit = accounts
-        .decide("b", AccountCommand::Deposit(4), &meta)
+        .decide("b", AccountCommand::Deposit(4), meta.clone())
         .await
         .unwrap();
     store
@@ -491,7 +491,7 @@ async fn a_decision_committed_elsewhere_is_folded_and_snapshotted() {
         .await
         .unwrap();
     let decision = accounts
-        .decide("a", AccountCommand::Deposit(7), &Metadata::default())
+        .decide("a", AccountCommand::Deposit(7), Metadata::default())
         .await
         .unwrap();
     store
@@ -569,7 +569,7 @@ async fn a_cached_decision_reaches_the_cache_only_once_committed() {
         .unwrap();
     // A decision that is never committed leaves the cached state as it was.
     let abandoned = accounts
-        .decide("a", AccountCommand::Deposit(5), &Metadata::default())
+        .decide("a", AccountCommand::Deposit(5), Metadata::default())
         .await
         .unwrap();
     assert_eq!(abandoned.append.expected, ExpectedVersion::Exact(1));
@@ -578,7 +578,7 @@ async fn a_cached_decision_reaches_the_cache_only_once_committed() {
 
     // One committed in the caller's unit of work is folded into the cache by `committed`.
     let decision = accounts
-        .decide("a", AccountCommand::Deposit(7), &Metadata::default())
+        .decide("a", AccountCommand::Deposit(7), Metadata::default())
         .await
         .unwrap();
     store
@@ -587,7 +587,7 @@ async fn a_cached_decision_reaches_the_cache_only_once_committed() {
         .unwrap();
     accounts.committed(decision).await;
     let next = accounts
-        .decide("a", AccountCommand::Deposit(1), &Metadata::default())
+        .decide("a", AccountCommand::Deposit(1), Metadata::default())
         .await
         .unwrap();
     assert_eq!(next.append.expected, ExpectedVersion::Exact(2));

@@ -114,7 +114,7 @@ impl MessageHandler for AnalyticsHandler {
         let context = CommandContext::caused_by(message, self.consumer.clone());
         match self
             .activity
-            .execute_with(&order_id.to_string(), counted, context)
+            .execute(&order_id.to_string(), counted, context)
             .await
         {
             Ok(_) => Ok(()),

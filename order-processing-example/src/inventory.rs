@@ -526,7 +526,7 @@ impl InventoryHandler {
             .decide(
                 &order_id.to_string(),
                 (order_id, reservation_command),
-                &metadata,
+                metadata.clone(),
             )
             .await?;
         if reservation.append.events.is_empty() {
@@ -540,7 +540,7 @@ impl InventoryHandler {
                 .decide(
                     &item.product_id.to_string(),
                     product_command(order_id, item.quantity),
-                    &metadata,
+                    metadata.clone(),
                 )
                 .await?;
             if let Err(error) = product.outcome {
@@ -577,7 +577,7 @@ impl InventoryHandler {
             };
             let product = self
                 .products
-                .decide(&item.product_id.to_string(), command, metadata)
+                .decide(&item.product_id.to_string(), command, metadata.clone())
                 .await?;
             // A refusal writes no stock, but its append still expects the version it was
             // decided on, so a refusal on stale state is a conflict and is decided again.
@@ -614,7 +614,7 @@ impl InventoryHandler {
             .decide(
                 &order_id.to_string(),
                 (order_id, ReservationCommand::Decide(decision)),
-                metadata,
+                metadata.clone(),
             )
             .await?;
         // Decided meanwhile (a cancellation's tombstone, say): this reload saw it, so reserve

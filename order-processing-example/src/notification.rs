@@ -165,7 +165,7 @@ impl MessageHandler for NotificationHandler {
         let context = CommandContext::caused_by(message, self.consumer.clone());
         match self
             .notifications
-            .execute_with(&order_id.to_string(), notification, context)
+            .execute(&order_id.to_string(), notification, context)
             .await
         {
             Ok(_) => Ok(()),

@@ -350,7 +350,7 @@ impl MessageHandler for PaymentHandler {
         let context = CommandContext::caused_by(message, self.consumer.clone());
         match self
             .payments
-            .execute_with(&order_id.to_string(), command, context)
+            .execute(&order_id.to_string(), command, context)
             .await
         {
             Ok(executed) => {

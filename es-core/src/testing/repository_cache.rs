@@ -273,7 +273,7 @@ async fn load_many_reads_every_tail_in_one_call(store: Arc<Counting>) {
     let decisions = cached
         .decide_many(
             ids.iter().map(|id| (id.as_str(), ())).collect(),
-            &Metadata::default(),
+            Metadata::default(),
         )
         .await
         .unwrap();

@@ -260,16 +260,39 @@ impl System {
         body["orderId"].as_str().expect("orderId").to_owned()
     }
 
-    /// Waits until the order has reached a final status, and returns it.
+    /// Waits until the order has reached a final status, and returns it. When it does not, the
+    /// panic names the order's last status and the events of its stream, so that a failure
+    /// says how far the saga got.
     pub async fn settled(&self, order_id: &str) -> Value {
-        eventually(&format!("order {order_id} to settle"), || async {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut last = Value::Null;
+        while tokio::time::Instant::now() < deadline {
             let (status, order) = self
                 .get(ServiceKind::Order, &format!("/api/orders/{order_id}"))
                 .await;
-            (status == 200 && matches!(order["status"].as_str(), Some("Confirmed" | "Cancelled")))
-                .then_some(order)
-        })
-        .await
+            if status == 200 && matches!(order["status"].as_str(), Some("Confirmed" | "Cancelled"))
+            {
+                return order;
+            }
+            last = order;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let (_, events) = self
+            .get(
+                ServiceKind::Order,
+                &format!("/api/orders/{order_id}/events"),
+            )
+            .await;
+        let kinds: Vec<&str> = events
+            .as_array()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter_map(|event| event["eventType"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        panic!("timed out waiting for order {order_id} to settle: last seen {last}; its events {kinds:?}");
     }
 
     pub async fn product(&self, id: &str) -> Value {
@@ -329,12 +352,15 @@ pub fn money(value: &Value) -> Decimal {
 
 /// Polls `check` until it yields, for at most 60 s (twice the default order timeout: a busy
 /// machine running many test systems at once is slow, never wrong).
+/// How long a test waits for the system to reach what it expects.
+pub const PATIENCE: Duration = Duration::from_secs(150);
+
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         if let Some(value) = check().await {
             return value;

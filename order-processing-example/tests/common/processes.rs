@@ -22,9 +22,24 @@ pub fn spawn_service(kind: ServiceKind, settings: &Settings, port: u16) -> Child
     if settings.queue_expires.is_none() {
         command.args(["--amqp-queue-expires", "120s"]);
     }
+    // With `TEST_SERVICE_LOGS=<folder>` each process writes its log there (at `RUST_LOG`'s
+    // level, `info` by default), to read after a failure that the test's output alone does not
+    // explain.
+    let log = match std::env::var_os("TEST_SERVICE_LOGS") {
+        Some(folder) => {
+            std::fs::create_dir_all(&folder).expect("the log folder");
+            let path = std::path::Path::new(&folder).join(format!("{}-{port}.log", kind.name()));
+            let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+            command.env("RUST_LOG", level);
+            Stdio::from(std::fs::File::create(path).expect("a log file"))
+        }
+        None => {
+            command.env("RUST_LOG", "warn");
+            Stdio::null()
+        }
+    };
     command
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(log)
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
