@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use es_benches::{order_placed, table, Plan, Row};
 use es_core::memory::MemoryEventStore;
 use es_core::{
-    async_trait, EventBus, EventStore, ExpectedVersion, HandlerError, MessageHandler, Metadata,
-    NewEvent, RecordedEvent, Relay, StreamId, Subscription,
+    async_trait, Consumer, EventBus, EventStore, ExpectedVersion, HandlerError, MessageHandler,
+    Metadata, NewEvent, RecordedEvent, Relay, StreamId,
 };
 use es_rabbitmq::{wire, AmqpConfig, AmqpEventBus, Topology};
 use futures_util::StreamExt;
@@ -268,7 +268,7 @@ async fn main() {
         let start = Instant::now();
         let handle = bus
             .subscribe(
-                Subscription::new(&queue, ["#"]).with_prefetch(WINDOW as u16),
+                Consumer::new(&queue, ["#"]).with_prefetch(WINDOW as u16),
                 counter.clone(),
             )
             .await
@@ -306,7 +306,7 @@ async fn main() {
         let counter = Arc::new(Count(AtomicU64::new(0)));
         let handle = bus
             .subscribe(
-                Subscription::new(&queue, ["#"]).with_prefetch(WINDOW as u16),
+                Consumer::new(&queue, ["#"]).with_prefetch(WINDOW as u16),
                 counter.clone(),
             )
             .await

@@ -95,7 +95,7 @@ pub trait MessageHandler: Send + Sync {
     async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError>;
 
     /// Handles several messages at once: the bus calls it, for a subscription
-    /// [`with_batch`](Subscription::with_batch) above 1, with the messages already delivered
+    /// [`with_batch`](Consumer::with_batch) above 1, with the messages already delivered
     /// (up to the batch size, never waiting for more), and acks them all after it returned
     /// `Ok`. Commit their effects in one unit of work, with one inbox entry per message
     /// ([`UnitOfWork::handled`](crate::UnitOfWork::handled)), so that under load a consumer
@@ -159,9 +159,13 @@ impl RetryPolicy {
     }
 }
 
-/// A named consumer's subscription: its queue name, the routing keys it binds, how it retries.
+/// A named consumer of the bus: its queue name, the routing keys it binds, how it retries, and
+/// how many messages it takes at once. [`EventBus::subscribe`] starts it.
+///
+/// (Not to be confused with the store's [`EventSubscription`](crate::EventSubscription), a
+/// stream of the log itself.)
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Subscription {
+pub struct Consumer {
     /// The consumer's name; its queue is named after it. Instances with the same name share the
     /// work (competing consumers).
     pub consumer: String,
@@ -178,14 +182,14 @@ pub struct Subscription {
     pub retry: RetryPolicy,
 }
 
-impl Subscription {
+impl Consumer {
     /// A subscription of `consumer` to `routing_keys` with default prefetch and retries.
     pub fn new<I, S>(consumer: impl Into<String>, routing_keys: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Subscription {
+        Consumer {
             consumer: consumer.into(),
             routing_keys: routing_keys.into_iter().map(Into::into).collect(),
             prefetch: 32,
@@ -275,6 +279,10 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
     go(&p, &k)
 }
 
+/// The former name of [`Consumer`].
+#[deprecated(since = "0.2.0", note = "renamed to `Consumer`")]
+pub type Subscription = Consumer;
+
 /// A consumer running in the background.
 #[derive(Debug)]
 pub struct ConsumerHandle {
@@ -340,7 +348,7 @@ pub trait DeadLetterQueue: Send + Sync + fmt::Debug {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> es_core::Result<()> {
 /// use std::sync::Arc;
-/// use es_core::bus::{HandlerError, MessageHandler, RetryPolicy, Subscription};
+/// use es_core::bus::{HandlerError, MessageHandler, RetryPolicy, Consumer};
 /// use es_core::memory::{MemoryEventBus, MemoryEventStore};
 /// use es_core::{EventBus, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamFilter, StreamId};
 /// use tokio::sync::mpsc;
@@ -357,7 +365,7 @@ pub trait DeadLetterQueue: Send + Sync + fmt::Debug {
 /// let (tx, mut rx) = mpsc::unbounded_channel();
 /// // Routing keys are `{category}.{event}`: `OrderPlaced` in `order-1` routes as `order.placed`.
 /// // Instances subscribing the same consumer name share its queue (competing consumers).
-/// let subscription = Subscription::new("shipping", ["order.placed"])
+/// let subscription = Consumer::new("shipping", ["order.placed"])
 ///     .with_retry(RetryPolicy { max_attempts: 5, ..RetryPolicy::default() });
 /// let consumer = bus.subscribe(subscription, Arc::new(Forward(tx))).await?;
 ///
@@ -382,7 +390,7 @@ pub trait EventBus: Send + Sync + fmt::Debug {
     /// [`HandlerError::Reject`] or when the retries are used up.
     async fn subscribe(
         &self,
-        subscription: Subscription,
+        subscription: Consumer,
         handler: Arc<dyn MessageHandler>,
     ) -> Result<ConsumerHandle>;
 }

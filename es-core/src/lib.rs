@@ -19,6 +19,7 @@ pub mod housekeeping;
 pub mod idempotency;
 pub mod lease;
 pub mod memory;
+pub mod polling;
 pub mod projection;
 pub mod relay;
 mod repository;
@@ -27,7 +28,6 @@ mod shared;
 mod snapshot;
 mod store;
 mod stream;
-pub mod subscription;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -36,7 +36,7 @@ pub mod testing;
 pub use aggregate::Aggregate;
 pub use aggregate_cache::AggregateCacheStats;
 pub use backoff::Backoff;
-pub use bus::{DeadLetter, DeadLetterQueue, EventBus, HandlerError, MessageHandler, Subscription};
+pub use bus::{Consumer, DeadLetter, DeadLetterQueue, EventBus, HandlerError, MessageHandler};
 pub use cache::{Cache, CacheExt};
 pub use error::{BoxError, Error, Result};
 pub use event::{

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::bus::{ConsumerHandle, EventBus, MessageHandler, Subscription};
+use crate::bus::{Consumer, ConsumerHandle, EventBus, MessageHandler};
 use crate::error::Result;
 use crate::event::{Metadata, NewEvent, RecordedEvent};
 use crate::lease::LeaseStore;
@@ -200,7 +200,7 @@ impl<T: EventBus + ?Sized> EventBus for Arc<T> {
 
     async fn subscribe(
         &self,
-        subscription: Subscription,
+        subscription: Consumer,
         handler: Arc<dyn MessageHandler>,
     ) -> Result<ConsumerHandle> {
         (**self).subscribe(subscription, handler).await

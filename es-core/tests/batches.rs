@@ -12,10 +12,10 @@ use es_core::bus::RetryPolicy;
 use es_core::memory::{MemoryEventBus, MemoryEventStore};
 use es_core::{
     async_trait, Aggregate, CommandContext, CommandDispatcher, CommandError, CommitOutcome,
-    DeadLetterQueue, DispatchError, DomainEvent, Envelope, EventBus, EventStore, EventSubscription,
-    HandlerError, InboxEntry, MessageHandler, Metadata, Page, Position, RecordedEvent, Repository,
-    Result, Saga, SagaDecision, SagaRunner, SagaStore, StreamFilter, StreamId, Subscription,
-    UnitOfWork,
+    Consumer, DeadLetterQueue, DispatchError, DomainEvent, Envelope, EventBus, EventStore,
+    EventSubscription, HandlerError, InboxEntry, MessageHandler, Metadata, Page, Position,
+    RecordedEvent, Repository, Result, Saga, SagaDecision, SagaRunner, SagaStore, StreamFilter,
+    StreamId, UnitOfWork,
 };
 use serde::{Deserialize, Serialize};
 
@@ -382,7 +382,7 @@ async fn a_backlog_commits_in_batches_and_a_poison_message_is_dead_lettered_alon
         poison: messages[17].event_id,
         batches: Mutex::default(),
     });
-    let subscription = Subscription::new("counting", ["source.#"])
+    let subscription = Consumer::new("counting", ["source.#"])
         .with_batch(16)
         .with_retry(RetryPolicy {
             max_attempts: 2,

@@ -9,8 +9,8 @@ use es_core::bus::RetryPolicy;
 use es_core::memory::{MemoryEventBus, MemoryEventStore};
 use es_core::testing::sample_event;
 use es_core::{
-    DeadLetterQueue, EventBus, EventStore, ExpectedVersion, HandlerError, MessageHandler,
-    RecordedEvent, StreamId, Subscription,
+    Consumer, DeadLetterQueue, EventBus, EventStore, ExpectedVersion, HandlerError, MessageHandler,
+    RecordedEvent, StreamId,
 };
 use uuid::Uuid;
 
@@ -54,7 +54,7 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_consumer_keep
     let handler = Arc::new(Panicky::default());
     let prefetch = 2u16;
     let max_attempts = 3;
-    let subscription = Subscription::new("panicky", ["order.#"])
+    let subscription = Consumer::new("panicky", ["order.#"])
         .with_prefetch(prefetch)
         .with_retry(RetryPolicy {
             max_attempts,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use es_core::memory::{MemoryEventBus, MemoryEventStore};
 use es_core::testing::{sample_event, unique_category, FaultyBus, RecordingHandler};
-use es_core::{EventBus, EventStore, ExpectedVersion, NewEvent, Relay, StreamId, Subscription};
+use es_core::{Consumer, EventBus, EventStore, ExpectedVersion, NewEvent, Relay, StreamId};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -58,8 +58,7 @@ async fn buses(category: &str) -> (Arc<FaultyBus>, Arc<RecordingHandler>) {
     let _handle = memory
         .subscribe(
             // One message at a time, so that the order handled is the order published.
-            Subscription::new(unique_category("consumer"), [format!("{category}.#")])
-                .with_prefetch(1),
+            Consumer::new(unique_category("consumer"), [format!("{category}.#")]).with_prefetch(1),
             consumer.clone(),
         )
         .await

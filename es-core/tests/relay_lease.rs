@@ -10,8 +10,8 @@ use es_core::bus::ConsumerHandle;
 use es_core::memory::{MemoryEventBus, MemoryEventStore, MemoryLeaseStore};
 use es_core::testing::sample_event;
 use es_core::{
-    async_trait, EventBus, EventStore, ExpectedVersion, HandlerError, LeaseStore, MessageHandler,
-    Position, RecordedEvent, Relay, StreamFilter, StreamId, Subscription,
+    async_trait, Consumer, EventBus, EventStore, ExpectedVersion, HandlerError, LeaseStore,
+    MessageHandler, Position, RecordedEvent, Relay, StreamFilter, StreamId,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -51,7 +51,7 @@ impl EventBus for InstanceBus {
 
     async fn subscribe(
         &self,
-        subscription: Subscription,
+        subscription: Consumer,
         handler: Arc<dyn MessageHandler>,
     ) -> es_core::Result<ConsumerHandle> {
         self.bus.subscribe(subscription, handler).await
@@ -155,7 +155,7 @@ async fn cluster() -> Cluster {
     let leases = MemoryLeaseStore::new();
     let sink = Arc::new(Sink::default());
     let consumer = bus
-        .subscribe(Subscription::new("sink", ["leased.#"]), sink.clone())
+        .subscribe(Consumer::new("sink", ["leased.#"]), sink.clone())
         .await
         .unwrap();
     let buses = [InstanceBus::new(&bus), InstanceBus::new(&bus)];

@@ -11,9 +11,9 @@ use es_core::bus::RetryPolicy;
 use es_core::memory::{MemoryEventBus, MemoryEventStore};
 use es_core::saga::SagaOutcome;
 use es_core::{
-    CommandDispatcher, CommandError, DeadLetterQueue, DispatchError, DomainEvent, Envelope, Error,
-    EventBus, EventStore, ExpectedVersion, HandlerError, MessageHandler, Metadata, NewEvent,
-    RecordedEvent, Saga, SagaDecision, SagaRunner, SagaStore, StreamId, Subscription,
+    CommandDispatcher, CommandError, Consumer, DeadLetterQueue, DispatchError, DomainEvent,
+    Envelope, Error, EventBus, EventStore, ExpectedVersion, HandlerError, MessageHandler, Metadata,
+    NewEvent, RecordedEvent, Saga, SagaDecision, SagaRunner, SagaStore, StreamId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -234,7 +234,7 @@ async fn a_saga_event_whose_dispatch_fails_transiently_twice_is_retried_and_hand
     let bus = MemoryEventBus::new();
     let dispatcher = Arc::new(Dispatcher::failing("o1", Fault::Unavailable(2)));
     let saga = runner::<CheckoutA>(&store, &dispatcher, chrono::Duration::hours(1));
-    let subscription = Subscription::new("checkout", ["flow.#"]).with_retry(RetryPolicy {
+    let subscription = Consumer::new("checkout", ["flow.#"]).with_retry(RetryPolicy {
         max_attempts: 5,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(40),

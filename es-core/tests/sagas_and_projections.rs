@@ -9,10 +9,10 @@ use es_core::memory::{MemoryEventBus, MemoryEventStore};
 use es_core::saga::SagaOutcome;
 use es_core::testing::{envelope, SagaTest};
 use es_core::{
-    BoxError, CommandDispatcher, DispatchError, DomainEvent, Envelope, EventBus, EventStore,
-    ExpectedVersion, InlineProjection, MessageHandler, Metadata, NewEvent, Projection,
+    BoxError, CommandDispatcher, Consumer, DispatchError, DomainEvent, Envelope, EventBus,
+    EventStore, ExpectedVersion, InlineProjection, MessageHandler, Metadata, NewEvent, Projection,
     ProjectionRunner, RecordedEvent, Relay, Saga, SagaDecision, SagaRunner, SagaStore,
-    StreamFilter, StreamId, Subscription,
+    StreamFilter, StreamId,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -401,7 +401,7 @@ async fn the_relay_publishes_every_committed_event_once_and_resumes_from_its_che
     let sink = Arc::new(Collect(Mutex::default()));
     let consumer = bus
         .subscribe(
-            Subscription::new("sink", ["flow.#"]).with_prefetch(1),
+            Consumer::new("sink", ["flow.#"]).with_prefetch(1),
             sink.clone(),
         )
         .await

@@ -9,8 +9,8 @@ use es_core::bus::RetryPolicy;
 use es_core::memory::{MemoryEventBus, MemoryEventStore};
 use es_core::telemetry;
 use es_core::{
-    BoxError, DeadLetterQueue, EventBus, EventStore, ExpectedVersion, HandlerError, MessageHandler,
-    NewEvent, Projection, ProjectionRunner, RecordedEvent, Relay, StreamId, Subscription,
+    BoxError, Consumer, DeadLetterQueue, EventBus, EventStore, ExpectedVersion, HandlerError,
+    MessageHandler, NewEvent, Projection, ProjectionRunner, RecordedEvent, Relay, StreamId,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -119,14 +119,14 @@ async fn the_memory_bus_counts_handled_retried_and_dead_lettered_messages_per_co
     });
     let a = bus
         .subscribe(
-            Subscription::new("telemetry-mixed", ["order.#"]).with_retry(retry),
+            Consumer::new("telemetry-mixed", ["order.#"]).with_retry(retry),
             mixed,
         )
         .await
         .unwrap();
     let b = bus
         .subscribe(
-            Subscription::new("telemetry-accepting", ["order.#"]),
+            Consumer::new("telemetry-accepting", ["order.#"]),
             Arc::new(Accepting),
         )
         .await

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use es_core::subscription::{poll_subscription, PollConfig};
+use es_core::polling::{poll_subscription, PollConfig};
 use es_core::{
     AppendResult, Backoff, BoxError, CommitOutcome, Error, EventStore, EventSubscription,
     ExpectedVersion, Metadata, NewEvent, Page, Position, RecordedEvent, ReplayedEvent, Result,

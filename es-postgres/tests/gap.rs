@@ -309,12 +309,12 @@ async fn a_short_page_with_newer_events_held_back_behind_it_has_not_reached_the_
 
     // A subscription that took that page for the head would wait for a wake-up that the
     // blocker's end never sends (it wrote no event): the poll interval, far beyond this test.
-    let subscription_config = es_core::subscription::PollConfig {
+    let subscription_config = es_core::polling::PollConfig {
         page_size: 10,
         poll_interval: Duration::from_secs(30),
         ..Default::default()
     };
-    let mut subscription = es_core::subscription::poll_subscription(
+    let mut subscription = es_core::polling::poll_subscription(
         Arc::new(store.clone()),
         StreamFilter::All,
         Position::START,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use es_core::subscription::{poll_subscription, PollConfig};
+use es_core::polling::{poll_subscription, PollConfig};
 use es_core::testing::sample_event;
 use es_core::{
     async_trait, CommitOutcome, EventStore, EventSubscription, ExpectedVersion, Page, Position,

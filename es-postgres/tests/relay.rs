@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use es_core::memory::MemoryEventBus;
 use es_core::testing::{unique_category, FaultyBus, RecordingHandler};
-use es_core::{EventBus, EventStore, ExpectedVersion, NewEvent, Relay, StreamId, Subscription};
+use es_core::{Consumer, EventBus, EventStore, ExpectedVersion, NewEvent, Relay, StreamId};
 use es_postgres::{PgConfig, PgEventStore};
 use tokio::sync::oneshot;
 
@@ -67,7 +67,7 @@ async fn a_relay_waiting_for_the_bus_holds_no_query_open_and_publishes_everythin
     let consumer = RecordingHandler::new();
     let _consuming = memory
         .subscribe(
-            Subscription::new(unique_category("consumer"), [format!("{category}.#")]),
+            Consumer::new(unique_category("consumer"), [format!("{category}.#")]),
             consumer.clone(),
         )
         .await
@@ -142,7 +142,7 @@ async fn a_poison_event_is_parked_in_postgres_and_the_relay_goes_on() {
     let consumer = RecordingHandler::new();
     let _consuming = memory
         .subscribe(
-            Subscription::new(unique_category("consumer"), [format!("{category}.#")]),
+            Consumer::new(unique_category("consumer"), [format!("{category}.#")]),
             consumer.clone(),
         )
         .await

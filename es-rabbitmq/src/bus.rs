@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use es_core::bus::{ConsumerHandle, DeadLetter, HandlerError, MessageHandler, Subscription};
+use es_core::bus::{Consumer, ConsumerHandle, DeadLetter, HandlerError, MessageHandler};
 use es_core::relay::Unset;
 use es_core::telemetry::ConsumerMetrics;
 use es_core::{
@@ -22,7 +22,7 @@ use lapin::options::{
 };
 use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Consumer};
+use lapin::{BasicProperties, Channel, Consumer as Deliveries};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -101,7 +101,7 @@ impl AmqpEventBus {
     /// [`Topology::with_queue`](crate::Topology::with_queue)).
     pub fn subscribe_in_background(
         &self,
-        subscription: Subscription,
+        subscription: Consumer,
         handler: Arc<dyn MessageHandler>,
     ) -> Result<ConsumerHandle> {
         if subscription.consumer.is_empty() {
@@ -114,9 +114,9 @@ impl AmqpEventBus {
 
     fn spawn_consumer(
         &self,
-        subscription: Subscription,
+        subscription: Consumer,
         handler: Arc<dyn MessageHandler>,
-        first: Option<(Channel, Consumer)>,
+        first: Option<(Channel, Deliveries)>,
     ) -> ConsumerHandle {
         let stop = CancellationToken::new();
         let task = tokio::spawn(run_consumer(
@@ -274,7 +274,7 @@ impl EventBus for AmqpEventBus {
     /// reconnects by itself whenever the connection is lost.
     async fn subscribe(
         &self,
-        subscription: Subscription,
+        subscription: Consumer,
         handler: Arc<dyn MessageHandler>,
     ) -> Result<ConsumerHandle> {
         if subscription.consumer.is_empty() {
@@ -288,7 +288,7 @@ impl EventBus for AmqpEventBus {
 }
 
 /// Opens a channel, declares the consumer's queues, sets the prefetch and starts consuming.
-async fn open_consumer(inner: &Inner, subscription: &Subscription) -> Result<(Channel, Consumer)> {
+async fn open_consumer(inner: &Inner, subscription: &Consumer) -> Result<(Channel, Deliveries)> {
     let connection = inner.connector.connection().await?;
     let channel = connection.create_channel().await.map_err(amqp_error)?;
     let topology = &inner.config.topology;
@@ -332,9 +332,9 @@ enum Ended {
 
 async fn run_consumer(
     inner: Arc<Inner>,
-    subscription: Subscription,
+    subscription: Consumer,
     handler: Arc<dyn MessageHandler>,
-    first: Option<(Channel, Consumer)>,
+    first: Option<(Channel, Deliveries)>,
     // Never cancelled when the handle was dropped: the consumer then runs on, detached.
     stop: CancellationToken,
 ) {
@@ -389,7 +389,7 @@ async fn run_consumer(
 /// is lost.
 async fn consume(
     context: Arc<DeliveryContext>,
-    mut consumer: Consumer,
+    mut consumer: Deliveries,
     stop: &CancellationToken,
 ) -> Ended {
     let mut in_flight = JoinSet::new();
@@ -462,7 +462,7 @@ async fn consume(
 
 struct DeliveryContext {
     inner: Arc<Inner>,
-    subscription: Subscription,
+    subscription: Consumer,
     handler: Arc<dyn MessageHandler>,
     channel: Channel,
     metrics: ConsumerMetrics,

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use es_core::bus::{RetryPolicy, Subscription};
+use es_core::bus::{Consumer, RetryPolicy};
 use es_core::testing::{HandlerBehaviour, RecordingHandler};
 use es_core::{DeadLetterQueue, Error, EventBus};
 use es_rabbitmq::{AmqpConfig, AmqpEventBus, Unroutable};
@@ -31,7 +31,7 @@ async fn five_thousand_messages_are_all_confirmed_and_consumed() {
     let recorder = RecordingHandler::new();
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.#")]).with_prefetch(256),
+            Consumer::new(&consumer, [format!("{category}.#")]).with_prefetch(256),
             recorder.clone(),
         )
         .await
@@ -68,7 +68,7 @@ async fn a_poison_message_goes_to_the_dead_letter_queue_while_good_messages_keep
     let recorder = RecordingHandler::new();
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.placed")]),
+            Consumer::new(&consumer, [format!("{category}.placed")]),
             recorder.clone(),
         )
         .await
@@ -126,7 +126,7 @@ async fn a_handler_failing_twice_then_succeeding_is_handled_and_acked_once() {
     recorder.set(flaky.event_id, HandlerBehaviour::FailFirst(2));
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.placed")]).with_retry(fast_retry(5)),
+            Consumer::new(&consumer, [format!("{category}.placed")]).with_retry(fast_retry(5)),
             recorder.clone(),
         )
         .await
@@ -168,7 +168,7 @@ async fn a_handler_always_failing_sends_the_message_to_the_dead_letter_queue_aft
     recorder.set(doomed.event_id, HandlerBehaviour::AlwaysFail);
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.placed")]).with_retry(fast_retry(4)),
+            Consumer::new(&consumer, [format!("{category}.placed")]).with_retry(fast_retry(4)),
             recorder.clone(),
         )
         .await
@@ -210,7 +210,7 @@ async fn two_competing_consumers_handle_each_message_once_in_all() {
         RecordingHandler::with_delay(Duration::from_millis(1)),
         RecordingHandler::with_delay(Duration::from_millis(1)),
     );
-    let subscription = Subscription::new(&consumer, [format!("{category}.*")]).with_prefetch(8);
+    let subscription = Consumer::new(&consumer, [format!("{category}.*")]).with_prefetch(8);
     let ha = first
         .subscribe(subscription.clone(), a.clone())
         .await
@@ -254,7 +254,7 @@ async fn an_event_no_queue_binds_fails_the_publish_by_default() {
     let consumer = common::unique("unroutable");
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.placed")]),
+            Consumer::new(&consumer, [format!("{category}.placed")]),
             RecordingHandler::new(),
         )
         .await
@@ -307,7 +307,7 @@ async fn an_unreachable_broker_is_a_typed_unavailable_error() {
     let error = lazy.publish(&[event]).await.expect_err("no broker");
     assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
     let error = lazy
-        .subscribe(Subscription::new("nobody", ["#"]), RecordingHandler::new())
+        .subscribe(Consumer::new("nobody", ["#"]), RecordingHandler::new())
         .await
         .expect_err("no broker");
     assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
@@ -331,7 +331,7 @@ async fn a_node_that_does_not_answer_is_skipped_for_the_next_one() {
     let recorder = RecordingHandler::new();
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.#")]),
+            Consumer::new(&consumer, [format!("{category}.#")]),
             recorder.clone(),
         )
         .await
@@ -437,7 +437,7 @@ async fn a_panicking_handler_does_not_stop_the_consumer() {
     let good = common::event(&category, "Placed", 2);
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.placed")]).with_retry(fast_retry(2)),
+            Consumer::new(&consumer, [format!("{category}.placed")]).with_retry(fast_retry(2)),
             Arc::new(Panicky(recorder.clone(), bad.event_id)),
         )
         .await
@@ -531,7 +531,7 @@ async fn a_batch_larger_than_the_pipeline_is_confirmed_in_full() {
     let recorder = RecordingHandler::new();
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.#")]).with_prefetch(64),
+            Consumer::new(&consumer, [format!("{category}.#")]).with_prefetch(64),
             recorder.clone(),
         )
         .await
@@ -557,7 +557,7 @@ async fn a_deleted_dead_letter_queue_is_declared_again_when_needed() {
     recorder.set(doomed.event_id, HandlerBehaviour::AlwaysFail);
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.#")]).with_retry(fast_retry(1)),
+            Consumer::new(&consumer, [format!("{category}.#")]).with_retry(fast_retry(1)),
             recorder.clone(),
         )
         .await
@@ -593,7 +593,7 @@ async fn a_background_consumer_waits_for_the_broker_and_stops_on_request() {
             }),
     );
     let waiting = down
-        .subscribe_in_background(Subscription::new("nobody", ["#"]), RecordingHandler::new())
+        .subscribe_in_background(Consumer::new("nobody", ["#"]), RecordingHandler::new())
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "it keeps trying");
@@ -613,7 +613,7 @@ async fn a_background_consumer_waits_for_the_broker_and_stops_on_request() {
     let recorder = RecordingHandler::new();
     let handle = bus
         .subscribe_in_background(
-            Subscription::new(&consumer, [format!("{category}.#")]),
+            Consumer::new(&consumer, [format!("{category}.#")]),
             recorder.clone(),
         )
         .unwrap();
@@ -646,7 +646,7 @@ async fn requeue_without_a_limit_stops_at_what_the_dead_letter_queue_held_at_the
     let handler = Arc::new(AlwaysReject(Default::default()));
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.placed")]),
+            Consumer::new(&consumer, [format!("{category}.placed")]),
             handler.clone(),
         )
         .await

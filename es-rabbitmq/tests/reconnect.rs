@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
-use es_core::bus::Subscription;
+use es_core::bus::Consumer;
 use es_core::testing::RecordingHandler;
 use es_core::EventBus;
 use uuid::Uuid;
@@ -51,7 +51,7 @@ async fn the_bus_reconnects_after_the_broker_closes_its_connection_and_loses_not
     let recorder = RecordingHandler::with_delay(Duration::from_millis(50));
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.#")]).with_prefetch(2),
+            Consumer::new(&consumer, [format!("{category}.#")]).with_prefetch(2),
             recorder.clone(),
         )
         .await
@@ -174,7 +174,7 @@ async fn a_publish_cut_off_by_a_lost_connection_is_reported_failed_never_sent() 
     let recorder = RecordingHandler::new();
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.#")]).with_prefetch(256),
+            Consumer::new(&consumer, [format!("{category}.#")]).with_prefetch(256),
             recorder.clone(),
         )
         .await

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use es_core::bus::{HandlerError, MessageHandler, Subscription};
+use es_core::bus::{Consumer, HandlerError, MessageHandler};
 use es_core::memory::MemoryEventStore;
 use es_core::testing::sample_event;
 use es_core::{
@@ -88,7 +88,7 @@ async fn a_relay_killed_between_publish_and_checkpoint_loses_nothing_and_the_inb
     });
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer_name, [format!("{category}.#")]),
+            Consumer::new(&consumer_name, [format!("{category}.#")]),
             consumer.clone(),
         )
         .await
@@ -160,7 +160,7 @@ async fn a_running_relay_aborted_again_and_again_delivers_every_event() {
     });
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer_name, [format!("{category}.#")]),
+            Consumer::new(&consumer_name, [format!("{category}.#")]),
             consumer.clone(),
         )
         .await
@@ -233,7 +233,7 @@ async fn events_the_wire_cannot_carry_are_parked_and_the_relay_goes_on() {
     let consumer = es_core::testing::RecordingHandler::new();
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer_name, [format!("{category}.#")]),
+            Consumer::new(&consumer_name, [format!("{category}.#")]),
             consumer.clone(),
         )
         .await

@@ -7,7 +7,7 @@ mod common;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use es_core::bus::{RetryPolicy, Subscription};
+use es_core::bus::{Consumer, RetryPolicy};
 use es_core::telemetry;
 use es_core::testing::{HandlerBehaviour, RecordingHandler};
 use es_core::EventBus;
@@ -54,7 +54,7 @@ async fn the_consumer_counts_handled_retried_and_dead_lettered_messages() {
     };
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.#")]).with_retry(retry),
+            Consumer::new(&consumer, [format!("{category}.#")]).with_retry(retry),
             handler.clone(),
         )
         .await

@@ -109,8 +109,7 @@ impl Background {
         handler: Arc<dyn MessageHandler>,
         batch: u16,
     ) -> es_core::Result<()> {
-        let subscription =
-            es_core::Subscription::new(consumer.clone(), routing_keys).with_batch(batch);
+        let subscription = es_core::Consumer::new(consumer.clone(), routing_keys).with_batch(batch);
         let handler = crate::events::Traced::new(consumer.clone(), handler);
         match bus.subscribe(subscription.clone(), handler.clone()).await {
             Ok(handle) => self.consumers.push(handle),
@@ -215,7 +214,7 @@ impl Background {
 /// the retries, or the consumer once it runs.
 fn subscribe_later(
     bus: Arc<dyn EventBus>,
-    subscription: es_core::Subscription,
+    subscription: es_core::Consumer,
     handler: Arc<dyn MessageHandler>,
 ) -> ConsumerHandle {
     let stop = CancellationToken::new();

@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::processes::*;
 use common::*;
 use es_core::testing::{HandlerBehaviour, RecordingHandler};
-use es_core::{RecordedEvent, StreamId, Subscription};
+use es_core::{Consumer, RecordedEvent, StreamId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
@@ -260,7 +260,7 @@ async fn a_dead_letter_requeued_by_the_dlq_command_is_handled_once() {
     rejecting.set(dropped.event_id, HandlerBehaviour::Reject);
     let consumer = bus
         .subscribe(
-            Subscription::new(queue.clone(), ["order.placed"]),
+            Consumer::new(queue.clone(), ["order.placed"]),
             rejecting.clone(),
         )
         .await

@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{
-    default_routing_key, topic_matches, ConsumerHandle, DeadLetter, DeadLetterQueue, EventBus,
-    HandlerError, MessageHandler, Router, Subscription,
+    default_routing_key, topic_matches, Consumer, ConsumerHandle, DeadLetter, DeadLetterQueue,
+    EventBus, HandlerError, MessageHandler, Router,
 };
 use crate::error::Result;
 use crate::event::RecordedEvent;
@@ -169,7 +169,7 @@ impl EventBus for MemoryEventBus {
 
     async fn subscribe(
         &self,
-        subscription: Subscription,
+        subscription: Consumer,
         handler: Arc<dyn MessageHandler>,
     ) -> Result<ConsumerHandle> {
         let queue = self.queue(&subscription.consumer);
@@ -183,7 +183,7 @@ impl EventBus for MemoryEventBus {
         }
         let stop = CancellationToken::new();
         let stopped = stop.clone();
-        // With batches, fewer workers each take more: see `Subscription::with_batch`.
+        // With batches, fewer workers each take more: see `Consumer::with_batch`.
         let workers = subscription.concurrency().clamp(1, 64);
         let metrics = ConsumerMetrics::new(&subscription.consumer);
         let task = tokio::spawn(async move {
@@ -205,7 +205,7 @@ impl EventBus for MemoryEventBus {
 
 async fn worker(
     queue: Arc<Queue>,
-    subscription: Subscription,
+    subscription: Consumer,
     handler: Arc<dyn MessageHandler>,
     stop: CancellationToken,
     metrics: ConsumerMetrics,
@@ -256,7 +256,7 @@ async fn worker(
 /// backoff or dead-lettered.
 async fn handle_one(
     queue: &Arc<Queue>,
-    subscription: &Subscription,
+    subscription: &Consumer,
     handler: &dyn MessageHandler,
     metrics: &ConsumerMetrics,
     event: RecordedEvent,

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use crate::housekeeping::{Housekeeping, PruneReport};
+use crate::polling::{poll_subscription, PollConfig};
 use crate::projection::InlineProjection;
 use crate::relay::{ParkedEvent, ParkedEventStore};
 use crate::saga::{DeadlineRecord, SagaChange, SagaSaved, SagaState, SagaStore};
@@ -19,7 +20,6 @@ use crate::store::{
     AppendResult, CheckpointStore, CommitOutcome, EventStore, EventSubscription, Inbox, UnitOfWork,
 };
 use crate::stream::{Position, StreamFilter, StreamId};
-use crate::subscription::{poll_subscription, PollConfig};
 
 /// An in-memory [`EventStore`], which is also an [`Inbox`], a [`CheckpointStore`], a
 /// [`SnapshotStore`] and a [`SagaStore`], all behind one lock so a [`UnitOfWork`] is atomic.

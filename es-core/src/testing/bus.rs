@@ -6,7 +6,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::{unique_category, HandlerBehaviour, RecordingHandler};
-use crate::bus::{DeadLetterQueue, EventBus, RetryPolicy, Subscription};
+use crate::bus::{Consumer, DeadLetterQueue, EventBus, RetryPolicy};
 use crate::event::{Metadata, RecordedEvent};
 use crate::stream::{Position, StreamId};
 
@@ -39,7 +39,7 @@ fn fast_retry(max_attempts: u32) -> RetryPolicy {
 
 /// Checks [`EventBus`] and [`DeadLetterQueue`]: routing, the envelope surviving the trip,
 /// retries, dead letters that do not stop the consumer, competing consumers, requeue and purge,
-/// and batched consumers ([`Subscription::with_batch`]): a backlog arrives in batches, and a
+/// and batched consumers ([`Consumer::with_batch`]): a backlog arrives in batches, and a
 /// poison message in a batch is dead-lettered alone while the rest is handled once.
 ///
 /// The bus must route with [`default_routing_key`](crate::bus::default_routing_key) (an event of
@@ -58,7 +58,7 @@ where
 
 /// Subscribes `consumer` once and stops, so its queue exists and keeps what is published
 /// while no instance consumes.
-async fn declare_queue<B: EventBus>(bus: &B, subscription: &Subscription) {
+async fn declare_queue<B: EventBus>(bus: &B, subscription: &Consumer) {
     bus.subscribe(subscription.clone(), RecordingHandler::new())
         .await
         .expect("subscribe")
@@ -69,7 +69,7 @@ async fn declare_queue<B: EventBus>(bus: &B, subscription: &Subscription) {
 async fn a_backlog_arrives_in_batches<B: EventBus + DeadLetterQueue>(bus: &B) {
     let category = unique_category("batch");
     let consumer = format!("{category}-c");
-    let subscription = Subscription::new(&consumer, [format!("{category}.*")])
+    let subscription = Consumer::new(&consumer, [format!("{category}.*")])
         .with_prefetch(32)
         .with_batch(8);
     declare_queue(bus, &subscription).await;
@@ -111,7 +111,7 @@ async fn a_poison_message_in_a_batch_goes_to_the_dead_letter_queue_alone<
 ) {
     let category = unique_category("batchpoison");
     let consumer = format!("{category}-c");
-    let subscription = Subscription::new(&consumer, [format!("{category}.*")])
+    let subscription = Consumer::new(&consumer, [format!("{category}.*")])
         .with_prefetch(16)
         .with_batch(16)
         .with_retry(fast_retry(2));
@@ -176,7 +176,7 @@ async fn routes_by_key_and_keeps_the_envelope<B: EventBus + DeadLetterQueue>(bus
     let consumer = format!("{category}-placed");
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.placed")]),
+            Consumer::new(&consumer, [format!("{category}.placed")]),
             recorder.clone(),
         )
         .await
@@ -234,7 +234,7 @@ async fn retries_then_succeeds_and_dead_letters_without_stopping<B: EventBus + D
     recorder.set(rejected.event_id, HandlerBehaviour::Reject);
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.#")]).with_retry(fast_retry(3)),
+            Consumer::new(&consumer, [format!("{category}.#")]).with_retry(fast_retry(3)),
             recorder.clone(),
         )
         .await
@@ -316,7 +316,7 @@ async fn competing_consumers_share_the_work<B: EventBus + DeadLetterQueue>(bus: 
         RecordingHandler::with_delay(Duration::from_millis(2)),
         RecordingHandler::with_delay(Duration::from_millis(2)),
     );
-    let subscription = Subscription::new(&consumer, [format!("{category}.*")]).with_prefetch(4);
+    let subscription = Consumer::new(&consumer, [format!("{category}.*")]).with_prefetch(4);
     let ha = bus
         .subscribe(subscription.clone(), a.clone())
         .await
@@ -362,7 +362,7 @@ async fn dead_letters_can_be_requeued_and_purged<B: EventBus + DeadLetterQueue>(
     recorder.set(second.event_id, HandlerBehaviour::Reject);
     let handle = bus
         .subscribe(
-            Subscription::new(&consumer, [format!("{category}.placed")]).with_retry(fast_retry(2)),
+            Consumer::new(&consumer, [format!("{category}.placed")]).with_retry(fast_retry(2)),
             recorder.clone(),
         )
         .await

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use crate::bus::{ConsumerHandle, EventBus, MessageHandler, Subscription};
+use crate::bus::{Consumer, ConsumerHandle, EventBus, MessageHandler};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 
@@ -81,7 +81,7 @@ impl EventBus for FaultyBus {
 
     async fn subscribe(
         &self,
-        subscription: Subscription,
+        subscription: Consumer,
         handler: Arc<dyn MessageHandler>,
     ) -> Result<ConsumerHandle> {
         self.inner.subscribe(subscription, handler).await

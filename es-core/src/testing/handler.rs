@@ -33,7 +33,7 @@ pub enum HandlerBehaviour {
 /// use std::time::Duration;
 /// use es_core::memory::{MemoryEventBus, MemoryEventStore};
 /// use es_core::testing::{sample_event, HandlerBehaviour, RecordingHandler};
-/// use es_core::{EventBus, EventStore, ExpectedVersion, StreamId, Subscription};
+/// use es_core::{EventBus, EventStore, ExpectedVersion, StreamId, Consumer};
 ///
 /// let store = MemoryEventStore::new();
 /// let stream = StreamId::for_aggregate("order", "1")?;
@@ -46,7 +46,7 @@ pub enum HandlerBehaviour {
 /// let handler = RecordingHandler::new();
 /// handler.set(events[0].event_id, HandlerBehaviour::FailFirst(1));
 /// let consumer = bus
-///     .subscribe(Subscription::new("audit", ["order.#"]), handler.clone())
+///     .subscribe(Consumer::new("audit", ["order.#"]), handler.clone())
 ///     .await?;
 /// bus.publish(&events).await?;
 ///
