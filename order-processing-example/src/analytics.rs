@@ -22,10 +22,10 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::backends::Backends;
+use crate::background::Background;
 use crate::config::Settings;
 use crate::http::{finish_router, ApiQuery, AppError};
 use crate::listing::Listings;
-use crate::service::Background;
 
 /// One wire event, as analytics records it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -30,10 +30,10 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::backends::Backends;
+use crate::background::Background;
 use crate::config::Settings;
 use crate::http::{finish_router, ApiJson, ApiPath, AppError, Validator};
 use crate::listing::Listings;
-use crate::service::Background;
 
 /// The products seeded on first start with empty state.
 pub const SEED: [(&str, &str, u64); 4] = [
@@ -1393,7 +1393,7 @@ pub(crate) async fn start(
             consumer,
             crate::events::bindings("inventory"),
             handler,
-            crate::service::CONSUMER_BATCH,
+            crate::background::CONSUMER_BATCH,
         )
         .await?;
     background.relay(backends, Reservation::TYPE);

@@ -2,6 +2,7 @@
 
 pub mod analytics;
 pub mod backends;
+mod background;
 pub mod chaos;
 pub mod config;
 pub mod dlq;

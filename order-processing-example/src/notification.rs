@@ -20,10 +20,10 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::backends::Backends;
+use crate::background::Background;
 use crate::config::Settings;
 use crate::http::{finish_router, ApiPath, ApiQuery, AppError};
 use crate::listing::{page_of, Cursor, Listings, Page, PageQuery};
-use crate::service::Background;
 
 /// A notification as stored and shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

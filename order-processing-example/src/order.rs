@@ -26,11 +26,11 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::backends::Backends;
+use crate::background::Background;
 use crate::config::Settings;
 use crate::events;
 use crate::http::{finish_router, ApiJson, ApiPath, ApiQuery, AppError, ExactJson, Validator};
 use crate::listing::{Listings, Page, PageQuery};
-use crate::service::Background;
 
 // The bounds `POST /api/orders` enforces. The schema attributes below repeat them as literals
 // (utoipa takes no constant there); `tests/openapi_bounds.rs` proves the document and these
@@ -1157,7 +1157,7 @@ pub(crate) async fn start(
             backends.consumer("order"),
             crate::events::bindings("order"),
             Arc::new(saga.clone()),
-            crate::service::CONSUMER_BATCH,
+            crate::background::CONSUMER_BATCH,
         )
         .await?;
     // Fire timeouts often enough that a short timeout is honoured closely.

@@ -15,9 +15,9 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::backends::Backends;
+use crate::background::Background;
 use crate::config::Settings;
 use crate::http::{finish_router, ApiPath, AppError};
-use crate::service::Background;
 
 /// What happens to an order's payment. `PaymentProcessed`, `PaymentFailed` and
 /// `PaymentRefunded` travel on the wire; `PaymentCancelled` stays inside the service.
@@ -447,7 +447,7 @@ pub(crate) async fn start(
             consumer,
             crate::events::bindings("payment"),
             handler,
-            crate::service::CONSUMER_BATCH,
+            crate::background::CONSUMER_BATCH,
         )
         .await?;
     background.relay(backends, Payment::TYPE);
