@@ -34,6 +34,7 @@ use crate::background::Background;
 use crate::config::Settings;
 use crate::http::{finish_router, ApiJson, ApiPath, AppError, Validator};
 use crate::listing::Listings;
+use crate::service_kind::ServiceKind;
 
 /// The products seeded on first start with empty state.
 pub const SEED: [(&str, &str, u64); 4] = [
@@ -1391,7 +1392,7 @@ pub(crate) async fn start(
         .consume_batched(
             &backends.bus,
             consumer,
-            crate::events::bindings("inventory"),
+            crate::events::bindings(ServiceKind::Inventory),
             handler,
             crate::background::CONSUMER_BATCH,
         )

@@ -31,6 +31,7 @@ use crate::config::Settings;
 use crate::events;
 use crate::http::{finish_router, ApiJson, ApiPath, ApiQuery, AppError, ExactJson, Validator};
 use crate::listing::{Listings, Page, PageQuery};
+use crate::service_kind::ServiceKind;
 
 // The bounds `POST /api/orders` enforces. The schema attributes below repeat them as literals
 // (utoipa takes no constant there); `tests/openapi_bounds.rs` proves the document and these
@@ -1155,7 +1156,7 @@ pub(crate) async fn start(
         .consume_batched(
             &backends.bus,
             backends.consumer("order"),
-            crate::events::bindings("order"),
+            crate::events::bindings(ServiceKind::Order),
             Arc::new(saga.clone()),
             crate::background::CONSUMER_BATCH,
         )

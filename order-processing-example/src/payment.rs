@@ -18,6 +18,7 @@ use crate::backends::Backends;
 use crate::background::Background;
 use crate::config::Settings;
 use crate::http::{finish_router, ApiPath, AppError};
+use crate::service_kind::ServiceKind;
 
 /// What happens to an order's payment. `PaymentProcessed`, `PaymentFailed` and
 /// `PaymentRefunded` travel on the wire; `PaymentCancelled` stays inside the service.
@@ -445,7 +446,7 @@ pub(crate) async fn start(
         .consume_batched(
             &backends.bus,
             consumer,
-            crate::events::bindings("payment"),
+            crate::events::bindings(ServiceKind::Payment),
             handler,
             crate::background::CONSUMER_BATCH,
         )
