@@ -13,9 +13,10 @@ use super::stripes::ProductStripes;
 use crate::events::testing::message;
 use crate::order::{OrderEvent, OrderItem};
 
-/// The seeded laptop's id.
+/// The seeded laptop's id, as text.
 pub(super) const LAPTOP: &str = "11111111-1111-1111-1111-111111111111";
 
+/// The seeded laptop's id.
 pub(super) fn laptop() -> Uuid {
     Uuid::parse_str(LAPTOP).unwrap()
 }
@@ -32,6 +33,7 @@ pub(super) async fn handler(store: &Arc<dyn EventStore>) -> InventoryHandler {
     }
 }
 
+/// `OrderPlaced` of `quantity` laptops, as the bus delivers it.
 pub(super) fn placed(order_id: Uuid, quantity: u32) -> RecordedEvent {
     let event = OrderEvent::OrderPlaced {
         order_id,
@@ -48,6 +50,7 @@ pub(super) fn placed(order_id: Uuid, quantity: u32) -> RecordedEvent {
     message(&format!("order-{order_id}"), &event)
 }
 
+/// `OrderCancelled` of `order_id`, as the bus delivers it.
 pub(super) fn cancelled(order_id: Uuid) -> RecordedEvent {
     let event = OrderEvent::OrderCancelled {
         order_id,
@@ -59,6 +62,7 @@ pub(super) fn cancelled(order_id: Uuid) -> RecordedEvent {
     message(&format!("order-{order_id}"), &event)
 }
 
+/// `OrderConfirmed` of `order_id`, as the bus delivers it.
 pub(super) fn confirmed(order_id: Uuid) -> RecordedEvent {
     let event = OrderEvent::OrderConfirmed {
         order_id,
@@ -69,6 +73,7 @@ pub(super) fn confirmed(order_id: Uuid) -> RecordedEvent {
     message(&format!("order-{order_id}"), &event)
 }
 
+/// The laptop's available and reserved stock, as `handler` loads it.
 pub(super) async fn stock(handler: &InventoryHandler) -> (u64, u64) {
     let product = handler.products.load(LAPTOP).await.unwrap().state;
     (product.available, product.reserved)
