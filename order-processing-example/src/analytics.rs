@@ -22,10 +22,11 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::backends::Backends;
+use crate::background::Background;
 use crate::config::Settings;
 use crate::http::{finish_router, ApiQuery, AppError};
 use crate::listing::Listings;
-use crate::service::Background;
+use crate::service_kind::ServiceKind;
 
 /// One wire event, as analytics records it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -558,7 +559,7 @@ pub(crate) async fn start(
         .consume(
             &backends.bus,
             consumer,
-            crate::events::bindings("analytics"),
+            crate::events::bindings(ServiceKind::Analytics),
             handler,
         )
         .await?;

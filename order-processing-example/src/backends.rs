@@ -259,11 +259,11 @@ fn store_probe(store: Arc<dyn EventStore>) -> HealthProbe {
 /// no event waits on a consumer to start), and the contract's routing keys.
 pub(crate) fn amqp_config(url: &str, settings: &Settings) -> es_rabbitmq::AmqpConfig {
     let mut topology = es_rabbitmq::Topology::new(settings.exchange.clone());
-    for service in crate::service::ServiceKind::ALL {
+    for service in crate::service_kind::ServiceKind::ALL {
         let name = service.name();
         topology = topology.with_queue(
             format!("{}{name}-service", settings.queue_prefix),
-            crate::events::bindings(name),
+            crate::events::bindings(service),
         );
     }
     if let Some(expires) = settings.queue_expires {

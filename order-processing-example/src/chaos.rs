@@ -37,7 +37,7 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::config::{parse_duration, Settings};
-use crate::service::ServiceKind;
+use crate::service_kind::ServiceKind;
 
 /// The default PostgreSQL server (a fresh database is created on it for each run).
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";

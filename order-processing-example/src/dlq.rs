@@ -8,7 +8,7 @@ use es_core::{DeadLetter, DeadLetterQueue};
 
 use crate::backends::{amqp_config, redact, StartError};
 use crate::config::Settings;
-use crate::service::ServiceKind;
+use crate::service_kind::ServiceKind;
 
 /// What to do with the dead letters.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]

@@ -7,6 +7,8 @@ use es_core::bus::{HandlerError, MessageHandler, Router};
 use es_core::RecordedEvent;
 use tracing::Instrument;
 
+use crate::service_kind::ServiceKind;
+
 /// `OrderPlaced`: an order was accepted (order service).
 pub const ORDER_PLACED: &str = "OrderPlaced";
 /// `OrderConfirmed`: an order is paid and final (order service).
@@ -49,25 +51,25 @@ pub fn all_routing_keys() -> Vec<String> {
         .collect()
 }
 
-/// The routing keys each service's queue binds, by service name.
-pub fn bindings(service: &str) -> Vec<String> {
+/// The routing keys `service`'s queue binds.
+pub fn bindings(service: ServiceKind) -> Vec<String> {
     let keys: &[&str] = match service {
-        "order" => &[
+        ServiceKind::Order => &[
             "order.placed",
             "inventory.reserved",
             "inventory.failed",
             "payment.processed",
             "payment.failed",
         ],
-        "inventory" => &[
+        ServiceKind::Inventory => &[
             "order.placed",
             "order.confirmed",
             "order.cancelled",
             "payment.failed",
         ],
         // A cancellation refunds a charge, or refuses the one a late reservation asks for.
-        "payment" => &["inventory.reserved", "order.cancelled"],
-        _ => return all_routing_keys(),
+        ServiceKind::Payment => &["inventory.reserved", "order.cancelled"],
+        ServiceKind::Notification | ServiceKind::Analytics => return all_routing_keys(),
     };
     keys.iter().map(|key| (*key).to_owned()).collect()
 }
@@ -209,5 +211,21 @@ mod tests {
             metadata: es_core::Metadata::default(),
         };
         assert_eq!(router()(&event), "internal.order.order_inventory_reserved");
+    }
+
+    #[test]
+    fn every_binding_is_a_wire_key_and_the_watching_services_bind_them_all() {
+        for service in ServiceKind::ALL {
+            for key in bindings(service) {
+                assert!(
+                    WIRE_EVENTS.iter().any(|(_, wire)| *wire == key),
+                    "{} binds {key}, which nothing sends",
+                    service.name()
+                );
+            }
+        }
+        assert_eq!(bindings(ServiceKind::Notification), all_routing_keys());
+        assert_eq!(bindings(ServiceKind::Analytics), all_routing_keys());
+        assert!(bindings(ServiceKind::Payment).contains(&"order.cancelled".to_owned()));
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use crate::backends::redact;
 use crate::config::Settings;
-use crate::service::ServiceKind;
+use crate::service_kind::ServiceKind;
 
 /// An order the seeded catalogue accepts, for the greeting's `curl` line.
 pub const SAMPLE_ORDER: &str = r#"{"customerId":"aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa","items":[{"productId":"11111111-1111-1111-1111-111111111111","productName":"Laptop","quantity":1,"unitPrice":999.99}]}"#;

@@ -2,6 +2,7 @@
 
 pub mod analytics;
 pub mod backends;
+mod background;
 pub mod chaos;
 pub mod config;
 pub mod dlq;
@@ -17,9 +18,11 @@ pub mod order;
 pub mod payment;
 pub mod projections;
 pub mod service;
+pub mod service_kind;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use backends::{Backends, StartError};
 pub use config::{Cli, Command, Settings};
-pub use service::{run, run_services, Service, ServiceKind};
+pub use service::{run, run_services, Service};
+pub use service_kind::ServiceKind;

@@ -20,10 +20,11 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::backends::Backends;
+use crate::background::Background;
 use crate::config::Settings;
 use crate::http::{finish_router, ApiPath, ApiQuery, AppError};
 use crate::listing::{page_of, Cursor, Listings, Page, PageQuery};
-use crate::service::Background;
+use crate::service_kind::ServiceKind;
 
 /// A notification as stored and shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -289,7 +290,7 @@ pub(crate) async fn start(
         .consume(
             &backends.bus,
             consumer,
-            crate::events::bindings("notification"),
+            crate::events::bindings(ServiceKind::Notification),
             handler,
         )
         .await?;

@@ -15,9 +15,10 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::backends::Backends;
+use crate::background::Background;
 use crate::config::Settings;
 use crate::http::{finish_router, ApiPath, AppError};
-use crate::service::Background;
+use crate::service_kind::ServiceKind;
 
 /// What happens to an order's payment. `PaymentProcessed`, `PaymentFailed` and
 /// `PaymentRefunded` travel on the wire; `PaymentCancelled` stays inside the service.
@@ -445,9 +446,9 @@ pub(crate) async fn start(
         .consume_batched(
             &backends.bus,
             consumer,
-            crate::events::bindings("payment"),
+            crate::events::bindings(ServiceKind::Payment),
             handler,
-            crate::service::CONSUMER_BATCH,
+            crate::background::CONSUMER_BATCH,
         )
         .await?;
     background.relay(backends, Payment::TYPE);
