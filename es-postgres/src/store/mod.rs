@@ -1,6 +1,8 @@
-//! [`PgEventStore`]: the store on one pool, how it opens, migrates and closes. What it does lives
-//! beside this file: appends, the commit of a unit of work, inline projections, subscriptions,
-//! and each trait it implements in a file named after that trait.
+//! [`PgEventStore`]: the store on one pool, how it opens, migrates and closes. Beside this
+//! file: appends, the commit of a unit of work, inline projections, subscriptions, and the
+//! stores that share its transactions, each in a file named after its trait (`Inbox` in
+//! `inbox.rs`, `SagaStore` in `saga_store.rs`, ...). Housekeeping, health, telemetry and
+//! read-model administration are features of their own, in the crate's top-level files.
 
 mod append;
 mod checkpoints;
