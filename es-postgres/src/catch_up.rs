@@ -26,7 +26,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::error::from_sqlx;
-use crate::store::{recorded, visible_query, visible_sql};
+use crate::log::{visible_query, visible_sql, EventRow};
 
 /// Rows handed to the consumer at once.
 ///
@@ -153,7 +153,7 @@ async fn stream_safe(
 ) {
     let sql = visible_sql(&filter);
     loop {
-        let query = match visible_query(&sql, &filter, after, rows_per_query) {
+        let query = match visible_query::<EventRow>(&sql, &filter, after, rows_per_query) {
             Ok(query) => query,
             Err(error) => {
                 let _ = sender.send(Err(error)).await;
@@ -164,7 +164,7 @@ async fn stream_safe(
         let mut read = 0;
         let mut batch = Vec::with_capacity(BATCH);
         while let Some(row) = rows.next().await {
-            match row.map_err(from_sqlx).and_then(recorded) {
+            match row.map_err(from_sqlx).and_then(EventRow::recorded) {
                 Ok(event) => {
                     after = event.position;
                     read += 1;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use es_core::{Position, Result};
 
 use crate::error::{from_sqlx, to_u64};
+use crate::log::HORIZON;
 use crate::store::PgEventStore;
 
 /// A snapshot of the store's health.
@@ -41,7 +42,6 @@ impl PgEventStore {
     /// write transaction. Counting a lag scans the `(tx_id, seq)` index from the checkpoint to
     /// the head, so a reader far behind makes this slower.
     pub async fn health(&self) -> Result<PgHealth> {
-        const HORIZON: &str = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)";
         let mut conn = self.pool().acquire().await.map_err(from_sqlx)?;
         let (tx_id, seq, held_back): (Option<i64>, Option<i64>, i64) = sqlx::query_as(&format!(
             "SELECT h.tx_id, h.seq, (SELECT count(*) FROM events WHERE tx_id >= {HORIZON}) \

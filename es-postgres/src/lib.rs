@@ -9,11 +9,10 @@ mod housekeeping;
 mod idempotency;
 mod lease;
 mod listener;
+mod log;
 mod projection;
 mod read_model;
-mod replay_many;
 mod store;
-mod stores;
 mod telemetry;
 
 pub use config::{PgConfig, MAX_SCHEMA_LEN};

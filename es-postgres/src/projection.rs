@@ -13,7 +13,8 @@ use es_core::{
 use sqlx::PgConnection;
 
 use crate::error::{from_sqlx, to_u64, BACKEND};
-use crate::store::{read_visible, save_checkpoint, PgEventStore};
+use crate::log::read_visible;
+use crate::store::{save_checkpoint, PgEventStore};
 
 /// A read model in the same database as the events, updated in the transaction that also
 /// moves its checkpoint: each event's effect happens exactly once, whatever crashes.

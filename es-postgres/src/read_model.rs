@@ -13,8 +13,9 @@ use es_core::{
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use crate::error::{from_sqlx, to_i64, to_u64, BACKEND};
+use crate::log::{read_committed, read_visible, HORIZON};
 use crate::projection::PgProjection;
-use crate::store::{read_committed, read_visible, PgEventStore, HORIZON};
+use crate::store::PgEventStore;
 
 /// Runs versioned read models: a [`PgProjection`] whose tables live in a schema per
 /// generation, seen by readers through views in the store's schema that always point at a

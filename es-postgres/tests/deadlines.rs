@@ -7,35 +7,12 @@ use bytes::Bytes;
 use chrono::{Duration as ChronoDuration, Utc};
 use es_core::saga::{DeadlineRecord, SagaChange, SagaStore};
 use es_core::Metadata;
-use es_postgres::{PgConfig, PgEventStore};
+use es_postgres::PgConfig;
 use uuid::Uuid;
-
-/// Rows of `saga_deadlines` read so far, by index scans and sequential scans alike.
-async fn rows_read(store: &PgEventStore, schema: &str) -> i64 {
-    let mut connection = store.pool().acquire().await.unwrap();
-    // The one pooled connection ran the query: flush its counters, then read fresh ones.
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(&mut *connection)
-        .await
-        .unwrap();
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(&mut *connection)
-        .await
-        .unwrap();
-    sqlx::query_scalar(
-        "SELECT (coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0))::bigint \
-         FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'saga_deadlines'",
-    )
-    .bind(schema)
-    .fetch_one(&mut *connection)
-    .await
-    .unwrap()
-}
 
 #[tokio::test]
 async fn the_due_query_does_not_step_over_parked_deadlines() {
-    let schema = common::schema_name("parked_scan");
-    let mut config = PgConfig::new(schema.clone());
+    let mut config = PgConfig::new(common::schema_name("parked_scan"));
     // One connection, so the statistics flushed below are the due query's own.
     config.max_connections = 1;
     config.min_connections = 0;
@@ -85,9 +62,9 @@ async fn the_due_query_does_not_step_over_parked_deadlines() {
         .await
         .unwrap();
 
-    let before = rows_read(&store, &schema).await;
+    let before = common::rows_read(&store, "saga_deadlines").await;
     let due = store.due_deadlines("checkout", now, 100).await.unwrap();
-    let read = rows_read(&store, &schema).await - before;
+    let read = common::rows_read(&store, "saga_deadlines").await - before;
     assert_eq!(due.len(), 1, "only the live deadline is due: {due:?}");
     assert_eq!(due[0].id, live.id);
     assert!(

@@ -66,36 +66,12 @@ async fn batches_sharing_instances_in_opposite_orders_never_deadlock() {
     common::drop_schema(&store).await;
 }
 
-/// Rows of `table` read so far, by index scans and sequential scans alike.
-async fn rows_read(store: &es_postgres::PgEventStore, schema: &str, table: &str) -> i64 {
-    let mut connection = store.pool().acquire().await.unwrap();
-    // The one pooled connection ran the query: flush its counters, then read fresh ones.
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(&mut *connection)
-        .await
-        .unwrap();
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(&mut *connection)
-        .await
-        .unwrap();
-    sqlx::query_scalar(
-        "SELECT (coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0))::bigint \
-         FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
-    )
-    .bind(schema)
-    .bind(table)
-    .fetch_one(&mut *connection)
-    .await
-    .unwrap()
-}
-
 /// A batch looks up its few instances and events, not every row of the saga: all instances of
 /// a saga share its name, so a lookup by the key's first column alone reads them all, and with
 /// statistics from when the tables were small every batch got slower as the saga's tables grew.
 #[tokio::test]
 async fn a_batch_reads_its_own_rows_not_the_whole_saga() {
-    let schema = common::schema_name("saga_batch_probe");
-    let mut config = es_postgres::PgConfig::new(schema.clone());
+    let mut config = es_postgres::PgConfig::new(common::schema_name("saga_batch_probe"));
     // One connection, so the statistics flushed below are the batch queries' own.
     config.max_connections = 1;
     config.min_connections = 0;
@@ -127,9 +103,9 @@ async fn a_batch_reads_its_own_rows_not_the_whole_saga() {
             .unwrap();
 
     let asked = vec!["i7".to_owned(), "missing".to_owned(), "i2999".to_owned()];
-    let before = rows_read(&store, &schema, "saga_states").await;
+    let before = common::rows_read(&store, "saga_states").await;
     let states = store.load_many("batched", &asked).await.unwrap();
-    let read = rows_read(&store, &schema, "saga_states").await - before;
+    let read = common::rows_read(&store, "saga_states").await - before;
     assert_eq!(
         states.iter().map(Option::is_some).collect::<Vec<_>>(),
         [true, false, true],
@@ -141,9 +117,9 @@ async fn a_batch_reads_its_own_rows_not_the_whole_saga() {
     );
 
     let ids = vec![handled[0], uuid::Uuid::new_v4(), handled[1]];
-    let before = rows_read(&store, &schema, "saga_inbox").await;
+    let before = common::rows_read(&store, "saga_inbox").await;
     let mut found = store.handled_among("batched", &ids).await.unwrap();
-    let read = rows_read(&store, &schema, "saga_inbox").await - before;
+    let read = common::rows_read(&store, "saga_inbox").await - before;
     found.sort();
     assert_eq!(found, handled, "exactly the handled ids");
     assert!(read < 20, "checking 3 events read {read} saga_inbox rows");

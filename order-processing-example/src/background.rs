@@ -58,8 +58,7 @@ impl Background {
         handler: Arc<dyn MessageHandler>,
         batch: u16,
     ) -> es_core::Result<()> {
-        let subscription =
-            es_core::Consumer::new(consumer.clone(), routing_keys).with_batch(batch);
+        let subscription = es_core::Consumer::new(consumer.clone(), routing_keys).with_batch(batch);
         let handler = crate::events::Traced::new(consumer.clone(), handler);
         match bus.subscribe(subscription.clone(), handler.clone()).await {
             Ok(handle) => self.consumers.push(handle),

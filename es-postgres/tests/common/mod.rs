@@ -108,3 +108,28 @@ pub async fn terminate_connections(via: &PgEventStore, app: &str) -> i64 {
     .await
     .expect("terminate the connections")
 }
+
+/// Rows of `table` (in the store's schema) read so far, by index scans and sequential scans
+/// alike: for tests that a query probes an index instead of reading the table. Meaningful when
+/// the store's pool has one connection, so the flushed statistics are the measured query's own.
+pub async fn rows_read(store: &PgEventStore, table: &str) -> i64 {
+    let mut connection = store.pool().acquire().await.expect("a connection");
+    // The one pooled connection ran the query: flush its counters, then read fresh ones.
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *connection)
+        .await
+        .expect("flush the statistics");
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *connection)
+        .await
+        .expect("clear the statistics snapshot");
+    sqlx::query_scalar(
+        "SELECT (coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0))::bigint \
+         FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
+    )
+    .bind(&store.config().schema)
+    .bind(table)
+    .fetch_one(&mut *connection)
+    .await
+    .expect("the table's statistics")
+}

@@ -1,0 +1,280 @@
+//! Reads of the global log, in the order of positions: what is safe to hand out (below the
+//! horizon), and the head.
+
+use std::time::Duration;
+
+use es_core::{Error, Page, Position, RecordedEvent, Result, StreamFilter};
+use futures_util::TryStreamExt;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::QueryAs;
+use sqlx::{FromRow, PgConnection, PgPool, Postgres, Row};
+
+use super::horizon::{
+    beyond_horizon_sql, held_back, wait_out_horizon, Hold, HorizonRead, Settled, WaitFor, HORIZON,
+};
+use super::row::{EventRow, EVENT_COLUMNS, EVENT_COLUMN_COUNT};
+use crate::error::{from_sqlx, to_i64, to_u64};
+
+/// The most events a page reserves room for before its rows arrive.
+const PAGE_CAPACITY: usize = 1024;
+
+/// The statement that reads the safe events after `($1, $2)`, at most `$3` of them (in
+/// category `$4` when the filter names one), in the global order.
+pub(crate) fn visible_sql(filter: &StreamFilter) -> String {
+    let category = match filter {
+        StreamFilter::Category(_) => "category = $4 AND ",
+        _ => "",
+    };
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE {category}(tx_id, seq) > ($1, $2) AND tx_id < {HORIZON} \
+         ORDER BY tx_id, seq LIMIT $3"
+    )
+}
+
+/// [`visible_sql`] with one more column on every row: whether committed events after `($1, $2)`
+/// lie beyond the horizon, held back by an older transaction still running. Read in the same
+/// statement (and snapshot) as the page, so a subscription learns whether a short page reached
+/// the head without a statement of its own.
+fn page_sql(filter: &StreamFilter) -> String {
+    let category = match filter {
+        StreamFilter::Category(_) => "category = $4 AND ",
+        _ => "",
+    };
+    format!(
+        "SELECT {EVENT_COLUMNS}, {beyond} FROM events \
+         WHERE {category}(tx_id, seq) > ($1, $2) AND tx_id < {HORIZON} \
+         ORDER BY tx_id, seq LIMIT $3",
+        beyond = beyond_horizon_sql(category)
+    )
+}
+
+/// A row of [`page_sql`]: an event, and whether events are held back beyond the horizon.
+struct PageRow {
+    event: EventRow,
+    events_beyond: bool,
+}
+
+impl<'r> FromRow<'r, PgRow> for PageRow {
+    fn from_row(row: &'r PgRow) -> sqlx::Result<Self> {
+        Ok(PageRow {
+            event: EventRow::from_row(row)?,
+            events_beyond: row.try_get(EVENT_COLUMN_COUNT)?,
+        })
+    }
+}
+
+/// [`visible_sql`] with its parameters bound: the events after `after`, at most `limit`.
+pub(crate) fn visible_query<'q, R>(
+    sql: &'q str,
+    filter: &'q StreamFilter,
+    after: Position,
+    limit: usize,
+) -> Result<QueryAs<'q, Postgres, R, PgArguments>>
+where
+    R: for<'r> FromRow<'r, PgRow>,
+{
+    let query = sqlx::query_as(sql)
+        .bind(to_i64(after.commit, "position")?)
+        .bind(to_i64(after.sequence, "position")?)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    Ok(match filter {
+        StreamFilter::Category(category) => query.bind(category.as_str()),
+        _ => query,
+    })
+}
+
+/// The events after `after` that are safe to hand out: those of transactions older than every
+/// transaction still running.
+pub(crate) async fn read_visible(
+    conn: &mut PgConnection,
+    filter: &StreamFilter,
+    after: Position,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>> {
+    let sql = visible_sql(filter);
+    // Each row becomes an event as it arrives: no second vector of rows to fill and walk.
+    let mut rows = visible_query::<EventRow>(&sql, filter, after, limit)?.fetch(&mut *conn);
+    let mut events = Vec::with_capacity(limit.min(PAGE_CAPACITY));
+    while let Some(row) = rows.try_next().await.map_err(from_sqlx)? {
+        events.push(row.recorded()?);
+    }
+    Ok(events)
+}
+
+/// Every committed event after `after` that `filter` takes, at most `limit`, in the global
+/// order, *without* the horizon: also those of transactions that committed while an older one
+/// still runs. Not for moving a checkpoint (an older transaction may still commit events that
+/// sort before these); for a caller that must see every committed event now, and applies them
+/// idempotently (a read-model switch carrying inline writes over, see `PgReadModelRunner`).
+pub(crate) async fn read_committed(
+    conn: &mut PgConnection,
+    filter: &StreamFilter,
+    after: Position,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>> {
+    let category = match filter {
+        StreamFilter::Category(_) => "category = $4 AND ",
+        _ => "",
+    };
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE {category}(tx_id, seq) > ($1, $2) \
+         ORDER BY tx_id, seq LIMIT $3"
+    );
+    let rows: Vec<EventRow> = visible_query(&sql, filter, after, limit)?
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(from_sqlx)?;
+    rows.into_iter().map(EventRow::recorded).collect()
+}
+
+/// The safe events after `after`: a read that comes back short may wait for the transactions
+/// holding newer events back.
+struct VisibleRead<'a> {
+    filter: &'a StreamFilter,
+    after: Position,
+    limit: usize,
+}
+
+impl HorizonRead for VisibleRead<'_> {
+    type Found = Vec<RecordedEvent>;
+
+    async fn read(&self, conn: &mut PgConnection) -> Result<(Self::Found, bool)> {
+        let events = read_visible(conn, self.filter, self.after, self.limit).await?;
+        let full = events.len() >= self.limit;
+        Ok((events, full))
+    }
+
+    async fn hold(&self, conn: &mut PgConnection, _: &Self::Found) -> Result<Hold> {
+        held_back(conn, self.filter, self.after).await
+    }
+}
+
+/// Reads the global log under the horizon rule; a page that comes back short waits, at most
+/// `max_wait`, for the transactions that were running when the read began and hold newer
+/// events back.
+pub(crate) async fn read_all_settled(
+    pool: &PgPool,
+    filter: &StreamFilter,
+    after: Position,
+    limit: usize,
+    max_wait: Duration,
+) -> Result<Vec<RecordedEvent>> {
+    if limit == 0 {
+        return Err(Error::InvalidInput(
+            "a read limit must be at least 1".into(),
+        ));
+    }
+    let read = VisibleRead {
+        filter,
+        after,
+        limit,
+    };
+    let (events, _) = wait_out_horizon(pool, &read, max_wait, WaitFor::RunningAtStart).await?;
+    Ok(events)
+}
+
+/// A subscription's page, and on every row whether events are held back beyond it.
+struct PageRead<'a> {
+    sql: String,
+    filter: &'a StreamFilter,
+    after: Position,
+    limit: usize,
+}
+
+impl HorizonRead for PageRead<'_> {
+    /// The events, and whether the last row saw events held back beyond the horizon.
+    type Found = (Vec<RecordedEvent>, bool);
+
+    async fn read(&self, conn: &mut PgConnection) -> Result<(Self::Found, bool)> {
+        let mut rows =
+            visible_query::<PageRow>(&self.sql, self.filter, self.after, self.limit)?.fetch(conn);
+        let mut events = Vec::with_capacity(self.limit.min(PAGE_CAPACITY));
+        let mut beyond = false;
+        while let Some(row) = rows.try_next().await.map_err(from_sqlx)? {
+            beyond = row.events_beyond;
+            events.push(row.event.recorded()?);
+        }
+        // Events found: the rows told whether more wait beyond them. None: no row carried the
+        // answer, and waiting may bring some.
+        let found_some = !events.is_empty();
+        Ok(((events, beyond), found_some))
+    }
+
+    async fn hold(&self, conn: &mut PgConnection, _: &Self::Found) -> Result<Hold> {
+        held_back(conn, self.filter, self.after).await
+    }
+}
+
+/// A subscription's page: the safe events after `after`, and whether they reach the head.
+/// A page that comes back short reaches the head unless committed events are held back
+/// behind it (then the subscription reads again at once, and that read waits them out);
+/// an empty page with events held back waits, up to `max_wait`, for the transactions
+/// holding them, as their end may announce nothing.
+pub(crate) async fn read_page_settled(
+    pool: &PgPool,
+    filter: &StreamFilter,
+    after: Position,
+    limit: usize,
+    max_wait: Duration,
+) -> Result<Page> {
+    if limit == 0 {
+        return Err(Error::InvalidInput(
+            "a read limit must be at least 1".into(),
+        ));
+    }
+    let read = PageRead {
+        sql: page_sql(filter),
+        filter,
+        after,
+        limit,
+    };
+    let ((events, beyond), settled) = wait_out_horizon(pool, &read, max_wait, WaitFor::Any).await?;
+    let at_head = match settled {
+        Settled::Final => events.len() < limit && !beyond,
+        Settled::Released => true,
+        Settled::GaveUp | Settled::HeldByNewer => false,
+    };
+    Ok(Page::new(events, at_head))
+}
+
+/// The newest safe position, with what holds newer events back, in one statement.
+struct HeadRead;
+
+impl HorizonRead for HeadRead {
+    type Found = (Position, Hold);
+
+    async fn read(&self, conn: &mut PgConnection) -> Result<(Self::Found, bool)> {
+        let (tx_id, seq, events_beyond, xmin, xmax): (Option<i64>, Option<i64>, bool, i64, i64) =
+            sqlx::query_as(&format!(
+                "SELECT h.tx_id, h.seq, EXISTS (SELECT 1 FROM events WHERE tx_id >= {HORIZON}), \
+                   pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
+                   pg_snapshot_xmax(pg_current_snapshot())::text::bigint \
+                 FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT tx_id, seq FROM events \
+                   WHERE tx_id < {HORIZON} ORDER BY tx_id DESC, seq DESC LIMIT 1) AS h ON true"
+            ))
+            .fetch_one(conn)
+            .await
+            .map_err(from_sqlx)?;
+        let head = Position::new(tx_id.map_or(0, to_u64), seq.map_or(0, to_u64));
+        let hold = Hold {
+            events_beyond,
+            xmin,
+            xmax,
+        };
+        Ok(((head, hold), false))
+    }
+
+    /// Read with the head.
+    async fn hold(&self, _: &mut PgConnection, &(_, hold): &Self::Found) -> Result<Hold> {
+        Ok(hold)
+    }
+}
+
+/// The newest safe position; while committed events are held back, waits up to `max_wait` for
+/// the transactions that were running when it began and hold them.
+pub(crate) async fn head(pool: &PgPool, max_wait: Duration) -> Result<Position> {
+    let ((head, _), _) =
+        wait_out_horizon(pool, &HeadRead, max_wait, WaitFor::RunningAtStart).await?;
+    Ok(head)
+}

@@ -1,0 +1,279 @@
+//! Appending one stream's events: the statements, one per kind of expectation, and the retries
+//! of an append that loses a race it may lose.
+
+use es_core::{
+    AppendResult, Error, ExpectedVersion, NewEvent, Position, Result, StreamAppend, StreamId,
+};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::PgEventStore;
+use crate::error::{from_sqlx, to_i64, to_u64, unique_violation};
+use crate::log::stream_version;
+
+/// The statements whose text depends on the expectation kind, built once.
+pub(super) struct AppendStatements {
+    append_any: String,
+    append_no_stream: String,
+    append_exists: String,
+    append_exact: String,
+}
+
+impl AppendStatements {
+    pub(super) fn new() -> Self {
+        AppendStatements {
+            append_any: append_sql("true"),
+            append_no_stream: append_new_stream_sql(),
+            append_exists: append_sql("current.version IS NOT NULL"),
+            append_exact: append_after_version_sql(),
+        }
+    }
+
+    /// The append statement for `expected`.
+    fn statement(&self, expected: ExpectedVersion) -> &str {
+        match expected {
+            ExpectedVersion::Any => &self.append_any,
+            ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => &self.append_no_stream,
+            ExpectedVersion::StreamExists => &self.append_exists,
+            ExpectedVersion::Exact(_) => &self.append_exact,
+        }
+    }
+}
+
+/// One statement that checks the expectation against the stream's version (its newest event,
+/// read through the primary key) and inserts the events from arrays at the versions after it:
+/// one round trip, and when it runs on its own, one implicit transaction.
+///
+/// The primary key `(stream_id, stream_version)` settles races: of writers inserting the same
+/// version, one commits and the others fail with a unique violation as soon as it does (they
+/// wait on its transaction, all at once). When the expectation fails against what the
+/// statement sees, nothing is inserted and it returns no row; the caller then reads the version
+/// for the conflict. (Returning that version from the same statement, through a `UNION` with
+/// the `INSERT`'s CTE, cost every append about 5 % of its throughput to save the rare conflict
+/// a round trip.)
+fn append_sql(expectation_holds: &str) -> String {
+    format!(
+        "INSERT INTO events (stream_id, stream_version, category, event_id, event_type, \
+                             schema_version, payload, metadata) \
+         SELECT $1, COALESCE(current.version, 0) + e.n, $2, e.event_id, e.event_type, \
+                e.schema_version, e.payload, e.metadata \
+         FROM (SELECT (SELECT max(stream_version) FROM events WHERE stream_id = $1) AS version) \
+              AS current, \
+              UNNEST($3::uuid[], $4::text[], $5::int4[], $6::bytea[], $7::bytea[]) \
+              WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, n) \
+         WHERE {expectation_holds} \
+         RETURNING tx_id, seq, stream_version"
+    )
+}
+
+/// The append that expects an exact version `$8` of a stream that exists: the events take the
+/// versions after it when an event of version `$8` is stored. That is the whole check, with
+/// the primary key: versions have no gaps (every append inserts right after a version it found
+/// stored), so the stream is at `$8` exactly when version `$8` exists and `$8 + 1` does not,
+/// and a stored `$8 + 1` fails the insert with a unique violation. An equality probe of the
+/// primary key costs less than finding the stream's newest version (about 5 % of an append's
+/// server time under 16 writers, measured with pgbench).
+fn append_after_version_sql() -> String {
+    "INSERT INTO events (stream_id, stream_version, category, event_id, event_type, \
+                         schema_version, payload, metadata) \
+     SELECT $1, $8 + e.n, $2, e.event_id, e.event_type, e.schema_version, e.payload, e.metadata \
+     FROM UNNEST($3::uuid[], $4::text[], $5::int4[], $6::bytea[], $7::bytea[]) \
+          WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, n) \
+     WHERE EXISTS (SELECT FROM events WHERE stream_id = $1 AND stream_version = $8) \
+     RETURNING tx_id, seq, stream_version"
+        .to_owned()
+}
+
+/// The append that creates a stream: its events take versions 1.. with no look at the stream
+/// first, since the primary key already refuses version 1 of a stream that exists (the unique
+/// violation is the conflict). That saves the index probe of `append_sql` on every new
+/// aggregate's first command.
+fn append_new_stream_sql() -> String {
+    "INSERT INTO events (stream_id, stream_version, category, event_id, event_type, \
+                         schema_version, payload, metadata) \
+     SELECT $1, e.n, $2, e.event_id, e.event_type, e.schema_version, e.payload, e.metadata \
+     FROM UNNEST($3::uuid[], $4::text[], $5::int4[], $6::bytea[], $7::bytea[]) \
+          WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, n) \
+     RETURNING tx_id, seq, stream_version"
+        .to_owned()
+}
+
+/// Attempts of an `Any` or `StreamExists` append that lose a race for the same version before
+/// the store gives up with a conflict.
+const MAX_RACE_RETRIES: usize = 1000;
+
+/// The column arrays of one stream's events, checked before anything is sent.
+struct Columns {
+    ids: Vec<Uuid>,
+    types: Vec<String>,
+    schema_versions: Vec<i32>,
+    payloads: Vec<Vec<u8>>,
+    metadata: Vec<Vec<u8>>,
+}
+
+impl Columns {
+    fn new(events: Vec<NewEvent>) -> Result<Self> {
+        let mut columns = Columns {
+            ids: Vec::with_capacity(events.len()),
+            types: Vec::with_capacity(events.len()),
+            schema_versions: Vec::with_capacity(events.len()),
+            payloads: Vec::with_capacity(events.len()),
+            metadata: Vec::with_capacity(events.len()),
+        };
+        for event in events {
+            if event.event_type.is_empty() {
+                return Err(Error::InvalidInput("an event type cannot be empty".into()));
+            }
+            let schema_version = i32::try_from(event.schema_version).map_err(|_| {
+                Error::InvalidInput(format!(
+                    "schema version {} of `{}` is too large",
+                    event.schema_version, event.event_type
+                ))
+            })?;
+            columns.ids.push(event.event_id);
+            columns.types.push(event.event_type);
+            columns.schema_versions.push(schema_version);
+            columns.payloads.push(Vec::from(event.payload));
+            columns.metadata.push(event.metadata.to_json().to_vec());
+        }
+        Ok(columns)
+    }
+}
+
+/// Why a unit's statements failed inside its transaction.
+pub(super) enum Failure {
+    /// The error to return.
+    Error(Error),
+    /// Another writer took a version this unit expected to write: a conflict whose actual
+    /// version can only be read once the transaction (which the failure aborted) has ended.
+    VersionTaken {
+        stream_id: StreamId,
+        expected: ExpectedVersion,
+    },
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure::Error(error)
+    }
+}
+
+impl PgEventStore {
+    /// Appends one stream's events on `conn` (in a transaction when `in_tx`).
+    pub(super) async fn append_on(
+        &self,
+        conn: &mut PgConnection,
+        append: StreamAppend,
+        in_tx: bool,
+    ) -> Result<AppendResult, Failure> {
+        let StreamAppend {
+            stream_id,
+            expected,
+            events,
+        } = append;
+        if events.is_empty() {
+            // Only the expectation is checked, as of now.
+            let actual = stream_version(&mut *conn, &stream_id).await?;
+            if !expected.is_met_by(actual) {
+                return Err(expected.conflict(&stream_id, actual).into());
+            }
+            return Ok(AppendResult {
+                stream_id,
+                next_expected_version: actual.unwrap_or(0),
+                positions: Vec::new(),
+            });
+        }
+        let columns = Columns::new(events)?;
+        let expected_version = match expected {
+            ExpectedVersion::Exact(version) if version > 0 => {
+                Some(to_i64(version, "expected version")?)
+            }
+            _ => None,
+        };
+        // `Any` and `StreamExists` pin no version: losing a race for one is no conflict, so
+        // they try again (behind a savepoint in a transaction, which the failure would abort).
+        let retries = matches!(
+            expected,
+            ExpectedVersion::Any | ExpectedVersion::StreamExists
+        );
+        let mut attempt = 0;
+        let rows = loop {
+            if retries && in_tx {
+                sqlx::query("SAVEPOINT es_append")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(from_sqlx)?;
+            }
+            let mut query =
+                sqlx::query_as::<_, (i64, i64, i64)>(self.inner.appends.statement(expected))
+                    .bind(stream_id.as_str())
+                    .bind(stream_id.category())
+                    .bind(&columns.ids)
+                    .bind(&columns.types)
+                    .bind(&columns.schema_versions)
+                    .bind(&columns.payloads)
+                    .bind(&columns.metadata);
+            if let Some(version) = expected_version {
+                query = query.bind(version);
+            }
+            match query.fetch_all(&mut *conn).await {
+                Ok(rows) if !rows.is_empty() => break rows,
+                Ok(_) => {
+                    // The statement inserts exactly when the expectation holds for the version
+                    // it sees; it wrote nothing, so that version failed it. Reading the version
+                    // costs a round trip on this path only, which keeps the common one a plain
+                    // INSERT. Should it hold by now (another writer created the stream
+                    // meanwhile), this is a lost race like any other: try again.
+                    let actual = stream_version(&mut *conn, &stream_id).await?;
+                    if !expected.is_met_by(actual) || attempt >= MAX_RACE_RETRIES {
+                        return Err(expected.conflict(&stream_id, actual).into());
+                    }
+                    attempt += 1;
+                }
+                Err(error) => match unique_violation(&error).as_deref() {
+                    Some("events_event_id_key") => {
+                        return Err(Error::InvalidInput(format!(
+                            "an event id of the append to `{stream_id}` is already stored"
+                        ))
+                        .into())
+                    }
+                    Some("events_stream_version_key") if retries && attempt < MAX_RACE_RETRIES => {
+                        attempt += 1;
+                        if in_tx {
+                            sqlx::query("ROLLBACK TO SAVEPOINT es_append")
+                                .execute(&mut *conn)
+                                .await
+                                .map_err(from_sqlx)?;
+                        }
+                    }
+                    // Another writer took the version: the conflict reports the version it made
+                    // (read on another connection when this transaction is aborted).
+                    Some("events_stream_version_key") if in_tx => {
+                        return Err(Failure::VersionTaken {
+                            stream_id,
+                            expected,
+                        })
+                    }
+                    Some("events_stream_version_key") => {
+                        let actual = stream_version(&mut *conn, &stream_id).await?;
+                        return Err(expected.conflict(&stream_id, actual).into());
+                    }
+                    _ => return Err(from_sqlx(error).into()),
+                },
+            }
+        };
+        let mut rows = rows;
+        // RETURNING follows the insertion order in practice, which SQL does not promise.
+        rows.sort_unstable_by_key(|&(_, seq, _)| seq);
+        let next_expected_version = rows.last().map_or(0, |&(_, _, version)| to_u64(version));
+        let positions = rows
+            .iter()
+            .map(|&(tx_id, seq, _)| Position::new(to_u64(tx_id), to_u64(seq)))
+            .collect();
+        Ok(AppendResult {
+            stream_id,
+            next_expected_version,
+            positions,
+        })
+    }
+}

@@ -1,0 +1,95 @@
+//! How subscribers learn of new events: wake-ups in this process, a `NOTIFY` to the others,
+//! the `LISTEN` task that hears them, and the subscription that catches up, then polls.
+
+use std::sync::Arc;
+
+use es_core::polling::{poll_subscription, PollConfig};
+use es_core::{AppendResult, EventSubscription, Position, StreamFilter};
+use tokio::sync::watch;
+
+use super::PgEventStore;
+use crate::listener::Listener;
+
+impl PgEventStore {
+    /// A receiver that changes whenever an append to this schema is announced (and after the
+    /// listener reconnects, since announcements may have been missed meanwhile).
+    pub fn wake_receiver(&self) -> watch::Receiver<()> {
+        self.wake_receiver_for(&StreamFilter::All)
+    }
+
+    /// A receiver that changes whenever an append that `filter` lets through is announced (and
+    /// after the listener reconnects). A category's receiver stays still while other categories
+    /// are appended to, so its owner does not read for nothing.
+    pub fn wake_receiver_for(&self, filter: &StreamFilter) -> watch::Receiver<()> {
+        // The receiver first: the listener's first wake-up, once it listens, must reach it.
+        let receiver = self.inner.wake.receiver(filter);
+        self.ensure_listener();
+        receiver
+    }
+
+    /// Tells subscribers that events were committed: this process's at once, others through
+    /// a `NOTIFY` that the announcer sends after the commit.
+    pub(super) fn announce(&self, results: &[AppendResult]) {
+        if results.iter().all(|r| r.positions.is_empty()) {
+            return;
+        }
+        let categories = || {
+            results
+                .iter()
+                .filter(|r| !r.positions.is_empty())
+                .map(|r| r.stream_id.category())
+        };
+        self.inner.wake.wake(categories());
+        if let Ok(announcer) = self.inner.announcer.lock() {
+            if let Some(announcer) = announcer.as_ref() {
+                announcer.announce(categories());
+            }
+        }
+    }
+
+    fn ensure_listener(&self) {
+        let Ok(mut listener) = self.inner.listener.lock() else {
+            return;
+        };
+        if listener.is_none() {
+            // Without a runtime there is no listener: subscriptions fall back to polling.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                *listener = Some(Listener::spawn(
+                    &runtime,
+                    self.inner.pool.clone(),
+                    self.inner.channel.clone(),
+                    self.inner.wake.clone(),
+                ));
+            }
+        }
+    }
+
+    /// A subscription after `after`: what is safe now, streamed while far behind, then pages
+    /// woken by announcements.
+    pub(super) fn subscription(&self, filter: StreamFilter, after: Position) -> EventSubscription {
+        // Listening from now, so no announcement is missed while catching up.
+        self.ensure_listener();
+        let store = self.clone();
+        let live_filter = filter.clone();
+        crate::catch_up::subscription(
+            self.inner.pool.clone(),
+            self.inner.catch_up_permits.clone(),
+            self.inner.config.catch_up_rows,
+            filter,
+            after,
+            move |last| store.poll_subscription(live_filter, last),
+        )
+    }
+
+    /// The polling subscription after `after`: pages, woken by announcements.
+    fn poll_subscription(&self, filter: StreamFilter, after: Position) -> EventSubscription {
+        let wake = self.wake_receiver_for(&filter);
+        let config = PollConfig {
+            page_size: self.inner.config.page_size,
+            poll_interval: self.inner.config.poll_interval,
+            ..PollConfig::default()
+        };
+        // The store itself: its `read_page` is the subscription's read.
+        poll_subscription(Arc::new(self.clone()), filter, after, Some(wake), config)
+    }
+}
