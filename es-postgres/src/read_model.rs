@@ -553,6 +553,14 @@ impl PgReadModelRunner {
             self.carry_committed(&mut tx, model, building.generation)
                 .await?;
         }
+        if !model.written_inline() {
+            // Readers lock a view, then the table behind it. Dropping the old generation
+            // locks its tables and then the views that point into them: taken in that order
+            // while a reader sat between its two locks, the two deadlocked and PostgreSQL
+            // failed the read. Taking the views first is the readers' order; it waits only
+            // for the reads in flight, and the ones after it wait for the switch (a moment).
+            self.lock_views(&mut tx, model).await?;
+        }
         self.drop_generation(&mut tx, name, active.generation)
             .await?;
         sqlx::query(

@@ -314,33 +314,39 @@ async fn a_new_version_rebuilds_beside_the_old_while_events_flow_and_readers_swi
             }
         }
     });
-    // Readers watch the view the whole time.
-    let reader = tokio::spawn({
-        let (store, stop) = (store.clone(), stop.clone());
-        async move {
-            let (mut last, mut reads, mut saw_v2) = (0, 0, false);
-            while !stop.is_cancelled() {
-                let (events, sum, version) = read_totals(&store).await;
-                assert_eq!(
-                    sum,
-                    triangle(events),
-                    "a read saw a model that is not a prefix"
-                );
-                assert!(
-                    events >= last,
-                    "a read saw {events} events after one saw {last}: a half-built model"
-                );
-                assert!(
-                    version == 2 || !saw_v2,
-                    "readers went back to the old version"
-                );
-                saw_v2 |= version == 2;
-                last = events;
-                reads += 1;
-            }
-            reads
-        }
-    });
+    // Readers watch the view the whole time, several at once: a reader locks the view, then
+    // the table behind it, so a switch that took the old table before the view deadlocked
+    // with one caught between the two (PostgreSQL then failed the read).
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn({
+                let (store, stop) = (store.clone(), stop.clone());
+                async move {
+                    let (mut last, mut reads, mut saw_v2) = (0, 0, false);
+                    while !stop.is_cancelled() {
+                        let (events, sum, version) = read_totals(&store).await;
+                        assert_eq!(
+                            sum,
+                            triangle(events),
+                            "a read saw a model that is not a prefix"
+                        );
+                        assert!(
+                            events >= last,
+                            "a read saw {events} events after one saw {last}: a half-built model"
+                        );
+                        assert!(
+                            version == 2 || !saw_v2,
+                            "readers went back to the old version"
+                        );
+                        saw_v2 |= version == 2;
+                        last = events;
+                        reads += 1;
+                    }
+                    reads
+                }
+            })
+        })
+        .collect();
     // The new code starts: it rebuilds generation 2 from the start while generation 1 serves.
     let v2 = PgReadModelRunner::new(store.clone()).with_batch_size(50);
     let new = tokio::spawn({
@@ -370,7 +376,10 @@ async fn a_new_version_rebuilds_beside_the_old_while_events_flow_and_readers_swi
     })
     .await;
     stop.cancel();
-    let reads = reader.await.unwrap();
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await.unwrap();
+    }
     assert!(
         reads > 10,
         "the readers read during the rebuild ({reads} reads)"
