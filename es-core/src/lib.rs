@@ -51,7 +51,10 @@ pub use projection::{
 };
 pub use relay::{ParkedEvent, ParkedEventStore, Relay, RelayBuilder};
 pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, Repository};
-pub use saga::{CommandDispatcher, DispatchError, Saga, SagaDecision, SagaRunner, SagaStore};
+pub use saga::{
+    CommandDispatcher, DispatchError, RepositoryDispatcher, Saga, SagaDecision, SagaRunner,
+    SagaStore,
+};
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{
     AppendResult, CheckpointStore, CommitOutcome, EventStore, EventSubscription, Inbox, InboxEntry,

@@ -14,7 +14,8 @@ use uuid::Uuid;
 use crate::bus::{HandlerError, MessageHandler, RetryPolicy};
 use crate::error::{BoxError, Error, Result};
 use crate::event::{DomainEvent, Envelope, Metadata, RecordedEvent};
-use crate::repository::CommandError;
+use crate::repository::{CommandContext, CommandError};
+use crate::store::InboxEntry;
 
 /// A process manager: a pure reaction to events and deadlines.
 ///
@@ -24,8 +25,10 @@ use crate::repository::CommandError;
 /// [`CommandDispatcher`].
 ///
 /// Commands are dispatched *before* the saga's new state is saved, so after a crash a command
-/// may be dispatched again: make command handling idempotent (a repository command with an
-/// inbox entry is).
+/// may be dispatched again. Each command therefore comes with a [`CommandContext`] whose inbox
+/// entry names it (see [`CommandDispatcher`]): a dispatcher that runs it through
+/// [`Repository::execute`](crate::Repository::execute) (as [`RepositoryDispatcher`] does)
+/// commits that entry with the command's events, and the command dispatched again is skipped.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -33,8 +36,8 @@ use crate::repository::CommandError;
 /// use std::sync::{Arc, Mutex};
 /// use chrono::{Duration, Utc};
 /// use es_core::memory::MemoryEventStore;
-/// use es_core::{BoxError, CommandDispatcher, DispatchError, DomainEvent, Envelope, EventStore, ExpectedVersion,
-///     Metadata, NewEvent, Saga, SagaDecision, SagaRunner, StreamId};
+/// use es_core::{BoxError, CommandContext, CommandDispatcher, DispatchError, DomainEvent, Envelope, EventStore,
+///     ExpectedVersion, Metadata, NewEvent, Saga, SagaDecision, SagaRunner, StreamId};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,7 +78,7 @@ use crate::repository::CommandError;
 /// struct Sent(Mutex<Vec<Command>>);
 /// #[es_core::async_trait]
 /// impl CommandDispatcher<Command> for Sent {
-///     async fn dispatch(&self, command: Command, _: Metadata) -> Result<(), DispatchError> {
+///     async fn dispatch(&self, command: Command, _: CommandContext) -> Result<(), DispatchError> {
 ///         self.0.lock().unwrap().push(command);
 ///         Ok(())
 ///     }
@@ -214,6 +217,15 @@ impl<C, D> SagaDecision<C, D> {
 
 /// Carries out a saga's commands.
 ///
+/// Each command comes with a [`CommandContext`]: the metadata for the events it causes (caused
+/// by the saga's event or deadline), and an inbox entry that names this command of this
+/// decision: the saga, the instance and its version, the command's place among the decision's
+/// commands, and the event or deadline that caused it. Pass the context on to
+/// [`Repository::execute`](crate::Repository::execute) and a command dispatched again after a
+/// crash (the saga's state not saved yet) finds its entry and changes nothing. A decision made
+/// on another version of the instance names its commands anew, so nothing a later decision
+/// sends is skipped. [`RepositoryDispatcher`] does all of this for commands of one aggregate.
+///
 /// The error's kind decides what becomes of the event or deadline behind the command: a
 /// transient [`Error`] (an outage, a conflict streak) is retried with backoff, anything else
 /// (a refusal, a permanent backend error) dead-letters the event or parks the deadline. A
@@ -221,21 +233,129 @@ impl<C, D> SagaDecision<C, D> {
 /// its kind.
 #[async_trait]
 pub trait CommandDispatcher<C>: Send + Sync {
-    /// Carries out `command`, with `metadata` for the events it causes.
-    async fn dispatch(&self, command: C, metadata: Metadata) -> Result<(), DispatchError>;
+    /// Carries out `command` within `context` (its events' metadata and its inbox entry).
+    async fn dispatch(&self, command: C, context: CommandContext) -> Result<(), DispatchError>;
 
     /// Carries out the commands of a batch of events, in order (a batched saga calls it once
     /// per batch; see [`SagaRunner::handle_events`]). Override it to commit them together,
     /// for instance with [`Repository::execute_batch`](crate::Repository::execute_batch). The
     /// default dispatches them one after the other and stops at the first failure: like every
     /// saga command, they must be safe to carry out again.
-    async fn dispatch_many(&self, commands: Vec<(C, Metadata)>) -> Result<(), DispatchError>
+    async fn dispatch_many(&self, commands: Vec<(C, CommandContext)>) -> Result<(), DispatchError>
     where
         C: Send + 'async_trait,
     {
-        for (command, metadata) in commands {
-            self.dispatch(command, metadata).await?;
+        for (command, context) in commands {
+            self.dispatch(command, context).await?;
         }
+        Ok(())
+    }
+}
+
+/// The inbox entries of one decision's commands: one per command, named by the saga, the
+/// instance, the version the decision was made on and the command's place, for the event or
+/// deadline `cause`.
+fn command_contexts<C>(
+    saga: &str,
+    instance: &str,
+    version: u64,
+    cause: Uuid,
+    metadata: &Metadata,
+    commands: Vec<C>,
+) -> Vec<(C, CommandContext)> {
+    commands
+        .into_iter()
+        .enumerate()
+        .map(|(index, command)| {
+            let context = CommandContext {
+                metadata: metadata.clone(),
+                inbox: Some(InboxEntry::new(
+                    format!("{saga}/{instance}@{version}#{index}"),
+                    cause,
+                )),
+            };
+            (command, context)
+        })
+        .collect()
+}
+
+/// A [`CommandDispatcher`] that carries out a saga's commands on one aggregate type through a
+/// [`Repository`](crate::Repository): `route` turns a saga command into the aggregate's id and
+/// command. Each command commits with its inbox entry, so one dispatched again is skipped; a
+/// batch goes through [`Repository::execute_batch`](crate::Repository::execute_batch).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), es_core::BoxError> {
+/// # use es_core::{Aggregate, DomainEvent, Repository, RepositoryDispatcher, CommandDispatcher, CommandContext, Metadata};
+/// # use es_core::memory::MemoryEventStore;
+/// # #[derive(Debug, Default, Clone)] struct Order { confirmed: bool }
+/// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)] enum OrderEvent { Confirmed }
+/// # impl DomainEvent for OrderEvent {}
+/// # #[derive(Debug, thiserror::Error)] #[error("never")] struct Never;
+/// # impl Aggregate for Order {
+/// #     const TYPE: &'static str = "order";
+/// #     type Command = (); type Event = OrderEvent; type Error = Never;
+/// #     fn handle(&self, _: ()) -> Result<Vec<OrderEvent>, Never> { Ok(vec![OrderEvent::Confirmed]) }
+/// #     fn apply(&mut self, _: &OrderEvent) { self.confirmed = true }
+/// # }
+/// /// What the saga sends: confirm this order.
+/// struct Confirm(String);
+///
+/// let orders = Repository::<Order>::new(MemoryEventStore::new());
+/// let dispatcher = RepositoryDispatcher::new(orders.clone(), |Confirm(id): Confirm| (id, ()));
+/// dispatcher.dispatch(Confirm("o-1".into()), CommandContext::default()).await?;
+/// assert!(orders.load("o-1").await?.state.confirmed);
+/// # Ok(()) }
+/// ```
+pub struct RepositoryDispatcher<A: crate::Aggregate, F> {
+    repository: crate::Repository<A>,
+    route: F,
+}
+
+impl<A: crate::Aggregate, F> RepositoryDispatcher<A, F> {
+    /// Dispatches to `repository`, each saga command turned into `(aggregate id, command)` by
+    /// `route`.
+    pub fn new(repository: crate::Repository<A>, route: F) -> Self {
+        RepositoryDispatcher { repository, route }
+    }
+}
+
+impl<A: crate::Aggregate, F> fmt::Debug for RepositoryDispatcher<A, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RepositoryDispatcher")
+            .field("aggregate", &A::TYPE)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<C, A, F> CommandDispatcher<C> for RepositoryDispatcher<A, F>
+where
+    C: Send + 'static,
+    A: crate::Aggregate + Clone,
+    A::Command: Clone,
+    A::Error: std::error::Error + Send + Sync + 'static,
+    F: Fn(C) -> (String, A::Command) + Send + Sync,
+{
+    async fn dispatch(&self, command: C, context: CommandContext) -> Result<(), DispatchError> {
+        let (id, command) = (self.route)(command);
+        self.repository.execute(&id, command, context).await?;
+        Ok(())
+    }
+
+    async fn dispatch_many(&self, commands: Vec<(C, CommandContext)>) -> Result<(), DispatchError>
+    where
+        C: Send + 'async_trait,
+    {
+        let batch: Vec<(String, A::Command, CommandContext)> = commands
+            .into_iter()
+            .map(|(command, context)| {
+                let (id, command) = (self.route)(command);
+                (id, command, context)
+            })
+            .collect();
+        self.repository.execute_batch(batch).await?;
         Ok(())
     }
 }
@@ -667,7 +787,14 @@ impl<S: Saga> SagaRunner<S> {
                     Some(event.event_id),
                     None,
                 )?;
-                commands.extend(decided.into_iter().map(|c| (c, metadata.clone())));
+                commands.extend(command_contexts(
+                    S::NAME,
+                    instance,
+                    version,
+                    event.event_id,
+                    &metadata,
+                    decided,
+                ));
                 changes.push(change);
             }
             if !commands.is_empty() {
@@ -899,9 +1026,13 @@ impl<S: Saga> SagaRunner<S> {
                 fired_deadline,
             )
             .map_err(Failed::Store)?;
-        for command in commands {
+        // Every call site gives one cause: the event handled or the deadline fired.
+        let cause = handled_event.or(fired_deadline).unwrap_or_default();
+        for (command, context) in
+            command_contexts(S::NAME, instance, version, cause, metadata, commands)
+        {
             self.dispatcher
-                .dispatch(command, metadata.clone())
+                .dispatch(command, context)
                 .await
                 .map_err(|error| Failed::Dispatch(error.into_error()))?;
         }

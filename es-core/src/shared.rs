@@ -17,9 +17,10 @@ use uuid::Uuid;
 
 use crate::bus::{Consumer, ConsumerHandle, EventBus, MessageHandler};
 use crate::error::Result;
-use crate::event::{Metadata, NewEvent, RecordedEvent};
+use crate::event::{NewEvent, RecordedEvent};
 use crate::lease::LeaseStore;
 use crate::relay::{ParkedEvent, ParkedEventStore};
+use crate::repository::CommandContext;
 use crate::saga::{
     CommandDispatcher, DeadlineRecord, DispatchError, SagaChange, SagaSaved, SagaState, SagaStore,
 };
@@ -279,11 +280,11 @@ impl<T: SagaStore + ?Sized> SagaStore for Arc<T> {
 
 #[async_trait]
 impl<C: Send + 'static, T: CommandDispatcher<C> + ?Sized> CommandDispatcher<C> for Arc<T> {
-    async fn dispatch(&self, command: C, metadata: Metadata) -> Result<(), DispatchError> {
-        (**self).dispatch(command, metadata).await
+    async fn dispatch(&self, command: C, context: CommandContext) -> Result<(), DispatchError> {
+        (**self).dispatch(command, context).await
     }
 
-    async fn dispatch_many(&self, commands: Vec<(C, Metadata)>) -> Result<(), DispatchError>
+    async fn dispatch_many(&self, commands: Vec<(C, CommandContext)>) -> Result<(), DispatchError>
     where
         C: Send + 'async_trait,
     {

@@ -244,13 +244,16 @@ struct Recorder {
 
 #[async_trait]
 impl CommandDispatcher<String> for Recorder {
-    async fn dispatch(&self, command: String, _: Metadata) -> Result<(), DispatchError> {
+    async fn dispatch(&self, command: String, _: CommandContext) -> Result<(), DispatchError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.commands.lock().unwrap().push(command);
         Ok(())
     }
 
-    async fn dispatch_many(&self, commands: Vec<(String, Metadata)>) -> Result<(), DispatchError> {
+    async fn dispatch_many(
+        &self,
+        commands: Vec<(String, CommandContext)>,
+    ) -> Result<(), DispatchError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.commands
             .lock()

@@ -11,9 +11,10 @@ use es_core::bus::RetryPolicy;
 use es_core::memory::{MemoryEventBus, MemoryEventStore};
 use es_core::saga::SagaOutcome;
 use es_core::{
-    CommandDispatcher, CommandError, Consumer, DeadLetterQueue, DispatchError, DomainEvent,
-    Envelope, Error, EventBus, EventStore, ExpectedVersion, HandlerError, MessageHandler, Metadata,
-    NewEvent, RecordedEvent, Saga, SagaDecision, SagaRunner, SagaStore, StreamId,
+    CommandContext, CommandDispatcher, CommandError, Consumer, DeadLetterQueue, DispatchError,
+    DomainEvent, Envelope, Error, EventBus, EventStore, ExpectedVersion, HandlerError,
+    MessageHandler, Metadata, NewEvent, RecordedEvent, Saga, SagaDecision, SagaRunner, SagaStore,
+    StreamId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -135,7 +136,7 @@ impl Dispatcher {
 
 #[es_core::async_trait]
 impl CommandDispatcher<Cmd> for Dispatcher {
-    async fn dispatch(&self, command: Cmd, _: Metadata) -> Result<(), DispatchError> {
+    async fn dispatch(&self, command: Cmd, _: CommandContext) -> Result<(), DispatchError> {
         self.attempts.lock().unwrap().push(command.clone());
         let fault = {
             let mut faults = self.faults.lock().unwrap();

@@ -9,9 +9,9 @@ use es_core::memory::{MemoryEventBus, MemoryEventStore};
 use es_core::saga::SagaOutcome;
 use es_core::testing::{envelope, SagaTest};
 use es_core::{
-    BoxError, CommandDispatcher, Consumer, DispatchError, DomainEvent, Envelope, EventBus,
-    EventStore, ExpectedVersion, InlineProjection, MessageHandler, Metadata, NewEvent, Projection,
-    ProjectionRunner, RecordedEvent, Relay, Saga, SagaDecision, SagaRunner, SagaStore,
+    BoxError, CommandContext, CommandDispatcher, Consumer, DispatchError, DomainEvent, Envelope,
+    EventBus, EventStore, ExpectedVersion, InlineProjection, MessageHandler, Metadata, NewEvent,
+    Projection, ProjectionRunner, RecordedEvent, Relay, Saga, SagaDecision, SagaRunner, SagaStore,
     StreamFilter, StreamId,
 };
 use serde::{Deserialize, Serialize};
@@ -83,8 +83,8 @@ struct Dispatched(Mutex<Vec<(Cmd, Metadata)>>);
 
 #[es_core::async_trait]
 impl CommandDispatcher<Cmd> for Dispatched {
-    async fn dispatch(&self, command: Cmd, metadata: Metadata) -> Result<(), DispatchError> {
-        self.0.lock().unwrap().push((command, metadata));
+    async fn dispatch(&self, command: Cmd, context: CommandContext) -> Result<(), DispatchError> {
+        self.0.lock().unwrap().push((command, context.metadata));
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use chrono::Utc;
 use es_core::{
-    CommandDispatcher, DispatchError, DomainEvent, Envelope, Metadata, Repository, Saga,
+    CommandContext, CommandDispatcher, DispatchError, DomainEvent, Envelope, Repository, Saga,
     SagaDecision,
 };
 use serde::{Deserialize, Serialize};
@@ -172,7 +172,7 @@ impl CommandDispatcher<FlowCommand> for OrderDispatcher {
     async fn dispatch(
         &self,
         command: FlowCommand,
-        metadata: Metadata,
+        context: CommandContext,
     ) -> Result<(), DispatchError> {
         let at = Utc::now();
         let order_command = match command.action.clone() {
@@ -180,12 +180,12 @@ impl CommandDispatcher<FlowCommand> for OrderDispatcher {
             FlowAction::Confirm(payment_id) => OrderCommand::ConfirmPayment { payment_id, at },
             FlowAction::Cancel(reason) => OrderCommand::Cancel { reason, at },
         };
-        let span = tracing::info_span!("saga", correlation_id = %metadata.correlation_id.unwrap_or(command.order_id), order_id = %command.order_id);
+        let span = tracing::info_span!("saga", correlation_id = %context.metadata.correlation_id.unwrap_or(command.order_id), order_id = %command.order_id);
         async {
             // `?` keeps the store error's kind: an outage is retried, a refusal dead-letters.
             let executed = self
                 .orders
-                .execute(&command.order_id.to_string(), order_command, metadata)
+                .execute(&command.order_id.to_string(), order_command, context)
                 .await?;
             if !executed.events.is_empty() {
                 tracing::info!(action = ?command.action, status = ?executed.state.status, "order moved");
@@ -202,12 +202,12 @@ impl CommandDispatcher<FlowCommand> for OrderDispatcher {
     /// The saga's commands of a batch, on every order they touch, in one commit.
     async fn dispatch_many(
         &self,
-        commands: Vec<(FlowCommand, Metadata)>,
+        commands: Vec<(FlowCommand, CommandContext)>,
     ) -> Result<(), DispatchError> {
         let at = Utc::now();
         let batch: Vec<_> = commands
             .iter()
-            .map(|(command, metadata)| {
+            .map(|(command, context)| {
                 let order_command = match command.action.clone() {
                     FlowAction::MarkInventoryReserved => OrderCommand::MarkInventoryReserved { at },
                     FlowAction::Confirm(payment_id) => {
@@ -215,11 +215,7 @@ impl CommandDispatcher<FlowCommand> for OrderDispatcher {
                     }
                     FlowAction::Cancel(reason) => OrderCommand::Cancel { reason, at },
                 };
-                (
-                    command.order_id.to_string(),
-                    order_command,
-                    es_core::CommandContext::with_metadata(metadata.clone()),
-                )
+                (command.order_id.to_string(), order_command, context.clone())
             })
             .collect();
         let executed = self.orders.execute_batch(batch).await?;
@@ -247,7 +243,7 @@ mod tests {
                 reason: None,
                 payment_id: None,
             }),
-            Metadata::default(),
+            es_core::Metadata::default(),
         );
         // `--order-timeout 100000000d`: past the last representable time.
         let timeout = chrono::Duration::from_std(

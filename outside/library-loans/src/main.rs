@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use es_core::memory::MemoryEventStore;
 use es_core::{
-    Aggregate, BoxError, CheckpointStore, CommandDispatcher, CommandError, DispatchError,
+    Aggregate, BoxError, CheckpointStore, CommandContext, CommandDispatcher, CommandError, DispatchError,
     DomainEvent, Envelope, EventStore, Metadata, Projection, ProjectionRunner, RecordedEvent,
     Repository, Saga, SagaDecision, SagaRunner, SagaStore, StreamFilter,
 };
@@ -183,9 +183,9 @@ impl CommandDispatcher<(String, BookCommand)> for Librarian {
     async fn dispatch(
         &self,
         (book, command): (String, BookCommand),
-        metadata: Metadata,
+        context: CommandContext,
     ) -> Result<(), DispatchError> {
-        self.0.execute(&book, command, metadata).await?;
+        self.0.execute(&book, command, context).await?;
         Ok(())
     }
 }
