@@ -16,6 +16,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::event::{DomainEvent, Envelope, Metadata, RecordedEvent};
 use crate::repository::{CommandContext, CommandError};
 use crate::store::InboxEntry;
+use crate::stream::StreamFilter;
 
 /// A process manager: a pure reaction to events and deadlines.
 ///
@@ -606,6 +607,15 @@ pub struct SagaRunner<S: Saga> {
     config: Arc<S::Config>,
     max_retries: usize,
     deadline_retry: RetryPolicy,
+    /// Where it reads when it follows the store's log (see its [`Projection`] impl).
+    log: LogFollowing,
+}
+
+/// The checkpoint name and filter of a saga that follows the store's log.
+#[derive(Clone, Debug)]
+struct LogFollowing {
+    checkpoint: String,
+    filter: StreamFilter,
 }
 
 impl<S: Saga> Clone for SagaRunner<S> {
@@ -616,6 +626,7 @@ impl<S: Saga> Clone for SagaRunner<S> {
             config: self.config.clone(),
             max_retries: self.max_retries,
             deadline_retry: self.deadline_retry,
+            log: self.log.clone(),
         }
     }
 }
@@ -655,7 +666,18 @@ impl<S: Saga> SagaRunner<S> {
                 initial_backoff: Duration::from_secs(1),
                 max_backoff: Duration::from_secs(300),
             },
+            log: LogFollowing {
+                checkpoint: format!("saga:{}", S::NAME),
+                filter: StreamFilter::All,
+            },
         }
+    }
+
+    /// The same runner, reading only `filter`'s streams when it follows the store's log
+    /// (every stream by default; the saga ignores the event types it does not know either way).
+    pub fn with_log_filter(mut self, filter: StreamFilter) -> Self {
+        self.log.filter = filter;
+        self
     }
 
     /// The same runner, waiting from `initial` (doubling, with jitter) up to `max` before it
@@ -1066,6 +1088,71 @@ enum Instance<S> {
     State(S, u64),
     /// Finished: it takes no more events.
     Completed(SagaState),
+}
+
+/// A saga driven from the store's log instead of a bus: run it with a
+/// [`ProjectionRunner`](crate::ProjectionRunner), which keeps its place under the checkpoint
+/// `saga:{NAME}` and hands it every event after it (those of the
+/// [`with_log_filter`](SagaRunner::with_log_filter) streams).
+///
+/// A redelivered event is skipped by the saga's inbox as on a bus, so the checkpoint may lag.
+/// A failure halts the saga on that event and is retried with backoff, as a projection does: a
+/// refused command is not skipped (there is no dead-letter queue on the log), and shows in the
+/// runner's status and log until it is resolved.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), es_core::BoxError> {
+/// # use std::sync::{Arc, Mutex};
+/// # use es_core::{CommandContext, CommandDispatcher, DispatchError, DomainEvent, Envelope, EventStore,
+/// #     ExpectedVersion, Metadata, NewEvent, ProjectionRunner, Saga, SagaDecision, SagaRunner, StreamId};
+/// # use es_core::memory::MemoryEventStore;
+/// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)] enum Flow { Paid { order: String } }
+/// # impl DomainEvent for Flow {}
+/// # #[derive(Default, serde::Serialize, serde::Deserialize)] struct Ship;
+/// # impl Saga for Ship {
+/// #     const NAME: &'static str = "ship";
+/// #     type Event = Flow; type Command = String; type Deadline = (); type Config = ();
+/// #     fn instance_id(e: &Envelope<Flow>) -> Option<String> { let Flow::Paid { order } = &e.event; Some(order.clone()) }
+/// #     fn handle(&mut self, _: &(), e: &Envelope<Flow>) -> SagaDecision<String, ()> {
+/// #         let Flow::Paid { order } = &e.event; SagaDecision::none().send(order.clone())
+/// #     }
+/// #     fn on_deadline(&mut self, _: &(), _: ()) -> SagaDecision<String, ()> { SagaDecision::none() }
+/// # }
+/// # #[derive(Default)] struct Shipped(Mutex<Vec<String>>);
+/// # #[es_core::async_trait]
+/// # impl CommandDispatcher<String> for Shipped {
+/// #     async fn dispatch(&self, order: String, _: CommandContext) -> Result<(), DispatchError> {
+/// #         self.0.lock().unwrap().push(order); Ok(())
+/// #     }
+/// # }
+/// let store = MemoryEventStore::new();
+/// let shipped = Arc::new(Shipped::default());
+/// let saga = SagaRunner::<Ship>::new(store.clone(), shipped.clone(), ());
+/// let paid = NewEvent::from_domain(&Flow::Paid { order: "o-1".into() }, Metadata::default())?;
+/// store.append(&StreamId::new("payment-1")?, ExpectedVersion::Any, vec![paid]).await?;
+///
+/// // In a service: `ProjectionRunner::spawn(Arc::new(saga))`; here, up to the head.
+/// let follower = ProjectionRunner::new(store.clone(), store.clone());
+/// follower.catch_up(&saga).await?;
+/// follower.catch_up(&saga).await?; // from its checkpoint: nothing new
+/// assert_eq!(*shipped.0.lock().unwrap(), vec!["o-1".to_owned()]);
+/// # Ok(()) }
+/// ```
+#[async_trait]
+impl<S: Saga> crate::Projection for SagaRunner<S> {
+    fn name(&self) -> &str {
+        &self.log.checkpoint
+    }
+
+    fn filter(&self) -> StreamFilter {
+        self.log.filter.clone()
+    }
+
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+        self.handle_event(event).await?;
+        Ok(())
+    }
 }
 
 #[async_trait]

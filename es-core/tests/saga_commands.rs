@@ -1,13 +1,15 @@
 //! A saga's commands carry inbox entries: a command dispatched again after a failure (the
-//! saga's state not saved) is skipped, while a later decision's commands all go through.
+//! saga's state not saved) is skipped, while a later decision's commands all go through. A
+//! saga also follows the store's log, from a checkpoint of its own.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use es_core::memory::MemoryEventStore;
 use es_core::{
-    Aggregate, CommandContext, CommandDispatcher, DispatchError, DomainEvent, Envelope, Error,
-    EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Repository,
-    RepositoryDispatcher, Saga, SagaDecision, SagaRunner, StreamId,
+    Aggregate, CheckpointStore, CommandContext, CommandDispatcher, DispatchError, DomainEvent,
+    Envelope, Error, EventStore, ExpectedVersion, Metadata, NewEvent, ProjectionRunner,
+    RecordedEvent, Repository, RepositoryDispatcher, Saga, SagaDecision, SagaRunner, StreamFilter,
+    StreamId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -117,11 +119,15 @@ fn route(Bump(id): Bump) -> (String, ()) {
 }
 
 async fn setup() -> (MemoryEventStore, Repository<Counter>, SagaRunner<Pinger>) {
+    setup_with(true).await
+}
+
+async fn setup_with(b_down: bool) -> (MemoryEventStore, Repository<Counter>, SagaRunner<Pinger>) {
     let store = MemoryEventStore::new();
     let counters = Repository::<Counter>::new(store.clone());
     let dispatcher = BDownOnce {
         inner: RepositoryDispatcher::new(counters.clone(), route as Route),
-        b_down: AtomicBool::new(true),
+        b_down: AtomicBool::new(b_down),
     };
     let runner = SagaRunner::<Pinger>::new(store.clone(), dispatcher, ());
     (store, counters, runner)
@@ -201,5 +207,39 @@ async fn a_batch_dispatched_again_skips_what_went_through() {
         (bumps(&counters, "a").await, bumps(&counters, "b").await),
         (1, 1),
         "the bump of `a` went out twice"
+    );
+}
+
+#[tokio::test]
+async fn a_saga_follows_the_log_from_its_checkpoint() {
+    let (store, counters, runner) = setup_with(false).await;
+    // The pings alone: the counters' own events are not the saga's business.
+    let runner = runner.with_log_filter(StreamFilter::category("pings"));
+    let first = ping(&store, 1).await;
+
+    let follower = ProjectionRunner::new(store.clone(), store.clone());
+    let handle = follower.spawn(std::sync::Arc::new(runner.clone()));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while bumps(&counters, "b").await < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga never saw the ping"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    handle.stop().await;
+    assert_eq!(
+        store.load("saga:pinger").await.unwrap(),
+        Some(first.position),
+        "the saga's place in the log is kept under its own checkpoint"
+    );
+
+    // Started again, it reads on from there: the second ping alone.
+    let second = ping(&store, 2).await;
+    let position = follower.catch_up(&runner).await.unwrap();
+    assert_eq!(position, second.position);
+    assert_eq!(
+        (bumps(&counters, "a").await, bumps(&counters, "b").await),
+        (2, 2)
     );
 }
