@@ -22,7 +22,7 @@ use crate::telemetry::ProjectionMetrics;
 ///
 /// The runner hands it every event that passes [`filter`](Projection::filter), once, in
 /// position order, and saves the checkpoint after each event it handled. If the process dies
-/// between `handle` and the checkpoint, the event is handed over again: make `handle`
+/// between `apply` and the checkpoint, the event is handed over again: make `apply`
 /// idempotent, or keep the read model and the checkpoint in one transaction (`es-postgres`'s
 /// transactional projections do).
 ///
@@ -42,7 +42,7 @@ use crate::telemetry::ProjectionMetrics;
 /// impl Projection for OrderSizes {
 ///     fn name(&self) -> &str { "order-sizes" }
 ///     fn filter(&self) -> StreamFilter { StreamFilter::category("order") }
-///     async fn handle(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+///     async fn apply(&self, event: &RecordedEvent) -> Result<(), BoxError> {
 ///         let mut sizes = self.0.lock().map_err(|_| "poisoned")?;
 ///         sizes.insert(event.stream_id.entity_id().to_owned(), event.stream_version);
 ///         Ok(())
@@ -69,8 +69,9 @@ pub trait Projection: Send + Sync {
         StreamFilter::All
     }
 
-    /// Applies one event to the read model.
-    async fn handle(&self, event: &RecordedEvent) -> Result<(), BoxError>;
+    /// Applies one event to the read model (as [`InlineProjection::apply`] and
+    /// [`Aggregate::apply`](crate::Aggregate::apply) fold one event into theirs).
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), BoxError>;
 }
 
 /// A projection applied inside the append's own unit of work, so a read right after the append
@@ -256,7 +257,7 @@ impl<P: TypedProjection> Projection for Typed<P> {
         self.read().filter()
     }
 
-    async fn handle(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), BoxError> {
         self.apply_recorded(event)
     }
 }
@@ -352,7 +353,7 @@ pub trait ProjectionAdmin: Send + Sync + fmt::Debug {
 pub struct ProjectionStatus {
     /// The position of the last handled event.
     pub position: Position,
-    /// The last error `handle` returned, cleared by the next success.
+    /// The last error `apply` returned, cleared by the next success.
     pub last_error: Option<String>,
 }
 
@@ -434,7 +435,7 @@ impl ProjectionRunner {
             }
             for event in &page {
                 projection
-                    .handle(event)
+                    .apply(event)
                     .await
                     .map_err(|e| crate::Error::backend("projection", e))?;
                 self.checkpoints
@@ -446,7 +447,7 @@ impl ProjectionRunner {
     }
 
     /// Runs `projection` until `shutdown` completes (a [`CancellationToken`]'s
-    /// `cancelled_owned()`, a signal, any future). A failing `handle` is retried with backoff
+    /// `cancelled_owned()`, a signal, any future). A failing `apply` is retried with backoff
     /// (the projection halts on that event rather than skip it); a failing store read is
     /// retried by the subscription. [`spawn`](Self::spawn) runs it in the background with a
     /// handle that reports where it is.
@@ -500,7 +501,7 @@ impl ProjectionRunner {
             backoff.reset();
             let took = loop {
                 let started = std::time::Instant::now();
-                match projection.handle(&event).await {
+                match projection.apply(&event).await {
                     Ok(()) => break started.elapsed(),
                     Err(error) => {
                         tracing::error!(projection = %name, position = %event.position, event_type = %event.event_type, %error, "projection failed; retrying");

@@ -1149,7 +1149,7 @@ impl<S: Saga> crate::Projection for SagaRunner<S> {
         self.log.filter.clone()
     }
 
-    async fn handle(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), BoxError> {
         self.handle_event(event).await?;
         Ok(())
     }

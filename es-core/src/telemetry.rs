@@ -23,7 +23,7 @@
 //! | `es_relay_lag_events` | gauge | `relay` | events in the last batch: what had piled up since the batch before |
 //! | `es_relay_lag_seconds` | gauge | `relay` | age of the last published event when the bus took it |
 //! | `es_projection_handled_total` | counter | `projection` | events a running projection handled |
-//! | `es_projection_handling_seconds` | histogram | `projection` | time in the projection's `handle` |
+//! | `es_projection_handling_seconds` | histogram | `projection` | time in the projection's `apply` |
 //! | `es_projection_lag_seconds` | gauge | `projection` | age of the last handled event when its checkpoint was saved |
 //! | `es_read_model_lag_events` | gauge | `projection`, `phase` (`active`, `building`) | events a versioned read model's generation has still to read, as [`ProjectionAdmin::status`](crate::ProjectionAdmin::status) counts them |
 //! | `es_read_model_lag_seconds` | gauge | `projection`, `phase` | age of the oldest of those events (0 when none) |
@@ -63,7 +63,7 @@ pub const RELAY_LAG_EVENTS: &str = "es_relay_lag_events";
 pub const RELAY_LAG_SECONDS: &str = "es_relay_lag_seconds";
 /// `es_projection_handled_total`: events a running projection handled.
 pub const PROJECTION_HANDLED: &str = "es_projection_handled_total";
-/// `es_projection_handling_seconds`: time in a projection's `handle`.
+/// `es_projection_handling_seconds`: time in a projection's `apply`.
 pub const PROJECTION_HANDLING_SECONDS: &str = "es_projection_handling_seconds";
 /// `es_projection_lag_seconds`: age of a projection's last handled event.
 pub const PROJECTION_LAG_SECONDS: &str = "es_projection_lag_seconds";

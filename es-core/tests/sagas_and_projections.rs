@@ -254,7 +254,7 @@ impl Projection for Counter {
     fn filter(&self) -> StreamFilter {
         StreamFilter::category("flow")
     }
-    async fn handle(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), BoxError> {
         self.seen.lock().unwrap().push(event.clone());
         Ok(())
     }

@@ -207,7 +207,7 @@ impl Projection for Counting {
     fn name(&self) -> &str {
         "telemetry-projection"
     }
-    async fn handle(&self, _: &RecordedEvent) -> Result<(), BoxError> {
+    async fn apply(&self, _: &RecordedEvent) -> Result<(), BoxError> {
         Ok(())
     }
 }

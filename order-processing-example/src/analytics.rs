@@ -87,11 +87,16 @@ struct AnalyticsHandler {
     consumer: String,
 }
 
-#[async_trait]
-impl MessageHandler for AnalyticsHandler {
-    async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
+impl AnalyticsHandler {
+    /// The count of one message, on its order's activity stream, with its inbox entry; `None`
+    /// for an event that is not on the wire.
+    #[allow(clippy::type_complexity)]
+    fn command(
+        &self,
+        message: &RecordedEvent,
+    ) -> Result<Option<(String, CountedEvent, CommandContext)>, HandlerError> {
         if crate::events::routing_key_of(&message.event_type).is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let payload = message.payload_json().map_err(HandlerError::reject)?;
         let order_id = payload
@@ -113,11 +118,35 @@ impl MessageHandler for AnalyticsHandler {
             amount,
         };
         let context = CommandContext::caused_by(message, self.consumer.clone());
-        match self
-            .activity
-            .execute(&order_id.to_string(), counted, context)
-            .await
-        {
+        Ok(Some((order_id.to_string(), counted, context)))
+    }
+}
+
+#[async_trait]
+impl MessageHandler for AnalyticsHandler {
+    async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
+        let Some((order_id, counted, context)) = self.command(message)? else {
+            return Ok(());
+        };
+        match self.activity.execute(&order_id, counted, context).await {
+            Ok(_) => Ok(()),
+            Err(CommandError::Store(error)) => Err(error.into()),
+            Err(other) => Err(HandlerError::reject(other)),
+        }
+    }
+
+    /// The batch's counts in one load of the orders' streams and one commit with every inbox
+    /// entry: this consumer hears every wire event, so one message at a time it held more pool
+    /// connections than the services on the order's path.
+    async fn handle_batch(&self, messages: &[RecordedEvent]) -> Result<(), HandlerError> {
+        let mut commands = Vec::with_capacity(messages.len());
+        for message in messages {
+            commands.extend(self.command(message)?);
+        }
+        if commands.is_empty() {
+            return Ok(());
+        }
+        match self.activity.execute_batch(commands).await {
             Ok(_) => Ok(()),
             Err(CommandError::Store(error)) => Err(error.into()),
             Err(other) => Err(HandlerError::reject(other)),
@@ -202,7 +231,7 @@ impl Projection for AnalyticsReadModel {
         StreamFilter::category(OrderActivity::TYPE)
     }
 
-    async fn handle(&self, recorded: &RecordedEvent) -> Result<(), BoxError> {
+    async fn apply(&self, recorded: &RecordedEvent) -> Result<(), BoxError> {
         let AnalyticsEvent::EventCounted(event) = recorded.decode()?;
         let mut figures = self.figures.lock().unwrap_or_else(|e| e.into_inner());
         let key = (event.occurred_at, event.event_id);
@@ -556,11 +585,12 @@ pub(crate) async fn start(
         consumer: consumer.clone(),
     });
     background
-        .consume(
+        .consume_batched(
             &backends.bus,
             consumer,
             crate::events::bindings(ServiceKind::Analytics),
             handler,
+            crate::background::CONSUMER_BATCH,
         )
         .await?;
     let api = Router::new()

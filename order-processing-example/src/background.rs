@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use crate::backends::Backends;
 use crate::listing::Listings;
 
-/// Most messages a batched consumer (payment, inventory, the order saga) commits in one
-/// transaction. With the default prefetch of 32, each instance runs two batches at a time;
-/// at low load a batch is the one message there is.
+/// Most messages a consumer takes at once; every service's consumer commits a batch in one
+/// unit of work. With the default prefetch of 32, each instance runs two batches at a time; at
+/// low load a batch is the one message there is.
 pub(crate) const CONSUMER_BATCH: u16 = 16;
 
 /// How long a relay's lease lasts unrenewed: a standby instance takes over from one that died
@@ -35,18 +35,6 @@ pub(crate) struct Background {
 }
 
 impl Background {
-    /// Subscribes `handler` as `consumer` to `routing_keys`, one message at a time.
-    pub(crate) async fn consume(
-        &mut self,
-        bus: &Arc<dyn EventBus>,
-        consumer: String,
-        routing_keys: Vec<String>,
-        handler: Arc<dyn MessageHandler>,
-    ) -> es_core::Result<()> {
-        self.consume_batched(bus, consumer, routing_keys, handler, 1)
-            .await
-    }
-
     /// Subscribes `handler` as `consumer` to `routing_keys`, handing it up to `batch`
     /// messages at once ([`MessageHandler::handle_batch`]): for handlers that commit a batch
     /// in one unit of work.

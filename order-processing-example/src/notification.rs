@@ -113,12 +113,17 @@ struct NotificationHandler {
     consumer: String,
 }
 
-#[async_trait]
-impl MessageHandler for NotificationHandler {
-    async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
+impl NotificationHandler {
+    /// The notification one message asks for, on its order's stream, with its inbox entry;
+    /// `None` for an event this service does not notify of.
+    #[allow(clippy::type_complexity)]
+    fn command(
+        &self,
+        message: &RecordedEvent,
+    ) -> Result<Option<(String, NotificationView, CommandContext)>, HandlerError> {
         let input = match message.decode::<NotificationInput>() {
             Ok(input) => input,
-            Err(es_core::Error::UnknownEventType { .. }) => return Ok(()),
+            Err(es_core::Error::UnknownEventType { .. }) => return Ok(None),
             Err(error) => return Err(HandlerError::reject(error)),
         };
         let (order_id, customer_id, kind, text) = match input {
@@ -164,11 +169,38 @@ impl MessageHandler for NotificationHandler {
             created_at: Utc::now(),
         };
         let context = CommandContext::caused_by(message, self.consumer.clone());
+        Ok(Some((order_id.to_string(), notification, context)))
+    }
+}
+
+#[async_trait]
+impl MessageHandler for NotificationHandler {
+    async fn handle(&self, message: &RecordedEvent) -> Result<(), HandlerError> {
+        let Some((order_id, notification, context)) = self.command(message)? else {
+            return Ok(());
+        };
         match self
             .notifications
-            .execute(&order_id.to_string(), notification, context)
+            .execute(&order_id, notification, context)
             .await
         {
+            Ok(_) => Ok(()),
+            Err(CommandError::Store(error)) => Err(error.into()),
+            Err(other) => Err(HandlerError::reject(other)),
+        }
+    }
+
+    /// The batch's notifications in one load of the orders' streams and one commit with every
+    /// inbox entry.
+    async fn handle_batch(&self, messages: &[RecordedEvent]) -> Result<(), HandlerError> {
+        let mut commands = Vec::with_capacity(messages.len());
+        for message in messages {
+            commands.extend(self.command(message)?);
+        }
+        if commands.is_empty() {
+            return Ok(());
+        }
+        match self.notifications.execute_batch(commands).await {
             Ok(_) => Ok(()),
             Err(CommandError::Store(error)) => Err(error.into()),
             Err(other) => Err(HandlerError::reject(other)),
@@ -192,7 +224,7 @@ impl Projection for NotificationInbox {
         StreamFilter::category(OrderNotifications::TYPE)
     }
 
-    async fn handle(&self, recorded: &RecordedEvent) -> Result<(), BoxError> {
+    async fn apply(&self, recorded: &RecordedEvent) -> Result<(), BoxError> {
         let NotificationEvent::NotificationSent(notification) = recorded.decode()?;
         let mut by_customer = self.by_customer.lock().unwrap_or_else(|e| e.into_inner());
         let list = by_customer.entry(notification.customer_id).or_default();
@@ -287,11 +319,12 @@ pub(crate) async fn start(
         consumer: consumer.clone(),
     });
     background
-        .consume(
+        .consume_batched(
             &backends.bus,
             consumer,
             crate::events::bindings(ServiceKind::Notification),
             handler,
+            crate::background::CONSUMER_BATCH,
         )
         .await?;
     let api = Router::new()

@@ -30,7 +30,7 @@ impl Projection for ProductCatalog {
         StreamFilter::category(Product::TYPE)
     }
 
-    async fn handle(&self, recorded: &RecordedEvent) -> Result<(), BoxError> {
+    async fn apply(&self, recorded: &RecordedEvent) -> Result<(), BoxError> {
         let event: ProductEvent = recorded.decode()?;
         let product_id = Uuid::parse_str(recorded.stream_id.entity_id())?;
         let mut products = self.products.lock().unwrap_or_else(|e| e.into_inner());

@@ -59,7 +59,7 @@ impl Projection for OrderReadModel {
         StreamFilter::category(Order::TYPE)
     }
 
-    async fn handle(&self, recorded: &RecordedEvent) -> Result<(), BoxError> {
+    async fn apply(&self, recorded: &RecordedEvent) -> Result<(), BoxError> {
         let event: OrderEvent = recorded.decode()?;
         let order_id = match &event {
             OrderEvent::OrderPlaced { order_id, .. }

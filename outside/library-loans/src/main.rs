@@ -115,7 +115,7 @@ impl Projection for LoansByMember {
     fn filter(&self) -> StreamFilter {
         StreamFilter::category(Book::TYPE)
     }
-    async fn handle(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), BoxError> {
         let mut loans = self.loans.lock().map_err(|_| "poisoned")?;
         match event.decode::<BookEvent>()? {
             BookEvent::Lent { book, member, .. } => {
