@@ -46,6 +46,18 @@ impl From<crate::Error> for HandlerError {
     }
 }
 
+impl<E: std::error::Error + Send + Sync + 'static> From<crate::CommandError<E>> for HandlerError {
+    /// A store failure keeps its kind (a transient one retries); the aggregate's refusal is
+    /// [`HandlerError::Reject`]: the same message would be refused again. So a consumer that
+    /// runs a command writes `repository.execute(..).await?`.
+    fn from(error: crate::CommandError<E>) -> Self {
+        match error {
+            crate::CommandError::Rejected(error) => HandlerError::Reject(Box::new(error)),
+            crate::CommandError::Store(error) => error.into(),
+        }
+    }
+}
+
 /// Handles the messages of one consumer.
 ///
 /// The bus acknowledges a message only after `handle` returned `Ok`, so commit the handler's
@@ -398,6 +410,31 @@ pub trait EventBus: Send + Sync + fmt::Debug {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("refused")]
+    struct Refused;
+
+    #[test]
+    fn a_command_error_answers_the_bus_by_its_kind() {
+        let refused: HandlerError = crate::CommandError::Rejected(Refused).into();
+        assert!(
+            matches!(refused, HandlerError::Reject(_)),
+            "a refusal is final"
+        );
+        let outage: HandlerError =
+            crate::CommandError::<Refused>::Store(crate::Error::unavailable("db", "down")).into();
+        assert!(
+            matches!(outage, HandlerError::Retry(_)),
+            "an outage retries"
+        );
+        let broken: HandlerError =
+            crate::CommandError::<Refused>::Store(crate::Error::backend("db", "bad sql")).into();
+        assert!(
+            matches!(broken, HandlerError::Reject(_)),
+            "a permanent store error is final"
+        );
+    }
 
     #[test]
     fn topic_patterns_match_like_amqp() {

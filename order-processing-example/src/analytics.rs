@@ -11,8 +11,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use es_core::bus::{HandlerError, MessageHandler};
 use es_core::projection::TypedDecoder;
 use es_core::{
-    Aggregate, BoxError, CommandContext, CommandError, DomainEvent, Projection, RecordedEvent,
-    Repository, StreamFilter,
+    Aggregate, BoxError, CommandContext, DomainEvent, Projection, RecordedEvent, Repository,
+    StreamFilter,
 };
 use es_postgres::{PgEventStore, PgProjection};
 use rust_decimal::Decimal;
@@ -128,11 +128,8 @@ impl MessageHandler for AnalyticsHandler {
         let Some((order_id, counted, context)) = self.command(message)? else {
             return Ok(());
         };
-        match self.activity.execute(&order_id, counted, context).await {
-            Ok(_) => Ok(()),
-            Err(CommandError::Store(error)) => Err(error.into()),
-            Err(other) => Err(HandlerError::reject(other)),
-        }
+        self.activity.execute(&order_id, counted, context).await?;
+        Ok(())
     }
 
     /// The batch's counts in one load of the orders' streams and one commit with every inbox
@@ -146,11 +143,8 @@ impl MessageHandler for AnalyticsHandler {
         if commands.is_empty() {
             return Ok(());
         }
-        match self.activity.execute_batch(commands).await {
-            Ok(_) => Ok(()),
-            Err(CommandError::Store(error)) => Err(error.into()),
-            Err(other) => Err(HandlerError::reject(other)),
-        }
+        self.activity.execute_batch(commands).await?;
+        Ok(())
     }
 }
 

@@ -11,8 +11,8 @@ use axum::Router;
 use chrono::{DateTime, Utc};
 use es_core::bus::{HandlerError, MessageHandler};
 use es_core::{
-    Aggregate, BoxError, CommandContext, CommandError, DomainEvent, Projection, RecordedEvent,
-    Repository, StreamFilter,
+    Aggregate, BoxError, CommandContext, DomainEvent, Projection, RecordedEvent, Repository,
+    StreamFilter,
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -179,15 +179,10 @@ impl MessageHandler for NotificationHandler {
         let Some((order_id, notification, context)) = self.command(message)? else {
             return Ok(());
         };
-        match self
-            .notifications
+        self.notifications
             .execute(&order_id, notification, context)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(CommandError::Store(error)) => Err(error.into()),
-            Err(other) => Err(HandlerError::reject(other)),
-        }
+            .await?;
+        Ok(())
     }
 
     /// The batch's notifications in one load of the orders' streams and one commit with every
@@ -200,11 +195,8 @@ impl MessageHandler for NotificationHandler {
         if commands.is_empty() {
             return Ok(());
         }
-        match self.notifications.execute_batch(commands).await {
-            Ok(_) => Ok(()),
-            Err(CommandError::Store(error)) => Err(error.into()),
-            Err(other) => Err(HandlerError::reject(other)),
-        }
+        self.notifications.execute_batch(commands).await?;
+        Ok(())
     }
 }
 

@@ -8,7 +8,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use es_core::bus::{HandlerError, MessageHandler};
-use es_core::{Aggregate, CommandContext, CommandError, DomainEvent, RecordedEvent, Repository};
+use es_core::{Aggregate, CommandContext, DomainEvent, RecordedEvent, Repository};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
@@ -349,18 +349,12 @@ impl MessageHandler for PaymentHandler {
             return Ok(());
         };
         let context = CommandContext::caused_by(message, self.consumer.clone());
-        match self
+        let executed = self
             .payments
             .execute(&order_id.to_string(), command, context)
-            .await
-        {
-            Ok(executed) => {
-                Self::log(order_id, &executed.events);
-                Ok(())
-            }
-            Err(CommandError::Store(error)) => Err(error.into()),
-            Err(other) => Err(HandlerError::reject(other)),
-        }
+            .await?;
+        Self::log(order_id, &executed.events);
+        Ok(())
     }
 
     /// Every payment of the batch decided on state loaded in one read, and committed with the
@@ -378,16 +372,11 @@ impl MessageHandler for PaymentHandler {
         if commands.is_empty() {
             return Ok(());
         }
-        match self.payments.execute_batch(commands).await {
-            Ok(executed) => {
-                for (order_id, executed) in orders.into_iter().zip(executed) {
-                    Self::log(order_id, &executed.events);
-                }
-                Ok(())
-            }
-            Err(CommandError::Store(error)) => Err(error.into()),
-            Err(other) => Err(HandlerError::reject(other)),
+        let executed = self.payments.execute_batch(commands).await?;
+        for (order_id, executed) in orders.into_iter().zip(executed) {
+            Self::log(order_id, &executed.events);
         }
+        Ok(())
     }
 }
 
