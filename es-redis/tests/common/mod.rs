@@ -34,9 +34,18 @@ pub async fn shared_redis() -> RedisConnection {
 }
 
 /// A port nothing listens on right now.
+///
+/// One a cluster node can take too: its bus port (port + 10,000) exists and is free now.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+    let mut port = 0;
+    for _ in 0..100 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        port = listener.local_addr().expect("local address").port();
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            break;
+        }
+    }
+    port
 }
 
 /// A fresh, empty directory under the system temp dir, removed on drop.
@@ -69,10 +78,24 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     /// Starts a server on a free port, in `dir`, with `extra_args`; waits until it answers.
+    ///
+    /// A port free when picked can be taken before the server binds it, and a cluster node
+    /// also binds its port + 10,000 (its bus), which nothing checked: a server that exits at
+    /// start is tried again on another port, a few times.
     pub fn start(dir: &TempDir, extra_args: &[&str]) -> Self {
         let mut server = Self::not_started(dir, extra_args);
-        server.restart();
-        server
+        let mut tries = 0;
+        loop {
+            match server.try_start() {
+                Ok(()) => return server,
+                Err(exited) if tries < 5 => {
+                    tries += 1;
+                    eprintln!("{exited}; trying another port");
+                    server.port = free_port();
+                }
+                Err(exited) => panic!("{exited}; gave up after {tries} other ports"),
+            }
+        }
     }
 
     /// A server on a free port that is not running yet ([`restart`](Self::restart) starts it).
@@ -91,6 +114,14 @@ impl PrivateRedis {
 
     /// Starts the server (again) on the same port and waits until it answers.
     pub fn restart(&mut self) {
+        if let Err(exited) = self.try_start() {
+            panic!("{exited}; was the port taken meanwhile?");
+        }
+    }
+
+    /// Starts the server on its port and waits until it answers; `Err` when it exited at start
+    /// (the port, or a cluster node's bus port, was taken).
+    fn try_start(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "the server is already running");
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
@@ -113,11 +144,11 @@ impl PrivateRedis {
                 .as_mut()
                 .and_then(|child| child.try_wait().ok().flatten())
             {
-                panic!(
-                    "the private redis-server on port {} exited at start ({status}); \
-                     was the port taken meanwhile?",
+                self.child = None;
+                return Err(format!(
+                    "the private redis-server on port {} exited at start ({status})",
                     self.port
-                );
+                ));
             }
             assert!(
                 Instant::now() < deadline,
@@ -126,6 +157,7 @@ impl PrivateRedis {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// Stops the server the way an operator would (`SHUTDOWN NOSAVE`) and waits for it to exit.
