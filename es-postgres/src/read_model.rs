@@ -394,22 +394,34 @@ impl PgReadModelRunner {
         model: &dyn PgProjection,
         generation: i64,
     ) -> Result<()> {
+        let schema = generation_schema(&self.store.config().schema, model.name(), generation)?;
+        self.on_views(tx, model, |view, table| {
+            vec![
+                format!("DROP VIEW IF EXISTS {view}"),
+                format!("CREATE VIEW {view} AS SELECT * FROM \"{schema}\".\"{table}\""),
+            ]
+        })
+        .await
+    }
+
+    /// Runs in `tx` the statements `sql` writes for each of `model`'s views: it is given the
+    /// view's qualified name (in the store's schema) and the table's name, both checked.
+    async fn on_views(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        model: &dyn PgProjection,
+        sql: impl Fn(&str, &str) -> Vec<String>,
+    ) -> Result<()> {
         let store_schema = &self.store.config().schema;
-        let schema = generation_schema(store_schema, model.name(), generation)?;
         for table in model.tables() {
             check_identifier(&table)?;
-            sqlx::query(&format!(
-                "DROP VIEW IF EXISTS \"{store_schema}\".\"{table}\""
-            ))
-            .execute(&mut **tx)
-            .await
-            .map_err(from_sqlx)?;
-            sqlx::query(&format!(
-                "CREATE VIEW \"{store_schema}\".\"{table}\" AS SELECT * FROM \"{schema}\".\"{table}\""
-            ))
-            .execute(&mut **tx)
-            .await
-            .map_err(from_sqlx)?;
+            let view = format!("\"{store_schema}\".\"{table}\"");
+            for statement in sql(&view, &table) {
+                sqlx::query(&statement)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(from_sqlx)?;
+            }
         }
         Ok(())
     }
@@ -593,17 +605,10 @@ impl PgReadModelRunner {
         tx: &mut Transaction<'static, Postgres>,
         model: &dyn PgProjection,
     ) -> Result<()> {
-        let store_schema = &self.store.config().schema;
-        for table in model.tables() {
-            check_identifier(&table)?;
-            sqlx::query(&format!(
-                "LOCK TABLE \"{store_schema}\".\"{table}\" IN ACCESS EXCLUSIVE MODE"
-            ))
-            .execute(&mut **tx)
-            .await
-            .map_err(from_sqlx)?;
-        }
-        Ok(())
+        self.on_views(tx, model, |view, _| {
+            vec![format!("LOCK TABLE {view} IN ACCESS EXCLUSIVE MODE")]
+        })
+        .await
     }
 
     /// Applies to `generation` every committed event after its checkpoint, beyond the horizon
