@@ -19,6 +19,7 @@ pub mod housekeeping;
 pub mod idempotency;
 pub mod lease;
 pub mod memory;
+mod multi_command;
 pub mod polling;
 pub mod projection;
 pub mod relay;
@@ -45,6 +46,7 @@ pub use event::{
 pub use housekeeping::{Housekeeping, PruneReport};
 pub use idempotency::{Claim, ClaimGuard, ClaimToken, IdempotencyStore, Ownership};
 pub use lease::LeaseStore;
+pub use multi_command::{Done, MultiCommand, Slot, Workspace};
 pub use projection::{
     InlineProjection, Projection, ProjectionAdmin, ProjectionInfo, ProjectionPhase,
     ProjectionRunner, Typed, TypedDecoder, TypedProjection,

@@ -843,13 +843,25 @@ impl<A: Aggregate> Repository<A> {
             state.apply(event);
         }
         let new_version = version + events.len() as u64;
-        self.remember(&append.stream_id, &state, new_version);
-        self.maybe_snapshot(&append.stream_id, &state, version, new_version)
+        self.after_commit(&append.stream_id, &state, version, new_version)
             .await;
         Loaded {
             state,
             version: new_version,
         }
+    }
+
+    /// After a commit of the caller's moved `stream_id` from `before` to `after`, leaving
+    /// `state`: the cache keeps it and a snapshot is saved when one is due.
+    pub(crate) async fn after_commit(
+        &self,
+        stream_id: &StreamId,
+        state: &A,
+        before: u64,
+        after: u64,
+    ) {
+        self.remember(stream_id, state, after);
+        self.maybe_snapshot(stream_id, state, before, after).await;
     }
 
     async fn maybe_snapshot(&self, stream_id: &StreamId, state: &A, before: u64, after: u64) {

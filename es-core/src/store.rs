@@ -124,22 +124,31 @@ impl UnitOfWork {
 }
 
 /// What a [`UnitOfWork`] commit did.
+///
+/// `T` is what a commit answers: one [`AppendResult`] per append, in order, for
+/// [`EventStore::commit`]; a backend's commit that also runs the application's own writes
+/// (`PgEventStore::commit_with`) answers those results with its value.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CommitOutcome {
-    /// Everything was written; one result per append, in order.
-    Committed(Vec<AppendResult>),
+pub enum CommitOutcome<T = Vec<AppendResult>> {
+    /// Everything was written.
+    Committed(T),
     /// An inbox entry was already there: a message had been handled, nothing was written. A
     /// batch that hears this handles its messages one by one, so each finds its own answer.
     AlreadyHandled,
 }
 
-impl CommitOutcome {
-    /// The append results, or `None` when the message had already been handled.
-    pub fn committed(self) -> Option<Vec<AppendResult>> {
+impl<T> CommitOutcome<T> {
+    /// What the commit answered, or `None` when the message had already been handled.
+    pub fn committed(self) -> Option<T> {
         match self {
-            CommitOutcome::Committed(results) => Some(results),
+            CommitOutcome::Committed(value) => Some(value),
             CommitOutcome::AlreadyHandled => None,
         }
+    }
+
+    /// Whether the message had already been handled (nothing was written).
+    pub fn is_already_handled(&self) -> bool {
+        matches!(self, CommitOutcome::AlreadyHandled)
     }
 }
 

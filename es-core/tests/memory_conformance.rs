@@ -22,6 +22,16 @@ async fn cached_repositories_pass_the_repository_cache_suite_on_one_thread() {
     testing::repository_cache_conformance(Arc::new(MemoryEventStore::new())).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multi_aggregate_commands_on_the_memory_store_pass_the_multi_command_suite() {
+    testing::multi_command_conformance(Arc::new(MemoryEventStore::new())).await;
+}
+
+#[tokio::test]
+async fn multi_aggregate_commands_pass_the_multi_command_suite_on_one_thread() {
+    testing::multi_command_conformance(Arc::new(MemoryEventStore::new())).await;
+}
+
 #[tokio::test]
 async fn memory_event_store_passes_the_snapshot_checkpoint_inbox_parking_and_saga_suites() {
     let store = MemoryEventStore::new();

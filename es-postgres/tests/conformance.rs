@@ -21,6 +21,13 @@ async fn cached_repositories_on_postgres_pass_the_repository_cache_suite() {
     common::drop_schema(&store).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multi_aggregate_commands_on_postgres_pass_the_multi_command_suite() {
+    let store = common::store("conf_multi").await;
+    testing::multi_command_conformance(Arc::new(store.clone())).await;
+    common::drop_schema(&store).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_event_store_passes_the_snapshot_checkpoint_inbox_parking_and_saga_suites() {
     let store = common::store("conf_small").await;

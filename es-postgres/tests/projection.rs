@@ -250,6 +250,7 @@ async fn the_applications_own_writes_commit_with_the_events_or_not_at_all() {
         .commit_with(unit(), write_summary)
         .await
         .unwrap()
+        .committed()
         .expect("first handling commits");
     assert_eq!((results[0].next_expected_version, version), (1, 1));
     assert_eq!(
@@ -261,7 +262,7 @@ async fn the_applications_own_writes_commit_with_the_events_or_not_at_all() {
         .commit_with(unit(), write_summary)
         .await
         .unwrap()
-        .is_none());
+        .is_already_handled());
     assert_eq!(
         store.commit(unit()).await.unwrap(),
         CommitOutcome::AlreadyHandled

@@ -573,7 +573,7 @@ pub(crate) async fn start(
         Listings::Postgres(store) => ReadFrom::Postgres(store.clone()),
         Listings::Memory(_) => ReadFrom::Memory(model),
     };
-    let consumer = backends.consumer("analytics");
+    let consumer = backends.consumer(ServiceKind::Analytics);
     let handler = Arc::new(AnalyticsHandler {
         activity,
         consumer: consumer.clone(),

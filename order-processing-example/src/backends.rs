@@ -12,6 +12,7 @@ use es_core::{
 
 use crate::config::Settings;
 use crate::http::{Health, HealthProbe};
+use crate::service_kind::ServiceKind;
 
 /// Why the system could not start.
 #[derive(Debug, thiserror::Error)]
@@ -238,9 +239,9 @@ impl Backends {
         Ok(backends)
     }
 
-    /// The queue (consumer) name of `service`: `{prefix}{service}-service`.
-    pub fn consumer(&self, service: &str) -> String {
-        format!("{}{service}-service", self.queue_prefix)
+    /// The queue (consumer) name of `service`: `{prefix}{name}-service`.
+    pub fn consumer(&self, service: ServiceKind) -> String {
+        format!("{}{}-service", self.queue_prefix, service.name())
     }
 }
 

@@ -305,7 +305,7 @@ pub(crate) async fn start(
             inbox.clone(),
         )
         .await?;
-    let consumer = backends.consumer("notification");
+    let consumer = backends.consumer(ServiceKind::Notification);
     let handler = Arc::new(NotificationHandler {
         notifications,
         consumer: consumer.clone(),

@@ -425,7 +425,7 @@ pub(crate) async fn start(
     background: &mut Background,
 ) -> es_core::Result<Router> {
     let payments = Repository::<Payment>::new(backends.store.clone());
-    let consumer = backends.consumer("payment");
+    let consumer = backends.consumer(ServiceKind::Payment);
     let handler = Arc::new(PaymentHandler {
         payments: payments.clone(),
         decline_above: settings.payment_decline_above,

@@ -28,6 +28,7 @@ mod housekeeping;
 mod kit;
 mod kv;
 mod lease;
+mod multi_command;
 mod projection_admin;
 mod repository_cache;
 mod stores;
@@ -40,6 +41,7 @@ pub use housekeeping::housekeeping_conformance;
 pub use kit::{envelope, AggregateTest, SagaTest};
 pub use kv::{cache_conformance, idempotency_conformance};
 pub use lease::lease_conformance;
+pub use multi_command::multi_command_conformance;
 pub use projection_admin::projection_admin_conformance;
 pub use repository_cache::repository_cache_conformance;
 pub use stores::{

@@ -61,25 +61,29 @@ impl PgEventStore {
             return Ok(CommitOutcome::Committed(results));
         }
         let nothing_more: Work<'_, ()> = Box::new(|_, _| Box::pin(async { Ok(()) }));
-        match self.commit_transaction(unit, nothing_more).await? {
-            Some((results, ())) => {
-                crate::telemetry::store().commit(started.elapsed());
-                Ok(CommitOutcome::Committed(results))
-            }
-            None => Ok(CommitOutcome::AlreadyHandled),
+        let outcome = self.commit_transaction(unit, nothing_more).await?;
+        if let CommitOutcome::Committed(_) = outcome {
+            crate::telemetry::store().commit(started.elapsed());
         }
+        Ok(match outcome {
+            CommitOutcome::Committed((results, ())) => CommitOutcome::Committed(results),
+            CommitOutcome::AlreadyHandled => CommitOutcome::AlreadyHandled,
+        })
     }
 
     /// Commits `unit` and, in the same transaction, runs `work` on the transaction's connection
     /// after the appends (whose results it receives): the application's own writes commit with
     /// the events, the inbox entry and the checkpoint, or nothing does.
     ///
-    /// Returns `None` when the unit's inbox entry was already there: then nothing was written
-    /// and `work` did not run. An error from `work` rolls everything back; an `es_core::Error`
+    /// Answers, as [`EventStore::commit`] does, [`CommitOutcome::Committed`], here with the
+    /// append results and `work`'s value, or [`CommitOutcome::AlreadyHandled`] when the
+    /// unit's inbox entry was already there: then nothing was written and `work` did not run. An error from `work` rolls everything back; an `es_core::Error`
     /// or `sqlx::Error` it returns comes back mapped like the store's own errors.
     ///
     /// ```no_run
     /// # async fn example(store: es_postgres::PgEventStore, unit: es_core::UnitOfWork) -> es_core::Result<()> {
+    /// use es_core::CommitOutcome;
+    ///
     /// let outcome = store
     ///     .commit_with(unit, |conn, results| {
     ///         let version = results[0].next_expected_version as i64;
@@ -92,13 +96,16 @@ impl PgEventStore {
     ///         })
     ///     })
     ///     .await?;
+    /// if let CommitOutcome::Committed((results, ())) = outcome {
+    ///     println!("order summary at version {}", results[0].next_expected_version);
+    /// }
     /// # Ok(()) }
     /// ```
     pub async fn commit_with<T, F>(
         &self,
         unit: UnitOfWork,
         work: F,
-    ) -> Result<Option<(Vec<AppendResult>, T)>>
+    ) -> Result<CommitOutcome<(Vec<AppendResult>, T)>>
     where
         F: for<'c> FnOnce(
                 &'c mut PgConnection,
@@ -113,13 +120,13 @@ impl PgEventStore {
     }
 
     /// The transaction of a validated `unit`: everything of the unit, then `work`, then the
-    /// commit and the announcement. `None` when the unit's inbox entry was there: then the
-    /// transaction is rolled back and `work` does not run.
+    /// commit and the announcement. Already handled when the unit's inbox entry was there:
+    /// then the transaction is rolled back and `work` does not run.
     async fn commit_transaction<T: Send>(
         &self,
         unit: UnitOfWork,
         work: Work<'_, T>,
-    ) -> Result<Option<(Vec<AppendResult>, T)>> {
+    ) -> Result<CommitOutcome<(Vec<AppendResult>, T)>> {
         let mut tx = self.inner.pool.begin().await.map_err(from_sqlx)?;
         let outcome = match self.commit_in(&mut tx, unit).await {
             Ok(outcome) => outcome,
@@ -131,12 +138,12 @@ impl PgEventStore {
         };
         let Some(results) = outcome else {
             tx.rollback().await.map_err(from_sqlx)?;
-            return Ok(None);
+            return Ok(CommitOutcome::AlreadyHandled);
         };
         let value = work(&mut tx, &results).await.map_err(from_user)?;
         tx.commit().await.map_err(from_sqlx)?;
         self.announce(&results);
-        Ok(Some((results, value)))
+        Ok(CommitOutcome::Committed((results, value)))
     }
 
     /// The error to return for a failure; a taken version is read now, after the failed

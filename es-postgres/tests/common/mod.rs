@@ -58,6 +58,7 @@ pub async fn commit_holding(
         })
         .await
         .expect("the append commits")
+        .committed()
         .expect("no inbox entry, so committed");
     results
 }

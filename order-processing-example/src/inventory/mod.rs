@@ -7,13 +7,12 @@
 //! reserves all its lines or none, and stock never goes below zero, however many race.
 //!
 //! By idea, one file each: `product.rs` and `reservation.rs`, the two aggregates;
-//! `handler.rs`, the consumer that reserves, releases and commits one message at a time, and
-//! `batch.rs`, the same on a batch in one commit, with `stripes.rs`, the locks that let one
-//! process's handlers take turns on a product; `catalog.rs`, the product list's read model;
+//! `handler.rs`, the consumer that reserves, releases and commits, a message or a batch of them
+//! as one `MultiCommand` over the reservations and products they touch, with `stripes.rs`, the
+//! locks that let one process's handlers take turns on a product; `catalog.rs`, the product list's read model;
 //! `http.rs`, the routes and their handlers; `seed.rs`, the products a new inventory starts
 //! with. This file starts the service from them.
 
-mod batch;
 mod catalog;
 mod handler;
 mod http;
@@ -50,7 +49,6 @@ use crate::service_kind::ServiceKind;
 use catalog::Catalog;
 use http::InventoryState;
 use seed::seed;
-use stripes::ProductStripes;
 
 /// How many products' folded states the inventory keeps in memory.
 const PRODUCT_CACHE: usize = 4096;
@@ -82,14 +80,13 @@ pub(crate) async fn start(
         Listings::Postgres(store) => Catalog::Postgres(store.clone()),
         Listings::Memory(_) => Catalog::Memory(memory),
     };
-    let consumer = backends.consumer("inventory");
-    let handler = Arc::new(InventoryHandler {
-        store: backends.store.clone(),
-        products: products.clone(),
-        reservations: reservations.clone(),
-        consumer: consumer.clone(),
-        stripes: Arc::new(ProductStripes::new()),
-    });
+    let consumer = backends.consumer(ServiceKind::Inventory);
+    let handler = Arc::new(InventoryHandler::new(
+        backends.store.clone(),
+        products.clone(),
+        reservations.clone(),
+        consumer.clone(),
+    ));
     background
         .consume_batched(
             &backends.bus,

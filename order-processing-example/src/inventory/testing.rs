@@ -9,7 +9,6 @@ use uuid::Uuid;
 
 use super::handler::InventoryHandler;
 use super::seed::seed;
-use super::stripes::ProductStripes;
 use crate::events::testing::message;
 use crate::order::{OrderEvent, OrderItem};
 
@@ -24,27 +23,34 @@ pub(super) fn laptop() -> Uuid {
 /// An inventory handler (one per process) on `store`, seeded.
 pub(super) async fn handler(store: &Arc<dyn EventStore>) -> InventoryHandler {
     seed(store).await.unwrap();
-    InventoryHandler {
-        store: store.clone(),
-        products: Repository::new(store.clone()),
-        reservations: Repository::new(store.clone()),
-        consumer: "inventory".into(),
-        stripes: Arc::new(ProductStripes::new()),
-    }
+    InventoryHandler::new(
+        store.clone(),
+        Repository::new(store.clone()),
+        Repository::new(store.clone()),
+        "inventory".into(),
+    )
 }
 
 /// `OrderPlaced` of `quantity` laptops, as the bus delivers it.
 pub(super) fn placed(order_id: Uuid, quantity: u32) -> RecordedEvent {
+    placed_lines(order_id, &[quantity])
+}
+
+/// `OrderPlaced` with one laptop line per quantity, as the bus delivers it.
+pub(super) fn placed_lines(order_id: Uuid, quantities: &[u32]) -> RecordedEvent {
     let event = OrderEvent::OrderPlaced {
         order_id,
         customer_id: Uuid::nil(),
-        items: vec![OrderItem {
-            product_id: laptop(),
-            product_name: "Laptop".into(),
-            quantity,
-            unit_price: Decimal::ONE,
-        }],
-        total_amount: Decimal::from(quantity),
+        items: quantities
+            .iter()
+            .map(|&quantity| OrderItem {
+                product_id: laptop(),
+                product_name: "Laptop".into(),
+                quantity,
+                unit_price: Decimal::ONE,
+            })
+            .collect(),
+        total_amount: Decimal::from(quantities.iter().sum::<u32>()),
         placed_at: Utc::now(),
     };
     message(&format!("order-{order_id}"), &event)

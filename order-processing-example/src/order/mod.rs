@@ -78,7 +78,7 @@ pub(crate) async fn start(
     background
         .consume_batched(
             &backends.bus,
-            backends.consumer("order"),
+            backends.consumer(ServiceKind::Order),
             crate::events::bindings(ServiceKind::Order),
             Arc::new(saga.clone()),
             crate::background::CONSUMER_BATCH,
