@@ -492,14 +492,10 @@ impl PgReadModelRunner {
         };
         let schema = generation_schema(&self.store.config().schema, name, generation)?;
         self.use_schema(tx, &schema).await?;
-        for event in &events {
-            model.apply(tx, event).await.map_err(|e| {
-                Error::backend(
-                    "projection",
-                    format!("{name} failed at {}: {e}", event.position),
-                )
-            })?;
-        }
+        model
+            .apply_batch(tx, &events)
+            .await
+            .map_err(|e| Error::backend("projection", format!("{name} failed: {e}")))?;
         self.reset_schema(tx).await?;
         sqlx::query(
             "UPDATE projection_versions SET tx_id = $3, seq = $4, updated_at = now() \
@@ -640,14 +636,10 @@ impl PgReadModelRunner {
                 break;
             };
             self.use_schema(tx, &schema).await?;
-            for event in &events {
-                model.apply(tx, event).await.map_err(|e| {
-                    Error::backend(
-                        "projection",
-                        format!("{name} failed at {}: {e}", event.position),
-                    )
-                })?;
-            }
+            model
+                .apply_batch(tx, &events)
+                .await
+                .map_err(|e| Error::backend("projection", format!("{name} failed: {e}")))?;
             self.reset_schema(tx).await?;
             carried += events.len();
             if events.len() < self.batch_size {

@@ -318,46 +318,100 @@ impl PgProjection for PgAnalytics {
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError> {
-        let Some(envelope) = self
-            .decoder
-            .decode::<AnalyticsEvent>(ANALYTICS_FIGURES, event)?
-        else {
+        self.apply_batch(conn, std::slice::from_ref(event)).await
+    }
+
+    /// The whole batch in one statement: the event rows first (an id already there counts
+    /// nothing), then each day's figures from the rows that were new.
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), BoxError> {
+        let mut rows = CountedRows::default();
+        for event in events {
+            if let Some(envelope) = self
+                .decoder
+                .decode::<AnalyticsEvent>(ANALYTICS_FIGURES, event)?
+            {
+                let AnalyticsEvent::EventCounted(counted) = envelope.event;
+                rows.push(counted);
+            }
+        }
+        if rows.event_ids.is_empty() {
             return Ok(());
-        };
-        let AnalyticsEvent::EventCounted(event) = envelope.event;
-        let (placed, confirmed, cancelled, revenue) = match event.event_type.as_str() {
-            crate::events::ORDER_PLACED => (1i64, 0i64, 0i64, Decimal::ZERO),
-            crate::events::ORDER_CONFIRMED => (0, 1, 0, event.amount.unwrap_or_default()),
-            crate::events::ORDER_CANCELLED => (0, 0, 1, Decimal::ZERO),
-            _ => (0, 0, 0, Decimal::ZERO),
-        };
-        // One round trip: the event row first (its id decides whether it counts), and the
-        // day's figures only when that row is new and the event moves a figure.
+        }
         sqlx::query(
-            "WITH counted AS (\
+            "WITH input AS (\
+               SELECT DISTINCT ON (event_id) * FROM UNNEST(\
+                 $1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[], $5::date[], \
+                 $6::int8[], $7::int8[], $8::int8[], $9::text[]) \
+               AS i(event_id, event_type, order_id, occurred_at, day, \
+                    placed, confirmed, cancelled, revenue)), \
+             counted AS (\
                INSERT INTO analytics_events (event_id, event_type, order_id, occurred_at) \
-               VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING RETURNING event_id) \
+               SELECT event_id, event_type, order_id, occurred_at FROM input \
+               ON CONFLICT (event_id) DO NOTHING RETURNING event_id) \
              INSERT INTO analytics_daily AS d \
                (day, orders_placed, orders_confirmed, orders_cancelled, revenue) \
-             SELECT $5, $6, $7, $8, $9::numeric FROM counted WHERE $6 + $7 + $8 > 0 \
+             SELECT i.day, sum(i.placed), sum(i.confirmed), sum(i.cancelled), \
+                    sum(i.revenue::numeric) \
+             FROM input i JOIN counted USING (event_id) \
+             WHERE i.placed + i.confirmed + i.cancelled > 0 \
+             GROUP BY i.day \
              ON CONFLICT (day) DO UPDATE SET \
                orders_placed = d.orders_placed + EXCLUDED.orders_placed, \
                orders_confirmed = d.orders_confirmed + EXCLUDED.orders_confirmed, \
                orders_cancelled = d.orders_cancelled + EXCLUDED.orders_cancelled, \
                revenue = d.revenue + EXCLUDED.revenue",
         )
-        .bind(event.event_id)
-        .bind(&event.event_type)
-        .bind(event.order_id)
-        .bind(event.occurred_at)
-        .bind(event.occurred_at.date_naive())
-        .bind(placed)
-        .bind(confirmed)
-        .bind(cancelled)
-        .bind(revenue.to_string())
+        .bind(&rows.event_ids)
+        .bind(&rows.event_types)
+        .bind(&rows.order_ids)
+        .bind(&rows.occurred_at)
+        .bind(&rows.days)
+        .bind(&rows.placed)
+        .bind(&rows.confirmed)
+        .bind(&rows.cancelled)
+        .bind(&rows.revenue)
         .execute(&mut *conn)
         .await?;
         Ok(())
+    }
+}
+
+/// A batch of counted events as the columns of `PgAnalytics`'s statement.
+#[derive(Default)]
+struct CountedRows {
+    event_ids: Vec<Uuid>,
+    event_types: Vec<String>,
+    order_ids: Vec<Uuid>,
+    occurred_at: Vec<DateTime<Utc>>,
+    days: Vec<NaiveDate>,
+    placed: Vec<i64>,
+    confirmed: Vec<i64>,
+    cancelled: Vec<i64>,
+    /// Exact decimals as text, read back as `numeric`.
+    revenue: Vec<String>,
+}
+
+impl CountedRows {
+    fn push(&mut self, event: CountedEvent) {
+        let (placed, confirmed, cancelled, revenue) = match event.event_type.as_str() {
+            crate::events::ORDER_PLACED => (1, 0, 0, Decimal::ZERO),
+            crate::events::ORDER_CONFIRMED => (0, 1, 0, event.amount.unwrap_or_default()),
+            crate::events::ORDER_CANCELLED => (0, 0, 1, Decimal::ZERO),
+            _ => (0, 0, 0, Decimal::ZERO),
+        };
+        self.event_ids.push(event.event_id);
+        self.order_ids.push(event.order_id);
+        self.occurred_at.push(event.occurred_at);
+        self.days.push(event.occurred_at.date_naive());
+        self.event_types.push(event.event_type);
+        self.placed.push(placed);
+        self.confirmed.push(confirmed);
+        self.cancelled.push(cancelled);
+        self.revenue.push(revenue.to_string());
     }
 }
 
@@ -694,6 +748,47 @@ mod tests {
                 serde_json::to_value(memory.recent(1000).await.unwrap()).unwrap()
             );
             assert_eq!(tables.recent(1000).await.unwrap().len(), 300);
+
+            // A wire event counted twice in one batch, and one counted in an earlier batch:
+            // each counts once.
+            let again = tables.recent(1).await.unwrap().remove(0);
+            let new_one = CountedEvent {
+                event_id: Uuid::now_v7(),
+                event_type: crate::events::ORDER_PLACED.into(),
+                order_id: Uuid::now_v7(),
+                occurred_at: micros(Utc::now()).unwrap(),
+                amount: None,
+            };
+            let again = CountedEvent {
+                event_id: again.event_id,
+                // Were it counted again, it would move a figure.
+                event_type: crate::events::ORDER_PLACED.into(),
+                order_id: again.order_id,
+                occurred_at: again.occurred_at,
+                amount: None,
+            };
+            let recorded: Vec<NewEvent> = [new_one.clone(), new_one, again]
+                .into_iter()
+                .map(|e| {
+                    NewEvent::from_domain(&AnalyticsEvent::EventCounted(e), Metadata::default())
+                        .unwrap()
+                })
+                .collect();
+            store
+                .append(
+                    &StreamId::for_aggregate(OrderActivity::TYPE, &Uuid::now_v7().to_string())
+                        .unwrap(),
+                    ExpectedVersion::NoStream,
+                    recorded,
+                )
+                .await
+                .unwrap();
+            PgReadModelRunner::new(store.clone())
+                .catch_up(&PgAnalytics::default())
+                .await
+                .unwrap();
+            assert_eq!(counted().await, 226, "the new event counts once");
+            assert_eq!(tables.recent(1000).await.unwrap().len(), 301);
         })
         .await;
     }

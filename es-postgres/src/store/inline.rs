@@ -96,14 +96,23 @@ pub(super) async fn apply_inline(
     }
     for projection in inline {
         let filter = projection.filter();
-        for event in recorded.iter().filter(|e| filter.matches(&e.stream_id)) {
-            projection.apply(&mut *conn, event).await.map_err(|e| {
+        let events: Vec<RecordedEvent> = recorded
+            .iter()
+            .filter(|e| filter.matches(&e.stream_id))
+            .cloned()
+            .collect();
+        if events.is_empty() {
+            continue;
+        }
+        projection
+            .apply_batch(&mut *conn, &events)
+            .await
+            .map_err(|e| {
                 Error::backend(
                     "inline projection",
-                    format!("{} failed at {}: {e}", projection.name(), event.position),
+                    format!("{} failed: {e}", projection.name()),
                 )
             })?;
-        }
     }
     Ok(())
 }
