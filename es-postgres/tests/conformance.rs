@@ -29,6 +29,13 @@ async fn multi_aggregate_commands_on_postgres_pass_the_multi_command_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_commands_on_postgres_pass_the_saga_command_suite() {
+    let store = common::store("conf_saga_cmd").await;
+    testing::saga_command_conformance(store.clone()).await;
+    common::drop_schema(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_event_store_passes_the_snapshot_checkpoint_inbox_parking_and_saga_suites() {
     let store = common::store("conf_small").await;
     testing::snapshot_store_conformance(Arc::new(store.clone())).await;

@@ -31,6 +31,7 @@ mod lease;
 mod multi_command;
 mod projection_admin;
 mod repository_cache;
+mod saga_commands;
 mod stores;
 
 pub use bus::bus_conformance;
@@ -44,6 +45,7 @@ pub use lease::lease_conformance;
 pub use multi_command::multi_command_conformance;
 pub use projection_admin::projection_admin_conformance;
 pub use repository_cache::repository_cache_conformance;
+pub use saga_commands::saga_command_conformance;
 pub use stores::{
     checkpoint_store_conformance, inbox_conformance, parked_event_store_conformance,
     saga_store_conformance, snapshot_store_conformance,

@@ -117,6 +117,9 @@ pub struct LoadTestArgs {
     pub stats_settle: Duration,
 }
 
+/// How often the run analyzes the system's tables when the server has autovacuum off.
+const ANALYZE_EVERY: Duration = Duration::from_secs(10);
+
 impl Default for LoadTestArgs {
     fn default() -> Self {
         LoadTestArgs {
@@ -300,6 +303,26 @@ pub async fn run(
         },
         _ => None,
     };
+    // Autovacuum off (as on the machines these benches run on): analyze as it would during the
+    // run, so that plans follow the tables' growth as they do on a production server.
+    let mut analyzer = None;
+    let vacuumed = match (&settings.database_url, args.no_vacuum) {
+        (Some(url), false) if budget::autovacuum_on(url).await == Some(false) => {
+            analyzer = Some(budget::analyze_every(
+                url.clone(),
+                settings.database_schema.clone(),
+                ANALYZE_EVERY,
+            ));
+            vacuumed.map(|note| {
+                format!(
+                    "{note}; and ANALYZE of them every {} s during the run, standing in for \
+                     autovacuum's",
+                    ANALYZE_EVERY.as_secs()
+                )
+            })
+        }
+        _ => vacuumed,
+    };
 
     let sources = Sources {
         database_url: settings.database_url.clone(),
@@ -437,6 +460,9 @@ pub async fn run(
     )
     .await;
     let elapsed = start.elapsed();
+    if let Some(analyzer) = analyzer {
+        analyzer.abort();
+    }
     progress.finish();
     if sources.database_url.is_some() {
         eprintln!(
