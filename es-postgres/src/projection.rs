@@ -13,7 +13,7 @@ use es_core::{
 use sqlx::PgConnection;
 
 use crate::error::{from_sqlx, to_u64, BACKEND};
-use crate::log::read_visible;
+use crate::log::{read_visible, HORIZON};
 use crate::store::{save_checkpoint, PgEventStore};
 
 /// A read model in the same database as the events, updated in the transaction that also
@@ -331,6 +331,28 @@ impl PgProjectionRunner {
         )
     }
 
+    /// Whether an event `projection` reads is visible after its checkpoint. One statement,
+    /// outside a transaction.
+    async fn has_work(&self, projection: &dyn PgProjection) -> Result<bool> {
+        let (category, bind_category) = match projection.filter() {
+            StreamFilter::Category(category) => ("category = $2 AND ", Some(category)),
+            _ => ("", None),
+        };
+        let sql = format!(
+            "SELECT (SELECT tx_id FROM events \
+                     WHERE {category}(tx_id, seq) > (c.tx_id, c.seq) AND tx_id < {HORIZON} \
+                     ORDER BY tx_id, seq LIMIT 1) IS NOT NULL \
+             FROM (SELECT coalesce(max(tx_id), 0) AS tx_id, coalesce(max(seq), 0) AS seq \
+                   FROM checkpoints WHERE name = $1) AS c"
+        );
+        let query = sqlx::query_scalar::<_, bool>(&sql).bind(projection.name());
+        let query = match bind_category {
+            Some(category) => query.bind(category),
+            None => query,
+        };
+        query.fetch_one(self.store.pool()).await.map_err(from_sqlx)
+    }
+
     /// Runs `projection` until `shutdown` completes: catches up, then waits for appends
     /// (notifications, with the store's poll interval as fallback). Failures (the database
     /// gone, `apply` failing) are logged and retried with backoff from the checkpoint, so the
@@ -353,10 +375,22 @@ impl PgProjectionRunner {
                 }
                 Ok(_) => {
                     backoff.reset();
-                    tokio::select! {
-                        _ = &mut shutdown => return,
-                        _ = wake.changed() => {}
-                        _ = tokio::time::sleep(poll) => {}
+                    // Woken by an append, look before starting a batch (one statement against
+                    // a transaction of four): most wake-ups of a busy store find nothing
+                    // visible for this projection yet.
+                    let sleep = tokio::time::sleep(poll);
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            _ = &mut shutdown => return,
+                            _ = wake.changed() => {
+                                wake.borrow_and_update();
+                                if self.has_work(&*projection).await.unwrap_or(true) {
+                                    break;
+                                }
+                            }
+                            _ = &mut sleep => break,
+                        }
                     }
                     continue;
                 }

@@ -144,6 +144,7 @@ async fn an_inline_projection_is_read_right_after_the_command_and_fails_it_when_
 struct Numbers {
     version: u32,
     applied: AtomicU64,
+    batches: AtomicU64,
     hang_at: Option<(u64, mpsc::UnboundedSender<()>)>,
 }
 
@@ -152,6 +153,7 @@ impl Numbers {
         Numbers {
             version,
             applied: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
             hang_at: None,
         }
     }
@@ -182,6 +184,17 @@ impl PgProjection for Numbers {
             .bind(self.version as i32)
             .execute(&mut *conn)
             .await?;
+        Ok(())
+    }
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), BoxError> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        for event in events {
+            self.apply(&mut *conn, event).await?;
+        }
         Ok(())
     }
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError> {
@@ -400,6 +413,35 @@ async fn a_new_version_rebuilds_beside_the_old_while_events_flow_and_readers_swi
     assert_eq!(left, 0, "the old generation's tables are dropped");
     // The old code, should it still run somewhere, leaves the newer model alone.
     assert!(v1.step(&Numbers::version(1)).await.unwrap().superseded);
+    drop_all(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_runner_gathers_a_trickle_of_commits_into_few_batches() {
+    let store = common::store("linger").await;
+    let stop = Stop::new();
+    let numbers = Arc::new(Numbers::version(1));
+    let runner = PgReadModelRunner::new(store.clone()).with_linger(Duration::from_millis(500));
+    runner.step(&*numbers).await.unwrap();
+    let run = {
+        let (numbers, stop) = (numbers.clone(), stop.clone());
+        tokio::spawn(async move { runner.run(numbers, stop.cancelled_owned()).await })
+    };
+    // 60 commits of one event each, a few milliseconds apart: without lingering, each wakes
+    // the runner into a batch (and a transaction) of its own.
+    for n in 1..=60 {
+        append_numbers(&store, n, n, 1).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    caught_up(|| async { read_totals(&store).await.0 == 60 }).await;
+    stop.cancel();
+    run.await.unwrap();
+    assert_eq!(read_totals(&store).await, (60, triangle(60), 1));
+    let batches = numbers.batches.load(Ordering::SeqCst);
+    assert!(
+        batches <= 20,
+        "60 commits arriving within a linger or two make a few batches, not {batches}"
+    );
     drop_all(&store).await;
 }
 

@@ -20,6 +20,12 @@ use crate::listing::Listings;
 /// low load a batch is the one message there is.
 pub(crate) const CONSUMER_BATCH: u16 = 16;
 
+/// How long a read model on PostgreSQL lets appends gather after one wakes it: a few
+/// milliseconds of freshness for batches instead of a transaction per commit under a steady
+/// load (the order listing a customer reads right after ordering is written inline, so it is
+/// never behind by this).
+const READ_MODEL_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// How long a relay's lease lasts unrenewed: a standby instance takes over from one that died
 /// within about this (at once from one that stopped), and renewals go every third of it.
 const RELAY_LEASE_TTL: Duration = Duration::from_secs(5);
@@ -101,7 +107,7 @@ impl Background {
     ) -> es_core::Result<()> {
         match &backends.listings {
             Listings::Postgres(store) => {
-                let runner = PgReadModelRunner::new(store.clone());
+                let runner = PgReadModelRunner::new(store.clone()).with_linger(READ_MODEL_LINGER);
                 runner.step(&*tables).await?;
                 self.spawn(move |stop| async move { runner.run(tables, stop).await });
             }
