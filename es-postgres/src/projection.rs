@@ -14,7 +14,7 @@ use sqlx::PgConnection;
 
 use crate::error::{from_sqlx, to_u64, BACKEND};
 use crate::log::{read_visible, HORIZON};
-use crate::store::{save_checkpoint, PgEventStore};
+use crate::store::{save_checkpoint, wait_for_work, PgEventStore};
 
 /// A read model in the same database as the events, updated in the transaction that also
 /// moves its checkpoint: each event's effect happens exactly once, whatever crashes.
@@ -378,19 +378,11 @@ impl PgProjectionRunner {
                     // Woken by an append, look before starting a batch (one statement against
                     // a transaction of four): most wake-ups of a busy store find nothing
                     // visible for this projection yet.
-                    let sleep = tokio::time::sleep(poll);
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            _ = &mut shutdown => return,
-                            _ = wake.changed() => {
-                                wake.borrow_and_update();
-                                if self.has_work(&*projection).await.unwrap_or(true) {
-                                    break;
-                                }
-                            }
-                            _ = &mut sleep => break,
-                        }
+                    let woken = wait_for_work(&mut wake, poll, &mut shutdown, || {
+                        self.has_work(&*projection)
+                    });
+                    if !woken.await {
+                        return;
                     }
                     continue;
                 }

@@ -15,7 +15,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use crate::error::{from_sqlx, to_i64, to_u64, BACKEND};
 use crate::log::{read_committed, read_visible, HORIZON};
 use crate::projection::PgProjection;
-use crate::store::PgEventStore;
+use crate::store::{wait_for_work, PgEventStore};
 
 /// Runs versioned read models: a [`PgProjection`] whose tables live in a schema per
 /// generation, seen by readers through views in the store's schema that always point at a
@@ -205,19 +205,10 @@ impl PgReadModelRunner {
                     // one held back by an older transaction), and a step costs two
                     // transactions where the look is one statement. The poll always steps, so
                     // a requested rebuild is noticed however quiet the log.
-                    let sleep = tokio::time::sleep(poll);
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            _ = &mut shutdown => return,
-                            _ = wake.changed() => {
-                                wake.borrow_and_update();
-                                if self.has_work(&*model).await.unwrap_or(true) {
-                                    break;
-                                }
-                            }
-                            _ = &mut sleep => break,
-                        }
+                    let woken =
+                        wait_for_work(&mut wake, poll, &mut shutdown, || self.has_work(&*model));
+                    if !woken.await {
+                        return;
                     }
                     if !self.linger.is_zero() {
                         tokio::select! {

@@ -29,6 +29,7 @@ use crate::projection::PgProjection;
 
 use append::AppendStatements;
 pub(crate) use checkpoints::save_checkpoint;
+pub(crate) use subscribe::wait_for_work;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

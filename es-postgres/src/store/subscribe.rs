@@ -1,10 +1,13 @@
 //! How subscribers learn of new events: wake-ups in this process, a `NOTIFY` to the others,
 //! the `LISTEN` task that hears them, and the subscription that catches up, then polls.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use es_core::polling::{poll_subscription, PollConfig};
-use es_core::{AppendResult, EventSubscription, Position, StreamFilter};
+use es_core::{AppendResult, EventSubscription, Position, Result, StreamFilter};
 use tokio::sync::watch;
 
 use super::PgEventStore;
@@ -91,5 +94,37 @@ impl PgEventStore {
         };
         // The store itself: its `read_page` is the subscription's read.
         poll_subscription(Arc::new(self.clone()), filter, after, Some(wake), config)
+    }
+}
+
+/// For a runner that has caught up: waits until an append wakes it and `has_work` says a batch
+/// would find something (a look is one statement, a batch a transaction of several), or until
+/// `poll` has passed (then it steps regardless, so that what no wake-up announces, such as a
+/// requested rebuild, is noticed). `false` when `shutdown` completes first.
+pub(crate) async fn wait_for_work<S, F, Fut>(
+    wake: &mut watch::Receiver<()>,
+    poll: Duration,
+    shutdown: &mut Pin<&mut S>,
+    mut has_work: F,
+) -> bool
+where
+    S: Future<Output = ()>,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let sleep = tokio::time::sleep(poll);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => return false,
+            _ = wake.changed() => {
+                wake.borrow_and_update();
+                // A failed look steps anyway: the batch reports the failure and backs off.
+                if has_work().await.unwrap_or(true) {
+                    return true;
+                }
+            }
+            _ = &mut sleep => return true,
+        }
     }
 }

@@ -584,6 +584,11 @@ impl Budget {
 /// `VACUUM ANALYZE` of every table of `schema`, as autovacuum would have done on a server that
 /// has it on; returns how many tables.
 pub async fn vacuum(url: &str, schema: &str) -> Result<usize, sqlx::Error> {
+    each_table(url, schema, "VACUUM ANALYZE").await
+}
+
+/// Runs `command` (`VACUUM ANALYZE`, `ANALYZE`) on every table of `schema`; returns how many.
+async fn each_table(url: &str, schema: &str, command: &str) -> Result<usize, sqlx::Error> {
     let mut connection = sqlx::PgConnection::connect(url).await?;
     let tables: Vec<String> =
         sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = $1")
@@ -592,7 +597,7 @@ pub async fn vacuum(url: &str, schema: &str) -> Result<usize, sqlx::Error> {
             .await?;
     let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
     for table in &tables {
-        let statement = format!("VACUUM ANALYZE {}.{}", quote(schema), quote(table));
+        let statement = format!("{command} {}.{}", quote(schema), quote(table));
         sqlx::query(&statement).execute(&mut connection).await?;
     }
     let _ = connection.close().await;
@@ -624,27 +629,11 @@ pub fn analyze_every(url: String, schema: String, every: Duration) -> tokio::tas
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            if let Err(error) = analyze(&url, &schema).await {
+            if let Err(error) = each_table(&url, &schema, "ANALYZE").await {
                 tracing::warn!(%error, "cannot analyze");
             }
         }
     })
-}
-
-async fn analyze(url: &str, schema: &str) -> Result<(), sqlx::Error> {
-    let mut connection = sqlx::PgConnection::connect(url).await?;
-    let tables: Vec<String> =
-        sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = $1")
-            .bind(schema)
-            .fetch_all(&mut connection)
-            .await?;
-    let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
-    for table in &tables {
-        let statement = format!("ANALYZE {}.{}", quote(schema), quote(table));
-        sqlx::query(&statement).execute(&mut connection).await?;
-    }
-    let _ = connection.close().await;
-    Ok(())
 }
 
 #[cfg(test)]
