@@ -167,7 +167,8 @@ impl Backends {
             crate::telemetry::on_render("postgres-pool", move || sampled.record_pool_metrics());
             // The read models' lag, as `projections status` counts it, on every scrape.
             let admin = store.clone();
-            crate::telemetry::on_render_async("read-model-lag", move || {
+            let lag = format!("read-model-lag:{}", store.config().schema);
+            crate::telemetry::on_render_async(lag, move || {
                 let admin = admin.clone();
                 async move {
                     match es_core::ProjectionAdmin::status(&admin).await {

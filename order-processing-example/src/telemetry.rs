@@ -48,7 +48,7 @@ const ASYNC_SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static SAMPLERS: Mutex<BTreeMap<&'static str, Sampler>> = Mutex::new(BTreeMap::new());
-static ASYNC_SAMPLERS: Mutex<BTreeMap<&'static str, AsyncSampler>> = Mutex::new(BTreeMap::new());
+static ASYNC_SAMPLERS: Mutex<BTreeMap<String, AsyncSampler>> = Mutex::new(BTreeMap::new());
 
 /// Installs the process's Prometheus recorder (once; later calls return the same handle).
 ///
@@ -93,8 +93,9 @@ pub fn on_render(name: &'static str, sample: impl Fn() + Send + Sync + 'static) 
 
 /// Runs `sample` (and waits for it, at most 2 s) before every `GET /metrics`, for gauges
 /// that take a backend's answer (the read models' lag). A later sampler under the same `name`
-/// replaces the earlier one.
-pub fn on_render_async<F, Fut>(name: &'static str, sample: F)
+/// replaces the earlier one; name it after what it reads (the read models of one store
+/// schema), so that several systems in one process (as in the tests) each keep theirs.
+pub fn on_render_async<F, Fut>(name: impl Into<String>, sample: F)
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -103,7 +104,7 @@ where
     ASYNC_SAMPLERS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(name, sample);
+        .insert(name.into(), sample);
 }
 
 /// Runs the asynchronous samplers, together, for at most [`ASYNC_SAMPLE_TIMEOUT`].
