@@ -33,6 +33,13 @@ pub struct PgConfig {
     /// How long a call waits for a free connection (or for the server to accept one) before it
     /// fails with [`Error::Unavailable`]. Default 5 s.
     pub acquire_timeout: Duration,
+    /// How long a connection may sit idle in the pool and still be handed out without a check.
+    /// The pool checks every connection with a round trip as it comes back; one idle for
+    /// longer than this is checked again before it is handed out (the server may have closed
+    /// it meanwhile), one used again sooner is not, which saves a round trip per statement or
+    /// transaction under load (as PgBouncer's `server_check_delay` does). Zero checks every
+    /// connection before it is handed out. Default 1 s.
+    pub check_idle_after: Duration,
     /// The `application_name` of every connection (shows in `pg_stat_activity`).
     /// Default `es-postgres`.
     pub application_name: String,
@@ -60,6 +67,13 @@ pub struct PgConfig {
     /// Subscribers in the appending process are woken directly either way; with `false`,
     /// others learn of new events by polling (`poll_interval`). Default `true`.
     pub notify: bool,
+    /// Whether a [`read_all`](es_core::EventStore::read_all) that hands out a full page of at
+    /// least 100 events reads the next page while the caller works through this one, so that
+    /// a scan page by page keeps the server and the client busy at once. The page read ahead
+    /// is handed out only if the next call asks for it and it came back full (then it is
+    /// exactly what a fresh read would return). Costs a connection and one page of memory per
+    /// scan under way, and a page read for nothing when a scan stops early. Default `true`.
+    pub read_ahead: bool,
 }
 
 impl Default for PgConfig {
@@ -69,12 +83,14 @@ impl Default for PgConfig {
             max_connections: 10,
             min_connections: 0,
             acquire_timeout: Duration::from_secs(5),
+            check_idle_after: Duration::from_secs(1),
             application_name: "es-postgres".to_owned(),
             page_size: 1000,
             catch_up_rows: 100_000,
             poll_interval: Duration::from_secs(1),
             read_settle: Duration::from_secs(1),
             notify: true,
+            read_ahead: true,
         }
     }
 }

@@ -77,6 +77,20 @@ pub trait PgProjection: Send + Sync {
         Ok(())
     }
 
+    /// Applies the events a commit appended, inside the commit's transaction, when the
+    /// projection is written inline ([`PgEventStore::with_inline_projection`]). By default
+    /// [`apply_batch`](PgProjection::apply_batch). A read model written inline and also kept by
+    /// a runner can tell the two apart here: a commit's events are new, where most of what the
+    /// runner reads the commits have written already (so its `apply_batch` may first look
+    /// which rows are behind, a read the commit need not make).
+    async fn apply_inline(
+        &self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), BoxError> {
+        self.apply_batch(conn, events).await
+    }
+
     /// The version of this projection's code, for [`PgReadModelRunner`](crate::PgReadModelRunner):
     /// raise it when the tables or what `apply` writes change, and the read model is rebuilt
     /// into new tables while the old ones keep serving.

@@ -110,6 +110,50 @@ impl PgProjection for Counter {
     }
 }
 
+/// The pool hands out a connection used a moment ago without a check, but checks one that sat
+/// idle past `check_idle_after`: a connection the server closed while it was idle is replaced,
+/// and the call on it succeeds.
+#[tokio::test]
+async fn a_connection_closed_while_idle_is_replaced_before_it_is_handed_out() {
+    let app = format!("es-idle-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let mut config = PgConfig::new(common::schema_name("idle"));
+    config.application_name = app.clone();
+    config.max_connections = 1;
+    config.check_idle_after = Duration::from_millis(100);
+    let store = common::store_with(config).await;
+    let killer = common::store("idle_killer").await;
+    let stream = StreamId::new("idle-1").unwrap();
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![sample_event("Written", 1)],
+        )
+        .await
+        .expect("append");
+    let pid_before: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+
+    assert_eq!(common::terminate_connections(&killer, &app).await, 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        store
+            .stream_version(&stream)
+            .await
+            .expect("a call after the connection was closed"),
+        Some(1)
+    );
+    let pid_after: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_ne!(pid_before, pid_after, "the closed connection was replaced");
+    store.close().await;
+    killer.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_survives_its_connections_being_terminated() {
     let schema = common::schema_name("kill");

@@ -459,54 +459,111 @@ impl PgProjection for PgOrderListing {
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError> {
-        let Some(envelope) = self.decoder.decode::<OrderEvent>(ORDER_LISTING, event)? else {
-            return Ok(());
-        };
-        let order_id = order_id_of(&envelope.event);
-        let version = i64::try_from(envelope.stream_version)?;
-        // Inline and by the runner: the row lock orders the two, the version skips a repeat.
-        let row: Option<(i64, serde_json::Value)> = sqlx::query_as(
-            "SELECT version, state FROM order_listing WHERE order_id = $1 FOR UPDATE",
-        )
-        .bind(order_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let stored = row.as_ref().map_or(0, |(stored, _)| *stored);
-        if version <= stored {
-            return Ok(());
+        match self.decoder.decode::<OrderEvent>(ORDER_LISTING, event)? {
+            Some(envelope) => fold_into_row(conn, envelope).await,
+            None => Ok(()),
         }
-        if version > stored + 1 {
-            // An earlier event of the order is not in the row yet: it was appended by code that
-            // does not write this table inline (a rolling deploy) and the runner has not reached
-            // it. Folding this one over the older state would lose it for good; the runner
-            // applies both in order instead.
-            tracing::debug!(%order_id, stored, version, "order listing: an earlier event is still to come; leaving this one to the runner");
-            return Ok(());
+    }
+
+    /// A commit's events are the next of their orders: each is folded into its row at once.
+    async fn apply_inline(
+        &self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), BoxError> {
+        for event in events {
+            self.apply(&mut *conn, event).await?;
         }
-        let mut order = match row {
-            Some((_, state)) => serde_json::from_value::<Order>(state)?,
-            None => Order::default(),
-        };
-        order.apply(&envelope.event);
-        let view = order.view(envelope.stream_version);
-        // Kept to the microsecond, as the cursor is.
-        let created_at = DateTime::from_timestamp_micros(view.created_at.timestamp_micros())
-            .unwrap_or(view.created_at);
-        sqlx::query(
-            "INSERT INTO order_listing (order_id, customer_id, created_at, version, state) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (order_id) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state \
-             WHERE order_listing.version < EXCLUDED.version",
-        )
-        .bind(order_id)
-        .bind(view.customer_id)
-        .bind(created_at)
-        .bind(version)
-        .bind(serde_json::to_value(&order)?)
-        .execute(&mut *conn)
-        .await?;
         Ok(())
     }
+
+    /// The runner's batches: the commits wrote most of these events inline already, so one
+    /// read (without locks) finds the rows that are behind, and only their events are folded
+    /// (each under its row's lock). Without it the runner locked every row once per event
+    /// again, only to find the version there.
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), BoxError> {
+        let mut decoded = Vec::with_capacity(events.len());
+        for event in events {
+            if let Some(envelope) = self.decoder.decode::<OrderEvent>(ORDER_LISTING, event)? {
+                decoded.push(envelope);
+            }
+        }
+        let ids: Vec<Uuid> = decoded.iter().map(|e| order_id_of(&e.event)).collect();
+        let stored: HashMap<Uuid, i64> =
+            sqlx::query_as("SELECT order_id, version FROM order_listing WHERE order_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .collect();
+        for envelope in decoded {
+            // A row's version only grows, one event at a time: a row at `v` holds every event
+            // of the order up to `v`.
+            let held = stored
+                .get(&order_id_of(&envelope.event))
+                .is_some_and(|&version| {
+                    u64::try_from(version).unwrap_or(0) >= envelope.stream_version
+                });
+            if !held {
+                fold_into_row(conn, envelope).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Folds one event into its order's row, unless the row has it already: inline and by the
+/// runner, the row lock orders the two, the version skips a repeat.
+async fn fold_into_row(
+    conn: &mut PgConnection,
+    envelope: Envelope<OrderEvent>,
+) -> Result<(), BoxError> {
+    let order_id = order_id_of(&envelope.event);
+    let version = i64::try_from(envelope.stream_version)?;
+    let row: Option<(i64, serde_json::Value)> =
+        sqlx::query_as("SELECT version, state FROM order_listing WHERE order_id = $1 FOR UPDATE")
+            .bind(order_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let stored = row.as_ref().map_or(0, |(stored, _)| *stored);
+    if version <= stored {
+        return Ok(());
+    }
+    if version > stored + 1 {
+        // An earlier event of the order is not in the row yet: it was appended by code that
+        // does not write this table inline (a rolling deploy) and the runner has not reached
+        // it. Folding this one over the older state would lose it for good; the runner
+        // applies both in order instead.
+        tracing::debug!(%order_id, stored, version, "order listing: an earlier event is still to come; leaving this one to the runner");
+        return Ok(());
+    }
+    let mut order = match row {
+        Some((_, state)) => serde_json::from_value::<Order>(state)?,
+        None => Order::default(),
+    };
+    order.apply(&envelope.event);
+    let view = order.view(envelope.stream_version);
+    // Kept to the microsecond, as the cursor is.
+    let created_at = DateTime::from_timestamp_micros(view.created_at.timestamp_micros())
+        .unwrap_or(view.created_at);
+    sqlx::query(
+        "INSERT INTO order_listing (order_id, customer_id, created_at, version, state) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (order_id) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state \
+         WHERE order_listing.version < EXCLUDED.version",
+    )
+    .bind(order_id)
+    .bind(view.customer_id)
+    .bind(created_at)
+    .bind(version)
+    .bind(serde_json::to_value(&order)?)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// The notification listing's name (checkpoint, schema, `projections rebuild`).

@@ -85,6 +85,65 @@ async fn an_event_ahead_of_the_row_waits_for_the_runner() {
     plain.close().await;
 }
 
+/// The runner reads past what the commits already wrote inline without taking the rows'
+/// locks: a transaction holding an order's row (as the inline write of its next event does)
+/// does not stall the listing's runner.
+#[tokio::test]
+async fn the_runner_passes_over_rows_written_inline_without_waiting_for_their_locks() {
+    let schema = format!("op_test_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let _guard = SchemaGuard(schema.clone());
+    let mut config = PgConfig::new(&schema);
+    config.max_connections = 4;
+    let store = PgEventStore::connect(&database_url(), config)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let (store, listings) = Listings::install(store).await.expect("install");
+
+    let (order_id, customer_id) = (Uuid::now_v7(), Uuid::new_v4());
+    let stream = StreamId::for_aggregate("order", &order_id.to_string()).unwrap();
+    let placed = OrderEvent::OrderPlaced {
+        order_id,
+        customer_id,
+        items: Vec::new(),
+        total_amount: Decimal::new(1250, 2),
+        placed_at: Utc::now(),
+    };
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![NewEvent::from_domain(&placed, Metadata::default()).unwrap()],
+        )
+        .await
+        .expect("append");
+
+    let mut holder = store.pool().begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM order_listing WHERE order_id = $1 FOR UPDATE")
+        .bind(order_id)
+        .execute(&mut *holder)
+        .await
+        .expect("lock the row");
+    let caught_up = tokio::time::timeout(
+        Duration::from_secs(5),
+        PgReadModelRunner::new(store.clone()).catch_up(&PgOrderListing::default()),
+    )
+    .await;
+    holder.rollback().await.expect("rollback");
+    caught_up
+        .expect("the runner waited for the lock of a row that had the event already")
+        .expect("catch up");
+
+    let page = Page {
+        limit: 10,
+        after: None,
+    };
+    let (orders, _) = listings.page(customer_id, &page).await.expect("page");
+    assert_eq!(orders.len(), 1);
+    assert_eq!((orders[0].order_id, orders[0].version), (order_id, 1));
+    store.close().await;
+}
+
 /// `/health` names a read model whose runner lags past the limit, answering `"Degraded"` with
 /// 200 (the service still works), and is `"Healthy"` again once the runner has caught up.
 #[tokio::test]

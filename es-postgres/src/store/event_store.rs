@@ -8,7 +8,7 @@ use es_core::{
     Result, StreamFilter, StreamId, UnitOfWork,
 };
 
-use super::PgEventStore;
+use super::{read_ahead, PgEventStore};
 use crate::error::from_sqlx;
 use crate::log;
 
@@ -60,14 +60,33 @@ impl EventStore for PgEventStore {
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        log::read_all_settled(
-            &self.inner.pool,
-            filter,
-            after,
-            limit,
-            self.inner.config.read_settle,
-        )
-        .await
+        // A full page of a scan: the next one is read while the caller works through this
+        // one (see `read_ahead`).
+        let reads_ahead = self.inner.config.read_ahead && limit >= read_ahead::MIN_PAGE;
+        let read_already = if reads_ahead {
+            self.inner.read_ahead.take(filter, after, limit).await
+        } else {
+            None
+        };
+        let page = match read_already {
+            Some(page) => page,
+            None => {
+                log::read_all_settled(
+                    &self.inner.pool,
+                    filter,
+                    after,
+                    limit,
+                    self.inner.config.read_settle,
+                )
+                .await?
+            }
+        };
+        if let Some(last) = page.last().filter(|_| reads_ahead && page.len() == limit) {
+            self.inner
+                .read_ahead
+                .start(&self.inner.pool, filter, last.position, limit);
+        }
+        Ok(page)
     }
 
     /// The page a subscription reads: what is safe now, and whether it reached the head, in

@@ -105,7 +105,7 @@ pub(super) async fn apply_inline(
             continue;
         }
         projection
-            .apply_batch(&mut *conn, &events)
+            .apply_inline(&mut *conn, &events)
             .await
             .map_err(|e| {
                 Error::backend(

@@ -11,6 +11,7 @@ mod event_store;
 mod inbox;
 mod inline;
 mod parked_events;
+mod read_ahead;
 mod saga_store;
 mod snapshots;
 mod subscribe;
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use es_core::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Connection;
 use tokio::sync::Semaphore;
 
 use crate::config::PgConfig;
@@ -63,6 +65,8 @@ struct Inner {
     catch_up_permits: Arc<Semaphore>,
     /// Projections applied in every commit's transaction (read-your-writes).
     inline: RwLock<Vec<Arc<dyn PgProjection>>>,
+    /// The next pages of scans under way, read while their callers work.
+    read_ahead: read_ahead::ReadAhead,
 }
 
 impl fmt::Debug for PgEventStore {
@@ -96,10 +100,24 @@ impl PgEventStore {
         let options = options
             .application_name(&config.application_name)
             .options([("search_path", format!("{},public", config.schema))]);
+        // sqlx checks a connection with a round trip as it is released, and by default again
+        // as it is acquired: under load that second check is a round trip per statement or
+        // transaction for a connection released a moment ago. Only one idle for a while, which
+        // the server may have closed meanwhile, is checked again.
+        let check_idle_after = config.check_idle_after;
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .min_connections(config.min_connections)
             .acquire_timeout(config.acquire_timeout)
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= check_idle_after {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(from_sqlx)?;
@@ -123,6 +141,7 @@ impl PgEventStore {
                 announcer: Mutex::new(announcer),
                 catch_up_permits,
                 inline: RwLock::default(),
+                read_ahead: read_ahead::ReadAhead::default(),
             }),
         })
     }
