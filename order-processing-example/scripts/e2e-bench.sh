@@ -143,12 +143,16 @@ per='def per(x): if x == null then "–" else (x / $n * 10 | round / 10 | tostri
 cpu_ms='def cpu(g): if $b.cpuMs[g] == null then "–" else ($b.cpuMs[g] / $n * 100 | round / 100 | tostring) + " ms" end;'
 total='([$b.cpuMs | to_entries[] | select(.key != "loadGenerator") | .value] | add) / $n'
 
+# What the load generator did for the statistics, said under the table.
+VACUUMED=$(jq -r 'if (.vacuumed // "") | test("autovacuum is off") then "Between phases and during each run the load generator analyzes the tables (autovacuum is off on this machine)." else "" end' "$OUT/open.json")
+
 TABLE=$(cat <<EOF
 Measured $(date -u +%Y-%m-%d) by \`order-processing-example/scripts/e2e-bench.sh\` at commit $commit:
 $cores cores (${cpu:-unknown CPU}), $memory, load average at the end $load; PostgreSQL $pg_version,
 RabbitMQ $rabbit_version, Redis $redis_version on loopback; \`order-processing all\` (release build),
 a fresh database, vhost and Redis database for each run; $MIX.
 The closed loop ran $CLOSED_RUNS times ($closed_rates orders/s); its rows show the median run.
+$VACUUMED
 ${NOTE:-}
 
 | run | orders/s | confirmed / cancelled / unfinished | POST p50 / p99 | end to end p50 / p99 | slowest stage |
