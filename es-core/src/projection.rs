@@ -363,6 +363,7 @@ pub struct ProjectionRunner {
     store: Arc<dyn EventStore>,
     checkpoints: Arc<dyn CheckpointStore>,
     backoff: Backoff,
+    checkpoint_interval: Duration,
 }
 
 impl fmt::Debug for ProjectionRunner {
@@ -417,7 +418,19 @@ impl ProjectionRunner {
             store: crate::shared::event_store(store),
             checkpoints: crate::shared::checkpoint_store(checkpoints),
             backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
+            checkpoint_interval: Duration::ZERO,
         }
+    }
+
+    /// The same runner saving the checkpoint of a running projection at most once per
+    /// `interval` (and when it stops), instead of after every event: under a steady stream of
+    /// events that is one write per interval where it was one per event. A crash then applies
+    /// again up to `interval` of events after a restart, so the projection must take an event
+    /// twice calmly (as it must already: a crash between `apply` and the save does the same to
+    /// one event). Zero, the default, saves after every event.
+    pub fn with_checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.checkpoint_interval = interval;
+        self
     }
 
     /// Handles every event stored now (up to the head) and returns the new checkpoint.
@@ -485,9 +498,28 @@ impl ProjectionRunner {
         status.send_modify(|s| s.position = start);
         let metrics = ProjectionMetrics::new(&name);
         let mut events = self.store.subscribe(projection.filter(), start);
+        // Applied but not saved yet (with a checkpoint interval), and when it is due.
+        let mut unsaved: Option<Position> = None;
+        let mut save_at = tokio::time::Instant::now();
         loop {
             let next = tokio::select! {
-                _ = &mut shutdown => return,
+                _ = &mut shutdown => {
+                    if let Some(position) = unsaved {
+                        // Best effort: a failure only means applying these again at restart.
+                        if let Err(error) = self.checkpoints.save(&name, position).await {
+                            tracing::warn!(projection = %name, %error, "cannot save the checkpoint while stopping");
+                        }
+                    }
+                    return;
+                }
+                _ = tokio::time::sleep_until(save_at), if unsaved.is_some() => {
+                    if let Some(position) = unsaved.take() {
+                        if !self.save_checkpoint(&name, position, &mut backoff, &mut shutdown).await {
+                            return;
+                        }
+                    }
+                    continue;
+                }
                 next = events.next() => next,
             };
             let event = match next {
@@ -514,12 +546,18 @@ impl ProjectionRunner {
                 }
             };
             backoff.reset();
-            while let Err(error) = self.checkpoints.save(&name, event.position).await {
-                tracing::warn!(projection = %name, %error, "cannot save the checkpoint; retrying");
-                tokio::select! {
-                    _ = &mut shutdown => return,
-                    _ = backoff.sleep() => {}
+            if self.checkpoint_interval.is_zero() {
+                if !self
+                    .save_checkpoint(&name, event.position, &mut backoff, &mut shutdown)
+                    .await
+                {
+                    return;
                 }
+            } else {
+                if unsaved.is_none() {
+                    save_at = tokio::time::Instant::now() + self.checkpoint_interval;
+                }
+                unsaved = Some(event.position);
             }
             metrics.handled(took, event.recorded_at);
             status.send_modify(|s| {
@@ -527,6 +565,25 @@ impl ProjectionRunner {
                 s.last_error = None;
             });
         }
+    }
+
+    /// Saves `position` as `name`'s checkpoint, retrying with backoff; `false` when `shutdown`
+    /// came first.
+    async fn save_checkpoint(
+        &self,
+        name: &str,
+        position: Position,
+        backoff: &mut Backoff,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> bool {
+        while let Err(error) = self.checkpoints.save(name, position).await {
+            tracing::warn!(projection = %name, %error, "cannot save the checkpoint; retrying");
+            tokio::select! {
+                _ = &mut *shutdown => return false,
+                _ = backoff.sleep() => {}
+            }
+        }
+        true
     }
 
     /// Runs `projection` on a background task; the handle reports its status and stops it.

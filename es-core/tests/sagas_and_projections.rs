@@ -466,3 +466,75 @@ async fn the_relay_publishes_every_committed_event_once_and_resumes_from_its_che
     ids.dedup();
     assert_eq!(ids.len(), 15);
 }
+
+/// A checkpoint store that counts the saves it passes on.
+#[derive(Debug, Clone, Default)]
+struct CountedCheckpoints {
+    inner: MemoryEventStore,
+    saves: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[es_core::async_trait]
+impl es_core::CheckpointStore for CountedCheckpoints {
+    async fn load(&self, name: &str) -> es_core::Result<Option<es_core::Position>> {
+        es_core::CheckpointStore::load(&self.inner, name).await
+    }
+
+    async fn save(&self, name: &str, position: es_core::Position) -> es_core::Result<()> {
+        self.saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        es_core::CheckpointStore::save(&self.inner, name, position).await
+    }
+}
+
+/// With a checkpoint interval, a running projection saves its checkpoint once per interval
+/// however many events it applies meanwhile, gets there once the events stop, and saves what
+/// it applied when it is stopped; without one it saves after every event.
+#[tokio::test]
+async fn a_checkpoint_interval_saves_once_per_interval_and_on_stop() {
+    use es_core::CheckpointStore;
+    use std::sync::atomic::Ordering;
+
+    let store = MemoryEventStore::new();
+    let checkpoints = CountedCheckpoints::default();
+    let runner = ProjectionRunner::new(store.clone(), checkpoints.clone())
+        .with_checkpoint_interval(Duration::from_millis(300));
+    let counter = Arc::new(Counter::default());
+    let mut handle = runner.spawn(counter.clone());
+    for i in 0..40 {
+        record(
+            &store,
+            Flow::Started {
+                id: format!("c{i}"),
+            },
+            Metadata::default(),
+        )
+        .await;
+    }
+    let head = store.head().await.unwrap();
+    handle.wait_for(head).await;
+    assert_eq!(counter.seen.lock().unwrap().len(), 40);
+    assert!(
+        checkpoints.saves.load(Ordering::SeqCst) <= 1,
+        "at most one save within the interval: {}",
+        checkpoints.saves.load(Ordering::SeqCst)
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(checkpoints.load("counter").await.unwrap(), Some(head));
+    let saves = checkpoints.saves.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&saves), "{saves} saves for 40 events");
+
+    // Applied, not saved yet when it stops: saved on the way out.
+    record(&store, Flow::Paid { id: "c0".into() }, Metadata::default()).await;
+    let head = store.head().await.unwrap();
+    handle.wait_for(head).await;
+    handle.stop().await;
+    assert_eq!(checkpoints.load("counter").await.unwrap(), Some(head));
+
+    // Without an interval: a save per event.
+    let every = CountedCheckpoints::default();
+    let mut handle =
+        ProjectionRunner::new(store.clone(), every.clone()).spawn(Arc::new(Counter::default()));
+    handle.wait_for(head).await;
+    handle.stop().await;
+    assert_eq!(every.saves.load(Ordering::SeqCst), 41);
+}

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use es_core::{
-    Backoff, Error, Position, ProjectionAdmin, ProjectionInfo, ProjectionPhase, Result,
-    StreamFilter,
+    Backoff, Error, Position, ProjectionAdmin, ProjectionInfo, ProjectionPhase, RecordedEvent,
+    Result, StreamFilter,
 };
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use crate::error::{from_sqlx, to_i64, to_u64, BACKEND};
-use crate::log::{read_committed, read_visible, HORIZON};
+use crate::log::{read_committed, EventRow, EVENT_COLUMNS, HORIZON};
 use crate::projection::PgProjection;
 use crate::store::{wait_for_work, PgEventStore};
 
@@ -267,24 +267,39 @@ impl PgReadModelRunner {
         version: i32,
     ) -> Result<Option<(Generation, Option<Generation>)>> {
         let name = model.name();
+        const GENERATIONS: &str =
+            "SELECT generation, version, state, ready FROM projection_versions WHERE name = $1";
+        // Most steps change nothing here: the active generation is this code's, and a rebuild
+        // under way (if any) is this code's and set up. That needs no lock and no transaction,
+        // one read. Anything else (a first generation, a rebuild to start, set up or give way)
+        // takes the projection's lock and reads again under it. A switch may follow either
+        // read: the batch then finds its generation gone and applies nothing.
+        let rows: Vec<(i64, i32, String, bool)> = sqlx::query_as(GENERATIONS)
+            .bind(name)
+            .fetch_all(self.store.pool())
+            .await
+            .map_err(from_sqlx)?;
+        match (
+            find_generation(&rows, "active"),
+            find_generation(&rows, "building"),
+        ) {
+            (Some(active), _) if active.version > version => return Ok(None),
+            (Some(active), building)
+                if active.version == version
+                    && building.is_none_or(|b| b.version == version && b.ready) =>
+            {
+                return Ok(Some((active, building)))
+            }
+            _ => {}
+        }
         let mut tx = self.store.pool().begin().await.map_err(from_sqlx)?;
         lock(&mut tx, name, None).await?;
-        let rows: Vec<(i64, i32, String, bool)> = sqlx::query_as(
-            "SELECT generation, version, state, ready FROM projection_versions WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(from_sqlx)?;
-        let find = |state: &str| {
-            rows.iter()
-                .find(|r| r.2 == state)
-                .map(|&(generation, version, _, ready)| Generation {
-                    generation,
-                    version,
-                    ready,
-                })
-        };
+        let rows: Vec<(i64, i32, String, bool)> = sqlx::query_as(GENERATIONS)
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+        let find = |state: &str| find_generation(&rows, state);
         let next = rows.iter().map(|r| r.0).max().unwrap_or(0) + 1;
         let category = match model.filter() {
             StreamFilter::Category(category) => Some(category),
@@ -513,8 +528,10 @@ impl PgReadModelRunner {
     }
 
     /// One batch for `generation` in `tx`, whose caller holds the generation's lock: reads
-    /// after its checkpoint, applies, moves the checkpoint. Returns how many events it applied;
-    /// 0 as well when the generation is gone (dropped by a switch).
+    /// after its checkpoint, moves the checkpoint, applies. Returns how many events it
+    /// applied; 0 as well when the generation is gone (dropped by a switch). When it applied
+    /// any, `tx` is left with the generation's schema first in its `search_path`: a caller
+    /// that runs more statements in `tx` resets it first.
     async fn batch_in(
         &self,
         tx: &mut Transaction<'static, Postgres>,
@@ -522,33 +539,16 @@ impl PgReadModelRunner {
         generation: i64,
     ) -> Result<usize> {
         let name = model.name();
-        // After the lock: a runner that waited for another sees the checkpoint it left.
-        let Some((tx_id, seq)) = sqlx::query_as::<_, (i64, i64)>(
-            "SELECT tx_id, seq FROM projection_versions \
-             WHERE name = $1 AND generation = $2 AND ready",
-        )
-        .bind(name)
-        .bind(generation)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(from_sqlx)?
-        else {
-            return Ok(0);
-        };
-        let after = Position::new(to_u64(tx_id), to_u64(seq));
-        // Read before this transaction writes (and takes a transaction id), so that it does
-        // not hold back its own read.
-        let events = read_visible(tx, &model.filter(), after, self.batch_size).await?;
+        // Read after the lock (a runner that waited for another sees the checkpoint it left)
+        // and before this transaction writes (and takes a transaction id, which would hold
+        // back its own read). The checkpoint and the events in one statement.
+        let events = read_after_checkpoint(tx, model, generation, self.batch_size).await?;
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(0);
         };
-        let schema = generation_schema(&self.store.config().schema, name, generation)?;
-        self.use_schema(tx, &schema).await?;
-        model
-            .apply_batch(tx, &events)
-            .await
-            .map_err(|e| Error::backend("projection", format!("{name} failed: {e}")))?;
-        self.reset_schema(tx).await?;
+        // The checkpoint moves before the batch is applied, in the same transaction: while
+        // the store's schema still comes first in the `search_path`, and with no statement
+        // after the batch's.
         sqlx::query(
             "UPDATE projection_versions SET tx_id = $3, seq = $4, updated_at = now() \
              WHERE name = $1 AND generation = $2",
@@ -560,6 +560,12 @@ impl PgReadModelRunner {
         .execute(&mut **tx)
         .await
         .map_err(from_sqlx)?;
+        let schema = generation_schema(&self.store.config().schema, name, generation)?;
+        self.use_schema(tx, &schema).await?;
+        model
+            .apply_batch(tx, &events)
+            .await
+            .map_err(|e| Error::backend("projection", format!("{name} failed: {e}")))?;
         Ok(events.len())
     }
 
@@ -605,6 +611,9 @@ impl PgReadModelRunner {
         if applied == self.batch_size {
             tx.commit().await.map_err(from_sqlx)?;
             return Ok((applied, false));
+        }
+        if applied > 0 {
+            self.reset_schema(&mut tx).await?;
         }
         if model.written_inline() {
             // What those commits wrote may still lie beyond the horizon (an older transaction
@@ -709,6 +718,52 @@ impl PgReadModelRunner {
         }
         Ok(carried)
     }
+}
+
+/// The generation in `state` among rows of `projection_versions` (generation, version, state,
+/// ready).
+fn find_generation(rows: &[(i64, i32, String, bool)], state: &str) -> Option<Generation> {
+    rows.iter()
+        .find(|r| r.2 == state)
+        .map(|&(generation, version, _, ready)| Generation {
+            generation,
+            version,
+            ready,
+        })
+}
+
+/// The safe events after the checkpoint of `generation` of `model` (its ready row in
+/// `projection_versions`), at most `limit`, in the global order: the checkpoint and the events
+/// in one statement. None when the generation has no ready row (a switch dropped it).
+async fn read_after_checkpoint(
+    conn: &mut PgConnection,
+    model: &dyn PgProjection,
+    generation: i64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>> {
+    let filter = model.filter();
+    let category = match filter {
+        StreamFilter::Category(_) => "category = $4 AND ",
+        _ => "",
+    };
+    let sql = format!(
+        "SELECT e.* FROM (SELECT tx_id, seq FROM projection_versions \
+                          WHERE name = $1 AND generation = $2 AND ready) AS checkpoint \
+         CROSS JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events \
+           WHERE {category}(tx_id, seq) > (checkpoint.tx_id, checkpoint.seq) \
+             AND tx_id < {HORIZON} \
+           ORDER BY tx_id, seq LIMIT $3) AS e"
+    );
+    let query = sqlx::query_as::<_, EventRow>(&sql)
+        .bind(model.name())
+        .bind(generation)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    let query = match &filter {
+        StreamFilter::Category(category) => query.bind(category.as_str()),
+        _ => query,
+    };
+    let rows = query.fetch_all(&mut *conn).await.map_err(from_sqlx)?;
+    rows.into_iter().map(EventRow::recorded).collect()
 }
 
 /// Takes the transaction-scoped advisory lock of projection `name` (setting up and switching

@@ -771,3 +771,63 @@ async fn a_switch_waits_for_an_inline_write_in_flight_and_carries_it_over() {
     assert_eq!(latest(&store, "lat-1").await, Some(1));
     drop_all(&store).await;
 }
+
+/// Keeps every event an inline commit hands it.
+#[derive(Default)]
+struct Witness {
+    seen: std::sync::Mutex<Vec<RecordedEvent>>,
+}
+
+#[async_trait::async_trait]
+impl PgProjection for Witness {
+    fn name(&self) -> &str {
+        "witness"
+    }
+
+    async fn apply(&self, _: &mut PgConnection, event: &RecordedEvent) -> Result<(), BoxError> {
+        self.seen.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+}
+
+/// An inline projection receives each event exactly as the log keeps it: ids, stream,
+/// version, position, the time it was recorded (the transaction's start), type, payload and
+/// metadata.
+#[tokio::test]
+async fn an_inline_projection_sees_the_events_as_the_log_records_them() {
+    let witness = Arc::new(Witness::default());
+    let store = common::store("witness")
+        .await
+        .with_inline_projection(witness.clone());
+    let unit = es_core::UnitOfWork::new()
+        .append(es_core::StreamAppend::new(
+            StreamId::new("witness-1").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![sample_event("Opened", 1), sample_event("Noted", 2)],
+        ))
+        .append(es_core::StreamAppend::new(
+            StreamId::new("witness-2").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![sample_event("Opened", 3)],
+        ));
+    store.commit(unit).await.unwrap();
+    store
+        .append(
+            &StreamId::new("witness-1").unwrap(),
+            ExpectedVersion::Exact(2),
+            vec![sample_event("Closed", 4)],
+        )
+        .await
+        .unwrap();
+    let logged = store
+        .read_all(&StreamFilter::All, es_core::Position::START, 100)
+        .await
+        .unwrap();
+    assert_eq!(logged.len(), 4);
+    assert_eq!(*witness.seen.lock().unwrap(), logged);
+    assert_ne!(
+        logged[0].recorded_at, logged[3].recorded_at,
+        "two transactions, two times"
+    );
+    common::drop_schema(&store).await;
+}

@@ -12,5 +12,5 @@ pub(crate) use read::{
     head, read_all_settled, read_committed, read_page_settled, read_visible, visible_query,
     visible_sql,
 };
-pub(crate) use row::EventRow;
+pub(crate) use row::{EventRow, EVENT_COLUMNS};
 pub(crate) use stream::{read_stream, replay_stream, replay_streams, stream_version};

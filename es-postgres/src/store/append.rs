@@ -1,6 +1,7 @@
 //! Appending one stream's events: the statements, one per kind of expectation, and the retries
 //! of an append that loses a race it may lose.
 
+use chrono::{DateTime, Utc};
 use es_core::{
     AppendResult, Error, ExpectedVersion, NewEvent, Position, Result, StreamAppend, StreamId,
 };
@@ -62,7 +63,7 @@ fn append_sql(expectation_holds: &str) -> String {
               UNNEST($3::uuid[], $4::text[], $5::int4[], $6::bytea[], $7::bytea[]) \
               WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, n) \
          WHERE {expectation_holds} \
-         RETURNING tx_id, seq, stream_version"
+         RETURNING tx_id, seq, stream_version, recorded_at"
     )
 }
 
@@ -80,7 +81,7 @@ fn append_after_version_sql() -> String {
      FROM UNNEST($3::uuid[], $4::text[], $5::int4[], $6::bytea[], $7::bytea[]) \
           WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, n) \
      WHERE EXISTS (SELECT FROM events WHERE stream_id = $1 AND stream_version = $8) \
-     RETURNING tx_id, seq, stream_version"
+     RETURNING tx_id, seq, stream_version, recorded_at"
         .to_owned()
 }
 
@@ -94,7 +95,7 @@ fn append_new_stream_sql() -> String {
      SELECT $1, e.n, $2, e.event_id, e.event_type, e.schema_version, e.payload, e.metadata \
      FROM UNNEST($3::uuid[], $4::text[], $5::int4[], $6::bytea[], $7::bytea[]) \
           WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, n) \
-     RETURNING tx_id, seq, stream_version"
+     RETURNING tx_id, seq, stream_version, recorded_at"
         .to_owned()
 }
 
@@ -158,6 +159,13 @@ impl From<Error> for Failure {
     }
 }
 
+/// What an append wrote: its result, and the time its events were recorded at (the
+/// transaction's start, `now()`), when it wrote any.
+pub(super) struct Appended {
+    pub(super) result: AppendResult,
+    pub(super) recorded_at: Option<DateTime<Utc>>,
+}
+
 impl PgEventStore {
     /// Appends one stream's events on `conn` (in a transaction when `in_tx`).
     pub(super) async fn append_on(
@@ -165,7 +173,7 @@ impl PgEventStore {
         conn: &mut PgConnection,
         append: StreamAppend,
         in_tx: bool,
-    ) -> Result<AppendResult, Failure> {
+    ) -> Result<Appended, Failure> {
         let StreamAppend {
             stream_id,
             expected,
@@ -177,10 +185,13 @@ impl PgEventStore {
             if !expected.is_met_by(actual) {
                 return Err(expected.conflict(&stream_id, actual).into());
             }
-            return Ok(AppendResult {
-                stream_id,
-                next_expected_version: actual.unwrap_or(0),
-                positions: Vec::new(),
+            return Ok(Appended {
+                result: AppendResult {
+                    stream_id,
+                    next_expected_version: actual.unwrap_or(0),
+                    positions: Vec::new(),
+                },
+                recorded_at: None,
             });
         }
         let columns = Columns::new(events)?;
@@ -204,15 +215,16 @@ impl PgEventStore {
                     .await
                     .map_err(from_sqlx)?;
             }
-            let mut query =
-                sqlx::query_as::<_, (i64, i64, i64)>(self.inner.appends.statement(expected))
-                    .bind(stream_id.as_str())
-                    .bind(stream_id.category())
-                    .bind(&columns.ids)
-                    .bind(&columns.types)
-                    .bind(&columns.schema_versions)
-                    .bind(&columns.payloads)
-                    .bind(&columns.metadata);
+            let mut query = sqlx::query_as::<_, (i64, i64, i64, DateTime<Utc>)>(
+                self.inner.appends.statement(expected),
+            )
+            .bind(stream_id.as_str())
+            .bind(stream_id.category())
+            .bind(&columns.ids)
+            .bind(&columns.types)
+            .bind(&columns.schema_versions)
+            .bind(&columns.payloads)
+            .bind(&columns.metadata);
             if let Some(version) = expected_version {
                 query = query.bind(version);
             }
@@ -264,16 +276,20 @@ impl PgEventStore {
         };
         let mut rows = rows;
         // RETURNING follows the insertion order in practice, which SQL does not promise.
-        rows.sort_unstable_by_key(|&(_, seq, _)| seq);
-        let next_expected_version = rows.last().map_or(0, |&(_, _, version)| to_u64(version));
+        rows.sort_unstable_by_key(|&(_, seq, _, _)| seq);
+        let next_expected_version = rows.last().map_or(0, |&(_, _, version, _)| to_u64(version));
+        let recorded_at = rows.first().map(|&(_, _, _, at)| at);
         let positions = rows
             .iter()
-            .map(|&(tx_id, seq, _)| Position::new(to_u64(tx_id), to_u64(seq)))
+            .map(|&(tx_id, seq, _, _)| Position::new(to_u64(tx_id), to_u64(seq)))
             .collect();
-        Ok(AppendResult {
-            stream_id,
-            next_expected_version,
-            positions,
+        Ok(Appended {
+            result: AppendResult {
+                stream_id,
+                next_expected_version,
+                positions,
+            },
+            recorded_at,
         })
     }
 }

@@ -48,7 +48,7 @@ impl PgEventStore {
             let append = appends.remove(0);
             let mut conn = self.inner.pool.acquire().await.map_err(from_sqlx)?;
             let result = match self.append_on(&mut conn, append, false).await {
-                Ok(result) => result,
+                Ok(appended) => appended.result,
                 Err(failure) => {
                     drop(conn);
                     return Err(self.failure_error(failure).await);
@@ -193,11 +193,14 @@ impl PgEventStore {
             unit.appends.iter().map(|a| a.events.clone()).collect()
         };
         let mut results = Vec::with_capacity(unit.appends.len());
+        let mut recorded_at = None;
         for append in unit.appends {
-            results.push(self.append_on(&mut *conn, append, true).await?);
+            let appended = self.append_on(&mut *conn, append, true).await?;
+            recorded_at = recorded_at.or(appended.recorded_at);
+            results.push(appended.result);
         }
-        if !inline.is_empty() {
-            apply_inline(&mut *conn, &inline, &results, written).await?;
+        if let Some(recorded_at) = recorded_at.filter(|_| !inline.is_empty()) {
+            apply_inline(&mut *conn, &inline, &results, written, recorded_at).await?;
         }
         if let Some((name, position)) = unit.checkpoint {
             save_checkpoint(&mut *conn, &name, position).await?;

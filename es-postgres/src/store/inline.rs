@@ -8,7 +8,6 @@ use es_core::{AppendResult, Error, NewEvent, RecordedEvent, Result, StreamAppend
 use sqlx::PgConnection;
 
 use super::PgEventStore;
-use crate::error::from_sqlx;
 use crate::projection::PgProjection;
 
 impl PgEventStore {
@@ -57,22 +56,15 @@ impl PgEventStore {
     }
 }
 
-/// Applies the events just appended (in the open transaction on `conn`) to the inline
-/// projections.
+/// Applies the events just appended (in the open transaction on `conn`, all recorded at
+/// `recorded_at`, the transaction's start) to the inline projections.
 pub(super) async fn apply_inline(
     conn: &mut PgConnection,
     inline: &[Arc<dyn PgProjection>],
     results: &[AppendResult],
     written: Vec<Vec<NewEvent>>,
+    recorded_at: DateTime<Utc>,
 ) -> Result<()> {
-    if results.iter().all(|r| r.positions.is_empty()) {
-        return Ok(());
-    }
-    // The events' `recorded_at` is the transaction's start, `now()`.
-    let recorded_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(from_sqlx)?;
     let mut recorded = Vec::new();
     for (result, events) in results.iter().zip(written) {
         let first_version = result.next_expected_version + 1 - result.positions.len() as u64;
