@@ -317,3 +317,43 @@ async fn a_log_whose_transaction_ids_are_ahead_of_the_cluster_is_refused() {
     );
     common::drop_schema(&store).await;
 }
+
+/// `head` looks at the newest events only: the rows it reads do not grow with the log, also
+/// once its statement runs on a generic plan (after five runs).
+#[tokio::test]
+async fn head_reads_a_few_rows_however_long_the_log() {
+    let mut config = PgConfig::new(common::schema_name("head"));
+    // One connection: the statistics flushed below are the reads' own.
+    config.max_connections = 1;
+    let store = common::store_with(config).await;
+    for i in 0..20 {
+        let events = (0..100)
+            .map(|k| sample_event("Written", i * 100 + k))
+            .collect();
+        store
+            .append(
+                &es_core::StreamId::new(format!("head-{i}")).unwrap(),
+                es_core::ExpectedVersion::NoStream,
+                events,
+            )
+            .await
+            .unwrap();
+    }
+    sqlx::query("ANALYZE events")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        store.head().await.unwrap();
+    }
+    let before = common::rows_read(&store, "events").await;
+    for _ in 0..10 {
+        store.head().await.unwrap();
+    }
+    let read = common::rows_read(&store, "events").await - before;
+    assert!(
+        read <= 100,
+        "10 heads of a 2,000-event log read {read} rows"
+    );
+    common::drop_schema(&store).await;
+}

@@ -239,6 +239,11 @@ pub(crate) async fn read_page_settled(
 }
 
 /// The newest safe position, with what holds newer events back, in one statement.
+///
+/// Whether events lie beyond the horizon is the first of them in the `(tx_id, seq)` index, not
+/// `EXISTS (…)`: planned generically, `tx_id >= horizon` is guessed to match a third of the
+/// table, and `EXISTS` then scanned all of it whenever nothing lay beyond (most calls), so
+/// every `head` read the whole log.
 struct HeadRead;
 
 impl HorizonRead for HeadRead {
@@ -247,7 +252,9 @@ impl HorizonRead for HeadRead {
     async fn read(&self, conn: &mut PgConnection) -> Result<(Self::Found, bool)> {
         let (tx_id, seq, events_beyond, xmin, xmax): (Option<i64>, Option<i64>, bool, i64, i64) =
             sqlx::query_as(&format!(
-                "SELECT h.tx_id, h.seq, EXISTS (SELECT 1 FROM events WHERE tx_id >= {HORIZON}), \
+                "SELECT h.tx_id, h.seq, \
+                   (SELECT tx_id FROM events WHERE tx_id >= {HORIZON} ORDER BY tx_id LIMIT 1) \
+                     IS NOT NULL, \
                    pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
                    pg_snapshot_xmax(pg_current_snapshot())::text::bigint \
                  FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT tx_id, seq FROM events \
