@@ -143,6 +143,7 @@ pub struct Relay {
     checkpoints: Arc<dyn CheckpointStore>,
     filter: StreamFilter,
     batch_size: usize,
+    checkpoint_interval: Duration,
     lease: Option<Lease>,
     parked: Arc<dyn ParkedEventStore>,
     metrics: RelayMetrics,
@@ -169,7 +170,8 @@ impl fmt::Debug for Relay {
         debug
             .field("name", &self.name)
             .field("filter", &self.filter)
-            .field("batch_size", &self.batch_size);
+            .field("batch_size", &self.batch_size)
+            .field("checkpoint_interval", &self.checkpoint_interval);
         if let Some(lease) = &self.lease {
             debug
                 .field("lease_ttl", &lease.ttl)
@@ -217,6 +219,7 @@ pub struct RelayBuilder<S = Unset, B = Unset, C = Unset> {
     checkpoints: C,
     filter: StreamFilter,
     batch_size: usize,
+    checkpoint_interval: Duration,
     lease: Option<Lease>,
     parked: Option<Arc<dyn ParkedEventStore>>,
 }
@@ -235,6 +238,7 @@ impl<S, B, C> RelayBuilder<S, B, C> {
             checkpoints,
             filter: self.filter,
             batch_size: self.batch_size,
+            checkpoint_interval: self.checkpoint_interval,
             lease: self.lease,
             parked: self.parked,
         }
@@ -250,6 +254,17 @@ impl<S, B, C> RelayBuilder<S, B, C> {
     /// Publishes at most `batch_size` events per confirmed batch (at least 1; 500 by default).
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// While following the log ([`Relay::run`]), saves the checkpoint at most once per
+    /// `interval` (and when stopped) instead of after every confirmed batch: under a steady
+    /// trickle of events that is one write per interval where it was one per event or two.
+    /// A relay that dies, or loses its lease, then publishes again up to `interval` of events
+    /// that went out already, which the consumers' inboxes drop (as they drop the last batch
+    /// of a relay that died before saving). Zero, the default, saves after every batch.
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.checkpoint_interval = interval;
         self
     }
 
@@ -327,6 +342,7 @@ impl RelayBuilder<Arc<dyn EventStore>, Arc<dyn EventBus>, Arc<dyn CheckpointStor
             checkpoints: self.checkpoints,
             filter: self.filter,
             batch_size: self.batch_size,
+            checkpoint_interval: self.checkpoint_interval,
             lease: self.lease,
             parked: self
                 .parked
@@ -360,6 +376,7 @@ impl Relay {
             checkpoints: Unset,
             filter: StreamFilter::All,
             batch_size: 500,
+            checkpoint_interval: Duration::ZERO,
             lease: None,
             parked: None,
         }
@@ -588,6 +605,16 @@ impl Relay {
         }
     }
 
+    /// Saves what was published and not saved yet, as the relay stops: best effort, since a
+    /// failure only means publishing those events again at the next start.
+    async fn save_on_the_way_out(&self, unsaved: Option<Position>) {
+        if let Some(position) = unsaved {
+            if let Err(error) = self.checkpoints.save(&self.name, position).await {
+                tracing::warn!(relay = %self.name, %error, "cannot save the relay checkpoint while stopping");
+            }
+        }
+    }
+
     /// Follows the log from the saved checkpoint until `shutdown` completes or the log ends.
     async fn follow<S>(&self, mut shutdown: Pin<&mut S>) -> Stopped
     where
@@ -610,9 +637,23 @@ impl Relay {
             };
             backoff.reset();
             let mut events = self.store.subscribe(self.filter.clone(), start);
+            // Published but not saved yet (with a checkpoint interval), and when it is due.
+            let mut unsaved: Option<Position> = None;
+            let mut save_at = Instant::now();
             loop {
                 let first = tokio::select! {
-                    _ = shutdown.as_mut() => return Stopped::Shutdown,
+                    _ = shutdown.as_mut() => {
+                        self.save_on_the_way_out(unsaved).await;
+                        return Stopped::Shutdown;
+                    }
+                    _ = tokio::time::sleep_until(save_at), if unsaved.is_some() => {
+                        let Some(position) = unsaved.take() else { continue };
+                        if let Err(error) = self.checkpoints.save(&self.name, position).await {
+                            tracing::warn!(relay = %self.name, %error, "cannot save the relay checkpoint; restarting from the last one");
+                            continue 'restart;
+                        }
+                        continue;
+                    }
                     next = events.next() => next,
                 };
                 let first = match first {
@@ -621,7 +662,10 @@ impl Relay {
                         tracing::warn!(relay = %self.name, %error, "reading the log failed; retrying");
                         continue;
                     }
-                    None => return Stopped::LogEnded,
+                    None => {
+                        self.save_on_the_way_out(unsaved).await;
+                        return Stopped::LogEnded;
+                    }
                 };
                 let mut batch = vec![first];
                 // Take whatever else is ready, without waiting, up to the batch size.
@@ -670,6 +714,13 @@ impl Relay {
                     continue 'restart;
                 }
                 backoff.reset();
+                if !self.checkpoint_interval.is_zero() {
+                    if unsaved.is_none() {
+                        save_at = Instant::now() + self.checkpoint_interval;
+                    }
+                    unsaved = Some(last);
+                    continue;
+                }
                 if let Err(error) = self.checkpoints.save(&self.name, last).await {
                     // The batch went out; restarting from the saved checkpoint republishes it,
                     // which the consumers' inboxes absorb.

@@ -538,3 +538,81 @@ async fn a_checkpoint_interval_saves_once_per_interval_and_on_stop() {
     handle.stop().await;
     assert_eq!(every.saves.load(Ordering::SeqCst), 41);
 }
+
+/// A relay with a checkpoint interval saves once per interval however many batches it
+/// publishes meanwhile, gets there once the events stop, and saves what it published when it
+/// is stopped.
+#[tokio::test]
+async fn a_relay_checkpoint_interval_saves_once_per_interval_and_on_stop() {
+    use es_core::testing::RecordingHandler;
+    use es_core::CheckpointStore;
+    use std::sync::atomic::Ordering;
+
+    let store = MemoryEventStore::new();
+    let bus = MemoryEventBus::new();
+    let handler = RecordingHandler::new();
+    let _consumer = bus
+        .subscribe(Consumer::new("interval-consumer", ["#"]), handler.clone())
+        .await
+        .unwrap();
+    let checkpoints = CountedCheckpoints::default();
+    let relay = Relay::builder("interval-relay")
+        .store(store.clone())
+        .bus(bus.clone())
+        .checkpoints(checkpoints.clone())
+        .checkpoint_interval(Duration::from_millis(300))
+        .build();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, stop) = (relay.clone(), stop.clone());
+        async move { relay.run(stop.cancelled_owned()).await }
+    });
+    let delivered = |n: usize| {
+        let handler = handler.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while handler.handled().len() < n {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .expect("the relay publishes the events")
+        }
+    };
+    // One at a time: a batch each.
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        record(
+            &store,
+            Flow::Started {
+                id: format!("r{i}"),
+            },
+            Metadata::default(),
+        )
+        .await;
+        delivered(i + 1).await;
+    }
+    let intervals = started.elapsed().as_millis() / 300;
+    let saves = checkpoints.saves.load(Ordering::SeqCst);
+    assert!(
+        saves as u128 <= intervals + 1 && saves < 20,
+        "{saves} saves for 20 batches in {} intervals",
+        intervals
+    );
+    let head = store.head().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        checkpoints.load("interval-relay").await.unwrap(),
+        Some(head)
+    );
+
+    record(&store, Flow::Paid { id: "r0".into() }, Metadata::default()).await;
+    delivered(21).await;
+    stop.cancel();
+    running.await.unwrap();
+    assert_eq!(
+        checkpoints.load("interval-relay").await.unwrap(),
+        Some(store.head().await.unwrap()),
+        "saved on the way out"
+    );
+}

@@ -26,10 +26,12 @@ pub(crate) const CONSUMER_BATCH: u16 = 16;
 /// never behind by this).
 const READ_MODEL_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// How often a projection run by [`Background::project`] saves its checkpoint while events
-/// flow: a write per tenth of a second instead of one per event (four an order for the order
-/// cache's marks); after a crash it marks up to that much again, which changes nothing.
-const PROJECTION_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a relay or a projection run by [`Background::project`] saves its checkpoint while
+/// events flow: a write per tenth of a second instead of one per batch (under a steady load a
+/// batch is an event or two: the relays and the order cache's marks wrote about eight
+/// checkpoints an order). After a crash, or a relay's lost lease, up to that much is published
+/// or marked again; the consumers' inboxes drop the repeats, and a mark changes nothing twice.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long a relay's lease lasts unrenewed: a standby instance takes over from one that died
 /// within about this (at once from one that stopped), and renewals go every third of it.
@@ -82,6 +84,7 @@ impl Background {
             .bus(backends.bus.clone())
             .checkpoints(backends.checkpoints.clone())
             .filter(StreamFilter::category(category))
+            .checkpoint_interval(CHECKPOINT_INTERVAL)
             .parked_events(backends.parked.clone())
             .lease(backends.leases.clone(), RELAY_LEASE_TTL)
             .build();
@@ -96,7 +99,7 @@ impl Background {
     /// process, and would come back without what its checkpoint says it has.
     pub(crate) fn project(&mut self, backends: &Backends, projection: Arc<dyn Projection>) {
         let runner = ProjectionRunner::new(backends.store.clone(), backends.checkpoints.clone())
-            .with_checkpoint_interval(PROJECTION_CHECKPOINT_INTERVAL);
+            .with_checkpoint_interval(CHECKPOINT_INTERVAL);
         self.projections.push(runner.spawn(projection));
     }
 
