@@ -15,6 +15,21 @@ use order_processing_example::order::OrderEvent;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
+/// A migrated store in a schema of its own (dropped with the guard) whose commits write the
+/// order listing inline, and the listings it serves.
+async fn store_with_listings(max_connections: u32) -> (SchemaGuard, PgEventStore, Listings) {
+    let schema = format!("op_test_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let guard = SchemaGuard(schema.clone());
+    let mut config = PgConfig::new(&schema);
+    config.max_connections = max_connections;
+    let store = PgEventStore::connect(&database_url(), config)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let (store, listings) = Listings::install(store).await.expect("install");
+    (guard, store, listings)
+}
+
 #[tokio::test]
 async fn an_event_ahead_of_the_row_waits_for_the_runner() {
     let schema = format!("op_test_{}", &Uuid::new_v4().simple().to_string()[..12]);
@@ -97,15 +112,7 @@ async fn an_event_ahead_of_the_row_waits_for_the_runner() {
 /// does not stall the listing's runner.
 #[tokio::test]
 async fn the_runner_passes_over_rows_written_inline_without_waiting_for_their_locks() {
-    let schema = format!("op_test_{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let _guard = SchemaGuard(schema.clone());
-    let mut config = PgConfig::new(&schema);
-    config.max_connections = 4;
-    let store = PgEventStore::connect(&database_url(), config)
-        .await
-        .expect("connect");
-    store.migrate().await.expect("migrate");
-    let (store, listings) = Listings::install(store).await.expect("install");
+    let (_guard, store, listings) = store_with_listings(4).await;
 
     let (order_id, customer_id) = (Uuid::now_v7(), Uuid::new_v4());
     let stream = StreamId::for_aggregate("order", &order_id.to_string()).unwrap();
@@ -160,15 +167,7 @@ async fn a_lagging_read_model_degrades_health_without_failing_it() {
     use order_processing_example::http::{finish_router, Health};
     use tower::ServiceExt;
 
-    let schema = format!("op_test_{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let _guard = SchemaGuard(schema.clone());
-    let mut config = PgConfig::new(&schema);
-    config.max_connections = 2;
-    let store = PgEventStore::connect(&database_url(), config)
-        .await
-        .expect("connect");
-    store.migrate().await.expect("migrate");
-    let (store, _) = Listings::install(store).await.expect("install");
+    let (_guard, store, _) = store_with_listings(2).await;
     let health = Health::default().with_soft(
         "readModels",
         order_processing_example::listing::lag_probe(store.clone(), Duration::from_millis(200)),
