@@ -104,6 +104,7 @@ async fn a_projection_aborted_mid_batch_resumes_with_no_lost_and_no_doubled_effe
     let store = common::store("proj").await;
     read_model(&store).await;
     append_numbers(&store, 1..=100).await;
+    common::settle(&store).await;
     let runner = PgProjectionRunner::new(store.clone()).with_batch_size(40);
 
     // A batch whose apply fails part-way rolls back, checkpoint included.

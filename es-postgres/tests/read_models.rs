@@ -489,6 +489,7 @@ async fn two_runners_of_one_read_model_share_its_tables_without_double_counting(
 async fn a_read_model_killed_mid_batch_resumes_after_its_checkpoint_without_double_counting() {
     let store = common::store("killed").await;
     append_numbers(&store, 1, 300, 10).await;
+    common::settle(&store).await;
     let (reached, mut reached_rx) = mpsc::unbounded_channel();
     let hanging = Numbers {
         hang_at: Some((230, reached)),
@@ -819,6 +820,7 @@ async fn an_inline_projection_sees_the_events_as_the_log_records_them() {
         )
         .await
         .unwrap();
+    common::settle(&store).await;
     let logged = store
         .read_all(&StreamFilter::All, es_core::Position::START, 100)
         .await

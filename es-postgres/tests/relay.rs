@@ -161,6 +161,7 @@ async fn a_poison_event_is_parked_in_postgres_and_the_relay_goes_on() {
         .append(&stream, ExpectedVersion::NoStream, events)
         .await
         .unwrap();
+    common::settle(&store).await;
     let relay = Relay::builder("outbox")
         .store(store.clone())
         .bus(bus.clone())

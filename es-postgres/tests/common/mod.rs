@@ -82,6 +82,24 @@ pub async fn warm_pool(store: &PgEventStore, n: usize) {
     }
 }
 
+/// Waits until no committed event of the store's log is held back beyond the horizon, so a
+/// step that reads only what is safe sees every event committed so far.
+///
+/// The horizon is the server's: a transaction of a test running beside this one (or a commit
+/// a busy disk is slow to flush) holds this store's newest events back for a moment. A test of
+/// what a runner does with the events, not of the horizon, waits for that moment to pass.
+pub async fn settle(store: &PgEventStore) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.health().await.expect("health").events_held_back > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events still held back after 30 s by {:?}",
+            open_write_transactions(store).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// The write transactions open anywhere on the server (pid, transaction id, age, application,
 /// query), for the message of a test that waits on the horizon.
 pub async fn open_write_transactions(
