@@ -413,11 +413,31 @@ async fn consume(
                     in_flight.spawn(handle_delivery(context.clone(), delivery));
                 }
                 Some(Ok(delivery)) => {
-                    // Add what lapin already holds, without waiting for more.
+                    // Add what lapin already holds, and what arrives within the linger.
                     let mut deliveries = vec![delivery];
                     let mut ended = None;
+                    // Linger only while another call runs (Nagle's rule): a message that
+                    // finds the consumer idle goes at once, so a low rate pays no latency.
+                    while in_flight.try_join_next().is_some() {}
+                    let linger = if in_flight.is_empty() {
+                        Duration::ZERO
+                    } else {
+                        context.subscription.linger
+                    };
+                    let linger_until = tokio::time::Instant::now() + linger;
                     while deliveries.len() < batch {
-                        match consumer.next().now_or_never() {
+                        let next = match consumer.next().now_or_never() {
+                            Some(next) => Some(next),
+                            None if linger.is_zero() => None,
+                            None => tokio::select! {
+                                biased;
+                                () = stop.cancelled() => None,
+                                next = tokio::time::timeout_at(linger_until, consumer.next()) => {
+                                    next.ok()
+                                }
+                            },
+                        };
+                        match next {
                             Some(Some(Ok(delivery))) => deliveries.push(delivery),
                             Some(Some(Err(error))) => {
                                 ended = Some(error.to_string());

@@ -1,6 +1,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -186,6 +187,7 @@ impl EventBus for MemoryEventBus {
         // With batches, fewer workers each take more: see `Consumer::with_batch`.
         let workers = subscription.concurrency().clamp(1, 64);
         let metrics = ConsumerMetrics::new(&subscription.consumer);
+        let gathering = Arc::new(Gathering::default());
         let task = tokio::spawn(async move {
             let mut tasks = tokio::task::JoinSet::new();
             for _ in 0..workers {
@@ -195,6 +197,7 @@ impl EventBus for MemoryEventBus {
                     handler.clone(),
                     stopped.clone(),
                     metrics.clone(),
+                    gathering.clone(),
                 ));
             }
             while tasks.join_next().await.is_some() {}
@@ -203,19 +206,40 @@ impl EventBus for MemoryEventBus {
     }
 }
 
+/// How a consumer's workers gather batches when it lingers.
+#[derive(Default)]
+struct Gathering {
+    /// One worker gathers a batch at a time, as the RabbitMQ consumer does: otherwise the
+    /// workers waiting idle would each take one of the messages a lingering batch waits for.
+    turn: tokio::sync::Mutex<()>,
+    /// Handler calls running: a batch lingers only while another call runs.
+    running: AtomicUsize,
+}
+
+/// One of a consumer's handler calls at a time.
 async fn worker(
     queue: Arc<Queue>,
     subscription: Consumer,
     handler: Arc<dyn MessageHandler>,
     stop: CancellationToken,
     metrics: ConsumerMetrics,
+    gathering: Arc<Gathering>,
 ) {
     let batch = usize::from(subscription.batch.max(1));
+    let lingers = batch > 1 && !subscription.linger.is_zero();
     loop {
         if stop.is_cancelled() {
             return;
         }
-        // What is waiting now, up to a batch: never a wait for more.
+        let gatherer = if lingers {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                gatherer = gathering.turn.lock() => Some(gatherer),
+            }
+        } else {
+            None
+        };
+        // What is waiting now, up to a batch; no wait for more unless the consumer lingers.
         let mut taken = queue.pop_up_to(batch);
         if taken.is_empty() {
             tokio::select! {
@@ -226,6 +250,21 @@ async fn worker(
             }
             continue;
         }
+        // Nagle's rule: a message that finds no call running goes at once.
+        if lingers && gathering.running.load(Ordering::SeqCst) > 0 {
+            let linger_until = tokio::time::Instant::now() + subscription.linger;
+            while taken.len() < batch {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep_until(linger_until) => break,
+                    _ = queue.notify.notified() => {}
+                }
+                taken.extend(queue.pop_up_to(batch - taken.len()));
+            }
+        }
+        // Counted before the turn passes on, so the next gatherer sees this call running.
+        let _running = Running::start(&gathering.running);
+        drop(gatherer);
         if taken.len() > 1 {
             let events: Vec<RecordedEvent> = taken.iter().map(|(event, _)| event.clone()).collect();
             let started = std::time::Instant::now();
@@ -249,6 +288,22 @@ async fn worker(
         for (event, attempts) in taken.drain(..) {
             handle_one(&queue, &subscription, &*handler, &metrics, event, attempts).await;
         }
+    }
+}
+
+/// Counts a handler call as running while it lives.
+struct Running<'a>(&'a AtomicUsize);
+
+impl<'a> Running<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Running(count)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

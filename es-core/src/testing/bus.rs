@@ -40,7 +40,9 @@ fn fast_retry(max_attempts: u32) -> RetryPolicy {
 /// Checks [`EventBus`] and [`DeadLetterQueue`]: routing, the envelope surviving the trip,
 /// retries, dead letters that do not stop the consumer, competing consumers, requeue and purge,
 /// and batched consumers ([`Consumer::with_batch`]): a backlog arrives in batches, and a
-/// poison message in a batch is dead-lettered alone while the rest is handled once.
+/// poison message in a batch is dead-lettered alone while the rest is handled once; with a
+/// linger ([`Consumer::with_linger`]), messages that arrive while a call runs share a batch,
+/// and one that finds the consumer idle goes at once.
 ///
 /// The bus must route with [`default_routing_key`](crate::bus::default_routing_key) (an event of
 /// type `Placed` in stream `{category}-1` routes as `{category}.placed`).
@@ -54,6 +56,7 @@ where
     dead_letters_can_be_requeued_and_purged(&*bus).await;
     a_backlog_arrives_in_batches(&*bus).await;
     a_poison_message_in_a_batch_goes_to_the_dead_letter_queue_alone(&*bus).await;
+    messages_arriving_within_the_linger_share_a_batch(&*bus).await;
 }
 
 /// Subscribes `consumer` once and stops, so its queue exists and keeps what is published
@@ -99,6 +102,56 @@ async fn a_backlog_arrives_in_batches<B: EventBus + DeadLetterQueue>(bus: &B) {
     assert!(
         sizes.iter().all(|&size| size <= 8),
         "no batch is larger than the subscription's batch size: {sizes:?}"
+    );
+    handle.stop().await;
+    assert!(bus.dead_letters(&consumer, 10).await.unwrap().is_empty());
+}
+
+async fn messages_arriving_within_the_linger_share_a_batch<B: EventBus + DeadLetterQueue>(bus: &B) {
+    const LINGER: Duration = Duration::from_secs(2);
+    let category = unique_category("linger");
+    let consumer = format!("{category}-c");
+    let subscription = Consumer::new(&consumer, [format!("{category}.*")])
+        .with_prefetch(32)
+        .with_batch(8)
+        .with_linger(LINGER);
+    // Each call takes a while, so the messages after the first arrive while it runs.
+    let recorder = RecordingHandler::with_delay(Duration::from_millis(300));
+    let handle = bus.subscribe(subscription, recorder.clone()).await.unwrap();
+    // Six messages one after another, 20 ms apart. The first finds the consumer idle and goes
+    // at once; without the linger each of the others would find a free call and go alone too.
+    let events: Vec<_> = (0..6).map(|n| event(&category, "Placed", n)).collect();
+    for event in &events {
+        bus.publish(std::slice::from_ref(event)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        recorder
+            .wait_for(events.len(), Duration::from_secs(20))
+            .await,
+        events.len()
+    );
+    let sizes = recorder.batch_sizes();
+    assert!(
+        sizes.iter().sum::<usize>() >= events.len() - 1 && sizes.len() <= 2,
+        "the messages that arrived while a call ran share a batch: {sizes:?}"
+    );
+    // With no call running (the last one acked), a message goes at once: a low rate pays no
+    // linger.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lone = event(&category, "Placed", 6);
+    let published = std::time::Instant::now();
+    bus.publish(std::slice::from_ref(&lone)).await.unwrap();
+    assert_eq!(
+        recorder
+            .wait_for(events.len() + 1, Duration::from_secs(20))
+            .await,
+        events.len() + 1,
+    );
+    assert!(
+        published.elapsed() < LINGER,
+        "a message that finds the consumer idle does not linger: {:?}",
+        published.elapsed()
     );
     handle.stop().await;
     assert!(bus.dead_letters(&consumer, 10).await.unwrap().is_empty());
