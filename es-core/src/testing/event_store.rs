@@ -24,6 +24,7 @@ pub async fn event_store_conformance(store: Arc<dyn EventStore>) {
     a_conflict_writes_nothing(&*store).await;
     empty_appends_only_check_the_expectation(&*store).await;
     multi_stream_appends_are_atomic(&*store).await;
+    a_multi_stream_conflict_names_its_stream(store.clone()).await;
     a_stream_twice_in_one_unit_is_refused(&*store).await;
     duplicate_event_ids_are_refused(&*store).await;
     inbox_entries_commit_with_the_events(&*store).await;
@@ -339,6 +340,122 @@ async fn multi_stream_appends_are_atomic(store: &dyn EventStore) {
     assert!(
         results[0].positions[0] < results[1].positions[0],
         "positions follow the order of the appends"
+    );
+}
+
+/// The stream of `error`, when it is a conflict, with the version it found.
+fn conflict_of(error: &Error) -> Option<(StreamId, Option<u64>)> {
+    match error {
+        Error::Conflict { stream, actual, .. } => Some((stream.clone(), *actual)),
+        _ => None,
+    }
+}
+
+async fn a_multi_stream_conflict_names_its_stream(store: Arc<dyn EventStore>) {
+    let category = unique_category("msc");
+    let (a, b, c) = (
+        stream(&category, "a"),
+        stream(&category, "b"),
+        stream(&category, "c"),
+    );
+    for s in [&b, &c] {
+        store
+            .append(s, ExpectedVersion::NoStream, vec![sample_event("X", 1)])
+            .await
+            .unwrap();
+    }
+    // The last of three streams expects a version it is not at.
+    let err = store
+        .append_many(vec![
+            StreamAppend::new(
+                a.clone(),
+                ExpectedVersion::NoStream,
+                vec![sample_event("A", 1)],
+            ),
+            StreamAppend::new(
+                b.clone(),
+                ExpectedVersion::Exact(1),
+                vec![sample_event("B", 2)],
+            ),
+            StreamAppend::new(
+                c.clone(),
+                ExpectedVersion::Exact(3),
+                vec![sample_event("C", 2)],
+            ),
+        ])
+        .await
+        .expect_err("a stream behind its expectation fails the unit");
+    assert_eq!(conflict_of(&err), Some((c.clone(), Some(1))), "got {err:?}");
+    // One that expects no stream where there is one.
+    let err = store
+        .append_many(vec![
+            StreamAppend::new(
+                a.clone(),
+                ExpectedVersion::NoStream,
+                vec![sample_event("A", 1)],
+            ),
+            StreamAppend::new(
+                c.clone(),
+                ExpectedVersion::NoStream,
+                vec![sample_event("C", 2)],
+            ),
+        ])
+        .await
+        .expect_err("a stream that exists fails `NoStream`");
+    assert_eq!(conflict_of(&err), Some((c.clone(), Some(1))), "got {err:?}");
+    assert_eq!(
+        store.stream_version(&a).await.unwrap(),
+        None,
+        "nothing written"
+    );
+    assert_eq!(store.stream_version(&b).await.unwrap(), Some(1));
+
+    // Units racing for the same version of `b`, each with a stream of its own: one wins, and
+    // each other one fails with a conflict on `b`, having written nothing.
+    let racers: Vec<_> = (0..6)
+        .map(|i| {
+            let (store, own, b) = (
+                store.clone(),
+                stream(&category, &format!("own{i}")),
+                b.clone(),
+            );
+            tokio::spawn(async move {
+                let result = store
+                    .append_many(vec![
+                        StreamAppend::new(
+                            own.clone(),
+                            ExpectedVersion::NoStream,
+                            vec![sample_event("Own", i)],
+                        ),
+                        StreamAppend::new(
+                            b.clone(),
+                            ExpectedVersion::Exact(1),
+                            vec![sample_event("B", 10 + i)],
+                        ),
+                    ])
+                    .await;
+                (own, result)
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for racer in racers {
+        let (own, result) = racer.await.unwrap();
+        match result {
+            Ok(results) => {
+                winners += 1;
+                assert_eq!(results[0].stream_id, own);
+                assert_eq!(results[1].next_expected_version, 2);
+            }
+            Err(err) => {
+                assert_eq!(conflict_of(&err), Some((b.clone(), Some(2))), "got {err:?}");
+                assert_eq!(store.stream_version(&own).await.unwrap(), None);
+            }
+        }
+    }
+    assert_eq!(
+        winners, 1,
+        "one unit takes version 2 of the contended stream"
     );
 }
 

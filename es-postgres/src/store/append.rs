@@ -18,6 +18,7 @@ pub(super) struct AppendStatements {
     append_no_stream: String,
     append_exists: String,
     append_exact: String,
+    append_many: String,
 }
 
 impl AppendStatements {
@@ -27,6 +28,7 @@ impl AppendStatements {
             append_no_stream: append_new_stream_sql(),
             append_exists: append_sql("current.version IS NOT NULL"),
             append_exact: append_after_version_sql(),
+            append_many: append_many_sql(),
         }
     }
 
@@ -99,6 +101,46 @@ fn append_new_stream_sql() -> String {
         .to_owned()
 }
 
+/// The appends of several streams in one statement, each at the versions its expectation pins
+/// (`NoStream` from 1, `Exact(v)` from `v + 1`): `$1`–`$8` are the events' columns, stream by
+/// stream in the unit's order, with their versions; `$9`/`$10` the streams expected at an exact
+/// version `v`, each of which must hold an event of version `v`. The primary key refuses a
+/// version another writer took (or version 1 of a stream that exists), as for one stream; an
+/// exact version not stored inserts nothing and returns no row.
+///
+/// A unit of work over many streams (a batch of orders reserving stock on their products) was
+/// a round trip per stream inside its transaction.
+fn append_many_sql() -> String {
+    "INSERT INTO events (stream_id, stream_version, category, event_id, event_type, \
+                         schema_version, payload, metadata) \
+     SELECT e.stream_id, e.stream_version, e.category, e.event_id, e.event_type, \
+            e.schema_version, e.payload, e.metadata \
+     FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::uuid[], $5::text[], $6::int4[], \
+                 $7::bytea[], $8::bytea[]) \
+          AS e(stream_id, stream_version, category, event_id, event_type, schema_version, \
+               payload, metadata) \
+     WHERE NOT EXISTS (SELECT FROM UNNEST($9::text[], $10::int8[]) AS x(stream_id, version) \
+                       WHERE NOT EXISTS (SELECT FROM events s \
+                                         WHERE s.stream_id = x.stream_id \
+                                           AND s.stream_version = x.version)) \
+     RETURNING stream_id, tx_id, seq, stream_version, recorded_at"
+        .to_owned()
+}
+
+/// Whether [`PgEventStore::append_many_on`] takes `appends`: several, each with events and an
+/// expectation that pins its versions (`NoStream` or `Exact`). `Any` and `StreamExists` may
+/// lose a race they then retry alone, behind a savepoint.
+pub(super) fn appends_combine(appends: &[StreamAppend]) -> bool {
+    appends.len() > 1
+        && appends.iter().all(|a| {
+            !a.events.is_empty()
+                && matches!(
+                    a.expected,
+                    ExpectedVersion::NoStream | ExpectedVersion::Exact(_)
+                )
+        })
+}
+
 /// Attempts of an `Any` or `StreamExists` append that lose a race for the same version before
 /// the store gives up with a conflict.
 const MAX_RACE_RETRIES: usize = 1000;
@@ -114,30 +156,40 @@ struct Columns {
 
 impl Columns {
     fn new(events: Vec<NewEvent>) -> Result<Self> {
-        let mut columns = Columns {
-            ids: Vec::with_capacity(events.len()),
-            types: Vec::with_capacity(events.len()),
-            schema_versions: Vec::with_capacity(events.len()),
-            payloads: Vec::with_capacity(events.len()),
-            metadata: Vec::with_capacity(events.len()),
-        };
+        let mut columns = Columns::with_capacity(events.len());
         for event in events {
-            if event.event_type.is_empty() {
-                return Err(Error::InvalidInput("an event type cannot be empty".into()));
-            }
-            let schema_version = i32::try_from(event.schema_version).map_err(|_| {
-                Error::InvalidInput(format!(
-                    "schema version {} of `{}` is too large",
-                    event.schema_version, event.event_type
-                ))
-            })?;
-            columns.ids.push(event.event_id);
-            columns.types.push(event.event_type);
-            columns.schema_versions.push(schema_version);
-            columns.payloads.push(Vec::from(event.payload));
-            columns.metadata.push(event.metadata.to_json().to_vec());
+            columns.push(event)?;
         }
         Ok(columns)
+    }
+
+    fn with_capacity(n: usize) -> Self {
+        Columns {
+            ids: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            schema_versions: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+        }
+    }
+
+    /// Adds `event`'s columns, once it is checked.
+    fn push(&mut self, event: NewEvent) -> Result<()> {
+        if event.event_type.is_empty() {
+            return Err(Error::InvalidInput("an event type cannot be empty".into()));
+        }
+        let schema_version = i32::try_from(event.schema_version).map_err(|_| {
+            Error::InvalidInput(format!(
+                "schema version {} of `{}` is too large",
+                event.schema_version, event.event_type
+            ))
+        })?;
+        self.ids.push(event.event_id);
+        self.types.push(event.event_type);
+        self.schema_versions.push(schema_version);
+        self.payloads.push(Vec::from(event.payload));
+        self.metadata.push(event.metadata.to_json().to_vec());
+        Ok(())
     }
 }
 
@@ -145,11 +197,11 @@ impl Columns {
 pub(super) enum Failure {
     /// The error to return.
     Error(Error),
-    /// Another writer took a version this unit expected to write: a conflict whose actual
-    /// version can only be read once the transaction (which the failure aborted) has ended.
+    /// Another writer took a version this unit expected to write, in one of `streams`: a
+    /// conflict whose actual version can only be read once the transaction (which the failure
+    /// aborted) has ended.
     VersionTaken {
-        stream_id: StreamId,
-        expected: ExpectedVersion,
+        streams: Vec<(StreamId, ExpectedVersion)>,
     },
 }
 
@@ -167,6 +219,110 @@ pub(super) struct Appended {
 }
 
 impl PgEventStore {
+    /// Appends the events of several streams on `conn`, inside a transaction, in one statement
+    /// ([`appends_combine`] says which units may). The results and times come in the order of
+    /// `appends`, positions in the same order as appending them one after another gives.
+    pub(super) async fn append_many_on(
+        &self,
+        conn: &mut PgConnection,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<Appended>, Failure> {
+        let total: usize = appends.iter().map(|a| a.events.len()).sum();
+        let mut stream_ids: Vec<&str> = Vec::with_capacity(total);
+        let mut versions: Vec<i64> = Vec::with_capacity(total);
+        let mut categories: Vec<&str> = Vec::with_capacity(total);
+        let mut exact_streams: Vec<&str> = Vec::new();
+        let mut exact_versions: Vec<i64> = Vec::new();
+        let mut columns = Columns::with_capacity(total);
+        for append in &appends {
+            let base = match append.expected {
+                ExpectedVersion::Exact(version) if version > 0 => {
+                    let version = to_i64(version, "expected version")?;
+                    exact_streams.push(append.stream_id.as_str());
+                    exact_versions.push(version);
+                    version
+                }
+                _ => 0,
+            };
+            for (k, event) in append.events.iter().enumerate() {
+                stream_ids.push(append.stream_id.as_str());
+                versions.push(base + to_i64(k as u64 + 1, "stream version")?);
+                categories.push(append.stream_id.category());
+                columns.push(event.clone())?;
+            }
+        }
+        let rows = sqlx::query_as::<_, (String, i64, i64, i64, DateTime<Utc>)>(
+            &self.inner.appends.append_many,
+        )
+        .bind(&stream_ids)
+        .bind(&versions)
+        .bind(&categories)
+        .bind(&columns.ids)
+        .bind(&columns.types)
+        .bind(&columns.schema_versions)
+        .bind(&columns.payloads)
+        .bind(&columns.metadata)
+        .bind(&exact_streams)
+        .bind(&exact_versions)
+        .fetch_all(&mut *conn)
+        .await;
+        let mut rows = match rows {
+            Ok(rows) if rows.len() == total => rows,
+            // Nothing written: a stream expected at an exact version is not at it. Which one,
+            // and where it is, is read now (the transaction is still usable).
+            Ok(_) => {
+                for append in &appends {
+                    let actual = stream_version(&mut *conn, &append.stream_id).await?;
+                    if !append.expected.is_met_by(actual) {
+                        return Err(append.expected.conflict(&append.stream_id, actual).into());
+                    }
+                }
+                return Err(Error::backend(
+                    crate::error::BACKEND,
+                    "a combined append wrote nothing, yet every expectation holds",
+                )
+                .into());
+            }
+            Err(error) => {
+                return Err(match unique_violation(&error).as_deref() {
+                    Some("events_event_id_key") => Error::InvalidInput(
+                        "an event id of the unit of work is already stored".into(),
+                    )
+                    .into(),
+                    Some("events_stream_version_key") => Failure::VersionTaken {
+                        streams: appends
+                            .iter()
+                            .map(|a| (a.stream_id.clone(), a.expected))
+                            .collect(),
+                    },
+                    _ => from_sqlx(error).into(),
+                })
+            }
+        };
+        // RETURNING follows the insertion order in practice, which SQL does not promise.
+        rows.sort_unstable_by_key(|&(_, _, seq, _, _)| seq);
+        let mut appended = Vec::with_capacity(appends.len());
+        for append in appends {
+            let mine = rows.iter().filter(|row| row.0 == append.stream_id.as_str());
+            let mut positions = Vec::with_capacity(append.events.len());
+            let (mut next_expected_version, mut recorded_at) = (0, None);
+            for &(_, tx_id, seq, version, at) in mine {
+                positions.push(Position::new(to_u64(tx_id), to_u64(seq)));
+                next_expected_version = to_u64(version);
+                recorded_at = recorded_at.or(Some(at));
+            }
+            appended.push(Appended {
+                result: AppendResult {
+                    stream_id: append.stream_id,
+                    next_expected_version,
+                    positions,
+                },
+                recorded_at,
+            });
+        }
+        Ok(appended)
+    }
+
     /// Appends one stream's events on `conn` (in a transaction when `in_tx`).
     pub(super) async fn append_on(
         &self,
@@ -262,8 +418,7 @@ impl PgEventStore {
                     // (read on another connection when this transaction is aborted).
                     Some("events_stream_version_key") if in_tx => {
                         return Err(Failure::VersionTaken {
-                            stream_id,
-                            expected,
+                            streams: vec![(stream_id, expected)],
                         })
                     }
                     Some("events_stream_version_key") => {

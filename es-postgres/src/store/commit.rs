@@ -11,7 +11,7 @@ use es_core::{
 };
 use sqlx::PgConnection;
 
-use super::append::Failure;
+use super::append::{appends_combine, Failure};
 use super::checkpoints::save_checkpoint;
 use super::inbox::record_entries;
 use super::inline::apply_inline;
@@ -151,13 +151,27 @@ impl PgEventStore {
     async fn failure_error(&self, failure: Failure) -> Error {
         match failure {
             Failure::Error(error) => error,
-            Failure::VersionTaken {
-                stream_id,
-                expected,
-            } => match self.stream_version(&stream_id).await {
-                Ok(actual) => expected.conflict(&stream_id, actual),
-                Err(error) => error,
-            },
+            // The stream that fails its expectation now is the one whose version was taken.
+            Failure::VersionTaken { streams } => {
+                let mut first = None;
+                for (stream_id, expected) in &streams {
+                    match self.stream_version(stream_id).await {
+                        Ok(actual) if !expected.is_met_by(actual) => {
+                            return expected.conflict(stream_id, actual)
+                        }
+                        Ok(actual) => {
+                            first.get_or_insert_with(|| expected.conflict(stream_id, actual));
+                        }
+                        Err(error) => return error,
+                    }
+                }
+                first.unwrap_or_else(|| {
+                    Error::backend(
+                        crate::error::BACKEND,
+                        "a version was taken, but of no stream",
+                    )
+                })
+            }
         }
     }
 
@@ -194,8 +208,17 @@ impl PgEventStore {
         };
         let mut results = Vec::with_capacity(unit.appends.len());
         let mut recorded_at = None;
-        for append in unit.appends {
-            let appended = self.append_on(&mut *conn, append, true).await?;
+        // Several streams at pinned versions: one statement for all of them.
+        let appended = if appends_combine(&unit.appends) {
+            self.append_many_on(&mut *conn, unit.appends).await?
+        } else {
+            let mut appended = Vec::with_capacity(unit.appends.len());
+            for append in unit.appends {
+                appended.push(self.append_on(&mut *conn, append, true).await?);
+            }
+            appended
+        };
+        for appended in appended {
             recorded_at = recorded_at.or(appended.recorded_at);
             results.push(appended.result);
         }
