@@ -18,11 +18,15 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
-    // An operator command prints its answer on stdout, and a chaos run's stdout is its one-line
-    // verdict: their own log goes beside, to stderr (a chaos run's, warnings only).
+    // An operator command prints its answer on stdout, a load test its report (JSON that
+    // scripts read) and a chaos run its one-line verdict: their own log goes beside, to stderr
+    // (a chaos run's, warnings only).
     let chaos = matches!(cli.command, Some(Command::Chaos(_)));
-    let log_to_stderr =
-        chaos || matches!(cli.command, Some(Command::Dlq(_) | Command::Projections(_)));
+    let log_to_stderr = chaos
+        || matches!(
+            cli.command,
+            Some(Command::Dlq(_) | Command::Projections(_) | Command::Loadtest(_))
+        );
     let default_filter = if chaos {
         "warn"
     } else {

@@ -116,6 +116,36 @@ async fn an_open_loop_run_accounts_for_every_order() {
     system.stop().await;
 }
 
+/// `loadtest --json` prints the report and nothing else on stdout, whatever the log level: the
+/// bench scripts read it with `jq`, and a log line there (a slow statement's warning under
+/// load) made it unreadable. Its log goes to stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_json_keeps_stdout_for_the_report() {
+    let system = System::embedded().await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-processing"))
+        .args(["loadtest", "--json", "--orders", "3", "--concurrency", "1"])
+        .args(["--target", &system.url(ServiceKind::Order, "")])
+        .args([
+            "--inventory-target",
+            &system.url(ServiceKind::Inventory, ""),
+        ])
+        // Debug logs every connection the load generator opens: plenty to land on stdout.
+        .env("RUST_LOG", "debug")
+        .output()
+        .await
+        .expect("run the load generator");
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is the report alone ({e}): {stdout:.400}"));
+    assert_eq!(report["orders"]["confirmed"], 3, "{stdout:.400}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("DEBUG"),
+        "the log went to stderr"
+    );
+    system.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_loop_run_on_one_hot_product_still_confirms_every_order() {
     let system = System::embedded().await;
