@@ -318,38 +318,11 @@ async fn a_log_whose_transaction_ids_are_ahead_of_the_cluster_is_refused() {
     common::drop_schema(&store).await;
 }
 
-/// A store of one connection holding a log of 2,000 events, analyzed: the rows a call reads
-/// are then its own.
-async fn store_with_a_long_log(prefix: &str) -> PgEventStore {
-    let mut config = PgConfig::new(common::schema_name(prefix));
-    // One connection: the statistics flushed below are the reads' own.
-    config.max_connections = 1;
-    let store = common::store_with(config).await;
-    for i in 0..20 {
-        let events = (0..100)
-            .map(|k| sample_event("Written", i * 100 + k))
-            .collect();
-        store
-            .append(
-                &es_core::StreamId::new(format!("{prefix}-{i}")).unwrap(),
-                es_core::ExpectedVersion::NoStream,
-                events,
-            )
-            .await
-            .unwrap();
-    }
-    sqlx::query("ANALYZE events")
-        .execute(store.pool())
-        .await
-        .unwrap();
-    store
-}
-
 /// `head` looks at the newest events only: the rows it reads do not grow with the log, also
 /// once its statement runs on a generic plan (after five runs).
 #[tokio::test]
 async fn head_reads_a_few_rows_however_long_the_log() {
-    let store = store_with_a_long_log("head").await;
+    let store = common::store_with_a_long_log("head").await;
     for _ in 0..6 {
         store.head().await.unwrap();
     }
@@ -361,26 +334,6 @@ async fn head_reads_a_few_rows_however_long_the_log() {
     assert!(
         read <= 100,
         "10 heads of a 2,000-event log read {read} rows"
-    );
-    common::drop_schema(&store).await;
-}
-
-/// `health` counts the events held back beyond the horizon, which are only the newest: with no
-/// checkpoint to measure, the rows it reads do not grow with the log, on a generic plan too.
-#[tokio::test]
-async fn health_reads_a_few_rows_however_long_the_log() {
-    let store = store_with_a_long_log("health").await;
-    for _ in 0..6 {
-        store.health().await.unwrap();
-    }
-    let before = common::rows_read(&store, "events").await;
-    for _ in 0..10 {
-        store.health().await.unwrap();
-    }
-    let read = common::rows_read(&store, "events").await - before;
-    assert!(
-        read <= 100,
-        "10 health reports of a 2,000-event log read {read} rows"
     );
     common::drop_schema(&store).await;
 }

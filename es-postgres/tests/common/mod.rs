@@ -152,3 +152,30 @@ pub async fn rows_read(store: &PgEventStore, table: &str) -> i64 {
     .await
     .expect("the table's statistics")
 }
+
+/// A store of one connection holding a log of 2,000 events, analyzed: the rows a call reads
+/// are then its own.
+pub async fn store_with_a_long_log(prefix: &str) -> PgEventStore {
+    let mut config = PgConfig::new(schema_name(prefix));
+    // One connection: the statistics flushed below are the reads' own.
+    config.max_connections = 1;
+    let store = store_with(config).await;
+    for i in 0..20 {
+        let events = (0..100)
+            .map(|k| es_core::testing::sample_event("Written", i * 100 + k))
+            .collect();
+        es_core::EventStore::append(
+            &store,
+            &es_core::StreamId::new(format!("{prefix}-{i}")).unwrap(),
+            es_core::ExpectedVersion::NoStream,
+            events,
+        )
+        .await
+        .unwrap();
+    }
+    sqlx::query("ANALYZE events")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store
+}
