@@ -53,9 +53,13 @@ impl PgEventStore {
         .map_err(from_sqlx)?;
         // The horizon as a parameter, not the subquery: planned without knowing it, `tx_id >=`
         // the subquery is guessed to match a third of the log and PostgreSQL counted it by
-        // reading the whole table; with the value bound, each run is planned for it and reads
-        // the index from there (only the newest events).
+        // reading the whole table. Bound, and not kept as a prepared statement, each run is
+        // planned for its value and reads the index from there (only the newest events). A
+        // kept statement switches to a generic plan after five runs when those were as dear:
+        // five reports taken while a long transaction held the whole log back left a
+        // sequential scan for every report after.
         let held_back: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE tx_id >= $1")
+            .persistent(false)
             .bind(horizon)
             .fetch_one(&mut *conn)
             .await

@@ -156,16 +156,27 @@ pub async fn rows_read(store: &PgEventStore, table: &str) -> i64 {
 /// A store of one connection holding a log of 2,000 events, analyzed: the rows a call reads
 /// are then its own.
 pub async fn store_with_a_long_log(prefix: &str) -> PgEventStore {
+    let store = one_connection_store(prefix).await;
+    write_long_log(&store, prefix).await;
+    store
+}
+
+/// A migrated store in a fresh schema whose pool has one connection: the statistics flushed by
+/// [`rows_read`] are then its calls' own.
+pub async fn one_connection_store(prefix: &str) -> PgEventStore {
     let mut config = PgConfig::new(schema_name(prefix));
-    // One connection: the statistics flushed below are the reads' own.
     config.max_connections = 1;
-    let store = store_with(config).await;
+    store_with(config).await
+}
+
+/// Appends 2,000 events in 20 transactions of 100 to `store`, then analyzes its log.
+pub async fn write_long_log(store: &PgEventStore, prefix: &str) {
     for i in 0..20 {
         let events = (0..100)
             .map(|k| es_core::testing::sample_event("Written", i * 100 + k))
             .collect();
         es_core::EventStore::append(
-            &store,
+            store,
             &es_core::StreamId::new(format!("{prefix}-{i}")).unwrap(),
             es_core::ExpectedVersion::NoStream,
             events,
@@ -177,5 +188,4 @@ pub async fn store_with_a_long_log(prefix: &str) -> PgEventStore {
         .execute(store.pool())
         .await
         .unwrap();
-    store
 }
