@@ -19,11 +19,10 @@ async fn health_reads_a_few_rows_however_long_the_log() {
     // A transaction beside it (the test below holds one) holds the newest events back, and a
     // report counts them by reading them, rightly: measure once none of this log's are.
     common::settle(&store).await;
-    let before = common::rows_read(&store, "events").await;
-    for _ in 0..10 {
+    let read = common::rows_read_by_ten(&store, || async {
         store.health().await.unwrap();
-    }
-    let read = common::rows_read(&store, "events").await - before;
+    })
+    .await;
     assert!(
         read <= 100,
         "10 health reports of a 2,000-event log read {read} rows"
@@ -52,11 +51,10 @@ async fn health_after_a_long_transaction_reads_a_few_rows_again() {
     }
     sqlx::query("COMMIT").execute(&mut held).await.unwrap();
     common::settle(&store).await;
-    let before = common::rows_read(&store, "events").await;
-    for _ in 0..10 {
+    let read = common::rows_read_by_ten(&store, || async {
         store.health().await.unwrap();
-    }
-    let read = common::rows_read(&store, "events").await - before;
+    })
+    .await;
     assert!(
         read <= 100,
         "10 health reports after the transaction ended read {read} rows"

@@ -225,16 +225,21 @@ impl PgEventStore {
     pub(super) async fn append_many_on(
         &self,
         conn: &mut PgConnection,
-        appends: Vec<StreamAppend>,
+        mut appends: Vec<StreamAppend>,
     ) -> Result<Vec<Appended>, Failure> {
-        let total: usize = appends.iter().map(|a| a.events.len()).sum();
+        // The events move into the columns; the appends keep their streams and expectations.
+        let events: Vec<Vec<NewEvent>> = appends
+            .iter_mut()
+            .map(|a| std::mem::take(&mut a.events))
+            .collect();
+        let total: usize = events.iter().map(Vec::len).sum();
         let mut stream_ids: Vec<&str> = Vec::with_capacity(total);
         let mut versions: Vec<i64> = Vec::with_capacity(total);
         let mut categories: Vec<&str> = Vec::with_capacity(total);
         let mut exact_streams: Vec<&str> = Vec::new();
         let mut exact_versions: Vec<i64> = Vec::new();
         let mut columns = Columns::with_capacity(total);
-        for append in &appends {
+        for (append, events) in appends.iter().zip(events) {
             let base = match append.expected {
                 ExpectedVersion::Exact(version) if version > 0 => {
                     let version = to_i64(version, "expected version")?;
@@ -244,11 +249,11 @@ impl PgEventStore {
                 }
                 _ => 0,
             };
-            for (k, event) in append.events.iter().enumerate() {
+            for (k, event) in events.into_iter().enumerate() {
                 stream_ids.push(append.stream_id.as_str());
                 versions.push(base + to_i64(k as u64 + 1, "stream version")?);
                 categories.push(append.stream_id.category());
-                columns.push(event.clone())?;
+                columns.push(event)?;
             }
         }
         let rows = sqlx::query_as::<_, (String, i64, i64, i64, DateTime<Utc>)>(
@@ -304,7 +309,7 @@ impl PgEventStore {
         let mut appended = Vec::with_capacity(appends.len());
         for append in appends {
             let mine = rows.iter().filter(|row| row.0 == append.stream_id.as_str());
-            let mut positions = Vec::with_capacity(append.events.len());
+            let mut positions = Vec::new();
             let (mut next_expected_version, mut recorded_at) = (0, None);
             for &(_, tx_id, seq, version, at) in mine {
                 positions.push(Position::new(to_u64(tx_id), to_u64(seq)));

@@ -153,6 +153,19 @@ pub async fn rows_read(store: &PgEventStore, table: &str) -> i64 {
     .expect("the table's statistics")
 }
 
+/// Rows of the store's `events` read by ten runs of `call` (see [`rows_read`]).
+pub async fn rows_read_by_ten<F, Fut>(store: &PgEventStore, mut call: F) -> i64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let before = rows_read(store, "events").await;
+    for _ in 0..10 {
+        call().await;
+    }
+    rows_read(store, "events").await - before
+}
+
 /// A store of one connection holding a log of 2,000 events, analyzed: the rows a call reads
 /// are then its own.
 pub async fn store_with_a_long_log(prefix: &str) -> PgEventStore {
