@@ -29,6 +29,8 @@ pub async fn event_store_conformance(store: Arc<dyn EventStore>) {
     duplicate_event_ids_are_refused(&*store).await;
     inbox_entries_commit_with_the_events(&*store).await;
     a_batch_commits_its_inbox_entries_all_or_none(&*store).await;
+    a_message_on_one_stream_commits_all_or_none(&*store).await;
+    a_message_handled_twice_at_once_commits_once(store.clone()).await;
     reads_all_in_order_by_category(&*store).await;
     racing_writers_get_one_winner_per_version(store.clone()).await;
     subscription_catches_up_then_follows_live(store.clone()).await;
@@ -550,6 +552,138 @@ async fn inbox_entries_commit_with_the_events(store: &dyn EventStore) {
         ),
         "a failed commit records no inbox entry"
     );
+}
+
+/// A consumer's unit of one message on one stream at a pinned version (which a store may
+/// commit without a transaction around it): the inbox entry goes in with the events or not
+/// at all, whichever way the append fails.
+async fn a_message_on_one_stream_commits_all_or_none(store: &dyn EventStore) {
+    let category = unique_category("msg");
+    let s = stream(&category, "1");
+    let consumer = format!("consumer-{category}");
+    let unit = |expected, cause, n| {
+        UnitOfWork::new()
+            .append(StreamAppend::new(
+                s.clone(),
+                expected,
+                vec![sample_event("A", n)],
+            ))
+            .handled(InboxEntry::new(consumer.clone(), cause))
+    };
+    let first = uuid::Uuid::new_v4();
+    let committed = store
+        .commit(unit(ExpectedVersion::NoStream, first, 1))
+        .await
+        .expect("a new stream with its message commits");
+    assert!(
+        matches!(committed, CommitOutcome::Committed(ref r) if r[0].next_expected_version == 1)
+    );
+    assert_eq!(
+        store
+            .commit(unit(ExpectedVersion::Exact(1), first, 2))
+            .await
+            .expect("a redelivery is not an error"),
+        CommitOutcome::AlreadyHandled,
+        "a handled message writes nothing, though its append alone would commit"
+    );
+    assert_eq!(store.stream_version(&s).await.unwrap(), Some(1));
+
+    // Each way the append can fail leaves no inbox entry: the retry commits.
+    let second = uuid::Uuid::new_v4();
+    for (expected, why) in [
+        (ExpectedVersion::NoStream, "the stream exists"),
+        (
+            ExpectedVersion::Exact(3),
+            "no event of that version is stored",
+        ),
+        (ExpectedVersion::Exact(0), "version 1 is taken"),
+    ] {
+        let error = store
+            .commit(unit(expected, second, 2))
+            .await
+            .expect_err(why);
+        assert_eq!(
+            conflict_of(&error),
+            Some((s.clone(), Some(1))),
+            "{why}: a conflict at the stream's version, got {error:?}"
+        );
+    }
+    assert!(
+        matches!(
+            store
+                .commit(unit(ExpectedVersion::Exact(1), second, 2))
+                .await
+                .unwrap(),
+            CommitOutcome::Committed(ref r) if r[0].next_expected_version == 2
+        ),
+        "a failed commit records no inbox entry"
+    );
+    // Exact(1) once more, now that version 2 is stored: the version is taken.
+    let third = uuid::Uuid::new_v4();
+    let error = store
+        .commit(unit(ExpectedVersion::Exact(1), third, 3))
+        .await
+        .expect_err("version 2 is taken");
+    assert_eq!(conflict_of(&error), Some((s.clone(), Some(2))));
+    assert!(matches!(
+        store
+            .commit(unit(ExpectedVersion::Exact(2), third, 3))
+            .await
+            .unwrap(),
+        CommitOutcome::Committed(_)
+    ));
+    assert_eq!(store.stream_version(&s).await.unwrap(), Some(3));
+}
+
+/// Two deliveries of one message handled at the same moment, each deciding a stream of its
+/// own (a handler that names a new stream per attempt): one commits, the other finds the
+/// message handled, and its stream is never written.
+async fn a_message_handled_twice_at_once_commits_once(store: Arc<dyn EventStore>) {
+    let category = unique_category("twice");
+    let consumer = format!("consumer-{category}");
+    for round in 0..20 {
+        let cause = uuid::Uuid::new_v4();
+        let streams = [
+            stream(&category, &format!("{round}-a")),
+            stream(&category, &format!("{round}-b")),
+        ];
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let tasks: Vec<_> = streams
+            .iter()
+            .map(|s| {
+                let unit = UnitOfWork::new()
+                    .append(StreamAppend::new(
+                        s.clone(),
+                        ExpectedVersion::NoStream,
+                        vec![sample_event("A", round)],
+                    ))
+                    .handled(InboxEntry::new(consumer.clone(), cause));
+                let (store, barrier) = (store.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.commit(unit).await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.expect("commit task").expect("no error"));
+        }
+        let committed: Vec<usize> = (0..2)
+            .filter(|&i| matches!(outcomes[i], CommitOutcome::Committed(_)))
+            .collect();
+        assert_eq!(
+            committed.len(),
+            1,
+            "round {round}: one commits, got {outcomes:?}"
+        );
+        let loser = &streams[1 - committed[0]];
+        assert_eq!(
+            store.stream_version(loser).await.unwrap(),
+            None,
+            "round {round}: the delivery that found the message handled wrote nothing"
+        );
+    }
 }
 
 /// A batched consumer's unit: several inbox entries with the appends of their messages.

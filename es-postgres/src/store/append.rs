@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use es_core::{
-    AppendResult, Error, ExpectedVersion, NewEvent, Position, Result, StreamAppend, StreamId,
+    AppendResult, Error, ExpectedVersion, InboxEntry, NewEvent, Position, Result, StreamAppend,
+    StreamId,
 };
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -19,6 +20,8 @@ pub(super) struct AppendStatements {
     append_exists: String,
     append_exact: String,
     append_many: String,
+    append_new_stream_recording: String,
+    append_exact_recording: String,
 }
 
 impl AppendStatements {
@@ -29,6 +32,8 @@ impl AppendStatements {
             append_exists: append_sql("current.version IS NOT NULL"),
             append_exact: append_after_version_sql(),
             append_many: append_many_sql(),
+            append_new_stream_recording: recording_sql(&append_new_stream_sql(), 8),
+            append_exact_recording: recording_sql(&append_after_version_sql(), 9),
         }
     }
 
@@ -125,6 +130,34 @@ fn append_many_sql() -> String {
                                            AND s.stream_version = x.version)) \
      RETURNING stream_id, tx_id, seq, stream_version, recorded_at"
         .to_owned()
+}
+
+/// `append` (an append statement pinned to a version, `$1`–`$7` or `$1`–`$8`) and the inbox
+/// entry `$first_entry`/`$first_entry + 1` (consumer, event id) in one statement: a consumer's
+/// unit of work of one message on one stream, with no transaction around it. The entry goes in
+/// only when the events did (the data-modifying CTE sees the append's rows), and the statement
+/// is atomic: an entry that is there already fails it with a unique violation on `inbox_pkey`,
+/// which takes the events back out. That saves the `BEGIN`, the separate inbox `INSERT` and the
+/// `COMMIT` of the transaction the unit would take, three of its five round trips.
+fn recording_sql(append: &str, first_entry: usize) -> String {
+    format!(
+        "WITH appended AS ({append}), \
+              entry AS (INSERT INTO inbox (consumer, event_id) \
+                        SELECT ${first_entry}::text, ${}::uuid \
+                        WHERE EXISTS (SELECT FROM appended)) \
+         SELECT tx_id, seq, stream_version, recorded_at FROM appended",
+        first_entry + 1
+    )
+}
+
+/// Whether [`PgEventStore::append_recording`] takes a unit of `appends` and `inbox` entries:
+/// one append with events, pinned to a version (`NoStream`, `Exact`), and one entry.
+pub(super) fn append_records_entry(appends: &[StreamAppend], inbox: &[InboxEntry]) -> bool {
+    matches!(
+        (appends, inbox),
+        ([append], [_]) if !append.events.is_empty()
+            && matches!(append.expected, ExpectedVersion::NoStream | ExpectedVersion::Exact(_))
+    )
 }
 
 /// Whether [`PgEventStore::append_many_on`] takes `appends`: several, each with events and an
@@ -328,6 +361,72 @@ impl PgEventStore {
         Ok(appended)
     }
 
+    /// Appends one stream's events and records `entry` in the inbox, in one statement on its
+    /// own ([`append_records_entry`] says which units may). `None` when `entry` was recorded
+    /// before: then nothing is written, as the transaction of the unit would roll back.
+    ///
+    /// When the expectation fails and the entry is there too (a redelivery decided on an old
+    /// state), this reports the conflict: deciding again on a fresh read then finds the entry.
+    pub(super) async fn append_recording(
+        &self,
+        conn: &mut PgConnection,
+        append: StreamAppend,
+        entry: &InboxEntry,
+    ) -> Result<Option<Appended>, Failure> {
+        let StreamAppend {
+            stream_id,
+            expected,
+            events,
+        } = append;
+        let columns = Columns::new(events)?;
+        let (statement, expected_version) = match expected {
+            ExpectedVersion::Exact(version) if version > 0 => (
+                &self.inner.appends.append_exact_recording,
+                Some(to_i64(version, "expected version")?),
+            ),
+            _ => (&self.inner.appends.append_new_stream_recording, None),
+        };
+        let mut query = sqlx::query_as::<_, (i64, i64, i64, DateTime<Utc>)>(statement)
+            .bind(stream_id.as_str())
+            .bind(stream_id.category())
+            .bind(&columns.ids)
+            .bind(&columns.types)
+            .bind(&columns.schema_versions)
+            .bind(&columns.payloads)
+            .bind(&columns.metadata);
+        if let Some(version) = expected_version {
+            query = query.bind(version);
+        }
+        let rows = match query
+            .bind(&entry.consumer)
+            .bind(entry.event_id)
+            .fetch_all(&mut *conn)
+            .await
+        {
+            Ok(rows) if !rows.is_empty() => rows,
+            // Nothing written: the stream is not at the exact version expected.
+            Ok(_) => {
+                let actual = stream_version(&mut *conn, &stream_id).await?;
+                return Err(expected.conflict(&stream_id, actual).into());
+            }
+            Err(error) => {
+                return match unique_violation(&error).as_deref() {
+                    Some("inbox_pkey") => Ok(None),
+                    Some("events_event_id_key") => Err(Error::InvalidInput(format!(
+                        "an event id of the append to `{stream_id}` is already stored"
+                    ))
+                    .into()),
+                    Some("events_stream_version_key") => {
+                        let actual = stream_version(&mut *conn, &stream_id).await?;
+                        Err(expected.conflict(&stream_id, actual).into())
+                    }
+                    _ => Err(from_sqlx(error).into()),
+                }
+            }
+        };
+        Ok(Some(appended_from_rows(stream_id, rows)))
+    }
+
     /// Appends one stream's events on `conn` (in a transaction when `in_tx`).
     pub(super) async fn append_on(
         &self,
@@ -434,22 +533,29 @@ impl PgEventStore {
                 },
             }
         };
-        let mut rows = rows;
-        // RETURNING follows the insertion order in practice, which SQL does not promise.
-        rows.sort_unstable_by_key(|&(_, seq, _, _)| seq);
-        let next_expected_version = rows.last().map_or(0, |&(_, _, version, _)| to_u64(version));
-        let recorded_at = rows.first().map(|&(_, _, _, at)| at);
-        let positions = rows
-            .iter()
-            .map(|&(tx_id, seq, _, _)| Position::new(to_u64(tx_id), to_u64(seq)))
-            .collect();
-        Ok(Appended {
-            result: AppendResult {
-                stream_id,
-                next_expected_version,
-                positions,
-            },
-            recorded_at,
-        })
+        Ok(appended_from_rows(stream_id, rows))
+    }
+}
+
+/// What one stream's append wrote, from the rows its statement returned.
+fn appended_from_rows(
+    stream_id: StreamId,
+    mut rows: Vec<(i64, i64, i64, DateTime<Utc>)>,
+) -> Appended {
+    // RETURNING follows the insertion order in practice, which SQL does not promise.
+    rows.sort_unstable_by_key(|&(_, seq, _, _)| seq);
+    let next_expected_version = rows.last().map_or(0, |&(_, _, version, _)| to_u64(version));
+    let recorded_at = rows.first().map(|&(_, _, _, at)| at);
+    let positions = rows
+        .iter()
+        .map(|&(tx_id, seq, _, _)| Position::new(to_u64(tx_id), to_u64(seq)))
+        .collect();
+    Appended {
+        result: AppendResult {
+            stream_id,
+            next_expected_version,
+            positions,
+        },
+        recorded_at,
     }
 }

@@ -1,5 +1,6 @@
 //! The commit of a unit of work: its inbox entries, appends, inline projections and checkpoint
-//! in one transaction, or one statement when a single append is all there is.
+//! in one transaction, or one statement when a single append is all there is (with, for a
+//! consumer's message, its inbox entry).
 //! [`EventStore::commit`](es_core::EventStore::commit) and [`PgEventStore::commit_with`] share
 //! the transaction; the second runs the application's own writes in it too.
 
@@ -11,7 +12,7 @@ use es_core::{
 };
 use sqlx::PgConnection;
 
-use super::append::{appends_combine, Failure};
+use super::append::{append_records_entry, appends_combine, Failure};
 use super::checkpoints::save_checkpoint;
 use super::inbox::record_entries;
 use super::inline::apply_inline;
@@ -31,7 +32,8 @@ type Work<'w, T> = Box<
 
 impl PgEventStore {
     /// [`EventStore::commit`]: a single append with no inline projection reading it is one
-    /// statement; anything else is the shared transaction.
+    /// statement, and so is a single append pinned to a version with one inbox entry (a
+    /// consumer handling one message); anything else is the shared transaction.
     pub(super) async fn commit_unit(&self, unit: UnitOfWork) -> Result<CommitOutcome> {
         let started = std::time::Instant::now();
         unit.validate()?;
@@ -57,6 +59,31 @@ impl PgEventStore {
             drop(conn);
             crate::telemetry::store().append(started.elapsed());
             let results = vec![result];
+            self.announce(&results);
+            return Ok(CommitOutcome::Committed(results));
+        }
+        if unit.checkpoint.is_none()
+            && append_records_entry(&unit.appends, &unit.inbox)
+            && self.inline_projections_for(&unit.appends).is_empty()
+        {
+            // A consumer's message on one stream: the append and its inbox entry in one
+            // statement, which is atomic on its own.
+            let (mut appends, inbox) = (unit.appends, unit.inbox);
+            let append = appends.remove(0);
+            let mut conn = self.inner.pool.acquire().await.map_err(from_sqlx)?;
+            let appended = match self.append_recording(&mut conn, append, &inbox[0]).await {
+                Ok(appended) => appended,
+                Err(failure) => {
+                    drop(conn);
+                    return Err(self.failure_error(failure).await);
+                }
+            };
+            drop(conn);
+            let Some(appended) = appended else {
+                return Ok(CommitOutcome::AlreadyHandled);
+            };
+            crate::telemetry::store().commit(started.elapsed());
+            let results = vec![appended.result];
             self.announce(&results);
             return Ok(CommitOutcome::Committed(results));
         }
