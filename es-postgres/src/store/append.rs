@@ -386,18 +386,7 @@ impl PgEventStore {
             ),
             _ => (&self.inner.appends.append_new_stream_recording, None),
         };
-        let mut query = sqlx::query_as::<_, (i64, i64, i64, DateTime<Utc>)>(statement)
-            .bind(stream_id.as_str())
-            .bind(stream_id.category())
-            .bind(&columns.ids)
-            .bind(&columns.types)
-            .bind(&columns.schema_versions)
-            .bind(&columns.payloads)
-            .bind(&columns.metadata);
-        if let Some(version) = expected_version {
-            query = query.bind(version);
-        }
-        let rows = match query
+        let rows = match bind_append(statement, &stream_id, &columns, expected_version)
             .bind(&entry.consumer)
             .bind(entry.event_id)
             .fetch_all(&mut *conn)
@@ -475,19 +464,12 @@ impl PgEventStore {
                     .await
                     .map_err(from_sqlx)?;
             }
-            let mut query = sqlx::query_as::<_, (i64, i64, i64, DateTime<Utc>)>(
+            let query = bind_append(
                 self.inner.appends.statement(expected),
-            )
-            .bind(stream_id.as_str())
-            .bind(stream_id.category())
-            .bind(&columns.ids)
-            .bind(&columns.types)
-            .bind(&columns.schema_versions)
-            .bind(&columns.payloads)
-            .bind(&columns.metadata);
-            if let Some(version) = expected_version {
-                query = query.bind(version);
-            }
+                &stream_id,
+                &columns,
+                expected_version,
+            );
             match query.fetch_all(&mut *conn).await {
                 Ok(rows) if !rows.is_empty() => break rows,
                 Ok(_) => {
@@ -537,11 +519,33 @@ impl PgEventStore {
     }
 }
 
+/// The row an append statement returns for each event: its position, version and time.
+type AppendRow = (i64, i64, i64, DateTime<Utc>);
+
+/// One stream's append statement `sql` with its parameters bound: the stream, its category,
+/// the events' columns and, for an exact expectation, the version expected (`$8`).
+fn bind_append<'q>(
+    sql: &'q str,
+    stream_id: &'q StreamId,
+    columns: &'q Columns,
+    expected_version: Option<i64>,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, AppendRow, sqlx::postgres::PgArguments> {
+    let query = sqlx::query_as::<_, AppendRow>(sql)
+        .bind(stream_id.as_str())
+        .bind(stream_id.category())
+        .bind(&columns.ids)
+        .bind(&columns.types)
+        .bind(&columns.schema_versions)
+        .bind(&columns.payloads)
+        .bind(&columns.metadata);
+    match expected_version {
+        Some(version) => query.bind(version),
+        None => query,
+    }
+}
+
 /// What one stream's append wrote, from the rows its statement returned.
-fn appended_from_rows(
-    stream_id: StreamId,
-    mut rows: Vec<(i64, i64, i64, DateTime<Utc>)>,
-) -> Appended {
+fn appended_from_rows(stream_id: StreamId, mut rows: Vec<AppendRow>) -> Appended {
     // RETURNING follows the insertion order in practice, which SQL does not promise.
     rows.sort_unstable_by_key(|&(_, seq, _, _)| seq);
     let next_expected_version = rows.last().map_or(0, |&(_, _, version, _)| to_u64(version));
