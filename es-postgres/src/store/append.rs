@@ -138,7 +138,7 @@ fn append_many_sql() -> String {
 /// only when the events did (the data-modifying CTE sees the append's rows), and the statement
 /// is atomic: an entry that is there already fails it with a unique violation on `inbox_pkey`,
 /// which takes the events back out. That saves the `BEGIN`, the separate inbox `INSERT` and the
-/// `COMMIT` of the transaction the unit would take, three of its five round trips.
+/// `COMMIT` of the transaction the unit would take, three of its four round trips.
 fn recording_sql(append: &str, first_entry: usize) -> String {
     format!(
         "WITH appended AS ({append}), \

@@ -389,6 +389,36 @@ mod tests {
         assert_eq!(order.handle(confirm), Ok(vec![]));
     }
 
+    /// The payment and the reservation travel apart from the inventory service, so under load
+    /// the order can hear of the payment first: it is paid and confirmed from Pending, and the
+    /// reservation that arrives late records nothing.
+    #[test]
+    fn a_payment_that_overtakes_the_reservation_confirms_and_the_late_reservation_records_nothing()
+    {
+        let mut order = placed();
+        let confirm = OrderCommand::ConfirmPayment {
+            payment_id: Some(Uuid::nil()),
+            at: Utc::now(),
+        };
+        let events = order.handle(confirm).unwrap();
+        assert!(
+            matches!(
+                events.as_slice(),
+                [
+                    OrderEvent::OrderPaymentProcessed { .. },
+                    OrderEvent::OrderConfirmed { .. }
+                ]
+            ),
+            "{events:?}"
+        );
+        for event in &events {
+            order.apply(event);
+        }
+        assert_eq!(order.status, OrderStatus::Confirmed);
+        let reserved = OrderCommand::MarkInventoryReserved { at: Utc::now() };
+        assert_eq!(order.handle(reserved), Ok(vec![]));
+    }
+
     #[test]
     fn commands_on_an_unplaced_order_are_refused() {
         let command = OrderCommand::MarkInventoryReserved { at: Utc::now() };

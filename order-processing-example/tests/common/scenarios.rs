@@ -46,7 +46,6 @@ pub async fn a_paid_order_is_confirmed_notified_and_counted(backend: Backend) {
 
     let order = system.settled(&order_id).await;
     assert_eq!(order["status"], "Confirmed", "{order}");
-    assert_eq!(order["version"], 4);
 
     let (_, events) = system
         .get(
@@ -60,15 +59,21 @@ pub async fn a_paid_order_is_confirmed_notified_and_counted(backend: Backend) {
         .iter()
         .map(|e| e["eventType"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        types,
-        [
+    // The payment and the reservation travel apart from the inventory service: on a busy
+    // machine the order can hear of the payment first, and then goes from placed to paid and
+    // never records the reservation (the order domain's tests, `loadtest::stats::Steps`).
+    let happy_path: &[&str] = if types.contains(&"OrderInventoryReserved") {
+        &[
             "OrderPlaced",
             "OrderInventoryReserved",
             "OrderPaymentProcessed",
-            "OrderConfirmed"
+            "OrderConfirmed",
         ]
-    );
+    } else {
+        &["OrderPlaced", "OrderPaymentProcessed", "OrderConfirmed"]
+    };
+    assert_eq!(types, happy_path);
+    assert_eq!(order["version"], happy_path.len());
     assert_eq!(events[0]["version"], 1);
     assert_eq!(events[0]["data"]["customerId"], customer.as_str());
 
