@@ -16,13 +16,7 @@ async fn health_reads_a_few_rows_however_long_the_log() {
     for _ in 0..6 {
         store.health().await.unwrap();
     }
-    // A transaction beside it (the test below holds one) holds the newest events back, and a
-    // report counts them by reading them, rightly: measure once none of this log's are.
-    common::settle(&store).await;
-    let read = common::rows_read_by_ten(&store, || async {
-        store.health().await.unwrap();
-    })
-    .await;
+    let read = ten_reports_read(&store).await;
     assert!(
         read <= 100,
         "10 health reports of a 2,000-event log read {read} rows"
@@ -50,14 +44,21 @@ async fn health_after_a_long_transaction_reads_a_few_rows_again() {
         assert_eq!(health.events_held_back, 2000, "the whole log is held back");
     }
     sqlx::query("COMMIT").execute(&mut held).await.unwrap();
-    common::settle(&store).await;
-    let read = common::rows_read_by_ten(&store, || async {
-        store.health().await.unwrap();
-    })
-    .await;
+    let read = ten_reports_read(&store).await;
     assert!(
         read <= 100,
         "10 health reports after the transaction ended read {read} rows"
     );
     common::drop_schema(&store).await;
+}
+
+/// Rows of the log read by ten health reports, once none of the log's events is held back: a
+/// transaction beside a report (the second test holds one) holds the newest events back, and a
+/// report counts them by reading them, rightly.
+async fn ten_reports_read(store: &es_postgres::PgEventStore) -> i64 {
+    common::settle(store).await;
+    common::rows_read_by_ten(store, || async {
+        store.health().await.unwrap();
+    })
+    .await
 }

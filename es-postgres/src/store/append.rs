@@ -401,10 +401,7 @@ impl PgEventStore {
             Err(error) => {
                 return match unique_violation(&error).as_deref() {
                     Some("inbox_pkey") => Ok(None),
-                    Some("events_event_id_key") => Err(Error::InvalidInput(format!(
-                        "an event id of the append to `{stream_id}` is already stored"
-                    ))
-                    .into()),
+                    Some("events_event_id_key") => Err(event_id_taken(&stream_id).into()),
                     Some("events_stream_version_key") => {
                         let actual = stream_version(&mut *conn, &stream_id).await?;
                         Err(expected.conflict(&stream_id, actual).into())
@@ -485,12 +482,7 @@ impl PgEventStore {
                     attempt += 1;
                 }
                 Err(error) => match unique_violation(&error).as_deref() {
-                    Some("events_event_id_key") => {
-                        return Err(Error::InvalidInput(format!(
-                            "an event id of the append to `{stream_id}` is already stored"
-                        ))
-                        .into())
-                    }
+                    Some("events_event_id_key") => return Err(event_id_taken(&stream_id).into()),
                     Some("events_stream_version_key") if retries && attempt < MAX_RACE_RETRIES => {
                         attempt += 1;
                         if in_tx {
@@ -517,6 +509,13 @@ impl PgEventStore {
         };
         Ok(appended_from_rows(stream_id, rows))
     }
+}
+
+/// The refusal of an append to `stream_id` one of whose event ids is stored already.
+fn event_id_taken(stream_id: &StreamId) -> Error {
+    Error::InvalidInput(format!(
+        "an event id of the append to `{stream_id}` is already stored"
+    ))
 }
 
 /// The row an append statement returns for each event: its position, version and time.

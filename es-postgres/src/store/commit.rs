@@ -40,49 +40,34 @@ impl PgEventStore {
         if unit.inbox.is_empty() && unit.checkpoint.is_none() && unit.appends.is_empty() {
             return Ok(CommitOutcome::Committed(Vec::new()));
         }
-        if unit.inbox.is_empty()
-            && unit.checkpoint.is_none()
-            && unit.appends.len() == 1
-            && self.inline_projections_for(&unit.appends).is_empty()
-        {
-            // The common case needs no explicit transaction: one statement, one round trip.
-            let mut appends = unit.appends;
-            let append = appends.remove(0);
+        let one_statement = unit.checkpoint.is_none()
+            && ((unit.inbox.is_empty() && unit.appends.len() == 1)
+                || append_records_entry(&unit.appends, &unit.inbox))
+            && self.inline_projections_for(&unit.appends).is_empty();
+        if one_statement {
+            // The common cases need no explicit transaction: a single append, or a consumer's
+            // message on one stream (the append and its inbox entry), is one statement, atomic
+            // on its own: one round trip.
+            let entry = unit.inbox.into_iter().next();
+            let Some(append) = unit.appends.into_iter().next() else {
+                return Ok(CommitOutcome::Committed(Vec::new()));
+            };
             let mut conn = self.inner.pool.acquire().await.map_err(from_sqlx)?;
-            let result = match self.append_on(&mut conn, append, false).await {
-                Ok(appended) => appended.result,
-                Err(failure) => {
-                    drop(conn);
-                    return Err(self.failure_error(failure).await);
-                }
+            let written = match &entry {
+                None => self.append_on(&mut conn, append, false).await.map(Some),
+                Some(entry) => self.append_recording(&mut conn, append, entry).await,
             };
+            // The connection goes back before a conflict's version is read on another.
             drop(conn);
-            crate::telemetry::store().append(started.elapsed());
-            let results = vec![result];
-            self.announce(&results);
-            return Ok(CommitOutcome::Committed(results));
-        }
-        if unit.checkpoint.is_none()
-            && append_records_entry(&unit.appends, &unit.inbox)
-            && self.inline_projections_for(&unit.appends).is_empty()
-        {
-            // A consumer's message on one stream: the append and its inbox entry in one
-            // statement, which is atomic on its own.
-            let (mut appends, inbox) = (unit.appends, unit.inbox);
-            let append = appends.remove(0);
-            let mut conn = self.inner.pool.acquire().await.map_err(from_sqlx)?;
-            let appended = match self.append_recording(&mut conn, append, &inbox[0]).await {
-                Ok(appended) => appended,
-                Err(failure) => {
-                    drop(conn);
-                    return Err(self.failure_error(failure).await);
-                }
+            let appended = match written {
+                Ok(Some(appended)) => appended,
+                Ok(None) => return Ok(CommitOutcome::AlreadyHandled),
+                Err(failure) => return Err(self.failure_error(failure).await),
             };
-            drop(conn);
-            let Some(appended) = appended else {
-                return Ok(CommitOutcome::AlreadyHandled);
-            };
-            crate::telemetry::store().commit(started.elapsed());
+            match entry {
+                None => crate::telemetry::store().append(started.elapsed()),
+                Some(_) => crate::telemetry::store().commit(started.elapsed()),
+            }
             let results = vec![appended.result];
             self.announce(&results);
             return Ok(CommitOutcome::Committed(results));
