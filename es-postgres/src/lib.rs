@@ -10,6 +10,7 @@ mod idempotency;
 mod lease;
 mod listener;
 mod log;
+mod plan;
 mod projection;
 mod read_model;
 mod store;

@@ -493,8 +493,12 @@ impl PgProjection for PgOrderListing {
             }
         }
         let ids: Vec<Uuid> = decoded.iter().map(|e| order_id_of(&e.event)).collect();
-        let stored: HashMap<Uuid, i64> =
-            sqlx::query_as("SELECT order_id, version FROM order_listing WHERE order_id = ANY($1)")
+        // The array as a scalar subquery: planned for its length, the probe was planned again
+        // on nearly every call; hidden from the planner, one plan serves every batch. (The
+        // cast keeps `ANY` from reading the subquery as a set of rows.)
+        let stored: HashMap<Uuid, i64> = sqlx::query_as(
+            "SELECT order_id, version FROM order_listing WHERE order_id = ANY((SELECT $1::uuid[])::uuid[])",
+        )
                 .bind(&ids)
                 .fetch_all(&mut *conn)
                 .await?

@@ -12,6 +12,7 @@ use es_core::{Backoff, Position, Result, StreamFilter};
 use sqlx::{PgConnection, PgPool};
 
 use crate::error::{from_sqlx, to_i64};
+use crate::plan::opaque;
 
 /// The transaction horizon: every transaction with a smaller id has ended. Evaluated once per
 /// statement (an uncorrelated scalar subquery).
@@ -38,11 +39,16 @@ pub(crate) struct Hold {
 /// at 100,000 events). `tx_id + 0` keeps the position out of the index condition, so the scan
 /// starts at the horizon rather than at the reader's position, however far behind that is; past
 /// the horizon there are only the few events of recent transactions.
+///
+/// The position's parameters are [`opaque`]: planned for their values, this check made the page
+/// read that carries it re-planned on nearly every call (see [`crate::plan`]).
 pub(crate) fn beyond_horizon_sql(category: &str) -> String {
     format!(
         "(SELECT tx_id FROM events \
-          WHERE {category}tx_id >= {HORIZON} AND (tx_id + 0, seq) > ($1, $2) \
-          ORDER BY tx_id, seq LIMIT 1) IS NOT NULL"
+          WHERE {category}tx_id >= {HORIZON} AND (tx_id + 0, seq) > ({}, {}) \
+          ORDER BY tx_id, seq LIMIT 1) IS NOT NULL",
+        opaque("$1::bigint"),
+        opaque("$2::bigint")
     )
 }
 

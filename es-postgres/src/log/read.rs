@@ -14,6 +14,7 @@ use super::horizon::{
 };
 use super::row::{EventRow, EVENT_COLUMNS, EVENT_COLUMN_COUNT};
 use crate::error::{from_sqlx, to_i64, to_u64};
+use crate::plan::opaque;
 
 /// The most events a page reserves room for before its rows arrive.
 const PAGE_CAPACITY: usize = 1024;
@@ -36,16 +37,24 @@ pub(crate) fn visible_sql(filter: &StreamFilter) -> String {
 /// lie beyond the horizon, held back by an older transaction still running. Read in the same
 /// statement (and snapshot) as the page, so a subscription learns whether a short page reached
 /// the head without a statement of its own.
+///
+/// Every parameter is [`opaque`]: the page is read through the category's index (or the
+/// global one) from the position on whatever the values, and a subscription near the head,
+/// planned for its values, was re-planned on nearly every call (see [`crate::plan`]).
 fn page_sql(filter: &StreamFilter) -> String {
     let category = match filter {
-        StreamFilter::Category(_) => "category = $4 AND ",
-        _ => "",
+        StreamFilter::Category(_) => format!("category = {} AND ", opaque("$4::text")),
+        _ => String::new(),
     };
     format!(
         "SELECT {EVENT_COLUMNS}, {beyond} FROM events \
-         WHERE {category}(tx_id, seq) > ($1, $2) AND tx_id < {HORIZON} \
-         ORDER BY tx_id, seq LIMIT $3",
-        beyond = beyond_horizon_sql(category)
+         WHERE {category}(tx_id, seq) > ({after_commit}, {after_sequence}) \
+           AND tx_id < {HORIZON} \
+         ORDER BY tx_id, seq LIMIT {limit}",
+        beyond = beyond_horizon_sql(&category),
+        after_commit = opaque("$1::bigint"),
+        after_sequence = opaque("$2::bigint"),
+        limit = opaque("$3::bigint"),
     )
 }
 

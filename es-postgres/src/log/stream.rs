@@ -6,6 +6,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::row::{StreamEventRow, STREAM_EVENT_COLUMNS};
 use crate::error::{from_sqlx, to_i64, to_u64};
+use crate::plan::opaque;
 
 /// The stream's version now (`None`: no stream): its newest event's.
 pub(crate) async fn stream_version(
@@ -95,20 +96,25 @@ pub(crate) async fn replay_streams(
         .map(|(_, from)| to_i64((*from).max(1), "stream version"))
         .collect::<Result<Vec<_>>>()?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows: Vec<(i64, i64, String, i32, Vec<u8>)> = sqlx::query_as(
+    // The arrays are opaque: planned for their lengths, the statement was planned on every
+    // call, for the same probe per stream (see `crate::plan`).
+    let sql = format!(
         "SELECT r.ord, e.stream_version, e.event_type, e.schema_version, e.payload \
-         FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS r(stream_id, from_version, ord) \
+         FROM unnest({streams}, {froms}) WITH ORDINALITY AS r(stream_id, from_version, ord) \
          CROSS JOIN LATERAL (SELECT stream_version, event_type, schema_version, payload \
            FROM events WHERE stream_id = r.stream_id AND stream_version >= r.from_version \
            ORDER BY stream_version LIMIT $3) AS e \
          ORDER BY r.ord, e.stream_version",
-    )
-    .bind(&streams)
-    .bind(&froms)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-    .map_err(from_sqlx)?;
+        streams = opaque("$1::text[]"),
+        froms = opaque("$2::bigint[]"),
+    );
+    let rows: Vec<(i64, i64, String, i32, Vec<u8>)> = sqlx::query_as(&sql)
+        .bind(&streams)
+        .bind(&froms)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(from_sqlx)?;
     for (ord, version, event_type, schema, payload) in rows {
         // `WITH ORDINALITY` counts from 1, in the order of the arrays.
         let Some(answer) = usize::try_from(ord - 1)

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::PgEventStore;
 use crate::error::{from_sqlx, to_i64, to_u64, unique_violation};
 use crate::log::stream_version;
+use crate::plan::opaque;
 
 /// The statements whose text depends on the expectation kind, built once.
 pub(super) struct AppendStatements {
@@ -115,21 +116,40 @@ fn append_new_stream_sql() -> String {
 ///
 /// A unit of work over many streams (a batch of orders reserving stock on their products) was
 /// a round trip per stream inside its transaction.
+///
+/// The arrays are [`opaque`]: planned for their lengths, the statement was planned on every
+/// call, for the same probes whatever the number of streams (see [`crate::plan`]).
 fn append_many_sql() -> String {
-    "INSERT INTO events (stream_id, stream_version, category, event_id, event_type, \
-                         schema_version, payload, metadata) \
-     SELECT e.stream_id, e.stream_version, e.category, e.event_id, e.event_type, \
-            e.schema_version, e.payload, e.metadata \
-     FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::uuid[], $5::text[], $6::int4[], \
-                 $7::bytea[], $8::bytea[]) \
-          AS e(stream_id, stream_version, category, event_id, event_type, schema_version, \
-               payload, metadata) \
-     WHERE NOT EXISTS (SELECT FROM UNNEST($9::text[], $10::int8[]) AS x(stream_id, version) \
-                       WHERE NOT EXISTS (SELECT FROM events s \
-                                         WHERE s.stream_id = x.stream_id \
-                                           AND s.stream_version = x.version)) \
-     RETURNING stream_id, tx_id, seq, stream_version, recorded_at"
-        .to_owned()
+    let [stream_ids, versions, categories, event_ids, event_types, schemas, payloads, metadata, exact_streams, exact_versions] =
+        [
+            "$1::text[]",
+            "$2::int8[]",
+            "$3::text[]",
+            "$4::uuid[]",
+            "$5::text[]",
+            "$6::int4[]",
+            "$7::bytea[]",
+            "$8::bytea[]",
+            "$9::text[]",
+            "$10::int8[]",
+        ]
+        .map(opaque);
+    format!(
+        "INSERT INTO events (stream_id, stream_version, category, event_id, event_type, \
+                             schema_version, payload, metadata) \
+         SELECT e.stream_id, e.stream_version, e.category, e.event_id, e.event_type, \
+                e.schema_version, e.payload, e.metadata \
+         FROM UNNEST({stream_ids}, {versions}, {categories}, {event_ids}, {event_types}, \
+                     {schemas}, {payloads}, {metadata}) \
+              AS e(stream_id, stream_version, category, event_id, event_type, schema_version, \
+                   payload, metadata) \
+         WHERE NOT EXISTS (SELECT FROM UNNEST({exact_streams}, {exact_versions}) \
+                             AS x(stream_id, version) \
+                           WHERE NOT EXISTS (SELECT FROM events s \
+                                             WHERE s.stream_id = x.stream_id \
+                                               AND s.stream_version = x.version)) \
+         RETURNING stream_id, tx_id, seq, stream_version, recorded_at"
+    )
 }
 
 /// `append` (an append statement pinned to a version, `$1`–`$7` or `$1`–`$8`) and the inbox
