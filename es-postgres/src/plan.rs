@@ -17,6 +17,9 @@
 //! plan from the sixth call on, and the value still drives the index scan (an InitPlan's result
 //! is a run-time index key).
 //!
+//! A limit is better written into the statement than hidden: an unknown limit is guessed at a
+//! tenth of the rows, which on a large table could favour reading all of it and sorting.
+//!
 //! Only for statements whose best plan does not depend on the values: the index of a page read
 //! is the one for any position, a probe per stream is the plan for any number of streams.
 //! Never for a statement where a value changes the plan (a range that may cover the table).

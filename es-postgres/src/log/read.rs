@@ -36,14 +36,17 @@ pub(crate) fn visible_sql(filter: &StreamFilter) -> String {
 /// [`visible_sql`] with one more column on every row: whether committed events after `($1, $2)`
 /// lie beyond the horizon, held back by an older transaction still running. Read in the same
 /// statement (and snapshot) as the page, so a subscription learns whether a short page reached
-/// the head without a statement of its own.
+/// the head without a statement of its own. The category, when the filter names one, is `$3`.
 ///
-/// Every parameter is [`opaque`]: the page is read through the category's index (or the
-/// global one) from the position on whatever the values, and a subscription near the head,
-/// planned for its values, was re-planned on nearly every call (see [`crate::plan`]).
-fn page_sql(filter: &StreamFilter) -> String {
+/// The position and the category are [`opaque`], and the limit is written into the statement:
+/// a subscription near the head, planned for its values, was re-planned on nearly every call
+/// (see [`crate::plan`]). Hidden as well, the limit would be guessed at a tenth of a third of
+/// the category, a plan for reading much of a large table; written out, every plan knows it
+/// reads at most `limit` rows through the category's index (or the global one) from the
+/// position on. A subscription reads pages of one size, so that is one statement to prepare.
+fn page_sql(filter: &StreamFilter, limit: usize) -> String {
     let category = match filter {
-        StreamFilter::Category(_) => format!("category = {} AND ", opaque("$4::text")),
+        StreamFilter::Category(_) => format!("category = {} AND ", opaque("$3::text")),
         _ => String::new(),
     };
     format!(
@@ -54,7 +57,7 @@ fn page_sql(filter: &StreamFilter) -> String {
         beyond = beyond_horizon_sql(&category),
         after_commit = opaque("$1::bigint"),
         after_sequence = opaque("$2::bigint"),
-        limit = opaque("$3::bigint"),
+        limit = i64::try_from(limit).unwrap_or(i64::MAX),
     )
 }
 
@@ -196,8 +199,14 @@ impl HorizonRead for PageRead<'_> {
     type Found = (Vec<RecordedEvent>, bool);
 
     async fn read(&self, conn: &mut PgConnection) -> Result<(Self::Found, bool)> {
-        let mut rows =
-            visible_query::<PageRow>(&self.sql, self.filter, self.after, self.limit)?.fetch(conn);
+        let query = sqlx::query_as::<_, PageRow>(&self.sql)
+            .bind(to_i64(self.after.commit, "position")?)
+            .bind(to_i64(self.after.sequence, "position")?);
+        let query = match self.filter {
+            StreamFilter::Category(category) => query.bind(category.as_str()),
+            _ => query,
+        };
+        let mut rows = query.fetch(conn);
         let mut events = Vec::with_capacity(self.limit.min(PAGE_CAPACITY));
         let mut beyond = false;
         while let Some(row) = rows.try_next().await.map_err(from_sqlx)? {
@@ -233,7 +242,7 @@ pub(crate) async fn read_page_settled(
         ));
     }
     let read = PageRead {
-        sql: page_sql(filter),
+        sql: page_sql(filter, limit),
         filter,
         after,
         limit,
