@@ -2,9 +2,9 @@
 //! statement for the call's values five times, then keeps a generic plan only when that one
 //! is estimated no dearer. A subscription's page read near the head, and the reads and appends
 //! of a few streams at once, were planned again on nearly every call (for the same index
-//! scans), which cost a steady load a fifth of PostgreSQL's CPU. Each test runs a statement
-//! many times on a store of one connection, so that `pg_prepared_statements` of that very
-//! session shows how it was planned.
+//! scans), which cost the example at a steady load a tenth of PostgreSQL's CPU. Each test runs
+//! a statement many times on a store of one connection, so that `pg_prepared_statements` of
+//! that very session shows how it was planned.
 
 mod common;
 
