@@ -6,7 +6,6 @@ use sqlx::{PgConnection, PgPool};
 
 use super::row::{StreamEventRow, STREAM_EVENT_COLUMNS};
 use crate::error::{from_sqlx, to_i64, to_u64};
-use crate::plan::opaque;
 
 /// The stream's version now (`None`: no stream): its newest event's.
 pub(crate) async fn stream_version(
@@ -96,19 +95,16 @@ pub(crate) async fn replay_streams(
         .map(|(_, from)| to_i64((*from).max(1), "stream version"))
         .collect::<Result<Vec<_>>>()?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    // The arrays are opaque: planned for their lengths, the statement was planned on every
-    // call, for the same probe per stream (see `crate::plan`).
-    let sql = format!(
-        "SELECT r.ord, e.stream_version, e.event_type, e.schema_version, e.payload \
-         FROM unnest({streams}, {froms}) WITH ORDINALITY AS r(stream_id, from_version, ord) \
+    // The arrays are opaque (scalar subqueries, see `crate::plan`): planned for their lengths,
+    // the statement was planned on every call, for the same probe per stream.
+    let sql = "SELECT r.ord, e.stream_version, e.event_type, e.schema_version, e.payload \
+         FROM unnest((SELECT $1::text[]), (SELECT $2::bigint[])) \
+           WITH ORDINALITY AS r(stream_id, from_version, ord) \
          CROSS JOIN LATERAL (SELECT stream_version, event_type, schema_version, payload \
            FROM events WHERE stream_id = r.stream_id AND stream_version >= r.from_version \
            ORDER BY stream_version LIMIT $3) AS e \
-         ORDER BY r.ord, e.stream_version",
-        streams = opaque("$1::text[]"),
-        froms = opaque("$2::bigint[]"),
-    );
-    let rows: Vec<(i64, i64, String, i32, Vec<u8>)> = sqlx::query_as(&sql)
+         ORDER BY r.ord, e.stream_version";
+    let rows: Vec<(i64, i64, String, i32, Vec<u8>)> = sqlx::query_as(sql)
         .bind(&streams)
         .bind(&froms)
         .bind(limit)

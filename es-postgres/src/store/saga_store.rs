@@ -10,7 +10,6 @@ use uuid::Uuid;
 
 use super::PgEventStore;
 use crate::error::{from_sqlx, to_i64, to_u64};
-use crate::plan::opaque;
 
 #[derive(sqlx::FromRow)]
 struct DeadlineRow {
@@ -221,16 +220,14 @@ impl SagaStore for PgEventStore {
             // One primary-key probe per instance: `instance = ANY($2)` beside `saga = $1` was
             // planned as a scan of every row of the saga with a filter (the index's first
             // column alone), so each batch read the whole saga. The LIMIT keeps the planner
-            // from flattening the lateral probe back into such a join. The array is opaque,
-            // so the plan made once serves every batch size (see `crate::plan`).
-            &format!(
-                "SELECT s.instance, s.data, s.version, s.completed \
-                 FROM unnest({}) AS u(instance) \
-                 CROSS JOIN LATERAL ( \
-                   SELECT instance, data, version, completed FROM saga_states \
-                   WHERE saga = $1 AND instance = u.instance LIMIT 1) s",
-                opaque("$2::text[]")
-            ),
+            // from flattening the lateral probe back into such a join. The array is opaque
+            // (a scalar subquery), so the plan made once serves every batch size (see
+            // `crate::plan`).
+            "SELECT s.instance, s.data, s.version, s.completed \
+             FROM unnest((SELECT $2::text[])) AS u(instance) \
+             CROSS JOIN LATERAL ( \
+               SELECT instance, data, version, completed FROM saga_states \
+               WHERE saga = $1 AND instance = u.instance LIMIT 1) s",
         )
         .bind(saga)
         .bind(instances)
@@ -260,14 +257,12 @@ impl SagaStore for PgEventStore {
             // One primary-key probe per id. A plain join on the array was planned as a hash
             // join over every row of the saga (all a service's sagas share one name), so each
             // batch read the whole saga inbox; the LIMIT keeps the lateral probe from being
-            // flattened back into that join. The array is opaque (see `crate::plan`).
-            &format!(
-                "SELECT s.event_id FROM unnest({}) AS u(event_id) \
-                 CROSS JOIN LATERAL ( \
-                   SELECT event_id FROM saga_inbox \
-                   WHERE saga = $1 AND event_id = u.event_id LIMIT 1) s",
-                opaque("$2::uuid[]")
-            ),
+            // flattened back into that join. The array is opaque (a scalar subquery, see
+            // `crate::plan`).
+            "SELECT s.event_id FROM unnest((SELECT $2::uuid[])) AS u(event_id) \
+             CROSS JOIN LATERAL ( \
+               SELECT event_id FROM saga_inbox \
+               WHERE saga = $1 AND event_id = u.event_id LIMIT 1) s",
         )
         .bind(saga)
         .bind(event_ids)
