@@ -19,9 +19,15 @@ use crate::plan::opaque;
 pub(crate) const HORIZON: &str = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)";
 
 /// What holds a read back: whether committed events after its position exist beyond the
-/// horizon (written by a transaction newer than one still running), and the snapshot's bounds.
+/// horizon (written by a transaction newer than one still running), whether some have come
+/// below it since the read, and the snapshot's bounds.
 #[derive(Clone, Copy, sqlx::FromRow)]
 pub(crate) struct Hold {
+    /// Whether committed events after the read's position lie below the horizon now: the
+    /// transactions that held them back ended between the read and this look, so a read again
+    /// finds them. Without it, a read that found nothing and a look that found nothing held
+    /// back any more would pass for the head while events wait unread.
+    pub(crate) events_readable: bool,
     /// Whether committed events after the read's position lie beyond the horizon.
     pub(crate) events_beyond: bool,
     /// The horizon: every transaction below it has ended.
@@ -52,7 +58,21 @@ pub(crate) fn beyond_horizon_sql(category: &str) -> String {
     )
 }
 
-/// What holds back the events after `after` that `filter` takes.
+/// Whether committed events after `($1, $2)` (of the category the clause `category` names) lie
+/// below the horizon: the first one in the index from the position on, if any. The position
+/// starts the index scan here, and the scan ends at the horizon.
+fn below_horizon_sql(category: &str) -> String {
+    format!(
+        "(SELECT tx_id FROM events \
+          WHERE {category}(tx_id, seq) > ({}, {}) AND tx_id < {HORIZON} \
+          ORDER BY tx_id, seq LIMIT 1) IS NOT NULL",
+        opaque("$1::bigint"),
+        opaque("$2::bigint")
+    )
+}
+
+/// What holds back the events after `after` that `filter` takes, and whether some of them
+/// have become readable since the read (see [`Hold::events_readable`]).
 pub(crate) async fn held_back(
     conn: &mut PgConnection,
     filter: &StreamFilter,
@@ -65,9 +85,10 @@ pub(crate) async fn held_back(
         _ => "",
     };
     let sql = format!(
-        "SELECT {} AS events_beyond, \
+        "SELECT {} AS events_readable, {} AS events_beyond, \
                 pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, \
                 pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax",
+        below_horizon_sql(category),
         beyond_horizon_sql(category)
     );
     let query = sqlx::query_as::<_, Hold>(&sql).bind(commit).bind(sequence);
@@ -142,6 +163,12 @@ pub(crate) async fn wait_out_horizon<R: HorizonRead>(
             return Ok((found, Settled::GaveUp));
         }
         let hold = read.hold(&mut conn, &found).await?;
+        if hold.events_readable {
+            // The holders ended between the read and the look: read again now. Taking the
+            // look's "nothing held back" for the head here left those events unread until the
+            // next wake-up or poll, which their holder's end may never send.
+            continue;
+        }
         if !hold.events_beyond {
             return Ok((found, Settled::Released));
         }

@@ -157,8 +157,11 @@ impl HorizonRead for VisibleRead<'_> {
         Ok((events, full))
     }
 
-    async fn hold(&self, conn: &mut PgConnection, _: &Self::Found) -> Result<Hold> {
-        held_back(conn, self.filter, self.after).await
+    /// After the last event found: those are below the horizon, and whatever became readable
+    /// since the read comes after them.
+    async fn hold(&self, conn: &mut PgConnection, found: &Self::Found) -> Result<Hold> {
+        let after = found.last().map_or(self.after, |event| event.position);
+        held_back(conn, self.filter, after).await
     }
 }
 
@@ -219,6 +222,7 @@ impl HorizonRead for PageRead<'_> {
         Ok(((events, beyond), found_some))
     }
 
+    /// Asked only after a read that found nothing, so from the read's own position.
     async fn hold(&self, conn: &mut PgConnection, _: &Self::Found) -> Result<Hold> {
         held_back(conn, self.filter, self.after).await
     }
@@ -283,6 +287,8 @@ impl HorizonRead for HeadRead {
             .map_err(from_sqlx)?;
         let head = Position::new(tx_id.map_or(0, to_u64), seq.map_or(0, to_u64));
         let hold = Hold {
+            // The head and the hold are of one statement: nothing came below its horizon since.
+            events_readable: false,
             events_beyond,
             xmin,
             xmax,
@@ -302,4 +308,149 @@ pub(crate) async fn head(pool: &PgPool, max_wait: Duration) -> Result<Position> 
     let ((head, _), _) =
         wait_out_horizon(pool, &HeadRead, max_wait, WaitFor::RunningAtStart).await?;
     Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The race between a read and its look at what holds it back, provoked deterministically:
+    //! the holding transaction ends right after the read, before the look. Against the server
+    //! the tests of this crate use (`es-test-services`).
+
+    use es_core::testing::sample_event;
+    use es_core::{EventStore, ExpectedVersion, StreamId};
+    use sqlx::Transaction;
+    use tokio::sync::Mutex;
+
+    use super::*;
+    use crate::{PgConfig, PgEventStore};
+
+    /// `read`, whose holder commits right after each try until it has ended.
+    struct HolderEndsAfterRead<R> {
+        read: R,
+        holder: Mutex<Option<Transaction<'static, Postgres>>>,
+    }
+
+    impl<R: HorizonRead> HorizonRead for HolderEndsAfterRead<R> {
+        type Found = R::Found;
+
+        async fn read(&self, conn: &mut PgConnection) -> Result<(Self::Found, bool)> {
+            let found = self.read.read(conn).await?;
+            if let Some(holder) = self.holder.lock().await.take() {
+                holder.commit().await.expect("the holder commits");
+            }
+            Ok(found)
+        }
+
+        async fn hold(&self, conn: &mut PgConnection, found: &Self::Found) -> Result<Hold> {
+            self.read.hold(conn, found).await
+        }
+    }
+
+    /// A migrated store in a fresh schema.
+    async fn store(prefix: &str) -> PgEventStore {
+        let schema = format!(
+            "t_{prefix}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let store = PgEventStore::connect(&es_test_services::database_url(), PgConfig::new(schema))
+            .await
+            .expect("the test server");
+        store.migrate().await.expect("migrations apply");
+        store
+    }
+
+    /// A transaction that has an id and writes nothing: it holds back the events of every
+    /// transaction that got its id later.
+    async fn holder(store: &PgEventStore) -> Transaction<'static, Postgres> {
+        let mut holder = store.pool().begin().await.expect("a transaction");
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&mut *holder)
+            .await
+            .expect("a transaction id");
+        holder
+    }
+
+    async fn append(store: &PgEventStore, stream: &str, n: u64) {
+        let events = (0..n).map(|i| sample_event("Held", i)).collect();
+        store
+            .append(
+                &StreamId::new(stream).unwrap(),
+                ExpectedVersion::NoStream,
+                events,
+            )
+            .await
+            .expect("the append commits");
+    }
+
+    async fn drop_schema(store: &PgEventStore) {
+        let schema = store.config().schema.clone();
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .execute(store.pool())
+            .await
+            .expect("drop the test schema");
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_empty_page_whose_holder_ends_before_the_look_is_read_again() {
+        let store = store("page_released").await;
+        let holder = holder(&store).await;
+        append(&store, "held-1", 3).await;
+        let filter = StreamFilter::All;
+        let read = HolderEndsAfterRead {
+            read: PageRead {
+                sql: page_sql(&filter, 10),
+                filter: &filter,
+                after: Position::START,
+                limit: 10,
+            },
+            holder: Mutex::new(Some(holder)),
+        };
+        let ((events, _), settled) =
+            wait_out_horizon(store.pool(), &read, Duration::from_secs(30), WaitFor::Any)
+                .await
+                .unwrap();
+        // Taken for the head, the empty first try left the subscription waiting for a wake-up
+        // that the holder's end never sends.
+        assert_eq!(
+            (events.len(), settled),
+            (3, Settled::Final),
+            "the events the holder released are read, not an empty page at the head"
+        );
+        drop_schema(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_short_read_whose_holder_ends_before_the_look_is_read_again() {
+        let store = store("short_released").await;
+        // Two events safe before the holder begins, three held back behind it.
+        append(&store, "safe-1", 2).await;
+        let holder = holder(&store).await;
+        append(&store, "held-1", 3).await;
+        let filter = StreamFilter::All;
+        let read = HolderEndsAfterRead {
+            read: VisibleRead {
+                filter: &filter,
+                after: Position::START,
+                limit: 10,
+            },
+            holder: Mutex::new(Some(holder)),
+        };
+        let (events, settled) = wait_out_horizon(
+            store.pool(),
+            &read,
+            Duration::from_secs(30),
+            WaitFor::RunningAtStart,
+        )
+        .await
+        .unwrap();
+        let streams: Vec<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
+        assert_eq!(
+            streams,
+            ["safe-1", "safe-1", "held-1", "held-1", "held-1"],
+            "read again after the two safe events, once the holder ended ({settled:?})"
+        );
+        assert_eq!(settled, Settled::Released);
+        drop_schema(&store).await;
+    }
 }
