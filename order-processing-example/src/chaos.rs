@@ -393,11 +393,31 @@ impl Rng {
     }
 }
 
-/// A port nothing listens on at the moment.
+/// The ports [`free_port`] hands out: below the range from which Linux picks the local port of
+/// every outgoing connection and of a bind to port 0 (32768–60999 by default). A port taken
+/// from that range and released for a service to bind could be taken first by any connection
+/// to PostgreSQL, RabbitMQ or Redis, and the service would exit on its `Bind` error.
+const FREE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port nothing listens on at the moment, and not handed out before by this process (so that
+/// services started side by side never race for one).
 pub fn free_port() -> std::io::Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()
-        .map(|address| address.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(FREE_PORTS.end - FREE_PORTS.start);
+    // Processes started together (test binaries, chaos runs) begin at different places.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let offset = (start + HANDED_OUT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = FREE_PORTS.start + offset as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        format!("no free port in {FREE_PORTS:?}"),
+    ))
 }
 
 /// The command line of one `kind` service of `binary` on `port`, with the backends, names and

@@ -351,12 +351,17 @@ async fn an_unreachable_database_gives_503_health_and_no_crash() {
         .env("RUST_LOG", "error")
         .spawn()
         .expect("spawn");
-    let client = client();
-    let url = format!("http://127.0.0.1:{port}/health");
-    let health = eventually("a 503 health answer", || async {
-        let response = client.get(&url).send().await.ok()?;
-        (response.status() == 503).then_some(())?;
-        response.json::<serde_json::Value>().await.ok()
+    let client = &client();
+    let url = &format!("http://127.0.0.1:{port}/health");
+    let health = eventually("a 503 health answer", || {
+        // A service that exited (on its port, say) never answers: say so at once.
+        let exited = child.try_wait().expect("status");
+        async move {
+            assert!(exited.is_none(), "the service exited: {exited:?}");
+            let response = client.get(url).send().await.ok()?;
+            (response.status() == 503).then_some(())?;
+            response.json::<serde_json::Value>().await.ok()
+        }
     })
     .await;
     assert_eq!(health["status"], "Unhealthy");
