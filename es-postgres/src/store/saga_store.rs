@@ -43,25 +43,81 @@ fn deadline(row: DeadlineRow) -> Result<DeadlineRecord> {
 const DEADLINE_COLUMNS: &str =
     "id, saga, instance, key, due_at, payload, metadata, attempts, retry_at, last_error";
 
-/// Writes one saga change on `conn`, inside the caller's transaction: the caller commits on
-/// `Saved` and rolls back otherwise (an `AlreadyHandled` or an error may come after writes).
-async fn save_in(conn: &mut sqlx::PgConnection, change: SagaChange) -> Result<SagaSaved> {
-    // The checks that make a redelivery a no-op come first, so a stale version on a
-    // redelivered event is not reported as a conflict.
-    if let Some(event_id) = change.handled_event {
-        let new = sqlx::query_scalar::<_, i32>(
-            "INSERT INTO saga_inbox (saga, event_id) VALUES ($1, $2) \
-             ON CONFLICT DO NOTHING RETURNING 1",
-        )
-        .bind(&change.saga)
-        .bind(event_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(from_sqlx)?;
-        if new.is_none() {
-            return Ok(SagaSaved::AlreadyHandled);
-        }
+/// The end of [`SAVE_NEW`] and [`SAVE_NEXT`], after the statement that writes the state (the CTE
+/// `state`, one row when it wrote): every other write of the change hangs on that row, so the
+/// statement writes all of the change or nothing, and needs no transaction around it.
+///
+/// The inbox entry is a plain `INSERT`: the state's write already checked that the event was not
+/// handled, and two changes racing on one instance meet on its row (the later one then finds
+/// the version moved, or the instance there); a change of another instance recording the same
+/// event fails the statement on the inbox's key, which takes the state's write back out. The
+/// replaced deadlines are deleted before the new ones go in: the insert waits for the count of
+/// the deletes (an init plan), so a key scheduled again does not meet its old row.
+const SAVE_TAIL: &str = "\
+    inbox AS ( \
+      INSERT INTO saga_inbox (saga, event_id) \
+      SELECT $1, $6 FROM state WHERE $6::uuid IS NOT NULL RETURNING 1), \
+    replaced AS ( \
+      DELETE FROM saga_deadlines \
+      WHERE saga = $1 AND instance = $2 AND key = ANY($7::text[]) \
+        AND EXISTS (SELECT 1 FROM state) RETURNING 1), \
+    scheduled AS ( \
+      INSERT INTO saga_deadlines (id, saga, instance, key, due_at, payload, metadata) \
+      SELECT d.id, $1, $2, d.key, d.due_at, d.payload, d.metadata \
+      FROM UNNEST($8::uuid[], $9::text[], $10::timestamptz[], $11::bytea[], $12::bytea[]) \
+        AS d(id, key, due_at, payload, metadata) \
+      WHERE EXISTS (SELECT 1 FROM state) AND (SELECT count(*) FROM replaced) >= 0 \
+      RETURNING 1) \
+    SELECT EXISTS (SELECT 1 FROM state), (SELECT count(*) FROM inbox), \
+      (SELECT count(*) FROM scheduled)";
+
+/// A change to a new instance (`expected_version` 0), in one statement: the state goes in
+/// unless the event was handled or the instance exists (`$5`, the expected version, is 0).
+static SAVE_NEW: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH state AS ( \
+           INSERT INTO saga_states (saga, instance, data, version, completed) \
+           SELECT $1, $2, $3, 1, $4 \
+           WHERE $5::bigint = 0 AND ($6::uuid IS NULL OR NOT EXISTS ( \
+             SELECT 1 FROM saga_inbox WHERE saga = $1 AND event_id = $6)) \
+           ON CONFLICT DO NOTHING RETURNING 1), {SAVE_TAIL}"
+    )
+});
+
+/// A change to an instance at `$5`, in one statement: the state moves on unless the event was
+/// handled or the version moved.
+static SAVE_NEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH state AS ( \
+           UPDATE saga_states SET data = $3, version = version + 1, completed = $4, \
+             updated_at = now() \
+           WHERE saga = $1 AND instance = $2 AND version = $5 \
+             AND ($6::uuid IS NULL OR NOT EXISTS ( \
+               SELECT 1 FROM saga_inbox WHERE saga = $1 AND event_id = $6)) \
+           RETURNING 1), {SAVE_TAIL}"
+    )
+});
+
+/// Checks what a store cannot: each deadline a change schedules belongs to its instance.
+fn check_deadlines(change: &SagaChange) -> Result<()> {
+    match change
+        .schedule
+        .iter()
+        .find(|d| d.saga != change.saga || d.instance != change.instance)
+    {
+        Some(d) => Err(Error::InvalidInput(format!(
+            "deadline `{}` belongs to {}/{}, not to the saved instance",
+            d.key, d.saga, d.instance
+        ))),
+        None => Ok(()),
     }
+}
+
+/// Writes one saga change on `conn` in one statement (see [`SAVE_TAIL`]): all of it or nothing,
+/// inside a transaction of the caller's or alone. A change that fires a deadline first takes the
+/// deadline out, so it must run inside a transaction that the caller rolls back unless this
+/// answers `Saved`.
+async fn save_in(conn: &mut sqlx::PgConnection, change: &SagaChange) -> Result<SagaSaved> {
     if let Some(id) = change.fired_deadline {
         let removed =
             sqlx::query_scalar::<_, i32>("DELETE FROM saga_deadlines WHERE id = $1 RETURNING 1")
@@ -74,101 +130,75 @@ async fn save_in(conn: &mut sqlx::PgConnection, change: SagaChange) -> Result<Sa
         }
     }
     let expected = to_i64(change.expected_version, "saga version")?;
-    let stored = if expected == 0 {
-        sqlx::query_scalar::<_, i32>(
-            "INSERT INTO saga_states (saga, instance, data, version, completed) \
-             VALUES ($1, $2, $3, 1, $4) ON CONFLICT DO NOTHING RETURNING 1",
-        )
-        .bind(&change.saga)
-        .bind(&change.instance)
-        .bind(&change.state[..])
-        .bind(change.completed)
-        .fetch_optional(&mut *conn)
-        .await
-    } else {
-        sqlx::query_scalar::<_, i32>(
-            "UPDATE saga_states SET data = $3, version = version + 1, completed = $4, \
-             updated_at = now() WHERE saga = $1 AND instance = $2 AND version = $5 RETURNING 1",
-        )
-        .bind(&change.saga)
-        .bind(&change.instance)
-        .bind(&change.state[..])
-        .bind(change.completed)
-        .bind(expected)
-        .fetch_optional(&mut *conn)
-        .await
-    }
-    .map_err(from_sqlx)?;
-    if stored.is_none() {
-        let actual = sqlx::query_scalar::<_, i64>(
-            "SELECT version FROM saga_states WHERE saga = $1 AND instance = $2",
-        )
-        .bind(&change.saga)
-        .bind(&change.instance)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(from_sqlx)?;
-        return Err(change.conflict(actual.map_or(0, to_u64)));
-    }
     let replaced: Vec<&str> = change
         .cancel
         .iter()
         .map(String::as_str)
         .chain(change.schedule.iter().map(|d| d.key.as_str()))
         .collect();
-    if !replaced.is_empty() {
-        sqlx::query(
-            "DELETE FROM saga_deadlines WHERE saga = $1 AND instance = $2 AND key = ANY($3)",
-        )
-        .bind(&change.saga)
-        .bind(&change.instance)
-        .bind(&replaced)
-        .execute(&mut *conn)
-        .await
-        .map_err(from_sqlx)?;
+    let count = change.schedule.len();
+    let (mut ids, mut keys, mut due, mut payloads, mut metadata) = (
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+    );
+    for d in &change.schedule {
+        ids.push(d.id);
+        keys.push(d.key.as_str());
+        due.push(d.due_at);
+        payloads.push(&d.payload[..]);
+        metadata.push(d.metadata.to_json().to_vec());
     }
-    if !change.schedule.is_empty() {
-        let mut ids = Vec::with_capacity(change.schedule.len());
-        let mut keys = Vec::with_capacity(change.schedule.len());
-        let mut due = Vec::with_capacity(change.schedule.len());
-        let mut payloads = Vec::with_capacity(change.schedule.len());
-        let mut metadata = Vec::with_capacity(change.schedule.len());
-        for d in &change.schedule {
-            if d.saga != change.saga || d.instance != change.instance {
-                return Err(Error::InvalidInput(format!(
-                    "deadline `{}` belongs to {}/{}, not to the saved instance",
-                    d.key, d.saga, d.instance
-                )));
-            }
-            ids.push(d.id);
-            keys.push(d.key.as_str());
-            due.push(d.due_at);
-            payloads.push(&d.payload[..]);
-            metadata.push(d.metadata.to_json().to_vec());
-        }
-        sqlx::query(
-            "INSERT INTO saga_deadlines (id, saga, instance, key, due_at, payload, metadata) \
-             SELECT d.id, $1, $2, d.key, d.due_at, d.payload, d.metadata \
-             FROM UNNEST($3::uuid[], $4::text[], $5::timestamptz[], $6::bytea[], $7::bytea[]) \
-               AS d(id, key, due_at, payload, metadata)",
-        )
+    let sql: &str = if expected == 0 { &SAVE_NEW } else { &SAVE_NEXT };
+    let saved = sqlx::query_as::<_, (bool, i64, i64)>(sql)
         .bind(&change.saga)
         .bind(&change.instance)
+        .bind(&change.state[..])
+        .bind(change.completed)
+        .bind(expected)
+        .bind(change.handled_event)
+        .bind(&replaced)
         .bind(&ids)
         .bind(&keys)
         .bind(&due)
         .bind(&payloads)
         .bind(&metadata)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| match crate::error::unique_violation(&e) {
-            Some(_) => Error::InvalidInput(
+        .fetch_one(&mut *conn)
+        .await;
+    match saved {
+        Ok((true, ..)) => Ok(SagaSaved::Saved),
+        Ok((false, ..)) => not_saved(conn, change).await,
+        Err(error) => match crate::error::unique_violation(&error).as_deref() {
+            // Another instance recorded the event first.
+            Some("saga_inbox_pkey") => Ok(SagaSaved::AlreadyHandled),
+            Some(_) => Err(Error::InvalidInput(
                 "a saga change schedules one key twice, or reuses a deadline id".into(),
-            ),
-            None => from_sqlx(e),
-        })?;
+            )),
+            None => Err(from_sqlx(error)),
+        },
     }
-    Ok(SagaSaved::Saved)
+}
+
+/// Why a change wrote nothing, asked after its statement (so with what committed since): the
+/// event was handled (a redelivery, even one decided on a stale version), or the version moved.
+async fn not_saved(conn: &mut sqlx::PgConnection, change: &SagaChange) -> Result<SagaSaved> {
+    let (handled, actual) = sqlx::query_as::<_, (bool, Option<i64>)>(
+        "SELECT $3::uuid IS NOT NULL AND EXISTS ( \
+                  SELECT 1 FROM saga_inbox WHERE saga = $1 AND event_id = $3), \
+                (SELECT version FROM saga_states WHERE saga = $1 AND instance = $2)",
+    )
+    .bind(&change.saga)
+    .bind(&change.instance)
+    .bind(change.handled_event)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(from_sqlx)?;
+    if handled {
+        return Ok(SagaSaved::AlreadyHandled);
+    }
+    Err(change.conflict(actual.map_or(0, to_u64)))
 }
 
 #[async_trait]
@@ -193,16 +223,25 @@ impl SagaStore for PgEventStore {
         self.save_many(vec![change]).await
     }
 
-    /// All the changes in one transaction: a batched saga's one commit.
+    /// All the changes in one transaction: a batched saga's one commit. A lone change that
+    /// fires no deadline is one statement with no transaction around it.
     async fn save_many(&self, mut changes: Vec<SagaChange>) -> Result<SagaSaved> {
-        if changes.is_empty() {
-            return Ok(SagaSaved::Saved);
+        for change in &changes {
+            check_deadlines(change)?;
+        }
+        match changes.as_slice() {
+            [] => return Ok(SagaSaved::Saved),
+            [change] if change.fired_deadline.is_none() => {
+                let mut conn = self.pool().acquire().await.map_err(from_sqlx)?;
+                return save_in(&mut conn, change).await;
+            }
+            _ => {}
         }
         // Rows are locked in one order, so two batches sharing instances wait for each other
         // (and the later one meets a version conflict) instead of deadlocking.
         changes.sort_by(|a, b| (&a.saga, &a.instance).cmp(&(&b.saga, &b.instance)));
         let mut tx = self.pool().begin().await.map_err(from_sqlx)?;
-        for change in changes {
+        for change in &changes {
             match save_in(&mut tx, change).await {
                 Ok(SagaSaved::Saved) => {}
                 other => {

@@ -1,0 +1,128 @@
+//! A lone saga change is saved in one statement with no transaction around it: all of it or
+//! nothing, and a redelivery racing the first delivery is told it was handled, not a conflict.
+
+mod common;
+
+use bytes::Bytes;
+use chrono::Utc;
+use es_core::saga::{DeadlineRecord, SagaChange, SagaSaved, SagaStore};
+use es_core::{Error, Metadata};
+use uuid::Uuid;
+
+fn change(saga: &str, instance: &str, version: u64, event: Uuid) -> SagaChange {
+    SagaChange {
+        saga: saga.into(),
+        instance: instance.into(),
+        expected_version: version,
+        state: Bytes::from(format!("{{\"v\":{}}}", version + 1)),
+        completed: false,
+        schedule: Vec::new(),
+        cancel: Vec::new(),
+        handled_event: Some(event),
+        fired_deadline: None,
+    }
+}
+
+fn deadline(saga: &str, instance: &str, key: &str) -> DeadlineRecord {
+    DeadlineRecord::new(
+        saga,
+        instance,
+        key,
+        Utc::now() + chrono::Duration::seconds(3600),
+        Bytes::from_static(b"{}"),
+        Metadata::new_correlation(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_racing_the_first_delivery_is_handled_not_a_conflict() {
+    let store = common::store("sagarace").await;
+    for round in 0..20u64 {
+        let event = Uuid::new_v4();
+        // Each round moves the instance on by one: the first creates it.
+        let delivered = change("raced", "one", round, event);
+        let (a, b) = (store.clone(), store.clone());
+        let (first, second) = (delivered.clone(), delivered);
+        let (x, y) = tokio::join!(
+            tokio::spawn(async move { a.save(first).await }),
+            tokio::spawn(async move { b.save(second).await })
+        );
+        let mut outcomes = [x.unwrap().unwrap(), y.unwrap().unwrap()];
+        outcomes.sort_by_key(|o| *o == SagaSaved::AlreadyHandled);
+        assert_eq!(
+            outcomes,
+            [SagaSaved::Saved, SagaSaved::AlreadyHandled],
+            "round {round}"
+        );
+        let state = store.load("raced", "one").await.unwrap().unwrap();
+        assert_eq!(state.version, round + 1, "saved once in round {round}");
+    }
+    common::drop_schema(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_recorded_by_two_instances_at_once_is_saved_by_one() {
+    let store = common::store("sagatwice").await;
+    for round in 0..20 {
+        let event = Uuid::new_v4();
+        let (left, right) = (format!("left-{round}"), format!("right-{round}"));
+        let (a, b) = (store.clone(), store.clone());
+        let (l, r) = (
+            change("shared", &left, 0, event),
+            change("shared", &right, 0, event),
+        );
+        let (x, y) = tokio::join!(
+            tokio::spawn(async move { a.save(l).await }),
+            tokio::spawn(async move { b.save(r).await })
+        );
+        let outcomes = [x.unwrap().unwrap(), y.unwrap().unwrap()];
+        let saved = outcomes.iter().filter(|o| **o == SagaSaved::Saved).count();
+        assert_eq!(saved, 1, "round {round}: {outcomes:?}");
+        // The one that lost wrote no state of its own.
+        let states = store
+            .load_many("shared", &[left, right])
+            .await
+            .unwrap()
+            .iter()
+            .filter(|s| s.is_some())
+            .count();
+        assert_eq!(states, 1, "round {round}");
+    }
+    common::drop_schema(&store).await;
+}
+
+#[tokio::test]
+async fn a_change_whose_deadlines_fail_writes_nothing() {
+    let store = common::store("sagabad").await;
+    let event = Uuid::new_v4();
+    let mut bad = change("failing", "one", 0, event);
+    bad.schedule = vec![
+        deadline("failing", "one", "timeout"),
+        deadline("failing", "one", "timeout"),
+    ];
+    let error = store.save(bad).await.unwrap_err();
+    assert!(matches!(error, Error::InvalidInput(_)), "{error:?}");
+    assert_eq!(store.load("failing", "one").await.unwrap(), None);
+    assert!(!store.has_handled("failing", event).await.unwrap());
+    assert!(store
+        .deadlines_of("failing", "one")
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Another instance's deadline is refused before anything is written.
+    let mut foreign = change("failing", "one", 0, event);
+    foreign.schedule = vec![deadline("failing", "two", "timeout")];
+    let error = store.save(foreign).await.unwrap_err();
+    assert!(matches!(error, Error::InvalidInput(_)), "{error:?}");
+    assert_eq!(store.load("failing", "one").await.unwrap(), None);
+
+    // The same change done right goes in whole.
+    let mut good = change("failing", "one", 0, event);
+    good.schedule = vec![deadline("failing", "one", "timeout")];
+    good.cancel = vec!["reminder".into()];
+    assert_eq!(store.save(good).await.unwrap(), SagaSaved::Saved);
+    assert!(store.has_handled("failing", event).await.unwrap());
+    assert_eq!(store.deadlines_of("failing", "one").await.unwrap().len(), 1);
+    common::drop_schema(&store).await;
+}
