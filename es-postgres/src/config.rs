@@ -74,6 +74,15 @@ pub struct PgConfig {
     /// exactly what a fresh read would return). Costs a connection and one page of memory per
     /// scan under way, and a page read for nothing when a scan stops early. Default `true`.
     pub read_ahead: bool,
+    /// The most connections of a second pool that only subscriptions' page reads use, opened
+    /// as they are needed. Its connections keep one plan per statement
+    /// (`plan_cache_mode = force_generic_plan`): a page read hides its values from the planner,
+    /// so a plan for them is the generic plan, yet on a growing log PostgreSQL kept planning it
+    /// anew (each `ANALYZE` raises the generic plan's estimate above the average of the plans
+    /// it made for values while the log was smaller, and then it plans for the values until
+    /// that average catches up). The store opens at most `max_connections` plus these.
+    /// Default 2.
+    pub page_read_connections: u32,
 }
 
 impl Default for PgConfig {
@@ -91,6 +100,7 @@ impl Default for PgConfig {
             read_settle: Duration::from_secs(1),
             notify: true,
             read_ahead: true,
+            page_read_connections: 2,
         }
     }
 }
@@ -123,6 +133,11 @@ impl PgConfig {
         if self.max_connections == 0 {
             return Err(Error::InvalidInput(
                 "max_connections must be at least 1".into(),
+            ));
+        }
+        if self.page_read_connections == 0 {
+            return Err(Error::InvalidInput(
+                "page_read_connections must be at least 1".into(),
             ));
         }
         if self.page_size == 0 {

@@ -391,6 +391,74 @@ mod tests {
         store.close().await;
     }
 
+    /// Plans of the page read that the one connection of `pool` made for values and
+    /// generically, from `pg_prepared_statements`.
+    async fn page_read_plans(pool: &PgPool) -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT coalesce(sum(custom_plans), 0)::bigint, coalesce(sum(generic_plans), 0)::bigint \
+             FROM pg_prepared_statements WHERE statement LIKE '%IS NOT NULL FROM events%'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("the session's prepared statements")
+    }
+
+    /// On a log that grows between reads and is analyzed each time (as autovacuum does), a
+    /// connection with PostgreSQL's default plan choice plans the page read for its values
+    /// call after call: each `ANALYZE` raises the generic plan's estimate above the average of
+    /// the plans made while the log was smaller. The page-read pool keeps the generic plan.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_page_read_keeps_one_plan_on_a_growing_log() {
+        let mut config = PgConfig::new(format!(
+            "t_growing_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
+        config.max_connections = 1;
+        config.page_read_connections = 1;
+        let store = PgEventStore::connect(&es_test_services::database_url(), config)
+            .await
+            .expect("the test server");
+        store.migrate().await.expect("migrations apply");
+        let filter = StreamFilter::category("growing");
+        // Past every event: each read finds nothing, as a caught-up subscription does.
+        let head = Position::new(1 << 40, 0);
+        for round in 0..40 {
+            let events = (0..300).map(|i| sample_event("Grown", i)).collect();
+            store
+                .append(
+                    &StreamId::new(format!("growing-{round}")).unwrap(),
+                    ExpectedVersion::NoStream,
+                    events,
+                )
+                .await
+                .unwrap();
+            sqlx::query("ANALYZE events")
+                .execute(store.pool())
+                .await
+                .unwrap();
+            for _ in 0..2 {
+                read_page_settled(store.pool(), &filter, head, 1000, Duration::ZERO)
+                    .await
+                    .unwrap();
+                store.read_page(&filter, head, 1000).await.unwrap();
+            }
+        }
+        let (custom, _) = page_read_plans(store.pool()).await;
+        assert!(
+            custom > 20,
+            "with the default plan choice the read is planned for its values again and again \
+             ({custom} custom plans in 80 calls or more): the shape this test needs"
+        );
+        let (custom, generic) = page_read_plans(store.page_read_pool()).await;
+        // At least 80 calls: a read that met events held back by another test's transaction
+        // read again.
+        assert!(
+            custom == 0 && generic >= 80,
+            "the page-read pool keeps the generic plan: {custom} custom plans, {generic} generic"
+        );
+        drop_schema(&store).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_empty_page_whose_holder_ends_before_the_look_is_read_again() {
         let store = store("page_released").await;

@@ -91,14 +91,22 @@ impl EventStore for PgEventStore {
 
     /// The page a subscription reads: what is safe now, and whether it reached the head, in
     /// one statement. An empty page with committed events held back behind an older running
-    /// transaction waits for that transaction (polling: its end may announce nothing).
+    /// transaction waits for that transaction (polling: its end may announce nothing). On the
+    /// page-read pool (`PgConfig::page_read_connections`).
     async fn read_page(
         &self,
         filter: &StreamFilter,
         after: Position,
         limit: usize,
     ) -> Result<Page> {
-        log::read_page_settled(&self.inner.pool, filter, after, limit, HELD_BACK_POLL_LIMIT).await
+        log::read_page_settled(
+            self.page_read_pool(),
+            filter,
+            after,
+            limit,
+            HELD_BACK_POLL_LIMIT,
+        )
+        .await
     }
 
     async fn head(&self) -> Result<Position> {

@@ -50,6 +50,8 @@ pub struct PgEventStore {
 
 struct Inner {
     pool: PgPool,
+    /// Subscriptions' page reads, on connections that keep one plan per statement.
+    page_reads: PgPool,
     config: PgConfig,
     channel: String,
     appends: AppendStatements,
@@ -100,27 +102,14 @@ impl PgEventStore {
         let options = options
             .application_name(&config.application_name)
             .options([("search_path", format!("{},public", config.schema))]);
-        // sqlx checks a connection with a round trip as it is released, and by default again
-        // as it is acquired: under load that second check is a round trip per statement or
-        // transaction for a connection released a moment ago. Only one idle for a while, which
-        // the server may have closed meanwhile, is checked again.
-        let check_idle_after = config.check_idle_after;
-        let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections)
+        let pool = pool_options(&config, config.max_connections)
             .min_connections(config.min_connections)
-            .acquire_timeout(config.acquire_timeout)
-            .test_before_acquire(false)
-            .before_acquire(move |conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= check_idle_after {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(from_sqlx)?;
+        // Opened as page reads need them; see `PgConfig::page_read_connections`.
+        let page_reads = pool_options(&config, config.page_read_connections)
+            .connect_lazy_with(options.options([("plan_cache_mode", "force_generic_plan")]));
         let channel = config.channel();
         let announcer = tokio::runtime::Handle::try_current()
             .ok()
@@ -133,6 +122,7 @@ impl PgEventStore {
         Ok(PgEventStore {
             inner: Arc::new(Inner {
                 pool,
+                page_reads,
                 channel,
                 config,
                 appends: AppendStatements::new(),
@@ -215,5 +205,32 @@ impl PgEventStore {
             announcer.take();
         }
         self.inner.pool.close().await;
+        self.inner.page_reads.close().await;
     }
+
+    /// The pool of subscriptions' page reads.
+    pub(crate) fn page_read_pool(&self) -> &PgPool {
+        &self.inner.page_reads
+    }
+}
+
+/// A pool of at most `max` connections with the store's timeouts and checks.
+fn pool_options(config: &PgConfig, max: u32) -> PgPoolOptions {
+    // sqlx checks a connection with a round trip as it is released, and by default again as it
+    // is acquired: under load that second check is a round trip per statement or transaction
+    // for a connection released a moment ago. Only one idle for a while, which the server may
+    // have closed meanwhile, is checked again.
+    let check_idle_after = config.check_idle_after;
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(config.acquire_timeout)
+        .test_before_acquire(false)
+        .before_acquire(move |conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= check_idle_after {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
 }
