@@ -19,12 +19,17 @@ pub(crate) fn store() -> &'static StoreMetrics {
 
 impl PgEventStore {
     /// Sets the `es_pool_connections{backend="postgres", state="in_use"|"idle"}` gauge from the
-    /// store's pool now. Cheap (no query): call it each time metrics are read, or on a timer.
+    /// store's pools now (the pool of [`pool`](Self::pool) and the one of subscriptions' page
+    /// reads, together). Cheap (no query): call it each time metrics are read, or on a timer.
     /// Does nothing without the `metrics` feature.
     pub fn record_pool_metrics(&self) {
-        let pool = self.pool();
-        let size = pool.size() as usize;
-        let idle = pool.num_idle();
-        pool_connections(BACKEND, size.saturating_sub(idle), idle);
+        let (mut in_use, mut idle) = (0, 0);
+        for pool in [self.pool(), self.page_read_pool()] {
+            let size = pool.size() as usize;
+            let pool_idle = pool.num_idle();
+            in_use += size.saturating_sub(pool_idle);
+            idle += pool_idle;
+        }
+        pool_connections(BACKEND, in_use, idle);
     }
 }
