@@ -153,6 +153,7 @@ pub(crate) async fn wait_out_horizon<R: HorizonRead>(
     // The snapshot's next transaction id at the first look: the transactions below it were
     // running (or done) when the read began.
     let mut began_before: Option<i64> = None;
+    let mut may_read_again = true;
     loop {
         let mut conn = pool.acquire().await.map_err(from_sqlx)?;
         let (found, is_final) = read.read(&mut conn).await?;
@@ -163,10 +164,12 @@ pub(crate) async fn wait_out_horizon<R: HorizonRead>(
             return Ok((found, Settled::GaveUp));
         }
         let hold = read.hold(&mut conn, &found).await?;
-        if hold.events_readable {
+        if hold.events_readable && std::mem::take(&mut may_read_again) {
             // The holders ended between the read and the look: read again now. Taking the
             // look's "nothing held back" for the head here left those events unread until the
-            // next wake-up or poll, which their holder's end may never send.
+            // next wake-up or poll, which their holder's end may never send. Once: a read that
+            // found nothing then finds them (so it is final), and a short read that found some
+            // should not chase every commit that lands while it looks.
             continue;
         }
         if !hold.events_beyond {

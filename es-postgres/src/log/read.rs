@@ -346,6 +346,28 @@ mod tests {
         }
     }
 
+    /// `read`, after each try of which another event is committed: a log that never stops.
+    struct CommitsAfterRead<'a, R> {
+        read: R,
+        store: &'a PgEventStore,
+        tries: std::sync::atomic::AtomicU64,
+    }
+
+    impl<R: HorizonRead> HorizonRead for CommitsAfterRead<'_, R> {
+        type Found = R::Found;
+
+        async fn read(&self, conn: &mut PgConnection) -> Result<(Self::Found, bool)> {
+            let found = self.read.read(conn).await?;
+            let n = self.tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            append(self.store, &format!("later-{n}"), 1).await;
+            Ok(found)
+        }
+
+        async fn hold(&self, conn: &mut PgConnection, found: &Self::Found) -> Result<Hold> {
+            self.read.hold(conn, found).await
+        }
+    }
+
     /// A migrated store in a fresh schema.
     async fn store(prefix: &str) -> PgEventStore {
         let schema = format!(
@@ -519,6 +541,40 @@ mod tests {
             "read again after the two safe events, once the holder ended ({settled:?})"
         );
         assert_eq!(settled, Settled::Released);
+        drop_schema(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_short_read_reads_again_once_not_for_every_later_commit() {
+        let store = store("short_chase").await;
+        append(&store, "safe-1", 2).await;
+        let filter = StreamFilter::All;
+        let read = CommitsAfterRead {
+            read: VisibleRead {
+                filter: &filter,
+                after: Position::START,
+                limit: 100,
+            },
+            store: &store,
+            tries: std::sync::atomic::AtomicU64::new(0),
+        };
+        let (events, _) = wait_out_horizon(
+            store.pool(),
+            &read,
+            Duration::from_secs(30),
+            WaitFor::RunningAtStart,
+        )
+        .await
+        .unwrap();
+        let tries = read.tries.load(std::sync::atomic::Ordering::SeqCst);
+        // Twice here (the second read finds the first later commit). Another test's
+        // transaction may hold the log back for a moment, and the read then tries a few more
+        // times while it waits; reading again for every commit would fill the page (98 tries).
+        assert!(
+            events.len() >= 2 && tries < 10,
+            "read {tries} times for {} events: a short page is not filled commit by commit",
+            events.len()
+        );
         drop_schema(&store).await;
     }
 }
