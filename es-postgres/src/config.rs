@@ -80,7 +80,9 @@ pub struct PgConfig {
     /// so a plan for them is the generic plan, yet on a growing log PostgreSQL kept planning it
     /// anew (each `ANALYZE` raises the generic plan's estimate above the average of the plans
     /// it made for values while the log was smaller, and then it plans for the values until
-    /// that average catches up). The store opens at most `max_connections` plus these.
+    /// that average catches up). The store opens at most `max_connections` plus these. Every
+    /// subscription of the store reads its pages here (a page read holds a connection for one
+    /// or two short statements): raise it when many subscriptions catch up at once.
     /// Default 2.
     pub page_read_connections: u32,
 }

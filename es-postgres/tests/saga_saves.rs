@@ -3,10 +3,14 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use chrono::Utc;
 use es_core::saga::{DeadlineRecord, SagaChange, SagaSaved, SagaStore};
 use es_core::{Error, Metadata};
+use es_postgres::PgEventStore;
+use tokio::sync::Barrier;
 use uuid::Uuid;
 
 fn change(saga: &str, instance: &str, version: u64, event: Uuid) -> SagaChange {
@@ -34,6 +38,23 @@ fn deadline(saga: &str, instance: &str, key: &str) -> DeadlineRecord {
     )
 }
 
+type Saved = Result<es_core::Result<SagaSaved>, tokio::task::JoinError>;
+
+/// Saves `a` and `b` from two tasks released together, each on a connection already open.
+async fn at_once(store: &PgEventStore, a: SagaChange, b: SagaChange) -> (Saved, Saved) {
+    common::warm_pool(store, 2).await;
+    let start = Arc::new(Barrier::new(2));
+    let save = |change: SagaChange| {
+        let (store, start) = (store.clone(), start.clone());
+        tokio::spawn(async move {
+            start.wait().await;
+            store.save(change).await
+        })
+    };
+    let (x, y) = (save(a), save(b));
+    tokio::join!(x, y)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivery_racing_the_first_delivery_is_handled_not_a_conflict() {
     let store = common::store("sagarace").await;
@@ -41,12 +62,7 @@ async fn a_redelivery_racing_the_first_delivery_is_handled_not_a_conflict() {
         let event = Uuid::new_v4();
         // Each round moves the instance on by one: the first creates it.
         let delivered = change("raced", "one", round, event);
-        let (a, b) = (store.clone(), store.clone());
-        let (first, second) = (delivered.clone(), delivered);
-        let (x, y) = tokio::join!(
-            tokio::spawn(async move { a.save(first).await }),
-            tokio::spawn(async move { b.save(second).await })
-        );
+        let (x, y) = at_once(&store, delivered.clone(), delivered).await;
         let mut outcomes = [x.unwrap().unwrap(), y.unwrap().unwrap()];
         outcomes.sort_by_key(|o| *o == SagaSaved::AlreadyHandled);
         assert_eq!(
@@ -66,15 +82,12 @@ async fn one_event_recorded_by_two_instances_at_once_is_saved_by_one() {
     for round in 0..20 {
         let event = Uuid::new_v4();
         let (left, right) = (format!("left-{round}"), format!("right-{round}"));
-        let (a, b) = (store.clone(), store.clone());
-        let (l, r) = (
+        let (x, y) = at_once(
+            &store,
             change("shared", &left, 0, event),
             change("shared", &right, 0, event),
-        );
-        let (x, y) = tokio::join!(
-            tokio::spawn(async move { a.save(l).await }),
-            tokio::spawn(async move { b.save(r).await })
-        );
+        )
+        .await;
         let outcomes = [x.unwrap().unwrap(), y.unwrap().unwrap()];
         let saved = outcomes.iter().filter(|o| **o == SagaSaved::Saved).count();
         assert_eq!(saved, 1, "round {round}: {outcomes:?}");

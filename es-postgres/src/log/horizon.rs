@@ -129,7 +129,9 @@ pub(crate) enum Settled {
     /// The wait ran out (or was zero) with events still held back, or maybe held back: not
     /// asked.
     GaveUp,
-    /// Nothing was held back any more: what was found reaches the head.
+    /// Nothing was held back any more. For a read that found nothing, nothing is there; a
+    /// short read that found events may have missed a later release (it reads again at most
+    /// once per wait, see [`wait_out_horizon`]).
     Released,
     /// Only transactions that began after the read held events back.
     HeldByNewer,
@@ -164,23 +166,23 @@ pub(crate) async fn wait_out_horizon<R: HorizonRead>(
             return Ok((found, Settled::GaveUp));
         }
         let hold = read.hold(&mut conn, &found).await?;
+        let began_before = *began_before.get_or_insert(hold.xmax);
         if hold.events_readable && std::mem::take(&mut may_read_again) {
             // The holders ended between the read and the look: read again now. Taking the
             // look's "nothing held back" for the head here left those events unread until the
-            // next wake-up or poll, which their holder's end may never send. Once: a read that
-            // found nothing then finds them (so it is final), and a short read that found some
-            // should not chase every commit that lands while it looks.
+            // next wake-up or poll, which their holder's end may never send. Once per wait: a
+            // read that found nothing then finds them (so it is final), and a short read that
+            // found some should not chase every commit that lands while it looks.
             continue;
         }
         if !hold.events_beyond {
             return Ok((found, Settled::Released));
         }
-        if wait_for == WaitFor::RunningAtStart
-            && hold.xmin >= *began_before.get_or_insert(hold.xmax)
-        {
+        if wait_for == WaitFor::RunningAtStart && hold.xmin >= began_before {
             return Ok((found, Settled::HeldByNewer));
         }
         drop(conn);
         pause.sleep().await;
+        may_read_again = true;
     }
 }

@@ -324,6 +324,10 @@ mod tests {
     use super::*;
     use crate::{PgConfig, PgEventStore};
 
+    /// Taken by each test here: one test's transactions would hold back another's events (the
+    /// horizon is the server's), and these count reads.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
     /// `read`, whose holder commits right after each try until it has ended.
     struct HolderEndsAfterRead<R> {
         read: R,
@@ -431,6 +435,7 @@ mod tests {
     /// the plans made while the log was smaller. The page-read pool keeps the generic plan.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_page_read_keeps_one_plan_on_a_growing_log() {
+        let _alone = ONE_AT_A_TIME.lock().await;
         let mut config = PgConfig::new(format!(
             "t_growing_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -483,6 +488,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_empty_page_whose_holder_ends_before_the_look_is_read_again() {
+        let _alone = ONE_AT_A_TIME.lock().await;
         let store = store("page_released").await;
         let holder = holder(&store).await;
         append(&store, "held-1", 3).await;
@@ -512,6 +518,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_short_read_whose_holder_ends_before_the_look_is_read_again() {
+        let _alone = ONE_AT_A_TIME.lock().await;
         let store = store("short_released").await;
         // Two events safe before the holder begins, three held back behind it.
         append(&store, "safe-1", 2).await;
@@ -546,6 +553,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_short_read_reads_again_once_not_for_every_later_commit() {
+        let _alone = ONE_AT_A_TIME.lock().await;
         let store = store("short_chase").await;
         append(&store, "safe-1", 2).await;
         let filter = StreamFilter::All;
@@ -567,9 +575,9 @@ mod tests {
         .await
         .unwrap();
         let tries = read.tries.load(std::sync::atomic::Ordering::SeqCst);
-        // Twice here (the second read finds the first later commit). Another test's
-        // transaction may hold the log back for a moment, and the read then tries a few more
-        // times while it waits; reading again for every commit would fill the page (98 tries).
+        // Twice (the second read finds the first later commit). A transaction of another test
+        // binary may hold the log back for a moment, and the read then tries a few more times
+        // while it waits; reading again for every commit would fill the page (99 tries).
         assert!(
             events.len() >= 2 && tries < 10,
             "read {tries} times for {} events: a short page is not filled commit by commit",

@@ -1,5 +1,5 @@
-//! [`PgEventStore`]: the store on one pool, how it opens, migrates and closes. Beside this
-//! file: appends, the commit of a unit of work, inline projections, subscriptions, and the
+//! [`PgEventStore`]: the store on its pool (and a small one for subscriptions' page reads), how
+//! it opens, migrates and closes. Beside this file: appends, the commit of a unit of work, inline projections, subscriptions, and the
 //! stores that share its transactions, each in a file named after its trait (`Inbox` in
 //! `inbox.rs`, `SagaStore` in `saga_store.rs`, ...). Housekeeping, health, telemetry and
 //! read-model administration are features of their own, in the crate's top-level files.
@@ -35,12 +35,13 @@ pub(crate) use subscribe::wait_for_work;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// A PostgreSQL event store on one connection pool.
+/// A PostgreSQL event store on one connection pool (and a small second one that only
+/// subscriptions' page reads use, see [`PgConfig::page_read_connections`]).
 ///
 /// One struct implements [`EventStore`](es_core::EventStore), [`Inbox`](es_core::Inbox),
 /// [`CheckpointStore`](es_core::CheckpointStore), [`SnapshotStore`](es_core::SnapshotStore) and
 /// [`SagaStore`](es_core::SagaStore), so a [`UnitOfWork`](es_core::UnitOfWork) (appends, inbox
-/// entry, checkpoint) is one transaction. Cloning is cheap and shares the pool.
+/// entry, checkpoint) is one transaction. Cloning is cheap and shares the pools.
 ///
 /// See the crate documentation for the schema and the ordering guarantee.
 #[derive(Clone)]
@@ -76,6 +77,7 @@ impl fmt::Debug for PgEventStore {
         f.debug_struct("PgEventStore")
             .field("schema", &self.inner.config.schema)
             .field("pool_size", &self.inner.pool.size())
+            .field("page_read_pool_size", &self.inner.page_reads.size())
             .finish()
     }
 }
@@ -196,7 +198,7 @@ impl PgEventStore {
         &self.inner.config
     }
 
-    /// Closes the pool and stops the listener; later calls fail with [`Error::Unavailable`].
+    /// Closes the pools and stops the listener; later calls fail with [`Error::Unavailable`].
     pub async fn close(&self) {
         if let Ok(mut listener) = self.inner.listener.lock() {
             listener.take();

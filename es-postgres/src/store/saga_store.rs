@@ -114,9 +114,9 @@ fn check_deadlines(change: &SagaChange) -> Result<()> {
 }
 
 /// Writes one saga change on `conn` in one statement (see [`SAVE_TAIL`]): all of it or nothing,
-/// inside a transaction of the caller's or alone. A change that fires a deadline first takes the
-/// deadline out, so it must run inside a transaction that the caller rolls back unless this
-/// answers `Saved`.
+/// inside a transaction of the caller's or alone. Inside one, the caller rolls back on any
+/// answer but `Saved` (an `AlreadyHandled` from the inbox's key leaves the transaction aborted).
+/// A change that fires a deadline first takes the deadline out, so it must run inside one.
 async fn save_in(conn: &mut sqlx::PgConnection, change: &SagaChange) -> Result<SagaSaved> {
     if let Some(id) = change.fired_deadline {
         let removed =
