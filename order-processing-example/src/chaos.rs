@@ -396,7 +396,8 @@ impl Rng {
 /// The ports [`free_port`] hands out: below the range from which Linux picks the local port of
 /// every outgoing connection and of a bind to port 0 (32768–60999 by default). A port taken
 /// from that range and released for a service to bind could be taken first by any connection
-/// to PostgreSQL, RabbitMQ or Redis, and the service would exit on its `Bind` error.
+/// to PostgreSQL, RabbitMQ or Redis, and the service would exit on its `Bind` error. (A host
+/// whose `ip_local_port_range` reaches below 32000 keeps that race for the ports they share.)
 const FREE_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
 /// A port nothing listens on at the moment, and not handed out before by this process (so that
