@@ -328,19 +328,44 @@ mod tests {
     /// horizon is the server's), and these count reads.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
-    /// `read`, whose holder commits right after each try until it has ended.
-    struct HolderEndsAfterRead<R> {
-        read: R,
-        holder: Mutex<Option<Transaction<'static, Postgres>>>,
+    /// What happens right after each try of a read, before the look at what holds it back.
+    enum Then<'a> {
+        /// The holder commits (after the first try only).
+        HolderEnds(Mutex<Option<Transaction<'static, Postgres>>>),
+        /// Another event is committed: a log that never stops.
+        Commits(&'a PgEventStore),
     }
 
-    impl<R: HorizonRead> HorizonRead for HolderEndsAfterRead<R> {
+    /// `read`, with `then` after each of its tries, which it counts.
+    struct AfterEachRead<'a, R> {
+        read: R,
+        then: Then<'a>,
+        tries: std::sync::atomic::AtomicU64,
+    }
+
+    impl<'a, R> AfterEachRead<'a, R> {
+        fn new(read: R, then: Then<'a>) -> Self {
+            AfterEachRead {
+                read,
+                then,
+                tries: std::sync::atomic::AtomicU64::new(0),
+            }
+        }
+    }
+
+    impl<R: HorizonRead> HorizonRead for AfterEachRead<'_, R> {
         type Found = R::Found;
 
         async fn read(&self, conn: &mut PgConnection) -> Result<(Self::Found, bool)> {
             let found = self.read.read(conn).await?;
-            if let Some(holder) = self.holder.lock().await.take() {
-                holder.commit().await.expect("the holder commits");
+            let n = self.tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match &self.then {
+                Then::HolderEnds(holder) => {
+                    if let Some(holder) = holder.lock().await.take() {
+                        holder.commit().await.expect("the holder commits");
+                    }
+                }
+                Then::Commits(store) => append(store, &format!("later-{n}"), 1).await,
             }
             Ok(found)
         }
@@ -350,39 +375,26 @@ mod tests {
         }
     }
 
-    /// `read`, after each try of which another event is committed: a log that never stops.
-    struct CommitsAfterRead<'a, R> {
-        read: R,
-        store: &'a PgEventStore,
-        tries: std::sync::atomic::AtomicU64,
-    }
-
-    impl<R: HorizonRead> HorizonRead for CommitsAfterRead<'_, R> {
-        type Found = R::Found;
-
-        async fn read(&self, conn: &mut PgConnection) -> Result<(Self::Found, bool)> {
-            let found = self.read.read(conn).await?;
-            let n = self.tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            append(self.store, &format!("later-{n}"), 1).await;
-            Ok(found)
-        }
-
-        async fn hold(&self, conn: &mut PgConnection, found: &Self::Found) -> Result<Hold> {
-            self.read.hold(conn, found).await
-        }
-    }
-
-    /// A migrated store in a fresh schema.
-    async fn store(prefix: &str) -> PgEventStore {
-        let schema = format!(
+    /// The default settings in a fresh schema.
+    fn config(prefix: &str) -> PgConfig {
+        PgConfig::new(format!(
             "t_{prefix}_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        let store = PgEventStore::connect(&es_test_services::database_url(), PgConfig::new(schema))
+        ))
+    }
+
+    /// A migrated store with `config`.
+    async fn store_with(config: PgConfig) -> PgEventStore {
+        let store = PgEventStore::connect(&es_test_services::database_url(), config)
             .await
             .expect("the test server");
         store.migrate().await.expect("migrations apply");
         store
+    }
+
+    /// A migrated store in a fresh schema.
+    async fn store(prefix: &str) -> PgEventStore {
+        store_with(config(prefix)).await
     }
 
     /// A transaction that has an id and writes nothing: it holds back the events of every
@@ -436,29 +448,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_page_read_keeps_one_plan_on_a_growing_log() {
         let _alone = ONE_AT_A_TIME.lock().await;
-        let mut config = PgConfig::new(format!(
-            "t_growing_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        ));
+        let mut config = config("growing");
         config.max_connections = 1;
         config.page_read_connections = 1;
-        let store = PgEventStore::connect(&es_test_services::database_url(), config)
-            .await
-            .expect("the test server");
-        store.migrate().await.expect("migrations apply");
+        let store = store_with(config).await;
         let filter = StreamFilter::category("growing");
         // Past every event: each read finds nothing, as a caught-up subscription does.
         let head = Position::new(1 << 40, 0);
         for round in 0..40 {
-            let events = (0..300).map(|i| sample_event("Grown", i)).collect();
-            store
-                .append(
-                    &StreamId::new(format!("growing-{round}")).unwrap(),
-                    ExpectedVersion::NoStream,
-                    events,
-                )
-                .await
-                .unwrap();
+            append(&store, &format!("growing-{round}"), 300).await;
             sqlx::query("ANALYZE events")
                 .execute(store.pool())
                 .await
@@ -493,15 +491,15 @@ mod tests {
         let holder = holder(&store).await;
         append(&store, "held-1", 3).await;
         let filter = StreamFilter::All;
-        let read = HolderEndsAfterRead {
-            read: PageRead {
+        let read = AfterEachRead::new(
+            PageRead {
                 sql: page_sql(&filter, 10),
                 filter: &filter,
                 after: Position::START,
                 limit: 10,
             },
-            holder: Mutex::new(Some(holder)),
-        };
+            Then::HolderEnds(Mutex::new(Some(holder))),
+        );
         let ((events, _), settled) =
             wait_out_horizon(store.pool(), &read, Duration::from_secs(30), WaitFor::Any)
                 .await
@@ -525,14 +523,14 @@ mod tests {
         let holder = holder(&store).await;
         append(&store, "held-1", 3).await;
         let filter = StreamFilter::All;
-        let read = HolderEndsAfterRead {
-            read: VisibleRead {
+        let read = AfterEachRead::new(
+            VisibleRead {
                 filter: &filter,
                 after: Position::START,
                 limit: 10,
             },
-            holder: Mutex::new(Some(holder)),
-        };
+            Then::HolderEnds(Mutex::new(Some(holder))),
+        );
         let (events, settled) = wait_out_horizon(
             store.pool(),
             &read,
@@ -557,15 +555,14 @@ mod tests {
         let store = store("short_chase").await;
         append(&store, "safe-1", 2).await;
         let filter = StreamFilter::All;
-        let read = CommitsAfterRead {
-            read: VisibleRead {
+        let read = AfterEachRead::new(
+            VisibleRead {
                 filter: &filter,
                 after: Position::START,
                 limit: 100,
             },
-            store: &store,
-            tries: std::sync::atomic::AtomicU64::new(0),
-        };
+            Then::Commits(&store),
+        );
         let (events, _) = wait_out_horizon(
             store.pool(),
             &read,

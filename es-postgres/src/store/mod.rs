@@ -1,6 +1,6 @@
 //! [`PgEventStore`]: the store on its pool (and a small one for subscriptions' page reads), how
-//! it opens, migrates and closes. Beside this file: appends, the commit of a unit of work, inline projections, subscriptions, and the
-//! stores that share its transactions, each in a file named after its trait (`Inbox` in
+//! it opens, migrates and closes. Beside this file: appends, the commit of a unit of work,
+//! inline projections, subscriptions, and the stores that share its transactions, each in a file named after its trait (`Inbox` in
 //! `inbox.rs`, `SagaStore` in `saga_store.rs`, ...). Housekeeping, health, telemetry and
 //! read-model administration are features of their own, in the crate's top-level files.
 
