@@ -139,8 +139,35 @@ impl Contention {
     }
 }
 
-/// How many events a load reads per query.
+/// How many events a load reads per query after the first.
 const PAGE: usize = 4096;
+
+/// How many events a load reads first: most aggregates are shorter; for a longer one, the
+/// fold of this page starts soon and overlaps the read of the next (a first page of [`PAGE`]
+/// kept the fold waiting for all of its rows).
+const FIRST_PAGE: usize = 512;
+
+/// Events folded between two chances for the read of the next page to take in what arrived.
+const FOLD_CHUNK: usize = 256;
+
+/// Decodes `page` and applies it to `loaded`. With `yielding`, it gives way every
+/// [`FOLD_CHUNK`] events, so that the read of the next page, polled beside it in the same
+/// task, takes rows off the connection while the page is folded instead of after.
+async fn fold_page<A: Aggregate>(
+    loaded: &mut Loaded<A>,
+    page: &[ReplayedEvent],
+    yielding: bool,
+) -> Result<()> {
+    for (i, replayed) in page.iter().enumerate() {
+        if yielding && i > 0 && i % FOLD_CHUNK == 0 {
+            tokio::task::yield_now().await;
+        }
+        let event = replayed.decode::<A::Event>()?;
+        loaded.state.apply(&event);
+        loaded.version = replayed.stream_version;
+    }
+    Ok(())
+}
 
 type EncodeSnapshot<A> = fn(&A) -> Result<Vec<u8>>;
 type DecodeSnapshot<A> = fn(&[u8]) -> Result<A>;
@@ -364,7 +391,7 @@ impl<A: Aggregate> Repository<A> {
             .zip(&starts)
             .map(|(stream_id, start)| (stream_id.clone(), start.version + 1))
             .collect();
-        let pages = self.store.replay_streams(&requests, PAGE).await?;
+        let pages = self.store.replay_streams(&requests, FIRST_PAGE).await?;
         if pages.len() != requests.len() {
             return Err(Error::backend(
                 "event store",
@@ -422,7 +449,11 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// Folds the stream's events after `loaded` into it (starting with `first_page` when the
-    /// caller already read it), and caches the result.
+    /// caller already read it, with a limit of [`FIRST_PAGE`]), and caches the result.
+    ///
+    /// A long stream comes in pages, and each page after a full one is read while the one
+    /// before it is folded (see [`fold_page`]): read one after the other, the store would idle
+    /// while the page is folded and the fold would wait while the store reads the next.
     async fn fold_tail(
         &self,
         stream_id: &StreamId,
@@ -433,24 +464,24 @@ impl<A: Aggregate> Repository<A> {
             Some(page) => page,
             None => {
                 self.store
-                    .replay_stream(stream_id, loaded.version + 1, PAGE)
+                    .replay_stream(stream_id, loaded.version + 1, FIRST_PAGE)
                     .await?
             }
         };
+        let mut limit = FIRST_PAGE;
         loop {
-            let full = page.len() >= PAGE;
-            for replayed in &page {
-                let event = replayed.decode::<A::Event>()?;
-                loaded.state.apply(&event);
-                loaded.version = replayed.stream_version;
-            }
-            if !full {
-                break;
-            }
-            page = self
-                .store
-                .replay_stream(stream_id, loaded.version + 1, PAGE)
-                .await?;
+            let next_from = match page.last() {
+                Some(last) if page.len() >= limit => last.stream_version + 1,
+                _ => {
+                    fold_page(&mut loaded, &page, false).await?;
+                    break;
+                }
+            };
+            limit = PAGE;
+            let next = self.store.replay_stream(stream_id, next_from, limit);
+            let (folded, next) = tokio::join!(fold_page(&mut loaded, &page, true), next);
+            folded?;
+            page = next?;
         }
         self.remember(stream_id, &loaded.state, loaded.version);
         Ok(loaded)

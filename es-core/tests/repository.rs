@@ -287,6 +287,60 @@ async fn a_corrupt_stored_payload_is_a_typed_error() {
     assert!(matches!(err, Error::UnknownEventType { .. }), "got {err:?}");
 }
 
+/// Appends `n` deposits of 1..=n to `stream`, the `corrupt`-th (1-based) unreadable.
+async fn deposits(store: &MemoryEventStore, stream: &StreamId, n: i64, corrupt: Option<i64>) {
+    let events = (1..=n)
+        .map(|amount| match corrupt {
+            Some(at) if at == amount => NewEvent::raw("Deposited", "{oops"),
+            _ => NewEvent::raw("Deposited", format!("{{\"amount\":{amount}}}")),
+        })
+        .collect::<Vec<_>>();
+    store
+        .append(stream, ExpectedVersion::Any, events)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_stream_of_many_pages_folds_every_event_once_in_order() {
+    // Longer than the first page and two full pages after it, so the loads below read some
+    // pages while folding others, and end on a short page.
+    let n: i64 = 10_000;
+    let store = MemoryEventStore::new();
+    for id in ["long", "exact"] {
+        let stream = Repository::<Account>::stream_id(id).unwrap();
+        // "exact" ends on a full page (512 + 4096): the load must read once more and stop.
+        let count = if id == "exact" { 512 + 4096 } else { n };
+        deposits(&store, &stream, count, None).await;
+    }
+    let accounts = repo(&store);
+    let loaded = accounts.load("long").await.unwrap();
+    assert_eq!(loaded.version, n as u64);
+    assert_eq!(loaded.state.applied, n as u64);
+    assert_eq!(loaded.state.balance, n * (n + 1) / 2);
+
+    let many = accounts.load_many(&["exact", "long"]).await.unwrap();
+    assert_eq!(many[0].version, 4608);
+    assert_eq!(many[0].state.balance, 4608 * 4609 / 2);
+    assert_eq!(many[1].version, n as u64);
+    assert_eq!(many[1].state.applied, n as u64);
+}
+
+#[tokio::test]
+async fn a_corrupt_event_on_a_later_page_fails_the_load() {
+    let store = MemoryEventStore::new();
+    let stream = Repository::<Account>::stream_id("a").unwrap();
+    // On the third page read (after 512 and 4096 events), folded while nothing is read after.
+    deposits(&store, &stream, 6_000, Some(5_000)).await;
+    let err = repo(&store).load("a").await.unwrap_err();
+    assert!(matches!(err, Error::Serialization { .. }), "got {err:?}");
+    // On the first page, folded while the second is being read.
+    let other = Repository::<Account>::stream_id("b").unwrap();
+    deposits(&store, &other, 6_000, Some(300)).await;
+    let err = repo(&store).load("b").await.unwrap_err();
+    assert!(matches!(err, Error::Serialization { .. }), "got {err:?}");
+}
+
 #[tokio::test]
 async fn an_empty_aggregate_id_is_invalid_input() {
     let store = MemoryEventStore::new();
