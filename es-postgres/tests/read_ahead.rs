@@ -186,3 +186,85 @@ async fn a_scan_reading_ahead_misses_nothing_while_commits_land_out_of_order() {
     );
     common::drop_schema(&store).await;
 }
+
+/// Reads pages of 100 from the start until a short one, as a scan does.
+async fn scan(store: &PgEventStore) -> Vec<Vec<RecordedEvent>> {
+    let mut pages = Vec::new();
+    let mut after = Position::START;
+    loop {
+        let events = page(store, after).await;
+        let full = events.len() == 100;
+        if let Some(last) = events.last() {
+            after = last.position;
+        }
+        pages.push(events);
+        if !full {
+            return pages;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_scan_streamed_ahead_over_several_queries_gets_the_pages_of_fresh_reads() {
+    let mut config = PgConfig::new(common::schema_name("ahead_stream"));
+    // Pages read ahead stream (a permit is free) in queries of two pages, so the scan below
+    // crosses several queries' ends.
+    config.max_connections = 4;
+    config.catch_up_rows = 250;
+    let store = common::store_with(config).await;
+    for stream in ["stream-1", "stream-2", "stream-3"] {
+        append(&store, stream, 350).await;
+    }
+    wait_visible(&store, 1050).await;
+
+    let ahead = scan(&store).await;
+    let mut off = PgConfig::new(store.config().schema.clone());
+    off.read_ahead = false;
+    let fresh = PgEventStore::connect(&common::database_url(), off)
+        .await
+        .expect("connect");
+    let fresh_pages = scan(&fresh).await;
+    let ids = |pages: &[Vec<RecordedEvent>]| -> Vec<Vec<uuid::Uuid>> {
+        pages
+            .iter()
+            .map(|p| p.iter().map(|e| e.event_id).collect())
+            .collect()
+    };
+    assert_eq!(ahead.len(), 11, "ten full pages and the head's 50");
+    assert_eq!(ids(&ahead), ids(&fresh_pages));
+
+    // The head's page was left to the caller: what lands after it is seen.
+    append(&store, "stream-4", 60).await;
+    wait_visible(&store, 1110).await;
+    let last = ahead[10].last().unwrap().position;
+    let next = page(&store, last).await;
+    assert_eq!(next.len(), 60);
+    assert!(next.iter().all(|e| e.stream_id.as_str() == "stream-4"));
+    fresh.close().await;
+    common::drop_schema(&store).await;
+}
+
+#[tokio::test]
+async fn a_scan_that_stops_gives_its_connection_back() {
+    let mut config = PgConfig::new(common::schema_name("ahead_stop"));
+    config.max_connections = 3;
+    let store = common::store_with(config).await;
+    append(&store, "stop-1", 1000).await;
+    wait_visible(&store, 1000).await;
+    let in_use = || store.pool().size() as usize - store.pool().num_idle();
+
+    // Two pages, and the scan stops: its stream waits for a third page to be taken.
+    let first = page(&store, Position::START).await;
+    let second = page(&store, first[99].position).await;
+    assert_eq!(second.len(), 100);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(in_use(), 1, "the stream reading ahead holds a connection");
+    // After a second with no page taken, it ends its query.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        in_use(),
+        0,
+        "the stopped scan's connection is back in the pool"
+    );
+    common::drop_schema(&store).await;
+}

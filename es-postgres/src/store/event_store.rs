@@ -60,7 +60,7 @@ impl EventStore for PgEventStore {
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        // A full page of a scan: the next one is read while the caller works through this
+        // A full page of a scan: the next ones are read while the caller works through this
         // one (see `read_ahead`).
         let reads_ahead = self.inner.config.read_ahead && limit >= read_ahead::MIN_PAGE;
         let read_already = if reads_ahead {
@@ -82,9 +82,14 @@ impl EventStore for PgEventStore {
             }
         };
         if let Some(last) = page.last().filter(|_| reads_ahead && page.len() == limit) {
+            let source = read_ahead::Source {
+                pool: &self.inner.pool,
+                permits: &self.inner.catch_up_permits,
+                rows_per_query: self.inner.config.catch_up_rows,
+            };
             self.inner
                 .read_ahead
-                .start(&self.inner.pool, filter, last.position, limit);
+                .start(source, filter, last.position, limit);
         }
         Ok(page)
     }
