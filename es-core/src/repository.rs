@@ -139,7 +139,7 @@ impl Contention {
     }
 }
 
-/// How many events a load reads per query after the first.
+/// The most events a load reads per query.
 const PAGE: usize = 4096;
 
 /// How many events a load reads first: most aggregates are shorter; for a longer one, the
@@ -453,7 +453,8 @@ impl<A: Aggregate> Repository<A> {
     ///
     /// A long stream comes in pages, and each page after a full one is read while the one
     /// before it is folded (see [`fold_page`]): read one after the other, the store would idle
-    /// while the page is folded and the fold would wait while the store reads the next.
+    /// while the page is folded and the fold would wait while the store reads the next. The
+    /// pages double from [`FIRST_PAGE`] to [`PAGE`].
     async fn fold_tail(
         &self,
         stream_id: &StreamId,
@@ -477,7 +478,10 @@ impl<A: Aggregate> Repository<A> {
                     break;
                 }
             };
-            limit = PAGE;
+            // Twice the page being folded: read beside the fold, it is ready about when the
+            // fold is done (a page of the largest size at once kept the fold waiting for most
+            // of it), and the pages grow to `PAGE` in a few reads.
+            limit = (limit * 2).min(PAGE);
             let next = self.store.replay_stream(stream_id, next_from, limit);
             let (folded, next) = tokio::join!(fold_page(&mut loaded, &page, true), next);
             folded?;

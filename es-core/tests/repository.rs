@@ -309,8 +309,9 @@ async fn a_stream_of_many_pages_folds_every_event_once_in_order() {
     let store = MemoryEventStore::new();
     for id in ["long", "exact"] {
         let stream = Repository::<Account>::stream_id(id).unwrap();
-        // "exact" ends on a full page (512 + 4096): the load must read once more and stop.
-        let count = if id == "exact" { 512 + 4096 } else { n };
+        // "exact" ends on a full page (pages of 512, 1024 and 2048): the load must read once
+        // more and stop.
+        let count = if id == "exact" { 512 + 1024 + 2048 } else { n };
         deposits(&store, &stream, count, None).await;
     }
     let accounts = repo(&store);
@@ -320,8 +321,8 @@ async fn a_stream_of_many_pages_folds_every_event_once_in_order() {
     assert_eq!(loaded.state.balance, n * (n + 1) / 2);
 
     let many = accounts.load_many(&["exact", "long"]).await.unwrap();
-    assert_eq!(many[0].version, 4608);
-    assert_eq!(many[0].state.balance, 4608 * 4609 / 2);
+    assert_eq!(many[0].version, 3584);
+    assert_eq!(many[0].state.balance, 3584 * 3585 / 2);
     assert_eq!(many[1].version, n as u64);
     assert_eq!(many[1].state.applied, n as u64);
 }
@@ -330,7 +331,8 @@ async fn a_stream_of_many_pages_folds_every_event_once_in_order() {
 async fn a_corrupt_event_on_a_later_page_fails_the_load() {
     let store = MemoryEventStore::new();
     let stream = Repository::<Account>::stream_id("a").unwrap();
-    // On the third page read (after 512 and 4096 events), folded while nothing is read after.
+    // On the fourth page read (after 512, 1024 and 2048 events), short, so folded while
+    // nothing is read after it.
     deposits(&store, &stream, 6_000, Some(5_000)).await;
     let err = repo(&store).load("a").await.unwrap_err();
     assert!(matches!(err, Error::Serialization { .. }), "got {err:?}");
