@@ -364,22 +364,14 @@ async fn main() {
     let table = table(&rows);
     println!("\n{table}");
     if std::env::var_os("BENCH_WRITE_DOCS").is_some() {
-        // Fill the RabbitMQ section that the throughput bench leaves in docs/benchmarks.md.
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/benchmarks.md");
-        let doc = std::fs::read_to_string(path).unwrap_or_default();
-        let section = format!(
-            "<!-- bus -->\n{n} messages per measurement, median of {} runs, RabbitMQ on loopback.\n\n{table}<!-- /bus -->",
-            plan.runs
-        );
-        let updated = match (doc.find("<!-- bus -->"), doc.find("<!-- /bus -->")) {
-            (Some(start), Some(end)) => format!(
-                "{}{section}{}",
-                &doc[..start],
-                &doc[end + "<!-- /bus -->".len()..]
+        // Only the RabbitMQ table; the rest of docs/benchmarks.md is written by hand.
+        es_benches::write_doc_section(
+            "bus",
+            "RabbitMQ",
+            &format!(
+                "{n} messages per measurement, median of {} runs, RabbitMQ on loopback.\n\n{table}",
+                plan.runs
             ),
-            _ => format!("{doc}\n## RabbitMQ\n\n{section}\n"),
-        };
-        std::fs::write(path, updated).expect("write docs/benchmarks.md");
-        println!("wrote {path}");
+        );
     }
 }

@@ -764,28 +764,19 @@ async fn main() {
     let table = table(&rows);
     println!("\n{table}");
     if std::env::var_os("BENCH_WRITE_DOCS").is_some() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/benchmarks.md");
-        // Keep the RabbitMQ section the `bus` bench wrote (cargo may run it first).
-        let previous = std::fs::read_to_string(path).unwrap_or_default();
-        let bus = match (
-            previous.find("<!-- bus -->"),
-            previous.find("<!-- /bus -->"),
-        ) {
-            (Some(start), Some(end)) if start < end => {
-                previous[start..end + "<!-- /bus -->".len()].to_owned()
-            }
-            _ => "<!-- bus -->\n(run the `bus` bench to fill this in)\n<!-- /bus -->".to_owned(),
-        };
-        let doc = format!(
-            "# Benchmarks\n\nMeasured by `BENCH_WRITE_DOCS=1 cargo bench -p es-benches --bench throughput --bench bus` on {}, \
-             PostgreSQL on loopback. Each figure is the median of {} runs of {} s; every PostgreSQL figure is \
-             beside the raw driver (sqlx, one multi-row `INSERT … UNNEST` per append; reads of a jsonb column decoded \
-             into the same event type) measured in the same run, the two sides' runs alternating. Compare ratios, not absolute numbers: those drift \
-             by 20 % between runs on shared machines.\n\n## PostgreSQL and in memory\n\n{table}\n\
-             ## RabbitMQ\n\n{bus}\n\n{}",
-            machine(), plan.runs, plan.seconds, include_str!("../notes.md")
+        es_benches::write_doc_section(
+            "throughput",
+            "PostgreSQL and in memory",
+            &format!(
+                "Measured by `BENCH_WRITE_DOCS=1 cargo bench -p es-benches --bench throughput --bench bus` on {}, \
+                 PostgreSQL on loopback. Each figure is the median of {} runs of {} s; every PostgreSQL figure is \
+                 beside the raw driver (sqlx, one multi-row `INSERT … UNNEST` per append; reads of a jsonb column decoded \
+                 into the same event type) measured in the same run, the two sides' runs alternating. Compare ratios, not absolute numbers: those drift \
+                 by 20 % between runs on shared machines.\n\n{table}",
+                machine(),
+                plan.runs,
+                plan.seconds
+            ),
         );
-        std::fs::write(path, doc).expect("write docs/benchmarks.md");
-        println!("wrote {path}");
     }
 }

@@ -352,3 +352,23 @@ mod guide {
     #[doc = include_str!("../../docs/metrics.md")]
     struct Metrics;
 }
+
+/// Replaces the part of docs/benchmarks.md between `<!-- name -->` and `<!-- /name -->` with
+/// `body` (markers kept), or adds it at the end under `heading` when the markers are missing.
+/// The rest of the page (the reading of the tables, the end-to-end section) is left as it is.
+pub fn write_doc_section(name: &str, heading: &str, body: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/benchmarks.md");
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    let (open, close) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
+    let section = format!("{open}\n{body}{close}");
+    let updated = match (doc.find(&open), doc.find(&close)) {
+        (Some(start), Some(end)) if start < end => format!(
+            "{}{section}{}",
+            &doc[..start],
+            &doc[end + close.len()..]
+        ),
+        _ => format!("{doc}\n## {heading}\n\n{section}\n"),
+    };
+    std::fs::write(path, updated).expect("write docs/benchmarks.md");
+    println!("wrote the {name} section of {path}");
+}
