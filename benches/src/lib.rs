@@ -362,11 +362,9 @@ pub fn write_doc_section(name: &str, heading: &str, body: &str) {
     let (open, close) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
     let section = format!("{open}\n{body}{close}");
     let updated = match (doc.find(&open), doc.find(&close)) {
-        (Some(start), Some(end)) if start < end => format!(
-            "{}{section}{}",
-            &doc[..start],
-            &doc[end + close.len()..]
-        ),
+        (Some(start), Some(end)) if start < end => {
+            format!("{}{section}{}", &doc[..start], &doc[end + close.len()..])
+        }
         _ => format!("{doc}\n## {heading}\n\n{section}\n"),
     };
     std::fs::write(path, updated).expect("write docs/benchmarks.md");

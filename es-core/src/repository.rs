@@ -194,6 +194,9 @@ pub struct Repository<A: Aggregate> {
     snapshots: Option<Snapshots<A>>,
     /// Shared by clones: the instances of one service's handlers warm one cache.
     cache: Option<Arc<AggregateCache<A>>>,
+    /// Whether a command on a cached aggregate decides on the cached state without reading
+    /// the stream first ([`with_trusted_cache`](Repository::with_trusted_cache)).
+    trust_cache: bool,
     max_retries: usize,
     _aggregate: PhantomData<fn() -> A>,
 }
@@ -206,6 +209,7 @@ impl<A: Aggregate> fmt::Debug for Repository<A> {
             .field("snapshot_every", &self.snapshots.as_ref().map(|s| s.every))
             .field("max_retries", &self.max_retries)
             .field("cache", &self.cache_stats())
+            .field("trust_cache", &self.trust_cache)
             .finish()
     }
 }
@@ -221,6 +225,7 @@ impl<A: Aggregate> Clone for Repository<A> {
                 decode: s.decode,
             }),
             cache: self.cache.clone(),
+            trust_cache: self.trust_cache,
             max_retries: self.max_retries,
             _aggregate: PhantomData,
         }
@@ -240,6 +245,7 @@ impl<A: Aggregate> Repository<A> {
             store: crate::shared::event_store(store),
             snapshots: None,
             cache: None,
+            trust_cache: false,
             max_retries: Self::DEFAULT_MAX_RETRIES,
             _aggregate: PhantomData,
         }
@@ -313,6 +319,65 @@ impl<A: Aggregate> Repository<A> {
     {
         self.cache = Some(Arc::new(AggregateCache::new(capacity, A::clone)));
         self
+    }
+
+    /// [`with_cache`](Self::with_cache), and a command on a cached aggregate
+    /// ([`execute`](Self::execute), [`execute_batch`](Self::execute_batch)) decides on the
+    /// cached state without reading the stream first: one query fewer per command.
+    ///
+    /// It stays correct beside other writers, for the same reason the plain cache does: the
+    /// append expects the version the decision was made on, so a decision on state another
+    /// writer moved on fails with a conflict, and the retry reads the stream and decides again.
+    /// A decision the store cannot check that way is made again on fresh state before it is
+    /// answered: a refusal ([`CommandError::Rejected`]) and a decision to do nothing with no
+    /// message riding on it. So the trade is one read saved per command on an aggregate only
+    /// this repository's clones write (a service that owns its aggregates, the usual case),
+    /// against a failed append and a read for each command that finds another writer's events
+    /// (several instances writing the same aggregates, or a second repository with a cache of
+    /// its own). [`load`](Self::load) and [`decide`](Self::decide) still read the stream.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use es_core::{Aggregate, DomainEvent, Metadata, Repository};
+    /// # use es_core::memory::MemoryEventStore;
+    /// # #[derive(Debug, Default, Clone, PartialEq)] struct Count { n: u64 }
+    /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    /// # enum Ev { Added }
+    /// # impl DomainEvent for Ev {}
+    /// # #[derive(Debug, thiserror::Error)] #[error("never")] struct Never;
+    /// # impl Aggregate for Count {
+    /// #     const TYPE: &'static str = "count";
+    /// #     type Command = (); type Event = Ev; type Error = Never;
+    /// #     fn handle(&self, _: ()) -> Result<Vec<Ev>, Never> { Ok(vec![Ev::Added]) }
+    /// #     fn apply(&mut self, _: &Ev) { self.n += 1 }
+    /// # }
+    /// let store = MemoryEventStore::new();
+    /// let counts = Repository::<Count>::new(store.clone()).with_trusted_cache(10_000);
+    /// counts.execute("a", (), Metadata::default()).await?; // a miss: reads the stream
+    /// counts.execute("a", (), Metadata::default()).await?; // a hit: appends at version 1
+    ///
+    /// // Another writer appends meanwhile ...
+    /// Repository::<Count>::new(store).execute("a", (), Metadata::default()).await?;
+    /// // ... so the next append at version 2 conflicts, and the retry reads version 3.
+    /// let done = counts.execute("a", (), Metadata::default()).await?;
+    /// assert_eq!((done.state.n, done.version), (4, 4));
+    /// # Ok(()) }
+    /// ```
+    pub fn with_trusted_cache(mut self, capacity: usize) -> Self
+    where
+        A: Clone,
+    {
+        self = self.with_cache(capacity);
+        self.trust_cache = true;
+        self
+    }
+
+    /// The cached state of `stream_id`, when the cache is trusted and holds it.
+    fn trusted(&self, stream_id: &StreamId) -> Option<Loaded<A>> {
+        let cache = self.cache.as_ref().filter(|_| self.trust_cache)?;
+        let (state, version) = cache.get(stream_id)?;
+        Some(Loaded { state, version })
     }
 
     /// The counters of the aggregate cache, `None` without one.
@@ -407,6 +472,43 @@ impl<A: Aggregate> Repository<A> {
             loaded.push(self.fold_tail(stream_id, start, Some(page)).await?);
         }
         Ok(loaded)
+    }
+
+    /// The aggregates of a batch, each with whether its state was read from the store (rather
+    /// than taken from the trusted cache, when `may_trust`); those not taken from the cache in
+    /// one [`load_many`](Self::load_many).
+    async fn load_batch(
+        &self,
+        streams: &[StreamId],
+        may_trust: bool,
+    ) -> Result<(Vec<Loaded<A>>, Vec<bool>)> {
+        let mut found: Vec<Option<Loaded<A>>> = streams
+            .iter()
+            .map(|s| if may_trust { self.trusted(s) } else { None })
+            .collect();
+        let verified: Vec<bool> = found.iter().map(Option::is_none).collect();
+        let missing: Vec<&str> = streams
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| f.is_none())
+            .map(|(s, _)| s.entity_id())
+            .collect();
+        let mut read = if missing.is_empty() {
+            Vec::new()
+        } else {
+            self.load_many(&missing).await?
+        }
+        .into_iter();
+        for slot in &mut found {
+            if slot.is_none() {
+                *slot = read.next();
+            }
+        }
+        let loaded = found
+            .into_iter()
+            .map(|f| f.ok_or_else(|| Error::backend("event store", "a batch load came back short")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((loaded, verified))
     }
 
     async fn load_stream(&self, stream_id: &StreamId) -> Result<Loaded<A>> {
@@ -544,11 +646,30 @@ impl<A: Aggregate> Repository<A> {
         let stream_id = Self::stream_id(id)?;
         let mut attempt = 0;
         let mut contention = Contention::new();
+        // Only the first decision may rest on the trusted cache; after it, the stream is read.
+        let mut may_trust = true;
         loop {
-            let Loaded { mut state, version } = self.load_stream(&stream_id).await?;
-            let events = state
-                .handle(command.clone())
-                .map_err(CommandError::Rejected)?;
+            let trusted = if may_trust {
+                self.trusted(&stream_id)
+            } else {
+                None
+            };
+            may_trust = false;
+            let verified = trusted.is_none();
+            let Loaded { mut state, version } = match trusted {
+                Some(loaded) => loaded,
+                None => self.load_stream(&stream_id).await?,
+            };
+            let events = match state.handle(command.clone()) {
+                Ok(events) => events,
+                // A refusal the store cannot check: decide again on what the stream holds.
+                Err(_) if !verified => continue,
+                Err(refused) => return Err(CommandError::Rejected(refused)),
+            };
+            // Nothing to commit, so nothing to check the version: the same.
+            if events.is_empty() && context.inbox.is_none() && !verified {
+                continue;
+            }
             if events.is_empty() && context.inbox.is_none() {
                 return Ok(Executed {
                     state,
@@ -680,17 +801,21 @@ impl<A: Aggregate> Repository<A> {
         }
         let mut attempt = 0;
         let mut contention = Contention::new();
-        loop {
-            let names: Vec<&str> = distinct.iter().map(|d| d.entity_id()).collect();
-            let loaded = self.load_many(&names).await?;
+        let mut may_trust = true;
+        'decide: loop {
+            let (loaded, verified) = self.load_batch(&distinct, may_trust).await?;
+            may_trust = false;
             let base: Vec<u64> = loaded.iter().map(|l| l.version).collect();
             let mut states: Vec<A> = loaded.into_iter().map(|l| l.state).collect();
             let mut appends: Vec<Vec<NewEvent>> = vec![Vec::new(); distinct.len()];
             let mut decided: Vec<Vec<A::Event>> = Vec::with_capacity(commands.len());
             for ((_, command, context), &i) in commands.iter().zip(&slot) {
-                let events = states[i]
-                    .handle(command.clone())
-                    .map_err(CommandError::Rejected)?;
+                let events = match states[i].handle(command.clone()) {
+                    Ok(events) => events,
+                    // As `execute`: a refusal on a trusted state is made again on fresh ones.
+                    Err(_) if verified.iter().any(|v| !v) => continue 'decide,
+                    Err(refused) => return Err(CommandError::Rejected(refused)),
+                };
                 for event in &events {
                     appends[i].push(NewEvent::from_domain(event, context.metadata.clone())?);
                     states[i].apply(event);
@@ -703,6 +828,10 @@ impl<A: Aggregate> Repository<A> {
             let mut checked = vec![false; distinct.len()];
             for ((_, _, context), &i) in commands.iter().zip(&slot) {
                 checked[i] |= context.inbox.is_some();
+            }
+            // One left out on a trusted state goes unchecked: decide again on fresh ones.
+            if (0..distinct.len()).any(|i| appends[i].is_empty() && !checked[i] && !verified[i]) {
+                continue 'decide;
             }
             let mut versions = base.clone();
             let mut written = Vec::new();

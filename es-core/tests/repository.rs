@@ -650,3 +650,215 @@ async fn a_cached_decision_reaches_the_cache_only_once_committed() {
     assert_eq!(next.state.balance, 7);
     assert_eq!(next.state, repo(&store).load("a").await.unwrap().state);
 }
+
+/// The in-memory store, counting the stream reads a repository makes.
+#[derive(Debug, Default)]
+struct CountingReads {
+    inner: MemoryEventStore,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingReads {
+    fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[es_core::async_trait]
+impl EventStore for CountingReads {
+    async fn commit(&self, unit: es_core::UnitOfWork) -> es_core::Result<es_core::CommitOutcome> {
+        self.inner.commit(unit).await
+    }
+    async fn read_stream(
+        &self,
+        s: &StreamId,
+        from: u64,
+        limit: usize,
+    ) -> es_core::Result<Vec<es_core::RecordedEvent>> {
+        // The default `replay_stream` and `replay_streams` come through here.
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.read_stream(s, from, limit).await
+    }
+    async fn stream_version(&self, s: &StreamId) -> es_core::Result<Option<u64>> {
+        self.inner.stream_version(s).await
+    }
+    async fn read_all(
+        &self,
+        f: &es_core::StreamFilter,
+        after: es_core::Position,
+        limit: usize,
+    ) -> es_core::Result<Vec<es_core::RecordedEvent>> {
+        self.inner.read_all(f, after, limit).await
+    }
+    async fn head(&self) -> es_core::Result<es_core::Position> {
+        self.inner.head().await
+    }
+    fn subscribe(
+        &self,
+        f: es_core::StreamFilter,
+        after: es_core::Position,
+    ) -> es_core::EventSubscription {
+        self.inner.subscribe(f, after)
+    }
+}
+
+fn open(owner: &str) -> AccountCommand {
+    AccountCommand::Open {
+        owner: owner.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_trusted_cache_decides_without_reading_and_a_conflict_reads_what_it_missed() {
+    let store = Arc::new(CountingReads::default());
+    let accounts = Repository::<Account>::new(store.clone()).with_trusted_cache(100);
+    accounts
+        .execute("a", open("ann"), Metadata::default())
+        .await
+        .unwrap();
+    let after_open = store.reads();
+    assert_eq!(after_open, 1, "a miss reads the stream");
+    for _ in 0..3 {
+        accounts
+            .execute("a", AccountCommand::Deposit(10), Metadata::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.reads(), after_open, "hits decide on the cached state");
+
+    // Another writer moves the stream on; the trusted decision conflicts and is made again.
+    Repository::<Account>::new(store.inner.clone())
+        .execute("a", AccountCommand::Deposit(5), Metadata::default())
+        .await
+        .unwrap();
+    let done = accounts
+        .execute("a", AccountCommand::Deposit(1), Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!((done.state.balance, done.version), (36, 6));
+    assert_eq!(store.reads(), after_open + 1, "the retry read the tail");
+    let fresh = repo(&store.inner).load("a").await.unwrap();
+    assert_eq!((fresh.state.balance, fresh.version), (36, 6));
+
+    // The same with a plain cache reads before every command.
+    let plain = Repository::<Account>::new(store.clone()).with_cache(100);
+    plain.load("a").await.unwrap();
+    let before = store.reads();
+    plain
+        .execute("a", AccountCommand::Deposit(1), Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(store.reads(), before + 1);
+}
+
+#[tokio::test]
+async fn a_refusal_or_a_no_op_on_a_trusted_state_is_decided_again_on_fresh_state() {
+    let store = MemoryEventStore::new();
+    let accounts = repo(&store).with_trusted_cache(100);
+    accounts
+        .execute("a", open("ann"), Metadata::default())
+        .await
+        .unwrap();
+    let other = repo(&store);
+    other
+        .execute("a", AccountCommand::Deposit(50), Metadata::default())
+        .await
+        .unwrap();
+    // The cache says 0; the stream says 50: the withdrawal goes through.
+    let done = accounts
+        .execute("a", AccountCommand::Withdraw(30), Metadata::default())
+        .await
+        .expect("a refusal on the cached state is checked against the stream");
+    assert_eq!((done.state.balance, done.version), (20, 3));
+
+    // A no-op answers with the stream's state, not the cache's.
+    other
+        .execute("a", AccountCommand::Deposit(7), Metadata::default())
+        .await
+        .unwrap();
+    let noop = accounts
+        .execute("a", AccountCommand::Noop, Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!((noop.state.balance, noop.version), (27, 4));
+
+    // A refusal that holds on the stream's state is still a refusal.
+    let err = accounts
+        .execute("a", AccountCommand::Withdraw(100), Metadata::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Rejected(AccountError::InsufficientFunds)),
+        "got {err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_trusted_batch_reads_only_the_aggregates_not_cached_and_retries_stale_ones() {
+    let store = Arc::new(CountingReads::default());
+    let accounts = Repository::<Account>::new(store.clone()).with_trusted_cache(100);
+    for id in ["a", "b"] {
+        accounts
+            .execute(id, open(id), Metadata::default())
+            .await
+            .unwrap();
+    }
+    let before = store.reads();
+    let done = accounts
+        .execute_batch(vec![
+            (
+                "a",
+                AccountCommand::Deposit(1),
+                es_core::CommandContext::default(),
+            ),
+            (
+                "b",
+                AccountCommand::Deposit(2),
+                es_core::CommandContext::default(),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!((done[0].version, done[1].version), (2, 2));
+    assert_eq!(store.reads(), before, "both were cached");
+
+    // "b" moved on elsewhere, and "c" is not cached: a refusal on "b"'s cached state and a
+    // conflict are both decided again on what the stream holds.
+    repo(&store.inner)
+        .execute("b", AccountCommand::Deposit(40), Metadata::default())
+        .await
+        .unwrap();
+    repo(&store.inner)
+        .execute("c", open("c"), Metadata::default())
+        .await
+        .unwrap();
+    let done = accounts
+        .execute_batch(vec![
+            (
+                "b",
+                AccountCommand::Withdraw(30),
+                es_core::CommandContext::default(),
+            ),
+            (
+                "c",
+                AccountCommand::Deposit(3),
+                es_core::CommandContext::default(),
+            ),
+            (
+                "a",
+                AccountCommand::Deposit(1),
+                es_core::CommandContext::default(),
+            ),
+        ])
+        .await
+        .expect("decided again on fresh state");
+    assert_eq!(done[0].state.balance, 12);
+    assert_eq!(done[1].state.balance, 3);
+    assert_eq!(done[2].state.balance, 2);
+    for (id, balance) in [("a", 2), ("b", 12), ("c", 3)] {
+        assert_eq!(
+            repo(&store.inner).load(id).await.unwrap().state.balance,
+            balance
+        );
+    }
+}

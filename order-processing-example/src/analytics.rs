@@ -618,7 +618,8 @@ pub(crate) async fn start(
     _settings: &Settings,
     background: &mut Background,
 ) -> es_core::Result<Router> {
-    let activity = Repository::<OrderActivity>::new(backends.store.clone());
+    let activity = Repository::<OrderActivity>::new(backends.store.clone())
+        .with_trusted_cache(crate::service::AGGREGATE_CACHE);
     let model = Arc::new(AnalyticsReadModel::default());
     background
         .read_model(backends, Arc::new(PgAnalytics::default()), model.clone())

@@ -295,7 +295,8 @@ pub(crate) async fn start(
     _settings: &Settings,
     background: &mut Background,
 ) -> es_core::Result<Router> {
-    let notifications = Repository::<OrderNotifications>::new(backends.store.clone());
+    let notifications = Repository::<OrderNotifications>::new(backends.store.clone())
+        .with_trusted_cache(crate::service::AGGREGATE_CACHE);
     let inbox = Arc::new(NotificationInbox::default());
     // On PostgreSQL the listing is the table `notification_listing`.
     background

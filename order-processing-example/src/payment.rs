@@ -424,7 +424,8 @@ pub(crate) async fn start(
     settings: &Settings,
     background: &mut Background,
 ) -> es_core::Result<Router> {
-    let payments = Repository::<Payment>::new(backends.store.clone());
+    let payments = Repository::<Payment>::new(backends.store.clone())
+        .with_trusted_cache(crate::service::AGGREGATE_CACHE);
     let consumer = backends.consumer(ServiceKind::Payment);
     let handler = Arc::new(PaymentHandler {
         payments: payments.clone(),

@@ -12,6 +12,14 @@ use crate::background::Background;
 use crate::config::Settings;
 use crate::service_kind::ServiceKind;
 
+/// How many aggregates' folded states a service keeps for its commands
+/// ([`Repository::with_trusted_cache`](es_core::Repository::with_trusted_cache)): an order's
+/// commands come within seconds of each other, so this covers every order in flight at
+/// hundreds a second. Each service owns its aggregates (only it writes their streams), so a
+/// command decides on the cached state without reading the stream first; another writer (a
+/// second instance of the service) shows as a conflict that reads and decides again.
+pub(crate) const AGGREGATE_CACHE: usize = 4096;
+
 /// One started service: serve its router, then stop it.
 #[derive(Debug)]
 pub struct Service {

@@ -14,15 +14,18 @@ use crate::store::{
 use crate::stream::ExpectedVersion;
 use crate::stream::{Position, StreamFilter, StreamId};
 
-/// Checks [`Repository::with_cache`] and [`Repository::load_many`] against `store`: a warm
-/// load reads only newer events, several loads share one replay call, and repositories with
-/// separate caches racing on one stream (as processes do) lose no update and never decide on
-/// stale state.
+/// Checks [`Repository::with_cache`], [`Repository::with_trusted_cache`] and
+/// [`Repository::load_many`] against `store`: a warm load reads only newer events, several
+/// loads share one replay call, repositories with separate caches (trusted or not) racing on
+/// one stream (as processes do) lose no update and never decide on stale state, and a trusted
+/// cache reads the stream only after its append met a conflict.
 pub async fn repository_cache_conformance(store: Arc<dyn EventStore>) {
     let counted = Arc::new(Counting::new(store));
     a_warm_load_reads_only_newer_events(counted.clone()).await;
     load_many_reads_every_tail_in_one_call(counted.clone()).await;
-    cached_repositories_racing_lose_no_update(counted).await;
+    cached_repositories_racing_lose_no_update(counted.clone(), false).await;
+    cached_repositories_racing_lose_no_update(counted.clone(), true).await;
+    a_trusted_cache_reads_only_after_a_conflict(counted).await;
 }
 
 /// Each event records the total it brings the tally to, decided from the state: a decision
@@ -302,16 +305,16 @@ async fn load_many_reads_every_tail_in_one_call(store: Arc<Counting>) {
     }
 }
 
-async fn cached_repositories_racing_lose_no_update(store: Arc<Counting>) {
+async fn cached_repositories_racing_lose_no_update(store: Arc<Counting>, trusted: bool) {
     let id = unique_category("race");
     // Two caches on one store, as two processes have; and a writer without a cache.
     let retries = 10_000;
-    let left = Repository::<Tally>::new(store.clone())
-        .with_cache(4)
-        .with_max_retries(retries);
-    let right = Repository::<Tally>::new(store.clone())
-        .with_cache(4)
-        .with_max_retries(retries);
+    let cached = |repository: Repository<Tally>| match trusted {
+        true => repository.with_trusted_cache(4),
+        false => repository.with_cache(4),
+    };
+    let left = cached(Repository::<Tally>::new(store.clone())).with_max_retries(retries);
+    let right = cached(Repository::<Tally>::new(store.clone())).with_max_retries(retries);
     let plain = Repository::<Tally>::new(store.clone()).with_max_retries(retries);
     // Warm both caches, so that every racing command starts from a cached state that the
     // other side makes stale.
@@ -383,4 +386,43 @@ async fn cached_repositories_racing_lose_no_update(store: Arc<Counting>) {
             "each cache ends at the fold of the stored events"
         );
     }
+}
+
+async fn a_trusted_cache_reads_only_after_a_conflict(store: Arc<Counting>) {
+    let id = unique_category("trusted");
+    let trusted = Repository::<Tally>::new(store.clone()).with_trusted_cache(4);
+    trusted.execute(&id, (), Metadata::default()).await.unwrap();
+    let (reads, conflicts) = (store.reads().0, store.conflicts.load(Ordering::SeqCst));
+    for _ in 0..3 {
+        trusted.execute(&id, (), Metadata::default()).await.unwrap();
+    }
+    assert_eq!(
+        store.reads().0,
+        reads,
+        "commands on a cached aggregate read nothing"
+    );
+
+    // Another writer moves the stream on: the trusted append conflicts, the retry reads.
+    Repository::<Tally>::new(store.clone())
+        .execute(&id, (), Metadata::default())
+        .await
+        .unwrap();
+    let reads = store.reads().0;
+    let executed = trusted.execute(&id, (), Metadata::default()).await.unwrap();
+    assert_eq!((executed.state.total, executed.version), (6, 6));
+    assert_eq!(
+        executed.events,
+        vec![TallyEvent::Counted { to: 6 }],
+        "decided again on the stream's state"
+    );
+    assert_eq!(
+        store.conflicts.load(Ordering::SeqCst),
+        conflicts + 1,
+        "the stale decision met the store's version check"
+    );
+    assert_eq!(store.reads().0, reads + 1, "one read after the conflict");
+    assert_eq!(
+        stored_totals(&*store, &id).await,
+        (1..=6).collect::<Vec<_>>()
+    );
 }

@@ -46,7 +46,8 @@ pub(crate) async fn start(
     settings: &Settings,
     background: &mut Background,
 ) -> es_core::Result<Router> {
-    let orders = Repository::<Order>::new(backends.store.clone());
+    let orders = Repository::<Order>::new(backends.store.clone())
+        .with_trusted_cache(crate::service::AGGREGATE_CACHE);
     let cache = OrderCache {
         cache: backends.cache.clone(),
     };
