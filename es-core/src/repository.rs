@@ -585,9 +585,9 @@ impl<A: Aggregate> Repository<A> {
             // of it), and the pages grow to `PAGE` in a few reads.
             limit = (limit * 2).min(PAGE);
             let next = self.store.replay_stream(stream_id, next_from, limit);
-            let (folded, next) = tokio::join!(fold_page(&mut loaded, &page, true), next);
-            folded?;
-            page = next?;
+            // A page that fails to fold drops the read of the next.
+            let ((), next) = tokio::try_join!(fold_page(&mut loaded, &page, true), next)?;
+            page = next;
         }
         self.remember(stream_id, &loaded.state, loaded.version);
         Ok(loaded)
