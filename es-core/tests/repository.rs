@@ -113,19 +113,28 @@ async fn racing_commands_are_retried_until_each_lands_once() {
     assert_eq!((loaded.state.balance, loaded.version), (32, 33));
 }
 
-/// A store where another writer always gets in between a load and the commit.
-#[derive(Debug)]
-struct AlwaysContended {
+/// The in-memory store, counting commits and stream reads; when `contended`, another writer
+/// always gets in between a load and the commit.
+#[derive(Debug, Default)]
+struct Instrumented {
     inner: MemoryEventStore,
+    contended: bool,
     commits: std::sync::atomic::AtomicUsize,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl Instrumented {
+    fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 #[es_core::async_trait]
-impl EventStore for AlwaysContended {
+impl EventStore for Instrumented {
     async fn commit(&self, unit: es_core::UnitOfWork) -> es_core::Result<es_core::CommitOutcome> {
         self.commits
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        for append in &unit.appends {
+        for append in unit.appends.iter().filter(|_| self.contended) {
             self.inner
                 .append(
                     &append.stream_id,
@@ -142,6 +151,8 @@ impl EventStore for AlwaysContended {
         from: u64,
         limit: usize,
     ) -> es_core::Result<Vec<es_core::RecordedEvent>> {
+        // The default `replay_stream` and `replay_streams` come through here.
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.read_stream(s, from, limit).await
     }
     async fn stream_version(&self, s: &StreamId) -> es_core::Result<Option<u64>> {
@@ -178,9 +189,10 @@ async fn conflicts_beyond_the_retry_bound_are_returned() {
         )
         .await
         .unwrap();
-    let contended = Arc::new(AlwaysContended {
+    let contended = Arc::new(Instrumented {
         inner: inner.clone(),
-        commits: Default::default(),
+        contended: true,
+        ..Default::default()
     });
     let accounts = Repository::<Account>::new(contended.clone()).with_max_retries(2);
     let err = accounts
@@ -651,57 +663,6 @@ async fn a_cached_decision_reaches_the_cache_only_once_committed() {
     assert_eq!(next.state, repo(&store).load("a").await.unwrap().state);
 }
 
-/// The in-memory store, counting the stream reads a repository makes.
-#[derive(Debug, Default)]
-struct CountingReads {
-    inner: MemoryEventStore,
-    reads: std::sync::atomic::AtomicUsize,
-}
-
-impl CountingReads {
-    fn reads(&self) -> usize {
-        self.reads.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-#[es_core::async_trait]
-impl EventStore for CountingReads {
-    async fn commit(&self, unit: es_core::UnitOfWork) -> es_core::Result<es_core::CommitOutcome> {
-        self.inner.commit(unit).await
-    }
-    async fn read_stream(
-        &self,
-        s: &StreamId,
-        from: u64,
-        limit: usize,
-    ) -> es_core::Result<Vec<es_core::RecordedEvent>> {
-        // The default `replay_stream` and `replay_streams` come through here.
-        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.read_stream(s, from, limit).await
-    }
-    async fn stream_version(&self, s: &StreamId) -> es_core::Result<Option<u64>> {
-        self.inner.stream_version(s).await
-    }
-    async fn read_all(
-        &self,
-        f: &es_core::StreamFilter,
-        after: es_core::Position,
-        limit: usize,
-    ) -> es_core::Result<Vec<es_core::RecordedEvent>> {
-        self.inner.read_all(f, after, limit).await
-    }
-    async fn head(&self) -> es_core::Result<es_core::Position> {
-        self.inner.head().await
-    }
-    fn subscribe(
-        &self,
-        f: es_core::StreamFilter,
-        after: es_core::Position,
-    ) -> es_core::EventSubscription {
-        self.inner.subscribe(f, after)
-    }
-}
-
 fn open(owner: &str) -> AccountCommand {
     AccountCommand::Open {
         owner: owner.into(),
@@ -710,7 +671,7 @@ fn open(owner: &str) -> AccountCommand {
 
 #[tokio::test]
 async fn a_trusted_cache_decides_without_reading_and_a_conflict_reads_what_it_missed() {
-    let store = Arc::new(CountingReads::default());
+    let store = Arc::new(Instrumented::default());
     let accounts = Repository::<Account>::new(store.clone()).with_trusted_cache(100);
     accounts
         .execute("a", open("ann"), Metadata::default())
@@ -795,7 +756,7 @@ async fn a_refusal_or_a_no_op_on_a_trusted_state_is_decided_again_on_fresh_state
 
 #[tokio::test]
 async fn a_trusted_batch_reads_only_the_aggregates_not_cached_and_retries_stale_ones() {
-    let store = Arc::new(CountingReads::default());
+    let store = Arc::new(Instrumented::default());
     let accounts = Repository::<Account>::new(store.clone()).with_trusted_cache(100);
     for id in ["a", "b"] {
         accounts
