@@ -718,6 +718,10 @@ impl<A: Aggregate> Repository<A> {
                         already_handled: true,
                     });
                 }
+                // Stale cached state is no race: read and decide again, with no retry spent.
+                Err(error) if error.is_conflict() && !verified => {
+                    tracing::debug!(stream = %stream_id, "the cached state was stale; deciding again");
+                }
                 Err(error) if error.is_conflict() && attempt < self.max_retries => {
                     attempt += 1;
                     tracing::debug!(stream = %stream_id, attempt, "version conflict; deciding again");
@@ -886,6 +890,9 @@ impl<A: Aggregate> Repository<A> {
                         executed.push(self.execute(id.as_ref(), command, context).await?);
                     }
                     return Ok(executed);
+                }
+                Err(error) if error.is_conflict() && verified.iter().any(|v| !v) => {
+                    tracing::debug!("a cached state of the batch was stale; deciding again");
                 }
                 Err(error) if error.is_conflict() && attempt < self.max_retries => {
                     attempt += 1;

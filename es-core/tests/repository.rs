@@ -672,7 +672,10 @@ fn open(owner: &str) -> AccountCommand {
 #[tokio::test]
 async fn a_trusted_cache_decides_without_reading_and_a_conflict_reads_what_it_missed() {
     let store = Arc::new(Instrumented::default());
-    let accounts = Repository::<Account>::new(store.clone()).with_trusted_cache(100);
+    // No retries: a stale cached state is not a race, and costs none.
+    let accounts = Repository::<Account>::new(store.clone())
+        .with_trusted_cache(100)
+        .with_max_retries(0);
     accounts
         .execute("a", open("ann"), Metadata::default())
         .await
@@ -783,6 +786,36 @@ async fn a_trusted_batch_reads_only_the_aggregates_not_cached_and_retries_stale_
     assert_eq!((done[0].version, done[1].version), (2, 2));
     assert_eq!(store.reads(), before, "both were cached");
 
+    // "d" is not cached: one read for it alone, and each command lands on its own account.
+    repo(&store.inner)
+        .execute("d", open("d"), Metadata::default())
+        .await
+        .unwrap();
+    let before = store.reads();
+    let done = accounts
+        .execute_batch(vec![
+            (
+                "d",
+                AccountCommand::Deposit(4),
+                es_core::CommandContext::default(),
+            ),
+            (
+                "a",
+                AccountCommand::Deposit(1),
+                es_core::CommandContext::default(),
+            ),
+            (
+                "b",
+                AccountCommand::Deposit(2),
+                es_core::CommandContext::default(),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.reads(), before + 1, "only the uncached one was read");
+    let answers: Vec<(i64, u64)> = done.iter().map(|d| (d.state.balance, d.version)).collect();
+    assert_eq!(answers, vec![(4, 2), (2, 3), (4, 3)]);
+
     // "b" moved on elsewhere, and "c" is not cached: a refusal on "b"'s cached state and a
     // conflict are both decided again on what the stream holds.
     repo(&store.inner)
@@ -813,10 +846,10 @@ async fn a_trusted_batch_reads_only_the_aggregates_not_cached_and_retries_stale_
         ])
         .await
         .expect("decided again on fresh state");
-    assert_eq!(done[0].state.balance, 12);
+    assert_eq!(done[0].state.balance, 14);
     assert_eq!(done[1].state.balance, 3);
-    assert_eq!(done[2].state.balance, 2);
-    for (id, balance) in [("a", 2), ("b", 12), ("c", 3)] {
+    assert_eq!(done[2].state.balance, 3);
+    for (id, balance) in [("a", 3), ("b", 14), ("c", 3), ("d", 4)] {
         assert_eq!(
             repo(&store.inner).load(id).await.unwrap().state.balance,
             balance

@@ -70,14 +70,14 @@ pub struct PgConfig {
     /// Whether a [`read_all`](es_core::EventStore::read_all) that hands out a full page of at
     /// least 100 events reads the pages after it while the caller works through this one, so
     /// that a scan page by page keeps the server and the client busy at once. They come from
-    /// one streaming query of up to [`catch_up_rows`](Self::catch_up_rows) rows at a time (then
-    /// the next), cut into the caller's pages, one page ahead of the caller; a page read ahead
-    /// is handed out only if the next call asks for it and it is full (then it is exactly what
-    /// a fresh read would return). Such a stream holds a connection while its scan goes on,
+    /// streaming queries (two pages, then twice as many each time, up to
+    /// [`catch_up_rows`](Self::catch_up_rows) rows), cut into the caller's pages, one page
+    /// ahead of the caller; a page read ahead is handed out only if the next call asks for it
+    /// and it is full (then it is exactly what a fresh read would return). Such a stream holds a connection while its scan goes on,
     /// taking one of the permits the streaming catch-ups share (half the pool), and gives it
-    /// back at the head, or one second after its scan last asked for a page; with no permit
-    /// free, a single page is read ahead. Costs up to two pages of memory per scan under way,
-    /// and pages read for nothing when a scan stops early. Default `true`.
+    /// back at the head, or closes it one second after its scan last asked for a page; with
+    /// no permit free, a single page is read ahead. Costs up to two pages of memory per scan
+    /// under way, and pages read for nothing when a scan stops early. Default `true`.
     pub read_ahead: bool,
     /// The most connections of a second pool that only subscriptions' page reads use, opened
     /// as they are needed. Its connections keep one plan per statement

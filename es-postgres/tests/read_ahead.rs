@@ -71,6 +71,14 @@ async fn the_page_after_a_full_one_is_read_before_it_is_asked_for() {
     let second = page(&store, first[99].position).await;
     let versions: Vec<u64> = second.iter().map(|e| e.stream_version).collect();
     assert_eq!(versions, (101..=200).collect::<Vec<_>>());
+    // No permit to stream (one connection): still every page after a full one is read ahead,
+    // so the third page is read once the second is handed out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let third = common::rows_read(&store, "events").await - before - read;
+    assert!(
+        third >= 100,
+        "the third page was read with the second: {third} more rows"
+    );
     let mut off = PgConfig::new(store.config().schema.clone());
     off.read_ahead = false;
     let fresh = PgEventStore::connect(&common::database_url(), off)
@@ -216,8 +224,26 @@ async fn a_scan_streamed_ahead_over_several_queries_gets_the_pages_of_fresh_read
         append(&store, stream, 350).await;
     }
     wait_visible(&store, 1050).await;
+    let in_use = || store.pool().size() as usize - store.pool().num_idle();
 
-    let ahead = scan(&store).await;
+    // Two pages in, a stream reads ahead on a connection of its own.
+    let first = page(&store, Position::START).await;
+    let second = page(&store, first[99].position).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(in_use(), 1, "a stream reads the pages ahead");
+    let mut ahead = vec![first, second];
+    let mut after = ahead[1][99].position;
+    loop {
+        let events = page(&store, after).await;
+        let full = events.len() == 100;
+        if let Some(last) = events.last() {
+            after = last.position;
+        }
+        ahead.push(events);
+        if !full {
+            break;
+        }
+    }
     let mut off = PgConfig::new(store.config().schema.clone());
     off.read_ahead = false;
     let fresh = PgEventStore::connect(&common::database_url(), off)
@@ -259,12 +285,16 @@ async fn a_scan_that_stops_gives_its_connection_back() {
     assert_eq!(second.len(), 100);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(in_use(), 1, "the stream reading ahead holds a connection");
-    // After a second with no page taken, it ends its query.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // After a second with no page taken, it ends its query and closes its connection.
+    let mut waited = Duration::ZERO;
+    while in_use() > 0 && waited < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
     assert_eq!(
         in_use(),
         0,
-        "the stopped scan's connection is back in the pool"
+        "the stopped scan's connection is given up ({waited:?})"
     );
     common::drop_schema(&store).await;
 }

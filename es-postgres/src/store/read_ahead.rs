@@ -6,14 +6,17 @@
 //! already under way, a scan (a projection rebuilt, a consumer catching up, an export) runs
 //! both at once, as one streaming query does.
 //!
-//! The pages after a full one come from one streaming query of many pages (the store's
-//! [`catch_up_rows`](crate::PgConfig::catch_up_rows) rows, then the next query), cut into
-//! pages of the caller's size and handed over one at a time through a channel of one page, so
-//! the query runs a page ahead of the caller and no further. One query of a hundred pages
-//! costs the server a statement where a query per page cost a hundred, and the caller's next
-//! page is usually waiting when it asks. Such a stream holds a connection while its caller
-//! works, so it takes one of the permits the streaming catch-ups share (half the pool);
-//! without one, a single page is read ahead, as a query of its own.
+//! The pages after a full one come from streaming queries of many pages (two pages, then
+//! twice as many each time, up to the store's
+//! [`catch_up_rows`](crate::PgConfig::catch_up_rows) rows), cut into pages of the caller's
+//! size and handed over one at a time through a channel of one page, so the query runs a page
+//! ahead of the caller and no further. One query of a hundred pages costs the server a
+//! statement where a query per page cost a hundred, and the caller's next page is usually
+//! waiting when it asks. Such a stream holds a connection while its caller works, so it takes
+//! one of the permits the streaming catch-ups share (half the pool); without one, a single page
+//! is read ahead, as a query of its own. A stream that ends before its query does (its scan
+//! stopped asking, or was dropped for a newer one) closes its connection: returned to the pool,
+//! the connection would first have to take in the rest of the query.
 //!
 //! A page read ahead is handed out only when it is full, and a full page is final: it holds
 //! only events below the horizon of its read (every transaction with a smaller id had ended),
@@ -27,7 +30,8 @@ use std::time::Duration;
 
 use es_core::{Position, RecordedEvent, StreamFilter};
 use futures_util::StreamExt;
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -44,6 +48,9 @@ const MAX_PENDING: usize = 4;
 /// caller had what it wanted, or went away) then ends its query and gives back the connection.
 const IDLE: Duration = Duration::from_secs(1);
 
+/// The most events a page read ahead makes room for before its rows arrive.
+const PAGE_CAPACITY: usize = 1024;
+
 /// The pages read ahead, by the scans they serve.
 #[derive(Default)]
 pub(super) struct ReadAhead {
@@ -58,6 +65,8 @@ struct Pending {
     next_after: Position,
     /// Full pages, in order, one at a time; closed when the reading ends.
     pages: mpsc::Receiver<Vec<RecordedEvent>>,
+    /// Whether it streams page after page (it holds a permit), rather than reading one.
+    streaming: bool,
     task: JoinHandle<()>,
 }
 
@@ -89,6 +98,7 @@ impl ReadAhead {
         }
         let (sender, pages) = mpsc::channel(1);
         let permit = source.permits.clone().try_acquire_owned().ok();
+        let streaming = permit.is_some();
         let task = tokio::spawn(read_pages(
             source.pool.clone(),
             permit,
@@ -105,6 +115,7 @@ impl ReadAhead {
                 limit,
                 next_after: after,
                 pages,
+                streaming,
                 task,
             },
         );
@@ -127,10 +138,12 @@ impl ReadAhead {
         };
         // `None`: the reading ended (the head, a failure, or the scan was too slow to ask).
         let page = scan.pages.recv().await?;
-        let last = page.last()?.position;
-        scan.next_after = last;
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        push(&mut pending, scan);
+        // A single page read ahead is spent: the caller's `start` reads the next one.
+        if scan.streaming {
+            scan.next_after = page.last()?.position;
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            push(&mut pending, scan);
+        }
         Some(page)
     }
 }
@@ -145,10 +158,10 @@ fn push(pending: &mut VecDeque<Pending>, scan: Pending) {
     pending.push_back(scan);
 }
 
-/// Reads the full pages after `after` into `sender`, in queries of up to `rows_per_query` rows
-/// (rounded to whole pages) while `permit` is held, a single page without one. Ends at the
-/// first short page (the head), a failure (the caller's own read reports it), or when a page
-/// waits longer than [`IDLE`] to be taken.
+/// Reads the full pages after `after` into `sender`: while `permit` is held, in queries of
+/// two pages, then twice as many each time up to `rows_per_query` rows; a single page without
+/// one. Ends at the first short page (the head), a failure (the caller's own read reports it),
+/// or when a page waits longer than [`IDLE`] to be taken.
 async fn read_pages(
     pool: PgPool,
     permit: Option<OwnedSemaphorePermit>,
@@ -158,17 +171,27 @@ async fn read_pages(
     limit: usize,
     sender: mpsc::Sender<Vec<RecordedEvent>>,
 ) {
-    let per_query = match permit {
-        Some(_) => (rows_per_query / limit).max(1) * limit,
-        None => limit,
+    let most_pages = match permit {
+        Some(_) => (rows_per_query / limit).max(1),
+        None => 1,
+    };
+    let Ok(conn) = pool.acquire().await else {
+        return;
+    };
+    let mut conn = ClosedUnlessDrained {
+        conn,
+        drained: true,
     };
     let sql = visible_sql(&filter);
+    let mut pages = most_pages.min(2);
     loop {
+        let per_query = pages * limit;
         let Ok(query) = visible_query::<EventRow>(&sql, &filter, after, per_query) else {
             return;
         };
-        let mut rows = query.fetch(&pool);
-        let mut page = Vec::with_capacity(limit);
+        conn.drained = false;
+        let mut rows = query.fetch(&mut *conn.conn);
+        let mut page = Vec::with_capacity(limit.min(PAGE_CAPACITY));
         let mut read = 0;
         while let Some(row) = rows.next().await {
             let Ok(event) = row.map_err(from_sqlx).and_then(EventRow::recorded) else {
@@ -178,7 +201,8 @@ async fn read_pages(
             read += 1;
             page.push(event);
             if page.len() == limit {
-                let full = std::mem::replace(&mut page, Vec::with_capacity(limit));
+                let full =
+                    std::mem::replace(&mut page, Vec::with_capacity(limit.min(PAGE_CAPACITY)));
                 match tokio::time::timeout(IDLE, sender.send(full)).await {
                     Ok(Ok(())) => {}
                     // Not taken in time, or the scan is gone.
@@ -186,8 +210,28 @@ async fn read_pages(
                 }
             }
         }
+        drop(rows);
+        conn.drained = true;
         if read < per_query || permit.is_none() {
             return;
+        }
+        pages = (pages * 2).min(most_pages);
+    }
+}
+
+/// A pool connection that is closed when dropped in the middle of a query (the task ended
+/// early, or was aborted), instead of going back to the pool, which would first take in every
+/// row left of the query.
+struct ClosedUnlessDrained {
+    conn: PoolConnection<Postgres>,
+    /// Whether the last query's rows were all read.
+    drained: bool,
+}
+
+impl Drop for ClosedUnlessDrained {
+    fn drop(&mut self) {
+        if !self.drained {
+            self.conn.close_on_drop();
         }
     }
 }
