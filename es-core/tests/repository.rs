@@ -663,6 +663,11 @@ async fn a_cached_decision_reaches_the_cache_only_once_committed() {
     assert_eq!(next.state, repo(&store).load("a").await.unwrap().state);
 }
 
+/// A batch entry with no message riding on it.
+fn plain(id: &str, command: AccountCommand) -> (&str, AccountCommand, CommandContext) {
+    (id, command, CommandContext::default())
+}
+
 fn open(owner: &str) -> AccountCommand {
     AccountCommand::Open {
         owner: owner.into(),
@@ -770,16 +775,8 @@ async fn a_trusted_batch_reads_only_the_aggregates_not_cached_and_retries_stale_
     let before = store.reads();
     let done = accounts
         .execute_batch(vec![
-            (
-                "a",
-                AccountCommand::Deposit(1),
-                es_core::CommandContext::default(),
-            ),
-            (
-                "b",
-                AccountCommand::Deposit(2),
-                es_core::CommandContext::default(),
-            ),
+            plain("a", AccountCommand::Deposit(1)),
+            plain("b", AccountCommand::Deposit(2)),
         ])
         .await
         .unwrap();
@@ -794,21 +791,9 @@ async fn a_trusted_batch_reads_only_the_aggregates_not_cached_and_retries_stale_
     let before = store.reads();
     let done = accounts
         .execute_batch(vec![
-            (
-                "d",
-                AccountCommand::Deposit(4),
-                es_core::CommandContext::default(),
-            ),
-            (
-                "a",
-                AccountCommand::Deposit(1),
-                es_core::CommandContext::default(),
-            ),
-            (
-                "b",
-                AccountCommand::Deposit(2),
-                es_core::CommandContext::default(),
-            ),
+            plain("d", AccountCommand::Deposit(4)),
+            plain("a", AccountCommand::Deposit(1)),
+            plain("b", AccountCommand::Deposit(2)),
         ])
         .await
         .unwrap();
@@ -828,21 +813,9 @@ async fn a_trusted_batch_reads_only_the_aggregates_not_cached_and_retries_stale_
         .unwrap();
     let done = accounts
         .execute_batch(vec![
-            (
-                "b",
-                AccountCommand::Withdraw(30),
-                es_core::CommandContext::default(),
-            ),
-            (
-                "c",
-                AccountCommand::Deposit(3),
-                es_core::CommandContext::default(),
-            ),
-            (
-                "a",
-                AccountCommand::Deposit(1),
-                es_core::CommandContext::default(),
-            ),
+            plain("b", AccountCommand::Withdraw(30)),
+            plain("c", AccountCommand::Deposit(3)),
+            plain("a", AccountCommand::Deposit(1)),
         ])
         .await
         .expect("decided again on fresh state");

@@ -484,6 +484,34 @@ mod tests {
         drop_schema(&store).await;
     }
 
+    /// A `read_all` of the whole log from the start, as `read_all_settled` waits it out, with
+    /// `then` after each try: the events, how the wait settled, and how many tries it took.
+    async fn read_all_then(
+        store: &PgEventStore,
+        limit: usize,
+        then: Then<'_>,
+    ) -> (Vec<RecordedEvent>, Settled, u64) {
+        let filter = StreamFilter::All;
+        let read = AfterEachRead::new(
+            VisibleRead {
+                filter: &filter,
+                after: Position::START,
+                limit,
+            },
+            then,
+        );
+        let (events, settled) = wait_out_horizon(
+            store.pool(),
+            &read,
+            Duration::from_secs(30),
+            WaitFor::RunningAtStart,
+        )
+        .await
+        .unwrap();
+        let tries = read.tries.load(std::sync::atomic::Ordering::SeqCst);
+        (events, settled, tries)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_empty_page_whose_holder_ends_before_the_look_is_read_again() {
         let _alone = ONE_AT_A_TIME.lock().await;
@@ -522,23 +550,8 @@ mod tests {
         append(&store, "safe-1", 2).await;
         let holder = holder(&store).await;
         append(&store, "held-1", 3).await;
-        let filter = StreamFilter::All;
-        let read = AfterEachRead::new(
-            VisibleRead {
-                filter: &filter,
-                after: Position::START,
-                limit: 10,
-            },
-            Then::HolderEnds(Mutex::new(Some(holder))),
-        );
-        let (events, settled) = wait_out_horizon(
-            store.pool(),
-            &read,
-            Duration::from_secs(30),
-            WaitFor::RunningAtStart,
-        )
-        .await
-        .unwrap();
+        let (events, settled, _) =
+            read_all_then(&store, 10, Then::HolderEnds(Mutex::new(Some(holder)))).await;
         let streams: Vec<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
         assert_eq!(
             streams,
@@ -554,24 +567,7 @@ mod tests {
         let _alone = ONE_AT_A_TIME.lock().await;
         let store = store("short_chase").await;
         append(&store, "safe-1", 2).await;
-        let filter = StreamFilter::All;
-        let read = AfterEachRead::new(
-            VisibleRead {
-                filter: &filter,
-                after: Position::START,
-                limit: 100,
-            },
-            Then::Commits(&store),
-        );
-        let (events, _) = wait_out_horizon(
-            store.pool(),
-            &read,
-            Duration::from_secs(30),
-            WaitFor::RunningAtStart,
-        )
-        .await
-        .unwrap();
-        let tries = read.tries.load(std::sync::atomic::Ordering::SeqCst);
+        let (events, _, tries) = read_all_then(&store, 100, Then::Commits(&store)).await;
         // Twice (the second read finds the first later commit). A transaction of another test
         // binary may hold the log back for a moment, and the read then tries a few more times
         // while it waits; reading again for every commit would fill the page (99 tries).
