@@ -766,44 +766,75 @@ impl AmqpEventBus {
         }
     }
 
-    /// A channel on which `consumer`'s dead-letter queue exists, or `None` when it does not
-    /// (the consumer never subscribed).
-    /// Opens a channel on `consumer`'s dead-letter queue, with the number of messages it holds
-    /// now; `None` when the queue does not exist.
+    /// Opens a channel on `consumer`'s dead-letter queue, with the number of messages ready on
+    /// it now; `None` when the queue does not exist (the consumer never subscribed).
     async fn dead_letter_channel(
         &self,
         consumer: &str,
     ) -> Result<Option<(Channel, String, usize)>> {
         let channel = self.inner.connector.confirm_channel().await?;
         let queue = self.inner.config.topology.dead_letter_queue(consumer);
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
+        Ok(ready_messages(&channel, &queue)
+            .await?
+            .map(|held| (channel, queue, held)))
+    }
+
+    /// Waits until `consumer`'s dead-letter queue holds at least `held` ready messages again,
+    /// for at most [`RETURN_WAIT`].
+    ///
+    /// Closing a channel gives the broker back what it fetched unacknowledged, but a quorum
+    /// queue puts those messages back through its log, after the close is answered: a listing
+    /// or a requeue right after would miss them (a requeue moves only what is ready).
+    async fn wait_for_return(&self, consumer: &str, held: usize) -> Result<()> {
+        let Some((channel, queue, mut ready)) = self.dead_letter_channel(consumer).await? else {
+            return Ok(());
         };
-        match channel
-            .queue_declare(&queue, passive, FieldTable::default())
-            .await
-        {
-            Ok(declared) => {
-                let held = usize::try_from(declared.message_count()).unwrap_or(usize::MAX);
-                Ok(Some((channel, queue, held)))
+        let deadline = tokio::time::Instant::now() + RETURN_WAIT;
+        // Fewer than before once the deadline passes: someone else took them (a requeue or a
+        // purge running beside this listing), and they are not coming back.
+        while ready < held && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            match ready_messages(&channel, &queue).await? {
+                Some(now) => ready = now,
+                None => return Ok(()),
             }
-            // The broker closed the channel with the 404; nothing to clean up.
-            Err(error) if is_not_found(&error) => Ok(None),
-            Err(error) => Err(amqp_error(error)),
         }
+        let _ = channel.close(200, "dead letters counted").await;
+        Ok(())
+    }
+}
+
+/// How long a dead-letter listing waits for the messages it fetched to be back on their queue.
+const RETURN_WAIT: Duration = Duration::from_secs(2);
+
+/// The number of messages ready on `queue`, or `None` when it does not exist (the broker then
+/// closes `channel`).
+async fn ready_messages(channel: &Channel, queue: &str) -> Result<Option<usize>> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(queue, passive, FieldTable::default())
+        .await
+    {
+        Ok(declared) => Ok(Some(
+            usize::try_from(declared.message_count()).unwrap_or(usize::MAX),
+        )),
+        Err(error) if is_not_found(&error) => Ok(None),
+        Err(error) => Err(amqp_error(error)),
     }
 }
 
 #[async_trait]
 impl DeadLetterQueue for AmqpEventBus {
     /// Takes up to `limit` messages off the dead-letter queue without acknowledging them, then
-    /// closes the channel, which puts them all back in place.
+    /// closes the channel, which puts them all back in place, and returns once they are back.
     async fn dead_letters(&self, consumer: &str, limit: usize) -> Result<Vec<DeadLetter>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let Some((channel, queue, _)) = self.dead_letter_channel(consumer).await? else {
+        let Some((channel, queue, held)) = self.dead_letter_channel(consumer).await? else {
             return Ok(Vec::new());
         };
         let mut letters = Vec::new();
@@ -821,6 +852,9 @@ impl DeadLetterQueue for AmqpEventBus {
             .close(200, "dead letters listed")
             .await
             .map_err(amqp_error)?;
+        if !letters.is_empty() {
+            self.wait_for_return(consumer, held).await?;
+        }
         Ok(letters)
     }
 

@@ -678,3 +678,65 @@ async fn requeue_without_a_limit_stops_at_what_the_dead_letter_queue_held_at_the
     );
     common::cleanup(&bus, &[&consumer]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_dead_letters_are_back_in_place_when_the_listing_returns() {
+    // Listing takes the messages off the queue unacknowledged and lets the broker put them
+    // back; a quorum queue does that through its log, after the channel's close is answered.
+    // Whatever is called next (another listing, a requeue) must find them all there.
+    const DEAD: usize = 3;
+    let mut config = common::config("relist");
+    config.topology.queue_type = es_rabbitmq::QueueType::Quorum;
+    let bus = common::connect(config).await;
+    let category = common::category();
+    let consumer = common::unique("relist");
+    let recorder = RecordingHandler::new();
+    let events: Vec<_> = (0..DEAD as u64)
+        .map(|n| common::event(&category, "Placed", n))
+        .collect();
+    for event in &events {
+        recorder.set(event.event_id, HandlerBehaviour::Reject);
+    }
+    let handle = bus
+        .subscribe(
+            Consumer::new(&consumer, [format!("{category}.placed")]).with_retry(fast_retry(1)),
+            recorder.clone(),
+        )
+        .await
+        .unwrap();
+    bus.publish(&events).await.unwrap();
+    let all_dead = common::eventually(Duration::from_secs(20), || async {
+        bus.dead_letters(&consumer, 10).await.unwrap().len() == DEAD
+    })
+    .await;
+    assert!(all_dead, "the rejected messages are dead letters");
+    handle.stop().await;
+
+    // One listing after another, each right after the last: a race lost now and then, so it
+    // is run many times.
+    for round in 0..20 {
+        assert_eq!(
+            bus.dead_letters(&consumer, 10).await.unwrap().len(),
+            DEAD,
+            "listing {round} finds every dead letter the one before it listed"
+        );
+    }
+    for round in 0..DEAD {
+        assert_eq!(
+            bus.requeue_dead_letters(&consumer, 1).await.unwrap(),
+            1,
+            "requeue {round}, right after a listing, moves a dead letter"
+        );
+        bus.dead_letters(&consumer, 10).await.unwrap();
+    }
+    let work_queue = bus.config().topology.queue(&consumer);
+    let all_back = common::eventually(Duration::from_secs(5), || async {
+        common::ready_messages(&work_queue).await == DEAD as u32
+    })
+    .await;
+    assert!(
+        all_back,
+        "every dead letter is back on the work queue, once"
+    );
+    common::cleanup(&bus, &[&consumer]).await;
+}

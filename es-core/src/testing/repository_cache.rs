@@ -1,5 +1,5 @@
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
@@ -65,13 +65,17 @@ impl Aggregate for Tally {
 
 /// Passes everything to the store under test, counting replayed events, replay calls and
 /// conflicts, and yielding after each replay so that concurrent commands interleave between
-/// their load and their append even on a single-threaded runtime.
+/// their load and their append even on a single-threaded runtime. A race can also hold its
+/// first commits back ([`Counting::hold_next_commits`]) so that it provokes conflicts however
+/// the runtime schedules its tasks.
 #[derive(Debug)]
 struct Counting {
     inner: Arc<dyn EventStore>,
     replay_calls: AtomicU64,
     replayed: AtomicU64,
     conflicts: AtomicU64,
+    /// The barrier the next commits wait at, and how many more commits still take it.
+    commit_gate: Mutex<Option<(Arc<tokio::sync::Barrier>, usize)>>,
 }
 
 impl Counting {
@@ -81,7 +85,17 @@ impl Counting {
             replay_calls: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
+            commit_gate: Mutex::new(None),
         }
+    }
+
+    /// Holds each of the next `commits` commits until all of them have arrived. When `commits`
+    /// tasks race, each one's first commit is among them (none can commit again before they
+    /// are all let through), so every task has decided before any appends: all but one of
+    /// those commits meet a conflict.
+    fn hold_next_commits(&self, commits: usize) {
+        let barrier = Arc::new(tokio::sync::Barrier::new(commits));
+        *self.commit_gate.lock().expect("gate") = Some((barrier, commits));
     }
 
     /// `(replay calls, replayed events)` so far.
@@ -96,6 +110,16 @@ impl Counting {
 #[async_trait]
 impl EventStore for Counting {
     async fn commit(&self, unit: UnitOfWork) -> Result<CommitOutcome> {
+        let held = match &mut *self.commit_gate.lock().expect("gate") {
+            Some((barrier, left)) if *left > 0 => {
+                *left -= 1;
+                Some(barrier.clone())
+            }
+            _ => None,
+        };
+        if let Some(barrier) = held {
+            barrier.wait().await;
+        }
         let outcome = self.inner.commit(unit).await;
         if matches!(&outcome, Err(e) if e.is_conflict()) {
             self.conflicts.fetch_add(1, Ordering::SeqCst);
@@ -324,6 +348,7 @@ async fn cached_repositories_racing_lose_no_update(store: Arc<Counting>, trusted
 
     let tasks_per_side: u64 = 6;
     let commands_per_task: u64 = 5;
+    store.hold_next_commits((tasks_per_side * 2 + 1) as usize);
     let mut tasks = Vec::new();
     for t in 0..tasks_per_side * 2 + 1 {
         let repository = match t % 3 {
