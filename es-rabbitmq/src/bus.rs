@@ -417,7 +417,8 @@ async fn consume(
                     let mut deliveries = vec![delivery];
                     let mut ended = None;
                     // Linger only while another call runs (Nagle's rule): a message that
-                    // finds the consumer idle goes at once, so a low rate pays no latency.
+                    // finds the consumer idle goes at once, so a low rate pays no latency, and
+                    // one that finds a call running goes when that call ends.
                     while in_flight.try_join_next().is_some() {}
                     let linger = if in_flight.is_empty() {
                         Duration::ZERO
@@ -432,6 +433,7 @@ async fn consume(
                             None => tokio::select! {
                                 biased;
                                 () = stop.cancelled() => None,
+                                Some(_) = in_flight.join_next() => None,
                                 next = tokio::time::timeout_at(linger_until, consumer.next()) => {
                                     next.ok()
                                 }

@@ -214,6 +214,8 @@ struct Gathering {
     turn: tokio::sync::Mutex<()>,
     /// Handler calls running: a batch lingers only while another call runs.
     running: AtomicUsize,
+    /// Told when a handler call ends: a lingering batch goes then.
+    call_ended: tokio::sync::Notify,
 }
 
 /// One of a consumer's handler calls at a time.
@@ -250,20 +252,26 @@ async fn worker(
             }
             continue;
         }
-        // Nagle's rule: a message that finds no call running goes at once.
+        // Nagle's rule: a message that finds no call running goes at once, and one that finds
+        // a call running goes when that call ends (or the linger runs out, or the batch fills).
+        let call_ended = gathering.call_ended.notified();
+        tokio::pin!(call_ended);
+        // Listening before looking, so that a call ending right after the look is heard.
+        call_ended.as_mut().enable();
         if lingers && gathering.running.load(Ordering::SeqCst) > 0 {
             let linger_until = tokio::time::Instant::now() + subscription.linger;
             while taken.len() < batch {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep_until(linger_until) => break,
+                    _ = &mut call_ended => break,
                     _ = queue.notify.notified() => {}
                 }
                 taken.extend(queue.pop_up_to(batch - taken.len()));
             }
         }
         // Counted before the turn passes on, so the next gatherer sees this call running.
-        let _running = Running::start(&gathering.running);
+        let _running = Running::start(&gathering);
         drop(gatherer);
         if taken.len() > 1 {
             let events: Vec<RecordedEvent> = taken.iter().map(|(event, _)| event.clone()).collect();
@@ -291,19 +299,20 @@ async fn worker(
     }
 }
 
-/// Counts a handler call as running while it lives.
-struct Running<'a>(&'a AtomicUsize);
+/// Counts a handler call as running while it lives, and tells a lingering batch when it ends.
+struct Running<'a>(&'a Gathering);
 
 impl<'a> Running<'a> {
-    fn start(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Running(count)
+    fn start(gathering: &'a Gathering) -> Self {
+        gathering.running.fetch_add(1, Ordering::SeqCst);
+        Running(gathering)
     }
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+        self.0.call_ended.notify_waiters();
     }
 }
 

@@ -41,8 +41,8 @@ fn fast_retry(max_attempts: u32) -> RetryPolicy {
 /// retries, dead letters that do not stop the consumer, competing consumers, requeue and purge,
 /// and batched consumers ([`Consumer::with_batch`]): a backlog arrives in batches, and a
 /// poison message in a batch is dead-lettered alone while the rest is handled once; with a
-/// linger ([`Consumer::with_linger`]), messages that arrive while a call runs share a batch,
-/// and one that finds the consumer idle goes at once.
+/// linger ([`Consumer::with_linger`]), messages that arrive while a call runs share a batch
+/// that goes when that call ends, and one that finds the consumer idle goes at once.
 ///
 /// The bus must route with [`default_routing_key`](crate::bus::default_routing_key) (an event of
 /// type `Placed` in stream `{category}-1` routes as `{category}.placed`).
@@ -108,7 +108,9 @@ async fn a_backlog_arrives_in_batches<B: EventBus + DeadLetterQueue>(bus: &B) {
 }
 
 async fn messages_arriving_within_the_linger_share_a_batch<B: EventBus + DeadLetterQueue>(bus: &B) {
-    const LINGER: Duration = Duration::from_secs(2);
+    // Far longer than the test waits: a batch that lingers goes when the call before it ends,
+    // never at the end of this.
+    const LINGER: Duration = Duration::from_secs(60);
     let category = unique_category("linger");
     let consumer = format!("{category}-c");
     let subscription = Consumer::new(&consumer, [format!("{category}.*")])
@@ -116,7 +118,7 @@ async fn messages_arriving_within_the_linger_share_a_batch<B: EventBus + DeadLet
         .with_batch(8)
         .with_linger(LINGER);
     // Each call takes a while, so the messages after the first arrive while it runs.
-    let recorder = RecordingHandler::with_delay(Duration::from_millis(300));
+    let recorder = RecordingHandler::with_delay(Duration::from_millis(500));
     let handle = bus.subscribe(subscription, recorder.clone()).await.unwrap();
     // Six messages one after another, 20 ms apart. The first finds the consumer idle and goes
     // at once; without the linger each of the others would find a free call and go alone too.
@@ -129,7 +131,8 @@ async fn messages_arriving_within_the_linger_share_a_batch<B: EventBus + DeadLet
         recorder
             .wait_for(events.len(), Duration::from_secs(20))
             .await,
-        events.len()
+        events.len(),
+        "the lingering batch goes when the call it waited on ends, not when the linger runs out"
     );
     let sizes = recorder.batch_sizes();
     assert!(
@@ -140,18 +143,13 @@ async fn messages_arriving_within_the_linger_share_a_batch<B: EventBus + DeadLet
     // linger.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let lone = event(&category, "Placed", 6);
-    let published = std::time::Instant::now();
     bus.publish(std::slice::from_ref(&lone)).await.unwrap();
     assert_eq!(
         recorder
             .wait_for(events.len() + 1, Duration::from_secs(20))
             .await,
         events.len() + 1,
-    );
-    assert!(
-        published.elapsed() < LINGER,
-        "a message that finds the consumer idle does not linger: {:?}",
-        published.elapsed()
+        "a message that finds the consumer idle does not linger"
     );
     handle.stop().await;
     assert!(bus.dead_letters(&consumer, 10).await.unwrap().is_empty());
