@@ -139,3 +139,70 @@ async fn a_change_whose_deadlines_fail_writes_nothing() {
     assert_eq!(store.deadlines_of("failing", "one").await.unwrap().len(), 1);
     common::drop_schema(&store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_firing_while_its_instance_reschedules_it_does_not_deadlock() {
+    let store = common::store("sagafire").await;
+    let mut first = change("fire", "one", 0, Uuid::new_v4());
+    let timeout = deadline("fire", "one", "timeout");
+    first.schedule = vec![timeout.clone()];
+    assert_eq!(store.save(first).await.unwrap(), SagaSaved::Saved);
+
+    // A change of the instance in the middle of its statement, held there: it has updated the
+    // state's row (as `SAVE_NEXT` does first) and is about to replace the deadline.
+    let mut held = store.pool().begin().await.unwrap();
+    sqlx::query(
+        "UPDATE saga_states SET version = version WHERE saga = 'fire' AND instance = 'one'",
+    )
+    .execute(&mut *held)
+    .await
+    .unwrap();
+
+    // Meanwhile the deadline fires.
+    let mut fire = change("fire", "one", 1, Uuid::new_v4());
+    fire.handled_event = None;
+    fire.fired_deadline = Some(timeout.id);
+    let firing = tokio::spawn({
+        let store = store.clone();
+        async move { store.save(fire).await }
+    });
+    let waiting = async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                   AND query LIKE '%saga_states%'",
+            )
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("the firing waits for the held change");
+
+    // The held change replaces the deadline and commits: the firing must not be holding it.
+    sqlx::query(
+        "DELETE FROM saga_deadlines WHERE saga = 'fire' AND instance = 'one' AND key = 'timeout'",
+    )
+    .execute(&mut *held)
+    .await
+    .expect("the change replaces the deadline (no deadlock)");
+    held.commit().await.unwrap();
+    assert_eq!(
+        firing
+            .await
+            .unwrap()
+            .expect("the firing fails with no deadlock"),
+        SagaSaved::AlreadyHandled,
+        "a deadline replaced before it fired is not fired"
+    );
+    let state = store.load("fire", "one").await.unwrap().unwrap();
+    assert_eq!(state.version, 1, "the firing wrote nothing");
+    common::drop_schema(&store).await;
+}

@@ -98,6 +98,20 @@ static SAVE_NEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// Takes a fired deadline (`$1`) out, having locked its instance's state row (`$2`, `$3`)
+/// first: the init plan's lock comes before the delete's.
+///
+/// A change's own statement ([`SAVE_NEXT`]) locks the state's row, then the deadlines it
+/// replaces. Deleting the deadline first, a firing that met a change of its instance
+/// rescheduling or cancelling that deadline held the deadline and waited for the state while
+/// the change held the state and waited for the deadline: a deadlock that PostgreSQL breaks
+/// only after `deadlock_timeout` (a second by default), failing one side.
+const FIRE_DEADLINE: &str = "\
+    WITH instance AS ( \
+      SELECT 1 FROM saga_states WHERE saga = $2 AND instance = $3 FOR NO KEY UPDATE) \
+    DELETE FROM saga_deadlines WHERE id = $1 AND (SELECT count(*) FROM instance) >= 0 \
+    RETURNING 1";
+
 /// Checks what a store cannot: each deadline a change schedules belongs to its instance.
 fn check_deadlines(change: &SagaChange) -> Result<()> {
     match change
@@ -119,12 +133,13 @@ fn check_deadlines(change: &SagaChange) -> Result<()> {
 /// A change that fires a deadline first takes the deadline out, so it must run inside one.
 async fn save_in(conn: &mut sqlx::PgConnection, change: &SagaChange) -> Result<SagaSaved> {
     if let Some(id) = change.fired_deadline {
-        let removed =
-            sqlx::query_scalar::<_, i32>("DELETE FROM saga_deadlines WHERE id = $1 RETURNING 1")
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(from_sqlx)?;
+        let removed = sqlx::query_scalar::<_, i32>(FIRE_DEADLINE)
+            .bind(id)
+            .bind(&change.saga)
+            .bind(&change.instance)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(from_sqlx)?;
         if removed.is_none() {
             return Ok(SagaSaved::AlreadyHandled);
         }
