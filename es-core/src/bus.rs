@@ -192,8 +192,8 @@ pub struct Consumer {
     /// `linger` says to).
     pub batch: u16,
     /// How long at most a batch, once its first message is in hand, may wait for more while
-    /// another handler call of the consumer runs: it goes when that call ends, when it is full,
-    /// or when the linger runs out, whichever comes first. Zero, the default, never waits.
+    /// another handler call of the consumer runs: it goes when a running call ends, when it is
+    /// full, or when the linger runs out, whichever comes first. Zero, the default, never waits.
     /// Only with `batch` above 1. See [`with_linger`](Self::with_linger).
     pub linger: Duration,
     /// Retries before the dead-letter queue.
@@ -247,11 +247,11 @@ impl Consumer {
     /// Without it, batches grow only when the handler calls are all busy: at a steady rate
     /// below what the consumer can take, a message mostly arrives to a free call and goes
     /// alone, one unit of work each. With it, the messages that arrive while a call runs
-    /// gather until that call ends (at most `linger`, or until the batch is full) and share
-    /// the next call.
+    /// gather until a running call ends (at most `linger`, or until the batch is full) and
+    /// share the next call.
     ///
     /// It follows Nagle's rule: a message that finds no call running goes at once, so a low
-    /// rate pays no latency; one that finds a call running waits for it to end, so the wait
+    /// rate pays no latency; one that finds calls running waits for one to end, so the wait
     /// is at most a call's time and the batches grow with the load by themselves. `linger`
     /// bounds the wait behind a call that takes long. Worth it where a call's fixed cost (a
     /// transaction, a round trip) outweighs a message's.

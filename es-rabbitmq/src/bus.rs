@@ -418,7 +418,7 @@ async fn consume(
                     let mut ended = None;
                     // Linger only while another call runs (Nagle's rule): a message that
                     // finds the consumer idle goes at once, so a low rate pays no latency, and
-                    // one that finds a call running goes when that call ends.
+                    // one that finds calls running goes when one of them ends.
                     while in_flight.try_join_next().is_some() {}
                     let linger = if in_flight.is_empty() {
                         Duration::ZERO
@@ -855,7 +855,10 @@ impl DeadLetterQueue for AmqpEventBus {
             .await
             .map_err(amqp_error)?;
         if !letters.is_empty() {
-            self.wait_for_return(consumer, held).await?;
+            // Best effort: the listing itself succeeded, and what was not back yet comes back.
+            if let Err(error) = self.wait_for_return(consumer, held).await {
+                tracing::debug!(%consumer, %error, "could not see the listed dead letters back");
+            }
         }
         Ok(letters)
     }

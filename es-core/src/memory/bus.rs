@@ -253,7 +253,7 @@ async fn worker(
             continue;
         }
         // Nagle's rule: a message that finds no call running goes at once, and one that finds
-        // a call running goes when that call ends (or the linger runs out, or the batch fills).
+        // calls running goes when one of them ends (or the linger runs out, or the batch fills).
         let call_ended = gathering.call_ended.notified();
         tokio::pin!(call_ended);
         // Listening before looking, so that a call ending right after the look is heard.
@@ -269,6 +269,8 @@ async fn worker(
                 }
                 taken.extend(queue.pop_up_to(batch - taken.len()));
             }
+            // What arrived as the wait ended goes too.
+            taken.extend(queue.pop_up_to(batch - taken.len()));
         }
         // Counted before the turn passes on, so the next gatherer sees this call running.
         let _running = Running::start(&gathering);

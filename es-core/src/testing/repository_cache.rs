@@ -118,7 +118,11 @@ impl EventStore for Counting {
             _ => None,
         };
         if let Some(barrier) = held {
-            barrier.wait().await;
+            // A racing task that failed before its first commit would hold the others here
+            // for ever: fail the test instead.
+            tokio::time::timeout(std::time::Duration::from_secs(30), barrier.wait())
+                .await
+                .expect("every racing task reaches its first commit");
         }
         let outcome = self.inner.commit(unit).await;
         if matches!(&outcome, Err(e) if e.is_conflict()) {
