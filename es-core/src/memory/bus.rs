@@ -254,23 +254,25 @@ async fn worker(
         }
         // Nagle's rule: a message that finds no call running goes at once, and one that finds
         // calls running goes when one of them ends (or the linger runs out, or the batch fills).
-        let call_ended = gathering.call_ended.notified();
-        tokio::pin!(call_ended);
-        // Listening before looking, so that a call ending right after the look is heard.
-        call_ended.as_mut().enable();
-        if lingers && gathering.running.load(Ordering::SeqCst) > 0 {
-            let linger_until = tokio::time::Instant::now() + subscription.linger;
-            while taken.len() < batch {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep_until(linger_until) => break,
-                    _ = &mut call_ended => break,
-                    _ = queue.notify.notified() => {}
+        if lingers {
+            let call_ended = gathering.call_ended.notified();
+            tokio::pin!(call_ended);
+            // Listening before looking, so that a call ending right after the look is heard.
+            call_ended.as_mut().enable();
+            if gathering.running.load(Ordering::SeqCst) > 0 {
+                let linger_until = tokio::time::Instant::now() + subscription.linger;
+                while taken.len() < batch {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep_until(linger_until) => break,
+                        _ = &mut call_ended => break,
+                        _ = queue.notify.notified() => {}
+                    }
+                    taken.extend(queue.pop_up_to(batch - taken.len()));
                 }
+                // What arrived as the wait ended goes too.
                 taken.extend(queue.pop_up_to(batch - taken.len()));
             }
-            // What arrived as the wait ended goes too.
-            taken.extend(queue.pop_up_to(batch - taken.len()));
         }
         // Counted before the turn passes on, so the next gatherer sees this call running.
         let _running = Running::start(&gathering);
